@@ -1,0 +1,1 @@
+//! The gateway: filled in by the gateway core issue.

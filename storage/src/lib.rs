@@ -1,0 +1,29 @@
+//! chatgw's history store: one RocksDB instance per node, one column
+//! family per shard plus `meta`, values as rkyv archives read in place.
+//!
+//! What lives where (all in the owning shard's column family):
+//! - a channel's messages under `m | channel | message`: its history is one
+//!   ordered range, so latest-N, before, after and around are single seeks;
+//! - a user's inbox under `i | user | message → channel` (fan-out on write
+//!   for small channels);
+//! - channels, members, a user's channels, users, usernames, direct
+//!   channels, `client_msg_id` dedupe records (24 h) and the push outbox.
+//!
+//! No RocksDB or rkyv type crosses this crate's public API: the gateway
+//! depends on storage's own types alone. Storage knows nothing of
+//! WebSocket, glommio or JSON.
+
+mod batch;
+mod cf;
+mod error;
+mod keys;
+mod model;
+mod record;
+mod store;
+
+pub use batch::Batch;
+pub use error::{Result, StorageError};
+pub use model::{Channel, ChannelKind, DedupeEntry, InboxEntry, Message, OutboxEntry, User, UserChannel};
+pub use store::{
+    CLIENT_MSG_ID_BYTES_MAX, DEDUPE_TTL_MS, Durability, READ_LIMIT_MAX, Store, StoreConfig, USERNAME_BYTES_MAX,
+};

@@ -1,0 +1,110 @@
+//! The values storage hands out and takes in: plain Rust types, separate
+//! from the on-disk records.
+
+use chatgw_idgen::{ChannelId, MessageId, UserId};
+
+/// A stored chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its Snowflake id.
+    pub id: MessageId,
+    /// The channel it was sent to.
+    pub channel_id: ChannelId,
+    /// Who sent it.
+    pub sender_id: UserId,
+    /// When it was accepted, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The sender's own id for it, if given (for dedupe).
+    pub client_msg_id: Option<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// Direct (1:1) or group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    /// The one channel of a pair of users.
+    Direct,
+    /// A named channel with an owner.
+    Group,
+}
+
+/// A channel without its members (see [`crate::Store::members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    /// Its id.
+    pub id: ChannelId,
+    /// Its name (for a direct channel, made from the pair).
+    pub name: String,
+    /// Direct or group.
+    pub kind: ChannelKind,
+    /// The user who made it and alone changes its members.
+    pub owner_id: UserId,
+    /// When it was made, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Whether the channel is (or ever was) too large for inbox fan-out:
+    /// its members read it per channel at sync time. Never goes back.
+    pub fan_out_on_read: bool,
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Its id.
+    pub id: UserId,
+    /// Its unique name.
+    pub username: String,
+    /// The name shown to people.
+    pub display_name: String,
+    /// The password hash (PHC string); never the password.
+    pub password_hash: String,
+    /// When it was made, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// A disabled account may not log in or connect.
+    pub disabled: bool,
+}
+
+/// One of a user's channels, as the user's side records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserChannel {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// Whether the channel is read per channel at sync time (fan-out on
+    /// read) rather than through the user's inbox (fan-out on write).
+    pub fan_out_on_read: bool,
+}
+
+/// An inbox entry: a message of a small channel, written for each member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// The message.
+    pub message_id: MessageId,
+    /// Its channel.
+    pub channel_id: ChannelId,
+}
+
+/// What a `client_msg_id` was first answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupeEntry {
+    /// The channel of the first message.
+    pub channel_id: ChannelId,
+    /// The first message's id.
+    pub message_id: MessageId,
+    /// When the first message was accepted, ms since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// A push notification owed to a user with no connected device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The record's own id, which orders the outbox (a Snowflake id).
+    pub push_id: u64,
+    /// The recipient.
+    pub user_id: UserId,
+    /// The message's channel.
+    pub channel_id: ChannelId,
+    /// The message.
+    pub message_id: MessageId,
+    /// When the push was recorded, ms since the Unix epoch.
+    pub created_at_ms: u64,
+}

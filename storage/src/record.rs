@@ -1,0 +1,150 @@
+//! The on-disk records: the only rkyv derives in chatgw.
+//!
+//! A value is one format-version byte followed by an rkyv archive. The
+//! archive is built with rkyv's `unaligned` format (every archived type has
+//! alignment 1), so it is validated and read in place straight from a
+//! RocksDB slice, which carries no alignment; the version byte puts every
+//! archive at an odd offset, so that path is the one always taken.
+
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Portable, Serialize};
+
+use crate::error::{Result, StorageError};
+use crate::keys;
+
+/// The version byte in front of every record. A new layout gets a new
+/// number and a reader for the old one.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// A message's value; its channel and id are in the key.
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+pub struct MessageRecord {
+    pub sender_id: u64,
+    pub created_at_ms: u64,
+    pub client_msg_id: Option<String>,
+    pub text: String,
+}
+
+/// A channel's value; its members are keys of their own.
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+pub struct ChannelRecord {
+    pub name: String,
+    /// 0 direct, 1 group.
+    pub kind: u8,
+    pub owner_id: u64,
+    pub created_at_ms: u64,
+    pub fan_out_on_read: bool,
+}
+
+/// An account.
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+pub struct UserRecord {
+    pub username: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub created_at_ms: u64,
+    pub disabled: bool,
+}
+
+/// The first ids answered for a `client_msg_id`.
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+pub struct DedupeRecord {
+    pub channel_id: u64,
+    pub message_id: u64,
+    pub created_at_ms: u64,
+}
+
+/// A push owed to a user with no connected device.
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+pub struct OutboxRecord {
+    pub user_id: u64,
+    pub channel_id: u64,
+    pub message_id: u64,
+    pub created_at_ms: u64,
+}
+
+/// Serializes `value` behind the version byte.
+pub fn encode<T>(value: &T) -> Result<Vec<u8>>
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    let archive = rkyv::to_bytes::<rancor::Error>(value)
+        .map_err(|error| StorageError::Engine(format!("encoding a record: {error}")))?;
+    let mut bytes = Vec::with_capacity(1 + archive.len());
+    bytes.push(FORMAT_VERSION);
+    bytes.extend_from_slice(&archive);
+    Ok(bytes)
+}
+
+/// Validates `bytes` (read from `key`) as an archived `T` and returns it in
+/// place, without copying or aligning.
+pub fn access<'b, T>(what: &'static str, key: &[u8], bytes: &'b [u8]) -> Result<&'b T>
+where
+    T: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    let corrupt = |reason: String| StorageError::Corrupt { what, key_hex: keys::hex(key), reason };
+    match bytes.split_first() {
+        None => Err(corrupt("empty value".into())),
+        Some((&FORMAT_VERSION, archive)) => {
+            rkyv::access::<T, rancor::Error>(archive).map_err(|error| corrupt(error.to_string()))
+        }
+        Some((version, _)) => Err(corrupt(format!("unknown format version {version}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> MessageRecord {
+        MessageRecord {
+            sender_id: 42,
+            created_at_ms: 1_767_225_600_123,
+            client_msg_id: Some("c-1".into()),
+            text: "héllo, wörld — a text long enough to be stored out of line".into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_at_every_alignment() {
+        let bytes = encode(&sample()).unwrap();
+        // Copy the value to each offset of an aligned buffer: offsets 1, 2,
+        // 3, ... give the archive every misalignment.
+        let mut backing = vec![0u8; bytes.len() + 16];
+        for offset in 0..16 {
+            backing[offset..offset + bytes.len()].copy_from_slice(&bytes);
+            let slice = &backing[offset..offset + bytes.len()];
+            let archived = access::<ArchivedMessageRecord>("message", b"k", slice).unwrap();
+            assert_eq!(archived.sender_id.to_native(), 42);
+            assert_eq!(archived.text.as_str(), sample().text);
+            assert_eq!(archived.client_msg_id.as_ref().map(|id| id.as_str()), Some("c-1"));
+            let owned: MessageRecord = rkyv::deserialize::<_, rancor::Error>(archived).unwrap();
+            assert_eq!(owned, sample());
+        }
+    }
+
+    #[test]
+    fn corrupt_bytes_are_an_error_not_a_panic() {
+        let bytes = encode(&sample()).unwrap();
+        assert!(access::<ArchivedMessageRecord>("message", b"k", &[]).is_err());
+        assert!(access::<ArchivedMessageRecord>("message", b"k", &[9, 1, 2]).is_err());
+        assert!(access::<ArchivedMessageRecord>("message", b"k", &bytes[..bytes.len() / 2]).is_err());
+        // Flip each byte in turn: validation fails or yields a record, never panics.
+        for index in 1..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[index] ^= 0xA5;
+            let _ = access::<ArchivedMessageRecord>("message", b"k", &flipped);
+        }
+        // The text (the root's last field, stored out of line) pointing
+        // past the end of the value is caught: its last 4 bytes are the
+        // relative offset.
+        let mut long = bytes.clone();
+        let len = long.len();
+        long[len - 4..].copy_from_slice(&0x7fff_ffffi32.to_le_bytes());
+        assert!(access::<ArchivedMessageRecord>("message", b"k", &long).is_err());
+    }
+}

@@ -1,0 +1,618 @@
+//! Opening the store, and every read.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRawIterator, Options,
+    ReadOptions, SliceTransform, WriteOptions, compaction_filter::Decision,
+};
+
+use crate::batch::Batch;
+use crate::cf;
+use crate::error::{Result, StorageError};
+use crate::keys::{self, tag};
+use crate::model::{Channel, ChannelKind, DedupeEntry, InboxEntry, Message, OutboxEntry, User, UserChannel};
+use crate::record::{
+    self, ArchivedChannelRecord, ArchivedDedupeRecord, ArchivedMessageRecord, ArchivedOutboxRecord, ArchivedUserRecord,
+};
+
+/// The most items one read returns; larger limits are refused.
+pub const READ_LIMIT_MAX: usize = 10_000;
+/// How long a `client_msg_id` is remembered: 24 hours.
+pub const DEDUPE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// The longest `client_msg_id` storage keys on, in bytes.
+pub const CLIENT_MSG_ID_BYTES_MAX: usize = 128;
+/// The longest username storage keys on, in bytes.
+pub const USERNAME_BYTES_MAX: usize = 64;
+
+const META_SHARDS_KEY: &[u8] = b"shards";
+
+/// When a `send` is acknowledged, relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// In the write-ahead log (the OS page cache): survives a process
+    /// crash, not a power loss.
+    #[default]
+    Wal,
+    /// In the write-ahead log and flushed to disk with fsync on each group
+    /// commit: survives a power loss.
+    Fsync,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The directory RocksDB lives in; made if missing.
+    pub path: PathBuf,
+    /// Shards, one column family each. Fixed for the life of the data.
+    pub shards: u16,
+    /// When writes count as done.
+    pub durability: Durability,
+    /// The block cache shared by every column family, in bytes.
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family, in bytes.
+    pub write_buffer_bytes: usize,
+}
+
+impl StoreConfig {
+    /// Defaults for `shards` shards under `path`: 256 MiB of block cache,
+    /// 64 MiB memtables, `wal` durability.
+    pub fn new(path: impl Into<PathBuf>, shards: u16) -> Self {
+        StoreConfig {
+            path: path.into(),
+            shards,
+            durability: Durability::Wal,
+            block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One RocksDB instance for the node: a column family per shard plus `meta`.
+///
+/// `Store` is `Send + Sync`: any core may read any shard. Writes to a
+/// shard's keys come only from the core that owns them (the gateway keeps
+/// that rule); storage itself takes no lock of its own.
+pub struct Store {
+    db: DB,
+    shards: u16,
+    write_options: WriteOptions,
+    durability: Durability,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .field("shards", &self.shards)
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
+
+/// Drops dedupe records older than [`DEDUPE_TTL_MS`] during compaction;
+/// reads check the age too, so expiry does not wait for compaction.
+fn dedupe_expiry(_level: u32, key: &[u8], value: &[u8]) -> Decision {
+    if key.first() != Some(&tag::DEDUPE) {
+        return Decision::Keep;
+    }
+    match record::access::<ArchivedDedupeRecord>("dedupe", key, value) {
+        Ok(dedupe) if dedupe.created_at_ms.to_native() + DEDUPE_TTL_MS < now_unix_ms() => Decision::Remove,
+        _ => Decision::Keep,
+    }
+}
+
+fn shard_options(config: &StoreConfig, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_format_version(5);
+    let mut options = Options::default();
+    options.set_block_based_table_factory(&table);
+    options.set_prefix_extractor(SliceTransform::create_fixed_prefix(keys::PREFIX_BYTES));
+    options.set_memtable_prefix_bloom_ratio(0.1);
+    options.set_compression_type(DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(DBCompressionType::Zstd);
+    options.set_level_compaction_dynamic_level_bytes(true);
+    options.set_write_buffer_size(config.write_buffer_bytes);
+    options.set_compaction_filter("chatgw-dedupe-expiry", dedupe_expiry);
+    options
+}
+
+impl Store {
+    /// Opens (or creates) the store described by `config`.
+    pub fn open(config: &StoreConfig) -> Result<Store> {
+        if config.shards == 0 {
+            return Err(StorageError::Config("at least one shard is needed".into()));
+        }
+        std::fs::create_dir_all(&config.path)
+            .map_err(|error| StorageError::Engine(format!("creating {}: {error}", config.path.display())))?;
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.increase_parallelism(std::thread::available_parallelism().map_or(2, |n| n.get() as i32));
+        db_options.set_max_background_jobs(4);
+
+        // Open with every column family already on disk (RocksDB insists)
+        // plus the ones this configuration needs.
+        let mut names: Vec<String> = DB::list_cf(&db_options, &config.path).unwrap_or_default();
+        names.push(cf::META.to_string());
+        names.extend((0..config.shards).map(|shard| cf::shard(ShardId(shard))));
+        names.sort();
+        names.dedup();
+        let descriptors = names.iter().map(|name| {
+            let options = if name.starts_with("shard-") { shard_options(config, &cache) } else { Options::default() };
+            ColumnFamilyDescriptor::new(name, options)
+        });
+        let db = DB::open_cf_descriptors(&db_options, &config.path, descriptors)?;
+
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(config.durability == Durability::Fsync);
+        let store = Store { db, shards: config.shards, write_options, durability: config.durability };
+        store.check_shard_count()?;
+        Ok(store)
+    }
+
+    /// Records the shard count at first open and refuses another later.
+    fn check_shard_count(&self) -> Result<()> {
+        let meta = self.meta_cf()?;
+        match self.db.get_pinned_cf(meta, META_SHARDS_KEY)? {
+            Some(bytes) => {
+                let stored =
+                    <[u8; 2]>::try_from(&bytes[..]).map(u16::from_be_bytes).map_err(|_| StorageError::Corrupt {
+                        what: "shard count",
+                        key_hex: keys::hex(META_SHARDS_KEY),
+                        reason: format!("{} bytes, expected 2", bytes.len()),
+                    })?;
+                if stored != self.shards {
+                    return Err(StorageError::ShardCountMismatch { stored, configured: self.shards });
+                }
+            }
+            None => {
+                let mut options = WriteOptions::default();
+                options.set_sync(true);
+                self.db.put_cf_opt(meta, META_SHARDS_KEY, self.shards.to_be_bytes(), &options)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many shards the store has.
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// The durability writes are made with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub(crate) fn shard_cf(&self, shard: ShardId) -> Result<&ColumnFamily> {
+        if shard.0 >= self.shards {
+            return Err(StorageError::NoSuchShard { shard, shards: self.shards });
+        }
+        let name = cf::shard(shard);
+        self.db.cf_handle(&name).ok_or(StorageError::MissingColumnFamily(name))
+    }
+
+    fn meta_cf(&self) -> Result<&ColumnFamily> {
+        self.db.cf_handle(cf::META).ok_or_else(|| StorageError::MissingColumnFamily(cf::META.into()))
+    }
+
+    /// A new, empty write batch against this store.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(self)
+    }
+
+    /// Writes `batch` atomically (every shard it touches, or none): into
+    /// the WAL, and with [`Durability::Fsync`] synced to disk, before it
+    /// returns. One call is one group commit.
+    pub fn write(&self, batch: Batch<'_>) -> Result<()> {
+        let inner = batch.into_inner();
+        if inner.is_empty() {
+            return Ok(());
+        }
+        self.db.write_opt(inner, &self.write_options)?;
+        Ok(())
+    }
+
+    // ---- meta ----
+
+    /// A node-wide metadata value (secrets and such).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.meta_cf()?, format!("x/{key}"))?)
+    }
+
+    /// Sets a node-wide metadata value, synced to disk.
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        Ok(self.db.put_cf_opt(self.meta_cf()?, format!("x/{key}"), value, &options)?)
+    }
+
+    // ---- messages ----
+
+    fn check_limit(limit: usize) -> Result<()> {
+        if limit == 0 || limit > READ_LIMIT_MAX {
+            return Err(StorageError::InvalidLimit { limit, max: READ_LIMIT_MAX });
+        }
+        Ok(())
+    }
+
+    fn range_iterator(&self, shard: ShardId, tag: u8, id: u64) -> Result<DBRawIterator<'_>> {
+        let cf = self.shard_cf(shard)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(keys::prefix(tag, id).to_vec());
+        options.set_iterate_upper_bound(keys::prefix_end(tag, id));
+        options.set_prefix_same_as_start(true);
+        Ok(self.db.raw_iterator_cf_opt(cf, options))
+    }
+
+    fn decode_message(channel: ChannelId, key: &[u8], value: &[u8]) -> Result<Message> {
+        let id = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
+            what: "message key",
+            key_hex: keys::hex(key),
+            reason: "not 17 bytes".into(),
+        })?;
+        let archived = record::access::<ArchivedMessageRecord>("message", key, value)?;
+        Ok(Message {
+            id: MessageId(id),
+            channel_id: channel,
+            sender_id: UserId(archived.sender_id.to_native()),
+            created_at_ms: archived.created_at_ms.to_native(),
+            client_msg_id: archived.client_msg_id.as_ref().map(|id| id.as_str().to_owned()),
+            text: archived.text.as_str().to_owned(),
+        })
+    }
+
+    /// Walks messages of `channel` from `start` (a message id, inclusive)
+    /// forward or backward, up to `limit`, in walk order.
+    fn walk_messages(
+        &self,
+        shard: ShardId,
+        channel: ChannelId,
+        start: u64,
+        forward: bool,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        let mut iterator = self.range_iterator(shard, tag::MESSAGE, channel.0)?;
+        let start_key = keys::message(channel, MessageId(start));
+        if forward {
+            iterator.seek(start_key);
+        } else {
+            iterator.seek_for_prev(start_key);
+        }
+        let mut messages = Vec::with_capacity(limit.min(256));
+        while messages.len() < limit && iterator.valid() {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            messages.push(Self::decode_message(channel, key, value)?);
+            if forward {
+                iterator.next();
+            } else {
+                iterator.prev();
+            }
+        }
+        iterator.status()?;
+        Ok(messages)
+    }
+
+    /// The newest `limit` messages of `channel`, in ascending id order.
+    pub fn latest(&self, shard: ShardId, channel: ChannelId, limit: usize) -> Result<Vec<Message>> {
+        Self::check_limit(limit)?;
+        let mut messages = self.walk_messages(shard, channel, u64::MAX, false, limit)?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// The newest `limit` messages with ids below `before`, ascending.
+    pub fn before(&self, shard: ShardId, channel: ChannelId, before: MessageId, limit: usize) -> Result<Vec<Message>> {
+        Self::check_limit(limit)?;
+        let Some(start) = before.0.checked_sub(1) else { return Ok(Vec::new()) };
+        let mut messages = self.walk_messages(shard, channel, start, false, limit)?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// The oldest `limit` messages with ids above `after`, ascending.
+    pub fn after(&self, shard: ShardId, channel: ChannelId, after: MessageId, limit: usize) -> Result<Vec<Message>> {
+        Self::check_limit(limit)?;
+        let Some(start) = after.0.checked_add(1) else { return Ok(Vec::new()) };
+        self.walk_messages(shard, channel, start, true, limit)
+    }
+
+    /// Up to `limit` messages around `around`, ascending: up to half of
+    /// them older than it, the rest from it on (itself included if it
+    /// exists); a short side is made up from the other.
+    pub fn around(&self, shard: ShardId, channel: ChannelId, around: MessageId, limit: usize) -> Result<Vec<Message>> {
+        Self::check_limit(limit)?;
+        let older_wanted = limit / 2;
+        let older = match around.0.checked_sub(1) {
+            Some(start) => self.walk_messages(shard, channel, start, false, limit)?,
+            None => Vec::new(),
+        };
+        let newer = self.walk_messages(shard, channel, around.0, true, limit)?;
+        // Take `older_wanted` from the older side unless the newer side is short.
+        let take_newer = newer.len().min(limit - older_wanted.min(older.len()));
+        let take_older = older.len().min(limit - take_newer);
+        let mut messages: Vec<Message> = older.into_iter().take(take_older).collect();
+        messages.reverse();
+        messages.extend(newer.into_iter().take(take_newer));
+        Ok(messages)
+    }
+
+    /// One message, if stored.
+    pub fn message(&self, shard: ShardId, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
+        let key = keys::message(channel, id);
+        match self.db.get_pinned_cf(self.shard_cf(shard)?, key)? {
+            Some(value) => Self::decode_message(channel, &key, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest message id of `channel`, if it has any.
+    pub fn last_message_id(&self, shard: ShardId, channel: ChannelId) -> Result<Option<MessageId>> {
+        let mut iterator = self.range_iterator(shard, tag::MESSAGE, channel.0)?;
+        iterator.seek_for_prev(keys::message(channel, MessageId(u64::MAX)));
+        let id = if iterator.valid() { iterator.key().and_then(keys::suffix_id).map(MessageId) } else { None };
+        iterator.status()?;
+        Ok(id)
+    }
+
+    /// The largest message id the shard has stored (its high-water mark),
+    /// for resuming its id generator after a restart.
+    pub fn high_water(&self, shard: ShardId) -> Result<Option<MessageId>> {
+        let key = keys::high_water();
+        match self.db.get_pinned_cf(self.shard_cf(shard)?, key)? {
+            Some(value) => {
+                let bytes = <[u8; 8]>::try_from(&value[..]).map_err(|_| StorageError::Corrupt {
+                    what: "high-water mark",
+                    key_hex: keys::hex(&key),
+                    reason: format!("{} bytes, expected 8", value.len()),
+                })?;
+                Ok(Some(MessageId(u64::from_be_bytes(bytes))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    // ---- inbox ----
+
+    /// The user's inbox entries with ids above `since`, ascending, up to `limit`.
+    pub fn inbox_after(&self, shard: ShardId, user: UserId, since: MessageId, limit: usize) -> Result<Vec<InboxEntry>> {
+        Self::check_limit(limit)?;
+        let Some(start) = since.0.checked_add(1) else { return Ok(Vec::new()) };
+        let mut iterator = self.range_iterator(shard, tag::INBOX, user.0)?;
+        iterator.seek(keys::inbox(user, MessageId(start)));
+        let mut entries = Vec::with_capacity(limit.min(1024));
+        while entries.len() < limit && iterator.valid() {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            let corrupt = |reason: &str| StorageError::Corrupt {
+                what: "inbox entry",
+                key_hex: keys::hex(key),
+                reason: reason.into(),
+            };
+            let message_id = keys::suffix_id(key).ok_or_else(|| corrupt("key not 17 bytes"))?;
+            let channel = <[u8; 8]>::try_from(value).map_err(|_| corrupt("value not 8 bytes"))?;
+            entries.push(InboxEntry {
+                message_id: MessageId(message_id),
+                channel_id: ChannelId(u64::from_be_bytes(channel)),
+            });
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(entries)
+    }
+
+    // ---- channels ----
+
+    /// A channel, if it exists.
+    pub fn channel(&self, shard: ShardId, id: ChannelId) -> Result<Option<Channel>> {
+        let key = keys::channel(id);
+        let Some(value) = self.db.get_pinned_cf(self.shard_cf(shard)?, key)? else { return Ok(None) };
+        let archived = record::access::<ArchivedChannelRecord>("channel", &key, &value)?;
+        let kind = match archived.kind {
+            0 => ChannelKind::Direct,
+            1 => ChannelKind::Group,
+            other => {
+                return Err(StorageError::Corrupt {
+                    what: "channel",
+                    key_hex: keys::hex(&key),
+                    reason: format!("unknown kind {other}"),
+                });
+            }
+        };
+        Ok(Some(Channel {
+            id,
+            name: archived.name.as_str().to_owned(),
+            kind,
+            owner_id: UserId(archived.owner_id.to_native()),
+            created_at_ms: archived.created_at_ms.to_native(),
+            fan_out_on_read: archived.fan_out_on_read,
+        }))
+    }
+
+    /// Walks the 17-byte keys under (tag, id), giving each key's trailing
+    /// id and its value to `visit`.
+    fn for_each_suffix(
+        &self,
+        shard: ShardId,
+        tag: u8,
+        id: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut iterator = self.range_iterator(shard, tag, id)?;
+        iterator.seek(keys::prefix(tag, id));
+        while iterator.valid() {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            let suffix = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
+                what: "index key",
+                key_hex: keys::hex(key),
+                reason: "not 17 bytes".into(),
+            })?;
+            visit(suffix, value)?;
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(())
+    }
+
+    /// Every member of a channel, in id order.
+    pub fn members(&self, shard: ShardId, channel: ChannelId) -> Result<Vec<UserId>> {
+        let mut members = Vec::new();
+        self.for_each_suffix(shard, tag::MEMBER, channel.0, |user, _| {
+            members.push(UserId(user));
+            Ok(())
+        })?;
+        Ok(members)
+    }
+
+    /// Whether `user` is a member of `channel` (a point read).
+    pub fn is_member(&self, shard: ShardId, channel: ChannelId, user: UserId) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.shard_cf(shard)?, keys::member(channel, user))?.is_some())
+    }
+
+    /// Every channel of a user, in channel id order.
+    pub fn user_channels(&self, shard: ShardId, user: UserId) -> Result<Vec<UserChannel>> {
+        let mut channels = Vec::new();
+        self.for_each_suffix(shard, tag::USER_CHANNEL, user.0, |channel, flags| {
+            channels.push(UserChannel { channel_id: ChannelId(channel), fan_out_on_read: flags.first() == Some(&1) });
+            Ok(())
+        })?;
+        Ok(channels)
+    }
+
+    /// The direct channel of a pair of users, in either order.
+    pub fn direct_channel(&self, shard: ShardId, first: UserId, second: UserId) -> Result<Option<ChannelId>> {
+        self.get_id(shard, &keys::direct(first, second), "direct channel").map(|id| id.map(ChannelId))
+    }
+
+    fn get_id(&self, shard: ShardId, key: &[u8], what: &'static str) -> Result<Option<u64>> {
+        match self.db.get_pinned_cf(self.shard_cf(shard)?, key)? {
+            Some(value) => <[u8; 8]>::try_from(&value[..]).map(|bytes| Some(u64::from_be_bytes(bytes))).map_err(|_| {
+                StorageError::Corrupt {
+                    what,
+                    key_hex: keys::hex(key),
+                    reason: format!("{} bytes, expected 8", value.len()),
+                }
+            }),
+            None => Ok(None),
+        }
+    }
+
+    // ---- users ----
+
+    /// A user by id.
+    pub fn user(&self, shard: ShardId, id: UserId) -> Result<Option<User>> {
+        let key = keys::user(id);
+        let Some(value) = self.db.get_pinned_cf(self.shard_cf(shard)?, key)? else { return Ok(None) };
+        let archived = record::access::<ArchivedUserRecord>("user", &key, &value)?;
+        Ok(Some(User {
+            id,
+            username: archived.username.as_str().to_owned(),
+            display_name: archived.display_name.as_str().to_owned(),
+            password_hash: archived.password_hash.as_str().to_owned(),
+            created_at_ms: archived.created_at_ms.to_native(),
+            disabled: archived.disabled,
+        }))
+    }
+
+    /// A user's id by username.
+    pub fn user_id_by_name(&self, shard: ShardId, username: &str) -> Result<Option<UserId>> {
+        check_key_part("username", username, USERNAME_BYTES_MAX)?;
+        self.get_id(shard, &keys::username(username), "username index").map(|id| id.map(UserId))
+    }
+
+    // ---- dedupe ----
+
+    /// What `client_msg_id` from `sender` was first answered with, unless
+    /// that was more than 24 hours before `now_ms`.
+    pub fn dedupe(
+        &self,
+        shard: ShardId,
+        sender: UserId,
+        client_msg_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<DedupeEntry>> {
+        check_key_part("client_msg_id", client_msg_id, CLIENT_MSG_ID_BYTES_MAX)?;
+        let key = keys::dedupe(sender, client_msg_id);
+        let Some(value) = self.db.get_pinned_cf(self.shard_cf(shard)?, &key)? else { return Ok(None) };
+        let archived = record::access::<ArchivedDedupeRecord>("dedupe", &key, &value)?;
+        let entry = DedupeEntry {
+            channel_id: ChannelId(archived.channel_id.to_native()),
+            message_id: MessageId(archived.message_id.to_native()),
+            created_at_ms: archived.created_at_ms.to_native(),
+        };
+        Ok((entry.created_at_ms + DEDUPE_TTL_MS >= now_ms).then_some(entry))
+    }
+
+    // ---- outbox ----
+
+    /// Outbox entries with push ids above `after`, in order, up to `limit`.
+    pub fn outbox(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        Self::check_limit(limit)?;
+        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+        let cf = self.shard_cf(shard)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(vec![tag::OUTBOX + 1]);
+        options.set_total_order_seek(true);
+        let mut iterator = self.db.raw_iterator_cf_opt(cf, options);
+        iterator.seek(keys::outbox(start));
+        let mut entries = Vec::new();
+        while entries.len() < limit && iterator.valid() {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            let push_id = <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes).map_err(|_| {
+                StorageError::Corrupt { what: "outbox key", key_hex: keys::hex(key), reason: "not 9 bytes".into() }
+            })?;
+            let archived = record::access::<ArchivedOutboxRecord>("outbox", key, value)?;
+            entries.push(OutboxEntry {
+                push_id,
+                user_id: UserId(archived.user_id.to_native()),
+                channel_id: ChannelId(archived.channel_id.to_native()),
+                message_id: MessageId(archived.message_id.to_native()),
+                created_at_ms: archived.created_at_ms.to_native(),
+            });
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(entries)
+    }
+
+    /// The approximate bytes a shard takes on disk (SST files).
+    pub fn shard_disk_bytes(&self, shard: ShardId) -> Result<u64> {
+        let cf = self.shard_cf(shard)?;
+        Ok(self.db.property_int_value_cf(cf, "rocksdb.total-sst-files-size")?.unwrap_or(0))
+    }
+
+    /// Flushes every memtable to SST files (for benchmarks and clean shutdown).
+    pub fn flush(&self) -> Result<()> {
+        for shard in 0..self.shards {
+            self.db.flush_cf(self.shard_cf(ShardId(shard))?)?;
+        }
+        Ok(())
+    }
+
+    /// Compacts a shard fully (for benchmarks that measure a settled store).
+    pub fn compact_shard(&self, shard: ShardId) -> Result<()> {
+        let cf = self.shard_cf(shard)?;
+        self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+}
+
+/// Refuses an empty or over-long variable key part.
+pub(crate) fn check_key_part(what: &'static str, part: &str, max: usize) -> Result<()> {
+    if part.is_empty() || part.len() > max {
+        return Err(StorageError::InvalidKeyPart { what, len: part.len(), max });
+    }
+    Ok(())
+}
