@@ -1,2 +1,30 @@
-//! The `chatgw` binary: filled in by the gateway core issue.
-fn main() {}
+//! The `chatgw` binary: `serve` runs a node; admin, load generation,
+//! reports and host checks grow here as subcommands.
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// chatgw: a thread-per-core chat gateway.
+#[derive(Debug, Parser)]
+#[command(name = "chatgw", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: HTTP and WebSocket on one port, one shard per core.
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHATGW_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve::run(args),
+    }
+}

@@ -1,1 +1,28 @@
-//! The gateway: filled in by the gateway core issue.
+//! chatgw's gateway: one glommio executor per core, each with its own
+//! SO_REUSEPORT listener, WebSocket sessions, and the shards that own users
+//! and channels by hash. See ARCHITECTURE.md for the life of a message.
+
+pub mod accounts;
+pub mod auth;
+pub mod close;
+mod commit;
+pub mod config;
+mod core;
+mod dispatch;
+pub mod error;
+pub mod frame;
+mod http;
+pub mod limits;
+mod owner;
+pub mod protocol;
+mod registry;
+mod route;
+mod server;
+mod session;
+pub mod shard;
+mod single_flight;
+
+pub use auth::TokenKeys;
+pub use config::{Config, Durability};
+pub use error::{ApiError, ErrorCode, ServeError};
+pub use server::{ServerHandle, Shared, start};

@@ -1,0 +1,155 @@
+//! `chatgw serve`: flags over `CHATGW_*` environment variables over the
+//! `--config` TOML file over the embedded default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chatgw_gateway::{Config, Durability};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// When a `send` is acknowledged.
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityArg {
+    /// In the write-ahead log: survives a process crash.
+    Wal,
+    /// In the log and synced to disk: survives a power loss.
+    Fsync,
+}
+
+/// Flags of `chatgw serve`. Each also reads `CHATGW_<NAME>` and the
+/// `--config` file's key of the same name (with `_` for `-`).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below.
+    #[arg(long, env = "CHATGW_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP and WebSocket address [default: 127.0.0.1:8080].
+    #[arg(long, env = "CHATGW_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./chatgw-data].
+    #[arg(long, env = "CHATGW_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Shards [default: one per available core].
+    #[arg(long, env = "CHATGW_SHARDS")]
+    shards: Option<u16>,
+    /// Node name [default: the host name].
+    #[arg(long, env = "CHATGW_NODE")]
+    node: Option<String>,
+    /// Admin token [default: generated at first start, kept in the data dir].
+    #[arg(long, env = "CHATGW_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// JWT secret [default: generated at first start, kept in the data dir].
+    #[arg(long, env = "CHATGW_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// When a send is acknowledged [default: wal].
+    #[arg(long, env = "CHATGW_DURABILITY", value_enum)]
+    durability: Option<DurabilityArg>,
+    /// Webhook pushes are POSTed to [default: none, kept in the outbox].
+    #[arg(long, env = "CHATGW_PUSH_WEBHOOK")]
+    push_webhook: Option<String>,
+    /// Heartbeat interval told to clients, ms [default: 15000].
+    #[arg(long, env = "CHATGW_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Offline grace after the last device goes, ms [default: 5000].
+    #[arg(long, env = "CHATGW_PRESENCE_GRACE_MS")]
+    presence_grace_ms: Option<u64>,
+    /// Members per channel [default: 100].
+    #[arg(long, env = "CHATGW_MAX_CHANNEL_MEMBERS")]
+    max_channel_members: Option<usize>,
+    /// Chars per message [default: 100000].
+    #[arg(long, env = "CHATGW_MAX_MESSAGE_CHARS")]
+    max_message_chars: Option<usize>,
+    /// Messages per second per user [default: 20].
+    #[arg(long, env = "CHATGW_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Message burst per user [default: 100].
+    #[arg(long, env = "CHATGW_RATE_BURST")]
+    rate_burst: Option<u32>,
+}
+
+/// The `--config` file: the same settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    shards: Option<u16>,
+    node: Option<String>,
+    admin_token: Option<String>,
+    jwt_secret: Option<String>,
+    durability: Option<DurabilityArg>,
+    push_webhook: Option<String>,
+    heartbeat_ms: Option<u64>,
+    presence_grace_ms: Option<u64>,
+    max_channel_members: Option<usize>,
+    max_message_chars: Option<usize>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
+}
+
+fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut config = Config::default();
+    macro_rules! pick {
+        ($field:ident => $target:ident) => {
+            if let Some(value) = args.$field.or(file.$field) {
+                config.$target = value;
+            }
+        };
+        ($field:ident => some $target:ident) => {
+            if let Some(value) = args.$field.or(file.$field) {
+                config.$target = Some(value);
+            }
+        };
+    }
+    pick!(listen => listen);
+    pick!(data_dir => data_dir);
+    pick!(shards => some shards);
+    pick!(node => some node);
+    pick!(admin_token => some admin_token);
+    pick!(jwt_secret => some jwt_secret);
+    pick!(push_webhook => some push_webhook);
+    pick!(heartbeat_ms => heartbeat_ms);
+    pick!(presence_grace_ms => presence_grace_ms);
+    pick!(max_channel_members => max_channel_members);
+    pick!(max_message_chars => max_message_chars);
+    pick!(rate_limit => rate_limit_per_s);
+    pick!(rate_burst => rate_burst);
+    if let Some(durability) = args.durability.or(file.durability) {
+        config.durability = match durability {
+            DurabilityArg::Wal => Durability::Wal,
+            DurabilityArg::Fsync => Durability::Fsync,
+        };
+    }
+    anyhow::ensure!(config.max_message_chars >= 1, "max-message-chars must be at least 1");
+    anyhow::ensure!(config.max_channel_members >= 2, "max-channel-members must be at least 2");
+    anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
+    Ok(config)
+}
+
+/// Runs a node until SIGTERM or SIGINT, then stops gracefully and exits 0.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = resolve(args)?;
+    let handle = chatgw_gateway::start(config).context("starting the server")?;
+    if handle.admin_token_generated {
+        // Printed once, at the start that generated it.
+        println!("admin token (generated, kept in the data dir): {}", handle.admin_token);
+    }
+    let stop = handle.stop_flag();
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    tracing::info!(shards = handle.shards, "listening on {}", handle.local_addr());
+    handle.join().context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}

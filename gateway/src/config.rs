@@ -1,0 +1,95 @@
+//! The server's configuration (protocol §6). The CLI fills it from flags,
+//! `CHATGW_*` variables and a TOML file; `Config::default()` is the
+//! embedded default `chatgw serve` runs on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use chatgw_storage::Durability;
+
+/// Everything `chatgw serve` takes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP and WebSocket, one port.
+    pub listen: SocketAddr,
+    /// RocksDB and the generated secrets live here.
+    pub data_dir: PathBuf,
+    /// Shards (one executor per core); `None` = one per available core.
+    pub shards: Option<u16>,
+    /// This node's name; `None` = the host name.
+    pub node: Option<String>,
+    /// This node's number in the Snowflake worker field (0 for one node).
+    pub node_id: u16,
+    /// The admin token; `None` = generated at first start and kept in the data dir.
+    pub admin_token: Option<String>,
+    /// The JWT secret; `None` = generated at first start and kept in the data dir.
+    pub jwt_secret: Option<String>,
+    /// When a `send` is acknowledged.
+    pub durability: Durability,
+    /// Where pushes are POSTed; `None` = kept in the outbox and counted.
+    pub push_webhook: Option<String>,
+    /// The heartbeat clients are told to keep; 2 × this of silence closes.
+    pub heartbeat_ms: u64,
+    /// How long a user stays online after the last device goes.
+    pub presence_grace_ms: u64,
+    /// Members a channel may hold.
+    pub max_channel_members: usize,
+    /// Chars a message's text may hold.
+    pub max_message_chars: usize,
+    /// Messages per second per user.
+    pub rate_limit_per_s: u32,
+    /// Burst of messages per user.
+    pub rate_burst: u32,
+    /// The block cache RocksDB shares across shards, in bytes.
+    pub block_cache_bytes: usize,
+    /// Pin each shard's executor to a core (off in tests that run several
+    /// servers in one process).
+    pub pin_cores: bool,
+    /// Lifetime of the tokens signup and login hand out, in seconds.
+    pub token_ttl_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./chatgw-data"),
+            shards: None,
+            node: None,
+            node_id: 0,
+            admin_token: None,
+            jwt_secret: None,
+            durability: Durability::Wal,
+            push_webhook: None,
+            heartbeat_ms: 15_000,
+            presence_grace_ms: 5_000,
+            max_channel_members: 100,
+            max_message_chars: 100_000,
+            rate_limit_per_s: 20,
+            rate_burst: 100,
+            block_cache_bytes: 256 << 20,
+            pin_cores: true,
+            token_ttl_s: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Config {
+    /// The shard count to run with.
+    pub fn shard_count(&self) -> u16 {
+        self.shards.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |cores| cores.get().min(crate::limits::SHARDS_MAX) as u16)
+        })
+    }
+
+    /// The node name to announce.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_string())
+                .ok()
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "chatgw".to_string())
+        })
+    }
+}

@@ -1,0 +1,358 @@
+//! One shard's state, owned by its core: the channels it owns (members and
+//! the cores that host them), its id generator, committer, router and the
+//! registry of its connections. Everything here is touched by one thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chatgw_idgen::{ChannelId, Generator, MessageId, ShardId, UserId};
+use chatgw_storage::{Channel, Store};
+
+use crate::auth::{AuthedUser, TokenKeys};
+use crate::commit::Committer;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::registry::{Conn, Registry};
+use crate::route::{Control, Response, Router};
+use crate::shard;
+use crate::single_flight::SingleFlight;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// A channel this shard owns, as held in memory.
+#[derive(Debug)]
+pub struct ChannelState {
+    /// Its record.
+    pub channel: Channel,
+    /// Its members.
+    pub members: HashSet<UserId>,
+    /// Bit `i` set: core `i` hosts at least one connection of a member.
+    pub cores: u128,
+}
+
+/// Counters a core keeps for itself (metrics read them).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages stored by this shard as owner.
+    pub messages_stored: Cell<u64>,
+    /// Frames queued to local connections by deliveries.
+    pub deliveries: Cell<u64>,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: Cell<u64>,
+}
+
+/// A shard's core.
+pub struct Core {
+    /// This shard.
+    pub shard: ShardId,
+    /// Shards in the node.
+    pub shards: u16,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The node's store (shared by all cores; RocksDB is thread-safe).
+    pub store: Arc<Store>,
+    /// Token keys.
+    pub tokens: Arc<TokenKeys>,
+    /// This node's name.
+    pub node: Arc<str>,
+    /// The WebSocket URL clients are told to use.
+    pub ws_url: Arc<str>,
+    /// This shard's Snowflake generator.
+    pub ids: RefCell<Generator>,
+    /// Cross-core messaging.
+    pub router: Router,
+    /// Local connections.
+    pub registry: RefCell<Registry>,
+    /// Group commit.
+    pub committer: Committer,
+    /// Counters.
+    pub counters: Counters,
+    /// Set when the server stops.
+    pub stopping: Cell<bool>,
+    /// What all cores of the server share (readiness, the stop flag).
+    pub shared: Arc<crate::server::Shared>,
+    owned: RefCell<HashMap<ChannelId, ChannelState>>,
+    usernames: RefCell<HashMap<UserId, Rc<str>>>,
+    /// Direct channels being made, by pair.
+    pub directs_in_flight: SingleFlight<(UserId, UserId), Result<ChannelId, ApiError>>,
+    /// Signups in progress, by username.
+    pub signups_in_flight: SingleFlight<String, Result<UserId, ApiError>>,
+    /// Sends with a `client_msg_id` in progress, by sender and id.
+    pub sends_in_flight: SingleFlight<(UserId, String), Result<chatgw_storage::Message, ApiError>>,
+}
+
+/// Usernames cached per core before the cache is cleared.
+const USERNAME_CACHE_MAX: usize = 100_000;
+
+impl Core {
+    /// A core from its parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shard: ShardId,
+        shards: u16,
+        config: Arc<Config>,
+        store: Arc<Store>,
+        tokens: Arc<TokenKeys>,
+        node: Arc<str>,
+        ws_url: Arc<str>,
+        ids: Generator,
+        router: Router,
+        shared: Arc<crate::server::Shared>,
+    ) -> Self {
+        Core {
+            shard,
+            shards,
+            config,
+            store,
+            tokens,
+            node,
+            ws_url,
+            ids: RefCell::new(ids),
+            router,
+            registry: RefCell::new(Registry::default()),
+            committer: Committer::new(),
+            counters: Counters::default(),
+            stopping: Cell::new(false),
+            shared,
+            owned: RefCell::new(HashMap::new()),
+            usernames: RefCell::new(HashMap::new()),
+            directs_in_flight: SingleFlight::new(),
+            signups_in_flight: SingleFlight::new(),
+            sends_in_flight: SingleFlight::new(),
+        }
+    }
+
+    /// The owner of a user or channel id.
+    pub fn owner(&self, id: u64) -> ShardId {
+        shard::owner(id, self.shards)
+    }
+
+    /// The next Snowflake id of this shard.
+    pub fn next_id(&self) -> u64 {
+        self.ids.borrow_mut().next_id()
+    }
+
+    // ---- names ----
+
+    /// A user's username (cached; read from the user's shard).
+    pub fn username(&self, user: UserId) -> Result<Rc<str>, ApiError> {
+        if let Some(name) = self.usernames.borrow().get(&user) {
+            return Ok(name.clone());
+        }
+        let name: Rc<str> = match self.store.user(self.owner(user.0), user)? {
+            Some(record) => record.username.into(),
+            None => "".into(),
+        };
+        let mut cache = self.usernames.borrow_mut();
+        if cache.len() >= USERNAME_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(user, name.clone());
+        Ok(name)
+    }
+
+    /// A user id by username (read from the username's shard).
+    pub fn user_id(&self, username: &str) -> Result<Option<UserId>, ApiError> {
+        if !crate::accounts::valid_username(username) {
+            return Ok(None);
+        }
+        Ok(self.store.user_id_by_name(shard::username_owner(username, self.shards), username)?)
+    }
+
+    // ---- owned channels ----
+
+    /// Runs `visit` on an owned channel's state, loading it from storage
+    /// first. `None` if the channel does not exist.
+    pub fn with_channel<R>(
+        &self,
+        id: ChannelId,
+        visit: impl FnOnce(&mut ChannelState) -> R,
+    ) -> Result<Option<R>, ApiError> {
+        debug_assert_eq!(self.owner(id.0), self.shard, "only the owner holds a channel");
+        if !self.owned.borrow().contains_key(&id) {
+            let Some(channel) = self.store.channel(self.shard, id)? else { return Ok(None) };
+            let members = self.store.members(self.shard, id)?.into_iter().collect();
+            self.owned.borrow_mut().entry(id).or_insert(ChannelState { channel, members, cores: 0 });
+        }
+        Ok(self.owned.borrow_mut().get_mut(&id).map(visit))
+    }
+
+    /// Records a channel just created by this owner.
+    pub fn insert_channel(&self, channel: Channel, members: HashSet<UserId>) {
+        self.owned.borrow_mut().insert(channel.id, ChannelState { channel, members, cores: 0 });
+    }
+
+    /// Sends one shared frame to every core hosting a member of `channel`.
+    pub async fn fan_out(&self, channel: ChannelId, cores: u128, frame: Bytes) {
+        for core in 0..self.shards {
+            if cores & (1u128 << core) == 0 {
+                continue;
+            }
+            if ShardId(core) == self.shard {
+                self.deliver_local(channel, &frame);
+            } else {
+                self.router
+                    .send_control(ShardId(core), 0, Control::Deliver { channel_id: channel, frame: frame.clone() })
+                    .await;
+            }
+        }
+    }
+
+    /// Queues a frame to this core's connections in `channel`.
+    pub fn deliver_local(&self, channel: ChannelId, frame: &Bytes) {
+        let queued = self.registry.borrow().deliver(channel, frame);
+        self.counters.deliveries.set(self.counters.deliveries.get() + queued as u64);
+    }
+
+    // ---- connections ----
+
+    /// Registers a connection and subscribes this core to its channels;
+    /// returns once every owner knows, so nothing sent after the `hello`
+    /// can miss it.
+    pub async fn attach(self: &Rc<Self>, user: &AuthedUser, device: Box<str>) -> Result<Rc<Conn>, ApiError> {
+        let username: Rc<str> = user.username.as_str().into();
+        let conn = self.registry.borrow_mut().add(user.user_id, username, device, now_ms());
+        let channels = match self.store.user_channels(self.owner(user.user_id.0), user.user_id) {
+            Ok(channels) => channels,
+            Err(error) => {
+                self.registry.borrow_mut().remove(&conn);
+                return Err(error.into());
+            }
+        };
+        let first_local: Vec<ChannelId> = {
+            let mut registry = self.registry.borrow_mut();
+            channels
+                .iter()
+                .filter(|joined| registry.join_channel(&conn, joined.channel_id))
+                .map(|joined| joined.channel_id)
+                .collect()
+        };
+        self.subscribe(&first_local).await;
+        Ok(conn)
+    }
+
+    /// Tells the owners of `channels` that this core hosts them now.
+    pub async fn subscribe(&self, channels: &[ChannelId]) {
+        let mut waits = Vec::new();
+        for channel in channels {
+            let owner = self.owner(channel.0);
+            if owner == self.shard {
+                self.on_subscribe(self.shard, *channel, true);
+            } else {
+                waits.push(self.router.ask(owner, Control::Subscribe(*channel)));
+            }
+        }
+        for wait in waits {
+            if let Err(error) = wait.await {
+                tracing::warn!(%error, "subscription failed");
+            }
+        }
+    }
+
+    /// Removes a connection and unsubscribes channels it was the last of.
+    pub async fn detach(&self, conn: &Conn) {
+        let emptied = self.registry.borrow_mut().remove(conn);
+        for channel in emptied {
+            let owner = self.owner(channel.0);
+            if owner == self.shard {
+                self.on_subscribe(self.shard, channel, false);
+            } else {
+                self.router.send_control(owner, 0, Control::Unsubscribe(channel)).await;
+            }
+        }
+    }
+
+    /// A core (`from`) hosts or stops hosting connections of an owned channel.
+    pub fn on_subscribe(&self, from: ShardId, channel: ChannelId, hosts: bool) {
+        let bit = 1u128 << from.0;
+        let result = self.with_channel(channel, |state| {
+            if hosts {
+                state.cores |= bit;
+            } else {
+                state.cores &= !bit;
+            }
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, channel = channel.0, "subscription to an unreadable channel");
+        }
+    }
+
+    /// Applies a membership change to this core's connections; returns
+    /// whether the core still hosts the channel.
+    pub fn on_membership(
+        &self,
+        channel: ChannelId,
+        added: &[UserId],
+        removed: &[UserId],
+        added_frame: Option<&Bytes>,
+        removed_frame: Option<&Bytes>,
+    ) -> bool {
+        let mut registry = self.registry.borrow_mut();
+        for user in added {
+            for conn in registry.user_conns(*user) {
+                registry.join_channel(&conn, channel);
+                if let Some(frame) = added_frame {
+                    conn.push(frame.clone());
+                }
+            }
+        }
+        for user in removed {
+            for conn in registry.user_conns(*user) {
+                registry.leave_channel(&conn, channel);
+                if let Some(frame) = removed_frame {
+                    conn.push(frame.clone());
+                }
+            }
+        }
+        registry.hosts_channel(channel)
+    }
+
+    /// Handles a control message from another core. Never awaits: replies
+    /// go out from a task of their own.
+    pub fn on_control(self: &Rc<Self>, from: ShardId, request_id: u64, control: Control) {
+        let reply = match control {
+            Control::Reply(result) => {
+                self.router.complete(request_id, result);
+                None
+            }
+            Control::Deliver { channel_id, frame } => {
+                self.deliver_local(channel_id, &frame);
+                None
+            }
+            Control::Subscribe(channel) => {
+                self.on_subscribe(from, channel, true);
+                Some(Ok(Response::Done))
+            }
+            Control::Unsubscribe(channel) => {
+                self.on_subscribe(from, channel, false);
+                None
+            }
+            Control::Membership { channel_id, added, removed, added_frame, removed_frame } => {
+                let hosts =
+                    self.on_membership(channel_id, &added, &removed, added_frame.as_ref(), removed_frame.as_ref());
+                Some(Ok(Response::Subscribed(hosts)))
+            }
+        };
+        if let Some(result) = reply
+            && request_id != 0
+        {
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                core.router.send_control(from, request_id, Control::Reply(result)).await;
+            })
+            .detach();
+        }
+    }
+
+    /// Largest message id this shard has stored, for the generator.
+    pub fn high_water(&self) -> Result<Option<MessageId>, ApiError> {
+        Ok(self.store.high_water(self.shard)?)
+    }
+}

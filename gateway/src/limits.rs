@@ -1,0 +1,70 @@
+//! Every bound in the gateway, in one place, checked against each other at
+//! compile time. Each queue, buffer and loop names its limit here, and the
+//! code says what happens at it.
+
+use std::time::Duration;
+
+/// Shards (cores) per node: the channel's subscriber set is a `u128` mask.
+pub const SHARDS_MAX: usize = 128;
+
+/// The largest WebSocket frame or reassembled message accepted (protocol
+/// default): a text of 100,000 chars in any valid JSON escaping fits.
+/// Above it the connection closes with 1009.
+pub const FRAME_BYTES_MAX: usize = 2 << 20;
+/// The per-core scratch buffer sockets are read through. No connection
+/// holds a read buffer while idle; only a partial frame's bytes are kept.
+pub const READ_SCRATCH_BYTES: usize = 64 << 10;
+/// Bytes queued to one connection before it counts as a slow consumer and
+/// is closed with 1008 (one frame alone is always accepted, however large).
+pub const OUTBOUND_QUEUE_BYTES_MAX: usize = 4 << 20;
+/// Commands of one connection in flight at once; past it the session stops
+/// reading its socket (TCP backpressure) until one finishes.
+pub const COMMANDS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
+
+/// Slots in each cross-core request queue (commands that await storage).
+pub const MESH_REQUEST_CAPACITY: usize = 1024;
+/// Slots in each cross-core control queue (replies, deliveries,
+/// subscriptions: handled without awaiting, so never a cycle).
+pub const MESH_CONTROL_CAPACITY: usize = 8192;
+/// Requests a shard works on at once; its mesh reader waits past it.
+pub const REQUESTS_IN_FLIGHT_PER_SHARD_MAX: usize = 4096;
+/// Writes one group commit takes at most; the rest wait for the next.
+pub const GROUP_COMMIT_WRITES_MAX: usize = 4096;
+
+/// Members up to which a channel's messages are also written to each
+/// member's inbox (fan-out on write); above it, members read the channel
+/// at sync time (fan-out on read).
+pub const INBOX_FAN_OUT_MEMBERS_MAX: usize = 500;
+/// `history` limit bounds and default (protocol).
+pub const HISTORY_LIMIT_MAX: usize = 200;
+/// Default `history` limit.
+pub const HISTORY_LIMIT_DEFAULT: usize = 50;
+/// `sync` limit bounds and default (protocol).
+pub const SYNC_LIMIT_MAX: usize = 1000;
+/// Default `sync` limit.
+pub const SYNC_LIMIT_DEFAULT: usize = 500;
+/// Text bytes one `history` or `sync` reply carries at most (at least one
+/// message always): past it the reply is cut short and the client pages on.
+pub const REPLY_TEXT_BYTES_MAX: usize = 4 << 20;
+/// How long a closing session waits for the client's close or EOF.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Members named in one channel command.
+pub const MEMBERS_PER_COMMAND_MAX: usize = 1000;
+/// Longest channel name, in chars.
+pub const CHANNEL_NAME_CHARS_MAX: usize = 100;
+/// Longest `client_msg_id`, in bytes (storage keys on it).
+pub const CLIENT_MSG_ID_BYTES_MAX: usize = 128;
+
+/// Largest HTTP request body (a 100,000-char message in any JSON escaping).
+pub const HTTP_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX;
+/// An HTTP connection that sends nothing for this long is closed.
+pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for connections to drain after close 1001.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+const _: () = assert!(OUTBOUND_QUEUE_BYTES_MAX >= FRAME_BYTES_MAX);
+const _: () = assert!(READ_SCRATCH_BYTES >= 14, "a whole frame header fits the scratch buffer");
+const _: () = assert!(HISTORY_LIMIT_MAX <= chatgw_storage::READ_LIMIT_MAX);
+const _: () = assert!(SYNC_LIMIT_MAX < chatgw_storage::READ_LIMIT_MAX);
+const _: () = assert!(CLIENT_MSG_ID_BYTES_MAX <= chatgw_storage::CLIENT_MSG_ID_BYTES_MAX);
+const _: () = assert!(REQUESTS_IN_FLIGHT_PER_SHARD_MAX >= MESH_REQUEST_CAPACITY);

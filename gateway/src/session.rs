@@ -1,0 +1,202 @@
+//! One WebSocket connection's life on its core: hello, then a loop that
+//! writes what is queued and reads through the core's scratch buffer.
+//!
+//! The session holds no read buffer while idle: bytes are read into a
+//! per-core scratch buffer inside `poll` (never across `Pending`), complete
+//! frames are handled in place, and only an incomplete frame's bytes are
+//! kept. Commands run as tasks of their own, so a client can pipeline.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use serde_json::json;
+
+use crate::auth::AuthedUser;
+use crate::close::CloseReason;
+use crate::core::{Core, now_ms};
+use crate::dispatch;
+use crate::frame::{self, FrameReader, Incoming};
+use crate::limits;
+use crate::protocol;
+use crate::registry::Conn;
+
+thread_local! {
+    /// The core's read buffer, borrowed only inside one `poll`.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; limits::READ_SCRATCH_BYTES].into_boxed_slice());
+}
+
+/// Reads handled per poll before yielding to other connections.
+const READS_PER_POLL_MAX: usize = 16;
+
+enum End {
+    /// The peer went away or the socket failed.
+    Gone,
+    /// A close frame was written.
+    Closed,
+}
+
+/// Runs a connection that passed the upgrade, until it ends.
+pub async fn run(core: Rc<Core>, mut stream: TcpStream, early: Bytes, user: AuthedUser, device: Box<str>) {
+    let conn = match core.attach(&user, device).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            tracing::warn!(%error, "connection refused after upgrade");
+            let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &frame::close(CloseReason::Internal)).await;
+            return;
+        }
+    };
+    let hello = json!({
+        "user_id": user.user_id.to_string(),
+        "username": user.username,
+        "device": &*conn.device,
+        "node": &*core.node,
+        "heartbeat_ms": core.config.heartbeat_ms,
+        "max_message_chars": core.config.max_message_chars,
+    });
+    conn.push(frame::text(&protocol::event_json("hello", &hello)));
+    if core.stopping.get() {
+        conn.close(CloseReason::GoingAway);
+    }
+    let user = Rc::new(user);
+    let mut reader = FrameReader::default();
+    if !early.is_empty() {
+        let mut early = early.to_vec();
+        if let Err(reason) =
+            reader.feed(&mut early, limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(&core, &conn, &user, incoming))
+        {
+            conn.close(reason);
+        }
+    }
+    let end = std::future::poll_fn(|cx| poll_session(&core, &conn, &user, &mut stream, &mut reader, cx)).await;
+    if matches!(end, End::Closed) {
+        // The close handshake: no more writes, then read (and drop) what
+        // the client still sends until it closes, for a short while. This
+        // keeps unread input from turning our FIN into a reset, which could
+        // destroy the close frame before the client reads it.
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        let linger = glommio::timer::sleep(limits::CLOSE_LINGER);
+        let drain = async {
+            loop {
+                let read = std::future::poll_fn(|cx| {
+                    SCRATCH.with(|scratch| Pin::new(&mut stream).poll_read(cx, &mut scratch.borrow_mut()[..]))
+                })
+                .await;
+                if !matches!(read, Ok(count) if count > 0) {
+                    break;
+                }
+            }
+        };
+        futures_lite::future::or(drain, linger).await;
+    }
+    if conn.closing() == Some(CloseReason::SlowConsumer) {
+        core.counters.slow_consumers.set(core.counters.slow_consumers.get() + 1);
+    }
+    core.detach(&conn).await;
+}
+
+fn poll_session(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    user: &Rc<AuthedUser>,
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    cx: &mut Context<'_>,
+) -> Poll<End> {
+    for _ in 0..READS_PER_POLL_MAX {
+        // Write everything queued, as far as the socket takes it.
+        while let Some(front) = conn.front() {
+            match Pin::new(&mut *stream).poll_write(cx, &front) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Ready(Ok(written)) => conn.advance(written),
+                Poll::Pending => break,
+            }
+        }
+        if conn.closing().is_some() {
+            if conn.drained() {
+                return Poll::Ready(End::Closed);
+            }
+            conn.set_waker(cx.waker());
+            return Poll::Pending;
+        }
+        if conn.in_flight.get() >= limits::COMMANDS_IN_FLIGHT_PER_CONNECTION_MAX {
+            // Stop reading until a command finishes (it wakes us).
+            conn.set_waker(cx.waker());
+            return Poll::Pending;
+        }
+        let read = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(None),
+                Poll::Ready(Ok(count)) => {
+                    conn.last_active_ms.set(now_ms());
+                    let outcome = reader.feed(&mut scratch[..count], limits::FRAME_BYTES_MAX, &mut |incoming| {
+                        on_frame(core, conn, user, incoming)
+                    });
+                    if let Err(reason) = outcome {
+                        conn.close(reason);
+                    }
+                    Poll::Ready(Some(()))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        match read {
+            Poll::Ready(None) => return Poll::Ready(End::Gone),
+            Poll::Ready(Some(())) => continue,
+            Poll::Pending => {
+                if conn.front().is_some() {
+                    // Frames queued while reading: go round once more.
+                    continue;
+                }
+                conn.set_waker(cx.waker());
+                return Poll::Pending;
+            }
+        }
+    }
+    // Fair share used: let other connections run.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+fn on_frame(core: &Rc<Core>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, incoming: Incoming<'_>) {
+    match incoming {
+        Incoming::Text(text) => on_command(core, conn, user, text),
+        Incoming::Binary(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => on_command(core, conn, user, text),
+            Err(_) => {
+                let error = crate::error::ApiError::bad_request("binary frames must hold UTF-8 JSON");
+                conn.push(frame::text(&protocol::reply_json(&serde_json::Value::Null, &Err(error))));
+            }
+        },
+        Incoming::Ping(payload) => {
+            conn.push(frame::pong(payload));
+        }
+        Incoming::Pong => {}
+        Incoming::Close(_) => conn.close(CloseReason::Normal),
+    }
+}
+
+fn on_command(core: &Rc<Core>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &str) {
+    let envelope = protocol::parse_frame(text);
+    let command = match envelope.command {
+        Ok(command) => command,
+        Err(error) => {
+            conn.push(frame::text(&protocol::reply_json(&envelope.id, &Err(error))));
+            return;
+        }
+    };
+    conn.in_flight.set(conn.in_flight.get() + 1);
+    let (core, conn, user, id) = (core.clone(), conn.clone(), user.clone(), envelope.id);
+    glommio::spawn_local(async move {
+        let result = dispatch::dispatch(&core, &user, command).await;
+        conn.push(frame::text(&protocol::reply_json(&id, &result)));
+        conn.in_flight.set(conn.in_flight.get() - 1);
+        conn.wake();
+    })
+    .detach();
+}
