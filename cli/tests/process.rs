@@ -1,0 +1,196 @@
+//! The `chatgw` binary as a real process: killed with SIGKILL while a
+//! client pipelines sends (every acknowledged message survives a restart),
+//! and stopped with SIGTERM (clients get 1001, the process exits 0).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// Starts `chatgw serve` on an ephemeral port and waits for its
+/// `listening on` line.
+fn serve(data_dir: &Path) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(data_dir)
+        .env("CHATGW_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        assert!(Instant::now() < deadline, "no listening line");
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '\u{1b}').collect();
+            break addr.parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Node { child, addr }
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+fn signup(addr: SocketAddr, username: &str) -> Value {
+    let mut response = http()
+        .post(format!("http://{addr}/v1/signup"))
+        .send_json(json!({ "username": username, "password": "password123" }))
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    response.body_mut().read_json().unwrap()
+}
+
+fn login(addr: SocketAddr, username: &str) -> String {
+    let mut response = http()
+        .post(format!("http://{addr}/v1/login"))
+        .send_json(json!({ "username": username, "password": "password123" }))
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.body_mut().read_json().unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+fn connect(addr: SocketAddr, token: &str) -> tungstenite::WebSocket<TcpStream> {
+    let mut request = format!("ws://{addr}/v1/ws?device=test").into_client_request().unwrap();
+    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (ws, _) = tungstenite::client(request, stream).unwrap();
+    ws
+}
+
+fn read_json(ws: &mut tungstenite::WebSocket<TcpStream>) -> Option<Value> {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[test]
+fn sigkill_during_pipelined_sends_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = serve(dir.path());
+    let alice = signup(node.addr, "crash_alice");
+    signup(node.addr, "crash_bob");
+    let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
+    assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
+
+    // Pipeline 400 sends without waiting, then collect acknowledgements and
+    // kill the server once 150 are in: many are still in flight then.
+    const SENDS: u64 = 400;
+    for n in 1..=SENDS {
+        let command = json!({ "id": n, "method": "send", "params": { "to_user": "crash_bob", "text": format!("pipelined {n}") } });
+        ws.send(Message::text(command.to_string())).unwrap();
+    }
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut channel_id = String::new();
+    while acknowledged.len() < 150 {
+        let frame = read_json(&mut ws).expect("server alive until killed");
+        if let Some(result) = frame.get("result") {
+            acknowledged.push(result["message_id"].as_str().unwrap().to_string());
+            channel_id = result["channel_id"].as_str().unwrap().to_string();
+        }
+    }
+    node.child.kill().unwrap(); // SIGKILL
+    node.child.wait().unwrap();
+    // Acknowledgements already on the wire count too.
+    while let Some(frame) = read_json(&mut ws) {
+        if let Some(result) = frame.get("result") {
+            acknowledged.push(result["message_id"].as_str().unwrap().to_string());
+        }
+    }
+
+    let node = serve(dir.path());
+    let token = login(node.addr, "crash_alice");
+    let mut ws = connect(node.addr, &token);
+    assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
+    let mut stored = std::collections::HashSet::new();
+    let mut after = "0".to_string();
+    loop {
+        let command = json!({ "id": 1, "method": "history", "params": { "channel_id": channel_id, "after": after, "limit": 200 } });
+        ws.send(Message::text(command.to_string())).unwrap();
+        let reply = loop {
+            let frame = read_json(&mut ws).unwrap();
+            if frame.get("id").is_some() {
+                break frame;
+            }
+        };
+        let messages = reply["result"]["messages"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            break;
+        }
+        after = messages.last().unwrap()["id"].as_str().unwrap().to_string();
+        stored.extend(messages.iter().map(|message| message["id"].as_str().unwrap().to_string()));
+    }
+    let lost: Vec<&String> = acknowledged.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged, {} lost: {lost:?}", acknowledged.len(), lost.len());
+    assert!(acknowledged.len() >= 150);
+    // And ids still grow after the restart.
+    let command = json!({ "id": 2, "method": "send", "params": { "to_user": "crash_bob", "text": "after restart" } });
+    ws.send(Message::text(command.to_string())).unwrap();
+    let reply = loop {
+        let frame = read_json(&mut ws).unwrap();
+        if frame.get("id").is_some() {
+            break frame;
+        }
+    };
+    let new_id: u64 = reply["result"]["message_id"].as_str().unwrap().parse().unwrap();
+    assert!(stored.iter().all(|id| id.parse::<u64>().unwrap() < new_id));
+    let mut node = node;
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = serve(dir.path());
+    let alice = signup(node.addr, "term_alice");
+    let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
+    assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
+    let status = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => break frame.map(|frame| u16::from(frame.code)),
+            Ok(_) => continue,
+            Err(error) => panic!("no close frame: {error}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = node.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0));
+    // The data survives a clean stop: the account is still there.
+    let node = serve(dir.path());
+    login(node.addr, "term_alice");
+    let mut node = node;
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+}
