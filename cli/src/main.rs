@@ -1,6 +1,7 @@
 //! The `chatgw` binary: `serve` runs a node; admin, load generation,
 //! reports and host checks grow here as subcommands.
 
+mod loadgen;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run a node: HTTP and WebSocket on one port, one shard per core.
     Serve(serve::ServeArgs),
+    /// Put load on a running gateway and report what it cost.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +29,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args),
+        Command::Loadgen(args) => loadgen::run(args),
     }
 }

@@ -194,3 +194,37 @@ fn sigterm_closes_clients_with_1001_and_exits_zero() {
     node.child.kill().unwrap();
     node.child.wait().unwrap();
 }
+
+#[test]
+fn loadgen_idle_opens_connections_and_reports_server_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let users_file = dir.path().join("users.json");
+    let mut node = serve(&dir.path().join("data"));
+    let loadgen = |node: &Node| {
+        Command::new(env!("CARGO_BIN_EXE_chatgw"))
+            .args(["loadgen", "idle", "--connections", "60", "--users", "4", "--hold-s", "0", "--json", "--addr"])
+            .arg(node.addr.to_string())
+            .arg("--users-file")
+            .arg(&users_file)
+            .arg("--server-pid")
+            .arg(node.child.id().to_string())
+            .output()
+            .unwrap()
+    };
+    // First run: makes the accounts (and says to restart the server).
+    let first = loadgen(&node);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("restart the server"));
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    // Second run, against a server that hashed nothing: measures.
+    let mut node = serve(&dir.path().join("data"));
+    let second = loadgen(&node);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let report: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(report["connections"], 60);
+    assert!(report["server_rss_after_bytes"].as_u64().unwrap() > 0);
+    assert!(report["server_rss_per_connection_bytes"].as_f64().is_some());
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+}
