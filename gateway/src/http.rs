@@ -100,7 +100,9 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
                 let stream = parts.io.0;
                 // The session watches liveness itself (heartbeats).
                 let _ = stream.set_read_timeout(None);
-                session::run(core, stream, parts.read_buf, user, device).await;
+                // A task of its own, sized for the session alone: this task's
+                // future is sized for hyper's connection state, and ends here.
+                glommio::spawn_local(session::run(core, stream, parts.read_buf, user, device)).detach();
             }
         }
         Err(error) => tracing::debug!(%error, "http connection ended"),
