@@ -44,6 +44,14 @@ fn serve(data_dir: &Path) -> Node {
     Node { child, addr }
 }
 
+impl Drop for Node {
+    /// SIGKILL, if still running: no server outlives its test.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn http() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().into()
 }
@@ -82,6 +90,17 @@ fn read_json(ws: &mut tungstenite::WebSocket<TcpStream>) -> Option<Value> {
             Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
+        }
+    }
+}
+
+/// Sends a command and returns its reply (events on the way are skipped).
+fn call(ws: &mut tungstenite::WebSocket<TcpStream>, command: Value) -> Value {
+    ws.send(Message::text(command.to_string())).unwrap();
+    loop {
+        let frame = read_json(ws).expect("connection open");
+        if frame.get("id").is_some() {
+            return frame;
         }
     }
 }
@@ -128,13 +147,7 @@ fn sigkill_during_pipelined_sends_loses_no_acknowledged_message() {
     let mut after = "0".to_string();
     loop {
         let command = json!({ "id": 1, "method": "history", "params": { "channel_id": channel_id, "after": after, "limit": 200 } });
-        ws.send(Message::text(command.to_string())).unwrap();
-        let reply = loop {
-            let frame = read_json(&mut ws).unwrap();
-            if frame.get("id").is_some() {
-                break frame;
-            }
-        };
+        let reply = call(&mut ws, command);
         let messages = reply["result"]["messages"].as_array().unwrap().clone();
         if messages.is_empty() {
             break;
@@ -147,18 +160,9 @@ fn sigkill_during_pipelined_sends_loses_no_acknowledged_message() {
     assert!(acknowledged.len() >= 150);
     // And ids still grow after the restart.
     let command = json!({ "id": 2, "method": "send", "params": { "to_user": "crash_bob", "text": "after restart" } });
-    ws.send(Message::text(command.to_string())).unwrap();
-    let reply = loop {
-        let frame = read_json(&mut ws).unwrap();
-        if frame.get("id").is_some() {
-            break frame;
-        }
-    };
+    let reply = call(&mut ws, command);
     let new_id: u64 = reply["result"]["message_id"].as_str().unwrap().parse().unwrap();
     assert!(stored.iter().all(|id| id.parse::<u64>().unwrap() < new_id));
-    let mut node = node;
-    node.child.kill().unwrap();
-    node.child.wait().unwrap();
 }
 
 #[test]
@@ -190,16 +194,13 @@ fn sigterm_closes_clients_with_1001_and_exits_zero() {
     // The data survives a clean stop: the account is still there.
     let node = serve(dir.path());
     login(node.addr, "term_alice");
-    let mut node = node;
-    node.child.kill().unwrap();
-    node.child.wait().unwrap();
 }
 
 #[test]
 fn loadgen_idle_opens_connections_and_reports_server_memory() {
     let dir = tempfile::tempdir().unwrap();
     let users_file = dir.path().join("users.json");
-    let mut node = serve(&dir.path().join("data"));
+    let node = serve(&dir.path().join("data"));
     let loadgen = |node: &Node| {
         Command::new(env!("CARGO_BIN_EXE_chatgw"))
             .args(["loadgen", "idle", "--connections", "60", "--users", "4", "--hold-s", "0", "--json", "--addr"])
@@ -215,16 +216,13 @@ fn loadgen_idle_opens_connections_and_reports_server_memory() {
     let first = loadgen(&node);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(String::from_utf8_lossy(&first.stderr).contains("restart the server"));
-    node.child.kill().unwrap();
-    node.child.wait().unwrap();
+    drop(node);
     // Second run, against a server that hashed nothing: measures.
-    let mut node = serve(&dir.path().join("data"));
+    let node = serve(&dir.path().join("data"));
     let second = loadgen(&node);
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     let report: Value = serde_json::from_slice(&second.stdout).unwrap();
     assert_eq!(report["connections"], 60);
     assert!(report["server_rss_after_bytes"].as_u64().unwrap() > 0);
     assert!(report["server_rss_per_connection_bytes"].as_f64().is_some());
-    node.child.kill().unwrap();
-    node.child.wait().unwrap();
 }
