@@ -28,8 +28,8 @@ use crate::route::{Control, Request, Routed, Router};
 pub struct Shared {
     /// Shards that have joined the meshes and listen.
     pub ready_shards: AtomicUsize,
-    /// Set to stop the server.
-    pub stop: AtomicBool,
+    /// Set to stop the server (signal handlers set it directly).
+    pub stop: Arc<AtomicBool>,
 }
 
 /// A running server.
@@ -61,17 +61,7 @@ impl ServerHandle {
 
     /// The flag that stops the server when set (for signal handlers).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        // The flag lives in `Shared`; hand out a watcher that mirrors it.
-        let flag = Arc::new(AtomicBool::new(false));
-        let shared = self.shared.clone();
-        let watched = flag.clone();
-        std::thread::spawn(move || {
-            while !watched.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            shared.stop.store(true, Ordering::Release);
-        });
-        flag
+        self.shared.stop.clone()
     }
 
     /// Asks the server to stop: stop accepting, finish writes in flight,
