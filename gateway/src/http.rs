@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -26,36 +27,54 @@ use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::session;
 
-/// A glommio stream as hyper's I/O.
-struct HyperIo(TcpStream);
+/// A glommio stream as hyper's I/O, with an idle timeout on reads.
+///
+/// The timeout is a glommio timer owned here rather than the stream's own
+/// read timeout: that one leaves a timer (holding this task's waker) in the
+/// reactor after the stream moves on to a WebSocket session, which would
+/// later fail the session's reads with `TimedOut`.
+struct HyperIo {
+    stream: TcpStream,
+    /// Running while a read waits for bytes; dropped when bytes come.
+    idle: Option<glommio::timer::Timer>,
+}
 
 impl hyper::rt::Read for HyperIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         // Read through a stack buffer: safe, and this side is not the hot path.
         let mut chunk = [0u8; 4096];
         let want = buf.remaining().min(chunk.len());
-        match Pin::new(&mut self.get_mut().0).poll_read(cx, &mut chunk[..want]) {
+        match Pin::new(&mut this.stream).poll_read(cx, &mut chunk[..want]) {
             Poll::Ready(Ok(count)) => {
+                this.idle = None;
                 buf.put_slice(&chunk[..count]);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Slowloris: a connection that sends nothing for this long goes.
+                let idle = this.idle.get_or_insert_with(|| glommio::timer::Timer::new(limits::HTTP_READ_TIMEOUT));
+                match Pin::new(idle).poll(cx) {
+                    Poll::Ready(_) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP read timed out"))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
 
 impl hyper::rt::Write for HyperIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_close(cx)
+        Pin::new(&mut self.get_mut().stream).poll_close(cx)
     }
 }
 
@@ -79,8 +98,6 @@ fn error_response(error: &ApiError) -> Response<Body> {
 /// session once upgraded.
 pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    // Slowloris: a connection that sends nothing for this long is dropped.
-    let _ = stream.set_read_timeout(Some(limits::HTTP_READ_TIMEOUT));
     let upgrade: Upgrade = Rc::new(RefCell::new(None));
     let service = {
         let (core, upgrade) = (core.clone(), upgrade.clone());
@@ -92,17 +109,22 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(64 << 10)
-        .serve_connection(HyperIo(stream), service);
+        .serve_connection(HyperIo { stream, idle: None }, service);
     match connection.without_shutdown().await {
         Ok(parts) => {
             let taken = upgrade.borrow_mut().take();
             if let Some((user, device)) = taken {
-                let stream = parts.io.0;
-                // The session watches liveness itself (heartbeats).
-                let _ = stream.set_read_timeout(None);
+                // Bytes the client sent after its request head (usually
+                // none): copied out, so hyper's read buffer is freed here
+                // rather than kept for the connection's life.
+                let early = parts.read_buf.to_vec();
+                // The idle timer goes with `io`: the session watches
+                // liveness itself (heartbeats).
+                let stream = parts.io.stream;
+                drop(parts.read_buf);
                 // A task of its own, sized for the session alone: this task's
                 // future is sized for hyper's connection state, and ends here.
-                glommio::spawn_local(session::run(core, stream, parts.read_buf, user, device)).detach();
+                glommio::spawn_local(session::run(core, stream, early, user, device)).detach();
             }
         }
         Err(error) => tracing::debug!(%error, "http connection ended"),

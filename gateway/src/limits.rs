@@ -14,6 +14,12 @@ pub const FRAME_BYTES_MAX: usize = 2 << 20;
 /// The per-core scratch buffer sockets are read through. No connection
 /// holds a read buffer while idle; only a partial frame's bytes are kept.
 pub const READ_SCRATCH_BYTES: usize = 64 << 10;
+/// Submission entries of each io_uring ring of a shard. The kernel sizes
+/// its table of pending polls (one per idle connection) from the ring: at
+/// glommio's default (128) it has 8 buckets, and every cancellation walks
+/// one, so 10,000 connections made each cancel scan about 1,250 entries.
+/// At 4096 the table has its maximum of 256 buckets.
+pub const IO_URING_DEPTH: usize = 4096;
 /// Bytes queued to one connection before it counts as a slow consumer and
 /// is closed with 1008 (one frame alone is always accepted, however large).
 pub const OUTBOUND_QUEUE_BYTES_MAX: usize = 4 << 20;

@@ -179,6 +179,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
             // Socket I/O does not use glommio's registered buffers: keep
             // locked memory small (8 MiB is the limit per process here).
             .io_memory(64 << 10)
+            .ring_depth(limits::IO_URING_DEPTH)
             .spawn(move || shard_main(start))
             .map_err(|error| ServeError::Runtime(format!("starting shard {shard}: {error}")))?;
         executors.push(executor);

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use serde_json::json;
@@ -41,13 +40,36 @@ enum End {
 }
 
 /// Runs a connection that passed the upgrade, until it ends.
-pub async fn run(core: Rc<Core>, mut stream: TcpStream, early: Bytes, user: AuthedUser, device: Box<str>) {
-    let conn = match core.attach(&user, device).await {
+///
+/// This future lives as long as the connection, so it holds only what the
+/// loop needs: the start (attach, hello) and the end (close handshake,
+/// detach) run as boxed futures of their own, whose state is freed when
+/// they finish instead of sizing this one.
+pub async fn run(core: Rc<Core>, mut stream: TcpStream, early: Vec<u8>, user: AuthedUser, device: Box<str>) {
+    let user = Rc::new(user);
+    let Some((conn, mut reader)) = Box::pin(start(&core, &mut stream, early, &user, device)).await else {
+        return;
+    };
+    let end = std::future::poll_fn(|cx| poll_session(&core, &conn, &user, &mut stream, &mut reader, cx)).await;
+    drop(reader);
+    Box::pin(finish(&core, &conn, stream, end)).await;
+}
+
+/// Registers the connection, queues its `hello` and handles bytes the
+/// client sent along with its upgrade request.
+async fn start(
+    core: &Rc<Core>,
+    stream: &mut TcpStream,
+    mut early: Vec<u8>,
+    user: &Rc<AuthedUser>,
+    device: Box<str>,
+) -> Option<(Rc<Conn>, FrameReader)> {
+    let conn = match core.attach(user, device).await {
         Ok(conn) => conn,
         Err(error) => {
             tracing::warn!(%error, "connection refused after upgrade");
-            let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &frame::close(CloseReason::Internal)).await;
-            return;
+            let _ = futures_lite::AsyncWriteExt::write_all(stream, &frame::close(CloseReason::Internal)).await;
+            return None;
         }
     };
     let hello = json!({
@@ -62,17 +84,19 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, early: Bytes, user: Auth
     if core.stopping.get() {
         conn.close(CloseReason::GoingAway);
     }
-    let user = Rc::new(user);
     let mut reader = FrameReader::default();
-    if !early.is_empty() {
-        let mut early = early.to_vec();
-        if let Err(reason) =
-            reader.feed(&mut early, limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(&core, &conn, &user, incoming))
-        {
-            conn.close(reason);
-        }
+    if !early.is_empty()
+        && let Err(reason) =
+            reader.feed(&mut early, limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(core, &conn, user, incoming))
+    {
+        conn.close(reason);
     }
-    let end = std::future::poll_fn(|cx| poll_session(&core, &conn, &user, &mut stream, &mut reader, cx)).await;
+    Some((conn, reader))
+}
+
+/// Ends the connection: the close handshake if a close frame went out,
+/// then its removal from the core.
+async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, mut stream: TcpStream, end: End) {
     if matches!(end, End::Closed) {
         // The close handshake: no more writes, then read (and drop) what
         // the client still sends until it closes, for a short while. This
@@ -93,10 +117,11 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, early: Bytes, user: Auth
         };
         futures_lite::future::or(drain, linger).await;
     }
+    drop(stream);
     if conn.closing() == Some(CloseReason::SlowConsumer) {
         core.counters.slow_consumers.set(core.counters.slow_consumers.get() + 1);
     }
-    core.detach(&conn).await;
+    core.detach(conn).await;
 }
 
 fn poll_session(

@@ -5,8 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRawIterator, Options,
-    ReadOptions, SliceTransform, WriteOptions, compaction_filter::Decision,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    DBRawIterator, Options, ReadOptions, SliceTransform, WriteOptions, compaction_filter::Decision,
 };
 
 use crate::batch::Batch;
@@ -115,6 +115,17 @@ fn shard_options(config: &StoreConfig, cache: &Cache) -> Options {
     table.set_whole_key_filtering(true);
     table.set_cache_index_and_filter_blocks(true);
     table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    // Partitioned filters and a two-level index: a table of millions of
+    // small keys (inbox entries) has a filter of megabytes, larger than a
+    // block-cache shard, which would then be read from disk and checksummed
+    // again on every point read. In partitions of about 4 KiB each piece
+    // stays cached; the small top levels are pinned.
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4 << 10);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_optimize_filters_for_memory(true);
     table.set_format_version(5);
     // A latest-50 read of 200-byte messages spans ~12 KiB: one or two
     // 16 KiB blocks rather than three or four of the default 4 KiB.

@@ -1,37 +1,25 @@
-//! `chatgw loadgen`: load against a running gateway, like any client.
+//! The `idle` scenario: N authenticated WebSocket connections that do
+//! nothing, and the server's resident memory per connection.
 //!
-//! The `idle` scenario opens N authenticated WebSocket connections, waits
-//! for every `hello`, and reports the server's resident memory per
-//! connection. Accounts come from a users file written by an earlier run,
-//! so the measured server has hashed no password since it started (freed
-//! Argon2 memory would stay resident and absorb the connections' own
-//! allocations unseen).
+//! Accounts come from a users file written by an earlier run, so the
+//! measured server has hashed no password since it started (freed Argon2
+//! memory would stay resident and absorb the connections' own allocations
+//! unseen).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
+use anyhow::{Context, ensure};
+use clap::Args;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocketConfig;
 
-/// `chatgw loadgen`.
-#[derive(Debug, Args)]
-pub struct LoadgenArgs {
-    #[command(subcommand)]
-    scenario: Scenario,
-}
+use super::accounts;
 
-#[derive(Debug, Subcommand)]
-enum Scenario {
-    /// Open idle connections and report the server's RSS per connection.
-    Idle(IdleArgs),
-}
-
+/// `chatgw loadgen idle`.
 #[derive(Debug, Args)]
-struct IdleArgs {
+pub struct IdleArgs {
     /// The gateway's HTTP address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
@@ -58,20 +46,8 @@ struct IdleArgs {
     json: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Account {
-    username: String,
-    token: String,
-}
-
-/// Runs a scenario.
-pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
-    match args.scenario {
-        Scenario::Idle(args) => idle(args),
-    }
-}
-
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+/// The resident memory of process `pid`.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS line")?;
@@ -79,34 +55,12 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
-fn accounts(args: &IdleArgs) -> anyhow::Result<(Vec<Account>, bool)> {
-    if let Ok(text) = std::fs::read_to_string(&args.users_file) {
-        let accounts: Vec<Account> = serde_json::from_str(&text).context("parsing the users file")?;
-        ensure!(accounts.len() >= args.users, "the users file holds {} accounts, {} asked", accounts.len(), args.users);
-        return Ok((accounts, false));
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let run = std::process::id();
-    let mut accounts = Vec::with_capacity(args.users);
-    for n in 0..args.users {
-        let username = format!("lg{run}_{n}");
-        let mut response = agent
-            .post(format!("http://{}/v1/signup", args.addr))
-            .send_json(serde_json::json!({ "username": username, "password": "loadgen-password" }))
-            .context("signup")?;
-        let body: serde_json::Value = response.body_mut().read_json().context("signup answer")?;
-        let Some(token) = body["token"].as_str() else { bail!("signup of {username} failed: {body}") };
-        accounts.push(Account { username, token: token.to_string() });
-    }
-    std::fs::write(&args.users_file, serde_json::to_vec(&accounts)?)?;
-    Ok((accounts, true))
-}
-
-fn idle(args: IdleArgs) -> anyhow::Result<()> {
+/// Runs the scenario.
+pub fn run(args: IdleArgs) -> anyhow::Result<()> {
     ensure!(args.connections <= 19_000, "one process holds at most 19,000 connections here");
     ensure!(args.users >= 1, "at least one user");
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    let (accounts, made) = accounts(&args)?;
+    let (accounts, made) = accounts::load_or_make(&args.addr, &args.users_file, args.users)?;
     if made {
         eprintln!(
             "made {} accounts into {}; restart the server and run again to measure (it has hashed passwords now)",

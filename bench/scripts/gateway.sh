@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The gateway benchmarks, on this machine, with the load generator on the
+# same cores: server RSS per idle connection, 1:1 latency at a fixed offered
+# rate (open loop), and group fan-out against nats-server in the same run.
+#
+#   bash bench/scripts/gateway.sh            # everything
+#   bash bench/scripts/gateway.sh idle dm    # some of it
+#
+# Environment: CHATGW_BENCH_DIR (work dir, default a new temp dir),
+# IDLE_CONNECTIONS (15000), DM_USERS (10000), DM_RATE (20000), DM_SECONDS
+# (30), FANOUT_SECONDS (10), FANOUT_ROUNDS (3).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(idle dm fanout)
+work=${CHATGW_BENCH_DIR:-$(mktemp -d)}
+bin=target/release/chatgw
+port=18080
+addr=127.0.0.1:$port
+users_file=$work/users.json
+server_pid=
+
+cargo build --release -p chatgw >&2
+
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=
+    fi
+}
+trap 'stop_server; [ -n "${nats_pid:-}" ] && kill "$nats_pid" 2>/dev/null; true' EXIT
+
+start_server() {
+    stop_server
+    "$bin" serve --listen "$addr" --data-dir "$work/data" >"$work/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 100); do
+        curl -fs "http://$addr/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "the server did not become ready; see $work/server.log" >&2
+    exit 1
+}
+
+# Accounts first (signup hashes passwords), then a fresh server for the
+# measurements: freed hashing memory must not absorb what they measure.
+start_server
+"$bin" loadgen idle --addr "$addr" --connections 1 --users "${DM_USERS:-10000}" --users-file "$users_file" --hold-s 0 >/dev/null
+
+for part in "${parts[@]}"; do
+    case $part in
+    idle)
+        start_server
+        echo "== idle: ${IDLE_CONNECTIONS:-15000} connections"
+        "$bin" loadgen idle --addr "$addr" --connections "${IDLE_CONNECTIONS:-15000}" --users 1000 \
+            --users-file "$users_file" --server-pid "$server_pid"
+        ;;
+    dm)
+        start_server
+        echo "== dm: ${DM_USERS:-10000} users at ${DM_RATE:-20000} msg/s"
+        "$bin" loadgen dm --addr "$addr" --users "${DM_USERS:-10000}" --rate "${DM_RATE:-20000}" \
+            --duration-s "${DM_SECONDS:-30}" --users-file "$users_file"
+        ;;
+    fanout)
+        command -v nats-server >/dev/null || { echo "nats-server is missing: apt-get install nats-server" >&2; exit 1; }
+        printf 'listen: 127.0.0.1:14222\nwebsocket { listen: "127.0.0.1:14223", no_tls: true }\n' >"$work/nats.conf"
+        nats-server -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
+        nats_pid=$!
+        start_server
+        sleep 1
+        echo "== fanout: 10 groups of 100, window 16, chatgw and nats-server in turn"
+        for round in $(seq "${FANOUT_ROUNDS:-3}"); do
+            for target in chatgw nats; do
+                target_addr=$addr
+                [ $target = nats ] && target_addr=127.0.0.1:14223
+                "$bin" loadgen fanout --target $target --addr "$target_addr" --duration-s "${FANOUT_SECONDS:-10}" \
+                    --users-file "$users_file" --json | tee -a "$work/fanout.jsonl"
+            done
+        done
+        python3 - "$work/fanout.jsonl" <<'PY'
+import json, statistics, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
+median = {t: statistics.median(r["deliveries_per_s"] for r in runs if r["target"] == t) for t in ("chatgw", "nats")}
+print(f"fanout medians: chatgw {median['chatgw']:.0f}/s, nats-server {median['nats']:.0f}/s, "
+      f"ratio {median['chatgw'] / median['nats']:.2f}")
+PY
+        kill "$nats_pid"
+        ;;
+    *)
+        echo "unknown part $part (idle, dm, fanout)" >&2
+        exit 2
+        ;;
+    esac
+done
+echo "work dir: $work"

@@ -1,0 +1,394 @@
+//! The `dm` scenario: 1:1 messages between pairs of users at a fixed
+//! offered rate, open loop.
+//!
+//! Users `2i` and `2i+1` are a pair. Each worker sends its share of the
+//! rate on a fixed schedule, whatever the server does; a message's latency
+//! is counted from the time it was due (as wrk2 does), so a stall shows up
+//! in the figures instead of slowing the load down. Delivery latency runs
+//! from due time to the partner's arrival; ack latency from due time to the
+//! sender's reply.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use async_tungstenite::tungstenite::Message;
+use clap::Args;
+use futures_util::StreamExt;
+use glommio::channels::local_channel;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::accounts::{self, Account};
+use super::latency::{self, Summary};
+use super::runtime;
+use super::ws::{self, Inbound};
+
+/// `chatgw loadgen dm`.
+#[derive(Debug, Clone, Args)]
+pub struct DmArgs {
+    /// The gateway's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Connected users, one connection each, in pairs.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Offered messages per second, all pairs together.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// Bytes of text per message (at least the timestamp it carries).
+    #[arg(long, default_value_t = 100)]
+    text_bytes: usize,
+    /// Where accounts are kept between runs; missing ones are made by signup.
+    #[arg(long, default_value = "loadgen-users.json")]
+    users_file: PathBuf,
+    /// Worker threads (glommio executors).
+    #[arg(long, default_value_t = runtime::default_workers())]
+    workers: usize,
+    /// Connections being opened at once, per worker.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Seconds to wait for the last deliveries after the schedule ends.
+    #[arg(long, default_value_t = 10)]
+    drain_s: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Progress every worker sees.
+#[derive(Default)]
+struct Shared {
+    connected: AtomicUsize,
+    warmed: AtomicUsize,
+    start_ns: AtomicU64,
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    finished: AtomicUsize,
+    failed: AtomicBool,
+}
+
+/// One worker's figures.
+struct Stats {
+    delivery: Histogram<u64>,
+    ack: Histogram<u64>,
+    sent: u64,
+    delivered: u64,
+    acked: u64,
+    warm_acks: usize,
+    warm_deliveries: usize,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            delivery: latency::histogram(),
+            ack: latency::histogram(),
+            sent: 0,
+            delivered: 0,
+            acked: 0,
+            warm_acks: 0,
+            warm_deliveries: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+}
+
+/// The whole run's figures.
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: &'static str,
+    users: usize,
+    offered_rate: u64,
+    duration_s: u64,
+    connect_s: f64,
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    lost: u64,
+    delivered_per_s: f64,
+    delivery_latency: Summary,
+    ack_latency: Summary,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Runs the scenario.
+pub fn run(args: DmArgs) -> anyhow::Result<()> {
+    ensure!(args.users >= 2 && args.users.is_multiple_of(2), "--users must be even and at least 2");
+    ensure!(args.users <= 19_000, "one process holds at most 19,000 connections here");
+    ensure!(args.rate >= 1 && args.workers >= 1 && args.duration_s >= 1, "rate, workers and duration must be positive");
+    ensure!(args.workers <= args.users, "more workers than users");
+    let (accounts, _) = accounts::load_or_make(&args.addr.to_string(), &args.users_file, args.users)?;
+    let accounts = Arc::new(accounts);
+    let shared = Arc::new(Shared::default());
+    let connect_started = latency::now_ns();
+    let outcomes = {
+        let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
+        runtime::on_workers(args.workers, move |worker| {
+            let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
+            async move {
+                let result = worker_main(&args, &accounts, &shared, worker).await;
+                if result.is_err() {
+                    shared.failed.store(true, Ordering::Release);
+                }
+                result
+            }
+        })?
+    };
+    let mut total = Stats::new();
+    let mut connect_ns = 0;
+    for (stats, connected_at) in outcomes {
+        total.delivery.add(&stats.delivery).context("merging histograms")?;
+        total.ack.add(&stats.ack).context("merging histograms")?;
+        total.sent += stats.sent;
+        total.delivered += stats.delivered;
+        total.acked += stats.acked;
+        for (kind, count) in stats.errors {
+            *total.errors.entry(kind).or_default() += count;
+        }
+        connect_ns = connect_ns.max(connected_at.saturating_sub(connect_started));
+    }
+    let report = Report {
+        scenario: "dm",
+        users: args.users,
+        offered_rate: args.rate,
+        duration_s: args.duration_s,
+        connect_s: connect_ns as f64 / 1e9,
+        sent: total.sent,
+        acked: total.acked,
+        delivered: total.delivered,
+        lost: total.sent.saturating_sub(total.delivered),
+        delivered_per_s: total.delivered as f64 / args.duration_s as f64,
+        delivery_latency: Summary::of(&total.delivery),
+        ack_latency: Summary::of(&total.ack),
+        errors: total.errors,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "dm: {} users ({} pairs), offered {} msg/s for {} s, connected in {:.1} s",
+            report.users,
+            report.users / 2,
+            report.offered_rate,
+            report.duration_s,
+            report.connect_s
+        );
+        println!(
+            "sent {}  acked {}  delivered {}  lost {}  ({:.0} deliveries/s)",
+            report.sent, report.acked, report.delivered, report.lost, report.delivered_per_s
+        );
+        println!("delivery (due → partner): {}", report.delivery_latency.line());
+        println!("ack      (due → reply):   {}", report.ack_latency.line());
+        if !report.errors.is_empty() {
+            println!("errors: {:?}", report.errors);
+        }
+    }
+    ensure!(report.lost == 0 && report.errors.is_empty(), "messages were lost or failed");
+    Ok(())
+}
+
+/// Waits (politely, on the executor) until `done` holds, a worker failed,
+/// or `limit` passes.
+pub async fn wait_for(what: &str, failed: &AtomicBool, limit: Duration, done: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = latency::now_ns() + limit.as_nanos() as u64;
+    while !done() {
+        ensure!(!failed.load(Ordering::Acquire), runtime::ANOTHER_FAILED);
+        ensure!(latency::now_ns() < deadline, "timed out waiting for {what}");
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// A connection's sending side.
+type Outbox = local_channel::LocalSender<Message>;
+
+async fn open(
+    args: &DmArgs,
+    account: &Account,
+    user: usize,
+    stats: &Rc<RefCell<Stats>>,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Outbox> {
+    let (ws, _hello) = ws::chatgw_session(args.addr, &account.token, &format!("dm{user}")).await?;
+    let (mut sink, mut stream) = ws.split();
+    let (outbox, queued) = local_channel::new_bounded::<Message>(1024);
+    glommio::spawn_local(async move {
+        while let Some(message) = queued.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close(None).await;
+    })
+    .detach();
+    let (stats, shared) = (stats.clone(), shared.clone());
+    glommio::spawn_local(async move {
+        while let Some(frame) = stream.next().await {
+            let mut stats = stats.borrow_mut();
+            match frame {
+                Ok(Message::Text(text)) => on_text(&mut stats, &shared, user, &text),
+                Ok(Message::Close(_)) => {
+                    stats.error("closed_by_server");
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    stats.error("connection_lost");
+                    break;
+                }
+            }
+        }
+    })
+    .detach();
+    Ok(outbox)
+}
+
+fn on_text(stats: &mut Stats, shared: &Shared, user: usize, text: &str) {
+    match ws::classify(text) {
+        Ok(Inbound::Message(text)) => {
+            let mut fields = text.split(' ').skip(1);
+            let due: Option<u64> = fields.next().and_then(|due| due.parse().ok());
+            let sender: Option<usize> = fields.next().and_then(|sender| sender.parse().ok());
+            match (due, sender) {
+                (Some(_), Some(sender)) if sender == user => {} // our own echo
+                (Some(0), Some(_)) => stats.warm_deliveries += 1,
+                (Some(due), Some(_)) => {
+                    latency::record_since(&mut stats.delivery, due);
+                    stats.delivered += 1;
+                    shared.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => stats.error("foreign_message"),
+            }
+        }
+        Ok(Inbound::Reply(0)) => stats.warm_acks += 1,
+        Ok(Inbound::Reply(due)) => {
+            latency::record_since(&mut stats.ack, due);
+            stats.acked += 1;
+            shared.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Inbound::Error(_, code)) => stats.error(&code),
+        Ok(Inbound::Event(_)) => {}
+        Err(_) => stats.error("unreadable_frame"),
+    }
+}
+
+fn command(due: u64, sender: usize, partner: &str, pad: &str) -> Message {
+    Message::text(format!(
+        r#"{{"id":{due},"method":"send","params":{{"to_user":"{partner}","text":"lg {due} {sender} {pad}"}}}}"#
+    ))
+}
+
+async fn worker_main(
+    args: &DmArgs,
+    accounts: &[Account],
+    shared: &Arc<Shared>,
+    worker: usize,
+) -> anyhow::Result<(Stats, u64)> {
+    let stats = Rc::new(RefCell::new(Stats::new()));
+    let mine: Vec<usize> = (worker..args.users).step_by(args.workers).collect();
+    let mut outboxes = Vec::with_capacity(mine.len());
+    for chunk in mine.chunks(args.connect_concurrency.max(1)) {
+        let opened =
+            futures_util::future::join_all(chunk.iter().map(|&user| open(args, &accounts[user], user, &stats, shared)))
+                .await;
+        for (outbox, &user) in opened.into_iter().zip(chunk) {
+            outboxes.push(outbox.with_context(|| format!("user {user}"))?);
+        }
+    }
+    let connected_at = latency::now_ns();
+    shared.connected.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {
+        shared.connected.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+
+    // Warm-up: each even user sends one message, which makes the pair's
+    // direct channel; wait until every ack and every delivery is in.
+    let pad = "x".repeat(args.text_bytes.saturating_sub(30));
+    let mut evens = 0;
+    let mut odds = 0;
+    for (slot, &user) in mine.iter().enumerate() {
+        if user.is_multiple_of(2) {
+            evens += 1;
+            outboxes[slot].send(command(0, user, &accounts[user + 1].username, &pad)).await.ok();
+        } else {
+            odds += 1;
+        }
+    }
+    wait_for("warm-up", &shared.failed, Duration::from_secs(120), || {
+        let stats = stats.borrow();
+        stats.warm_acks >= evens && stats.warm_deliveries >= odds
+    })
+    .await?;
+    shared.warmed.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to warm up", &shared.failed, Duration::from_secs(120), || {
+        shared.warmed.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+
+    // One start time for all: the first worker here sets it.
+    let proposed = latency::now_ns() + 50_000_000;
+    let start = match shared.start_ns.compare_exchange(0, proposed, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => proposed,
+        Err(set) => set,
+    };
+    let end = start + args.duration_s * 1_000_000_000;
+    let interval = (1e9 * args.workers as f64 / args.rate as f64) as u64;
+    let mut next = start + worker as u64 * interval / args.workers as u64;
+    let mut slot = 0;
+    while next < end {
+        let now = latency::now_ns();
+        if next > now {
+            // Sleep until the next one is due (no spinning: the cores are
+            // shared with the server being measured). A late wake-up only
+            // delays sends, and their latency still counts from due time.
+            glommio::timer::sleep(Duration::from_nanos(next - now)).await;
+            continue;
+        }
+        // Everything due by now goes out, each with its own due time.
+        while next <= now && next < end {
+            let user = mine[slot];
+            let partner = &accounts[user ^ 1].username;
+            let queued = outboxes[slot].try_send(command(next, user, partner, &pad));
+            slot = (slot + 1) % mine.len();
+            match queued {
+                Ok(()) => {
+                    stats.borrow_mut().sent += 1;
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => stats.borrow_mut().error("client_backlog"),
+            }
+            next += interval;
+        }
+    }
+    let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
+        let sent = shared.sent.load(Ordering::Acquire);
+        shared.delivered.load(Ordering::Acquire) >= sent && shared.acked.load(Ordering::Acquire) >= sent
+    })
+    .await;
+    shared.finished.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
+        shared.finished.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+    // Take the figures before the connections close (closing is not an error).
+    let figures = std::mem::replace(&mut *stats.borrow_mut(), Stats::new());
+    drop(outboxes);
+    Ok((figures, connected_at))
+}

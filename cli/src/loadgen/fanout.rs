@@ -1,0 +1,508 @@
+//! The `fanout` scenario: groups of members, one sender per group keeping
+//! a window of messages unacknowledged (closed loop), every member
+//! connected: deliveries per second.
+//!
+//! The same plan runs against chatgw (a group channel per group) or against
+//! `nats-server`'s WebSocket listener (a subject per group, each member a
+//! subscriber, the sender's `PING` after each `PUB` as its ack), so the two
+//! can be compared in one run on one machine.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use async_tungstenite::tungstenite::Message;
+use clap::{Args, ValueEnum};
+use futures_util::StreamExt;
+use glommio::channels::local_channel;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::accounts::{self, Account};
+use super::dm::wait_for;
+use super::latency::{self, Summary};
+use super::nats;
+use super::runtime;
+use super::ws::{self, Inbound};
+
+/// Which server the plan runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// A chatgw gateway (`--addr` is its HTTP address).
+    Chatgw,
+    /// nats-server's WebSocket listener (`--addr` is its `websocket` port).
+    Nats,
+}
+
+/// `chatgw loadgen fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// The server to load.
+    #[arg(long, value_enum, default_value = "chatgw")]
+    target: Target,
+    /// Its address (chatgw's HTTP port, or NATS's WebSocket port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Groups, each with its own sender.
+    #[arg(long, default_value_t = 10)]
+    groups: usize,
+    /// Members per group (the sender included), one connection each.
+    #[arg(long, default_value_t = 100)]
+    members: usize,
+    /// Messages each sender keeps unacknowledged.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Bytes of text per message.
+    #[arg(long, default_value_t = 100)]
+    text_bytes: usize,
+    /// Where chatgw accounts are kept between runs (unused for NATS).
+    #[arg(long, default_value = "loadgen-users.json")]
+    users_file: PathBuf,
+    /// Worker threads (glommio executors).
+    #[arg(long, default_value_t = runtime::default_workers())]
+    workers: usize,
+    /// Seconds to wait for in-flight messages after the run.
+    #[arg(long, default_value_t = 10)]
+    drain_s: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    connected: AtomicUsize,
+    ready: AtomicUsize,
+    start_ns: AtomicU64,
+    end_ns: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    finished: AtomicUsize,
+    failed: AtomicBool,
+}
+
+struct Stats {
+    delivery: Histogram<u64>,
+    ack: Histogram<u64>,
+    delivered_in_window: u64,
+    delivered: u64,
+    sent: u64,
+    acked: u64,
+    /// Members that saw their group (chatgw `channel` event, NATS `PONG`).
+    joined: usize,
+    /// The group channel ids made by this worker's senders, by group.
+    channels: BTreeMap<usize, String>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            delivery: latency::histogram(),
+            ack: latency::histogram(),
+            delivered_in_window: 0,
+            delivered: 0,
+            sent: 0,
+            acked: 0,
+            joined: 0,
+            channels: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: &'static str,
+    target: Target,
+    groups: usize,
+    members: usize,
+    window: usize,
+    duration_s: u64,
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    deliveries_per_s: f64,
+    messages_per_s: f64,
+    delivery_latency: Summary,
+    ack_latency: Summary,
+    errors: BTreeMap<String, u64>,
+}
+
+/// The id of the setup command (`channel.create`); sends count from 2.
+const SETUP_ID: u64 = 1;
+
+/// Runs the scenario.
+pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    ensure!(args.groups >= 1 && args.members >= 2, "at least one group of two");
+    ensure!(args.groups * args.members <= 19_000, "one process holds at most 19,000 connections here");
+    ensure!(args.window >= 1 && args.workers >= 1 && args.duration_s >= 1, "window, workers, duration positive");
+    let accounts = match args.target {
+        Target::Chatgw => {
+            accounts::load_or_make(&args.addr.to_string(), &args.users_file, args.groups * args.members)?.0
+        }
+        Target::Nats => Vec::new(),
+    };
+    let accounts = Arc::new(accounts);
+    let shared = Arc::new(Shared::default());
+    let outcomes = {
+        let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
+        runtime::on_workers(args.workers, move |worker| {
+            let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
+            async move {
+                let result = worker_main(&args, &accounts, &shared, worker).await;
+                if result.is_err() {
+                    shared.failed.store(true, Ordering::Release);
+                }
+                result
+            }
+        })?
+    };
+    let mut total = Stats::new();
+    for stats in outcomes {
+        total.delivery.add(&stats.delivery).context("merging histograms")?;
+        total.ack.add(&stats.ack).context("merging histograms")?;
+        total.delivered_in_window += stats.delivered_in_window;
+        total.delivered += stats.delivered;
+        total.sent += stats.sent;
+        total.acked += stats.acked;
+        for (kind, count) in stats.errors {
+            *total.errors.entry(kind).or_default() += count;
+        }
+    }
+    let report = Report {
+        scenario: "fanout",
+        target: args.target,
+        groups: args.groups,
+        members: args.members,
+        window: args.window,
+        duration_s: args.duration_s,
+        sent: total.sent,
+        acked: total.acked,
+        delivered: total.delivered,
+        deliveries_per_s: total.delivered_in_window as f64 / args.duration_s as f64,
+        messages_per_s: total.delivered_in_window as f64 / args.duration_s as f64 / args.members as f64,
+        delivery_latency: Summary::of(&total.delivery),
+        ack_latency: Summary::of(&total.ack),
+        errors: total.errors,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "fanout against {:?}: {} groups of {}, window {}, {} s",
+            report.target, report.groups, report.members, report.window, report.duration_s
+        );
+        println!(
+            "{:.0} deliveries/s ({:.0} messages/s); sent {} acked {} delivered {}",
+            report.deliveries_per_s, report.messages_per_s, report.sent, report.acked, report.delivered
+        );
+        println!("delivery (send → member): {}", report.delivery_latency.line());
+        println!("ack      (send → ack):    {}", report.ack_latency.line());
+        if !report.errors.is_empty() {
+            println!("errors: {:?}", report.errors);
+        }
+    }
+    ensure!(report.errors.is_empty(), "errors during the run");
+    ensure!(report.delivered == report.sent * args.members as u64, "deliveries missing");
+    Ok(())
+}
+
+type Outbox = Rc<local_channel::LocalSender<Message>>;
+
+/// Opens member `user`'s connection; for a sender, acks go to `acks`.
+async fn open(
+    args: &FanoutArgs,
+    accounts: &[Account],
+    user: usize,
+    stats: &Rc<RefCell<Stats>>,
+    shared: &Arc<Shared>,
+    acks: Option<local_channel::LocalSender<()>>,
+) -> anyhow::Result<Outbox> {
+    let group = user / args.members;
+    let ws = match args.target {
+        Target::Chatgw => ws::chatgw_session(args.addr, &accounts[user].token, &format!("fo{user}")).await?.0,
+        Target::Nats => ws::connect(args.addr, "/", None).await?,
+    };
+    let (mut sink, mut stream) = ws.split();
+    let (outbox, queued) = local_channel::new_bounded::<Message>(args.window * 2 + 16);
+    let outbox = Rc::new(outbox);
+    glommio::spawn_local(async move {
+        while let Some(message) = queued.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close(None).await;
+    })
+    .detach();
+    if args.target == Target::Nats {
+        outbox.try_send(Message::text(nats::connect_and_subscribe(&subject(group)))).ok();
+    }
+    let (stats, shared, target, replies) = (stats.clone(), shared.clone(), args.target, outbox.clone());
+    glommio::spawn_local(async move {
+        let mut parser = nats::Parser::default();
+        let mut subscribed = false;
+        while let Some(frame) = stream.next().await {
+            let mut stats = stats.borrow_mut();
+            let bytes = match &frame {
+                Ok(Message::Text(text)) => text.as_bytes(),
+                Ok(Message::Binary(bytes)) => &bytes[..],
+                Ok(Message::Close(_)) => {
+                    stats.error("closed_by_server");
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    stats.error("connection_lost");
+                    break;
+                }
+            };
+            match target {
+                Target::Chatgw => on_chatgw(&mut stats, &shared, group, bytes, acks.as_ref()),
+                Target::Nats => {
+                    let fed = parser.feed(bytes, &mut |op| match op {
+                        nats::Op::Msg(payload) => on_delivery(&mut stats, &shared, payload),
+                        nats::Op::Pong if !subscribed => {
+                            subscribed = true;
+                            stats.joined += 1;
+                        }
+                        nats::Op::Pong => on_ack(&mut stats, &shared, acks.as_ref(), None),
+                        nats::Op::Ping => {
+                            replies.try_send(Message::text("PONG\r\n")).ok();
+                        }
+                        nats::Op::Err(error) => stats.error(&error),
+                        nats::Op::Info | nats::Op::Ok => {}
+                    });
+                    if fed.is_err() {
+                        stats.error("unreadable_frame");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .detach();
+    Ok(outbox)
+}
+
+fn subject(group: usize) -> String {
+    format!("chatgw.loadgen.g{group}")
+}
+
+fn on_delivery(stats: &mut Stats, shared: &Shared, payload: &[u8]) {
+    let sent_at = std::str::from_utf8(payload).ok().and_then(|text| text.split(' ').nth(1)?.parse::<u64>().ok());
+    let Some(sent_at) = sent_at else {
+        stats.error("foreign_message");
+        return;
+    };
+    latency::record_since(&mut stats.delivery, sent_at);
+    stats.delivered += 1;
+    shared.delivered.fetch_add(1, Ordering::Relaxed);
+    let end = shared.end_ns.load(Ordering::Relaxed);
+    if end == 0 || latency::now_ns() < end {
+        stats.delivered_in_window += 1;
+    }
+}
+
+fn on_ack(stats: &mut Stats, shared: &Shared, acks: Option<&local_channel::LocalSender<()>>, sent_at: Option<u64>) {
+    let Some(acks) = acks else {
+        stats.error("ack_to_a_member");
+        return;
+    };
+    if let Some(sent_at) = sent_at {
+        latency::record_since(&mut stats.ack, sent_at);
+    }
+    stats.acked += 1;
+    shared.acked.fetch_add(1, Ordering::Relaxed);
+    acks.try_send(()).ok();
+}
+
+fn on_chatgw(
+    stats: &mut Stats,
+    shared: &Shared,
+    group: usize,
+    bytes: &[u8],
+    acks: Option<&local_channel::LocalSender<()>>,
+) {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        stats.error("unreadable_frame");
+        return;
+    };
+    match ws::classify(text) {
+        Ok(Inbound::Message(text)) => on_delivery(stats, shared, text.as_bytes()),
+        Ok(Inbound::Reply(SETUP_ID)) => {
+            let reply: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            match reply["result"]["channel"]["id"].as_str() {
+                Some(channel) => {
+                    stats.channels.insert(group, channel.to_string());
+                }
+                None => stats.error("channel_create_answer"),
+            }
+        }
+        // Sends carry their send time as their id.
+        Ok(Inbound::Reply(sent_at)) => on_ack(stats, shared, acks, Some(sent_at)),
+        Ok(Inbound::Error(_, code)) => stats.error(&code),
+        Ok(Inbound::Event("channel")) => stats.joined += 1,
+        Ok(Inbound::Event(_)) => {}
+        Err(_) => stats.error("unreadable_frame"),
+    }
+}
+
+fn chatgw_send(channel: &str, sent_at: u64, group: usize, pad: &str) -> Message {
+    Message::text(format!(
+        r#"{{"id":{sent_at},"method":"send","params":{{"channel_id":"{channel}","text":"fo {sent_at} {group} {pad}"}}}}"#
+    ))
+}
+
+async fn worker_main(
+    args: &FanoutArgs,
+    accounts: &[Account],
+    shared: &Arc<Shared>,
+    worker: usize,
+) -> anyhow::Result<Stats> {
+    let stats = Rc::new(RefCell::new(Stats::new()));
+    let users = args.groups * args.members;
+    let mine: Vec<usize> = (worker..users).step_by(args.workers).collect();
+    let mut outboxes = BTreeMap::new();
+    let mut senders = Vec::new();
+    for chunk in mine.chunks(64) {
+        let opened = futures_util::future::join_all(chunk.iter().map(|&user| {
+            let acks = (user % args.members == 0).then(|| local_channel::new_bounded::<()>(args.window + 1));
+            let (ack_tx, ack_rx) = match acks {
+                Some((tx, rx)) => (Some(tx), Some(rx)),
+                None => (None, None),
+            };
+            let open = open(args, accounts, user, &stats, shared, ack_tx);
+            async move { (user, open.await, ack_rx) }
+        }))
+        .await;
+        for (user, outbox, ack_rx) in opened {
+            outboxes.insert(user, outbox.with_context(|| format!("member {user}"))?);
+            if let Some(ack_rx) = ack_rx {
+                senders.push((user, ack_rx));
+            }
+        }
+    }
+    shared.connected.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {
+        shared.connected.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+
+    // Setup: chatgw senders make their group's channel; every member
+    // (NATS: every subscriber) reports in before the load starts.
+    if args.target == Target::Chatgw {
+        for (user, _) in &senders {
+            let members: Vec<&str> =
+                (user + 1..user + args.members).map(|member| accounts[member].username.as_str()).collect();
+            let create = serde_json::json!({
+                "id": SETUP_ID,
+                "method": "channel.create",
+                "params": { "name": format!("fanout-{}", user / args.members), "members": members },
+            });
+            outboxes[user].send(Message::text(create.to_string())).await.ok();
+        }
+    }
+    let expected_joins = match args.target {
+        // The creator's reply stands for its own join.
+        Target::Chatgw => mine.iter().filter(|user| *user % args.members != 0).count(),
+        Target::Nats => mine.len(),
+    };
+    wait_for("every member to join its group", &shared.failed, Duration::from_secs(120), || {
+        let stats = stats.borrow();
+        stats.joined >= expected_joins && (args.target == Target::Nats || stats.channels.len() == senders.len())
+    })
+    .await?;
+    shared.ready.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to set up", &shared.failed, Duration::from_secs(120), || {
+        shared.ready.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+    let proposed = latency::now_ns() + 50_000_000;
+    let start = match shared.start_ns.compare_exchange(0, proposed, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => proposed,
+        Err(set) => set,
+    };
+    let end = start + args.duration_s * 1_000_000_000;
+    shared.end_ns.store(end, Ordering::Release);
+    glommio::timer::sleep(Duration::from_nanos(start.saturating_sub(latency::now_ns()))).await;
+
+    let pad = "x".repeat(args.text_bytes.saturating_sub(30));
+    let channels = stats.borrow().channels.clone();
+    let loops = senders.into_iter().map(|(user, acks)| {
+        let group = user / args.members;
+        let outbox = outboxes[&user].clone();
+        let (stats, shared, pad) = (stats.clone(), shared.clone(), pad.clone());
+        let channel = channels.get(&group).cloned().unwrap_or_default();
+        let make = move |sent_at: u64| match args.target {
+            Target::Chatgw => chatgw_send(&channel, sent_at, group, &pad),
+            Target::Nats => Message::text(nats::publish(&subject(group), &format!("fo {sent_at} {group} {pad}"))),
+        };
+        async move {
+            let mut in_flight = 0;
+            // NATS acks (PONGs) come in order: their send times queue here.
+            let mut sent_times = std::collections::VecDeque::new();
+            loop {
+                while in_flight < args.window && latency::now_ns() < end {
+                    let sent_at = latency::now_ns();
+                    if outbox.send(make(sent_at)).await.is_err() {
+                        bail!("sender {user} lost its connection");
+                    }
+                    in_flight += 1;
+                    if args.target == Target::Nats {
+                        sent_times.push_back(sent_at);
+                    }
+                    stats.borrow_mut().sent += 1;
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                if in_flight == 0 {
+                    return Ok(());
+                }
+                let wait =
+                    if latency::now_ns() < end { end - latency::now_ns() } else { 0 } + args.drain_s * 1_000_000_000;
+                match glommio::timer::timeout(Duration::from_nanos(wait), async { Ok(acks.recv().await) }).await {
+                    Ok(Some(())) => {
+                        in_flight -= 1;
+                        if let Some(sent_at) = sent_times.pop_front() {
+                            latency::record_since(&mut stats.borrow_mut().ack, sent_at);
+                        }
+                    }
+                    Ok(None) => bail!("sender {user} lost its connection"),
+                    Err(_) => bail!("sender {user}: {in_flight} messages unacknowledged after the drain time"),
+                }
+            }
+        }
+    });
+    for result in futures_util::future::join_all(loops).await {
+        result?;
+    }
+    let members = args.members as u64;
+    let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
+        shared.delivered.load(Ordering::Acquire) >= shared.sent.load(Ordering::Acquire) * members
+    })
+    .await;
+    shared.finished.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
+        shared.finished.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+    let figures = std::mem::replace(&mut *stats.borrow_mut(), Stats::new());
+    drop(outboxes);
+    Ok(figures)
+}

@@ -1,0 +1,95 @@
+//! One clock for the whole load generator, and latency histograms.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Nanoseconds since the load generator's epoch (one monotonic clock for
+/// every thread, so a timestamp written by one is read by another).
+pub fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A latency histogram in microseconds, 1 µs to 10 minutes, 3 digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Records the time from `since_ns` to now, in microseconds.
+pub fn record_since(histogram: &mut Histogram<u64>, since_ns: u64) {
+    let micros = now_ns().saturating_sub(since_ns) / 1000;
+    histogram.saturating_record(micros.max(1));
+}
+
+/// Percentiles of a histogram, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Values recorded.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// 99.99th percentile.
+    pub p9999_ms: f64,
+    /// Largest value.
+    pub max_ms: f64,
+}
+
+impl Summary {
+    /// Summarises a histogram of microseconds.
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let at = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+        Summary {
+            count: histogram.len(),
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            p9999_ms: at(0.9999),
+            max_ms: histogram.max() as f64 / 1000.0,
+        }
+    }
+
+    /// One line for people.
+    pub fn line(&self) -> String {
+        format!(
+            "n={} p50 {:.3} ms  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}",
+            self.count, self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.p9999_ms, self.max_ms
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_reads_percentiles_in_milliseconds() {
+        let mut histogram = histogram();
+        for micros in 1..=1000u64 {
+            histogram.record(micros).unwrap();
+        }
+        let summary = Summary::of(&histogram);
+        assert_eq!(summary.count, 1000);
+        assert!((summary.p50_ms - 0.5).abs() < 0.01, "{summary:?}");
+        assert!((summary.p99_ms - 0.99).abs() < 0.01, "{summary:?}");
+        assert!((summary.max_ms - 1.0).abs() < 0.01, "{summary:?}");
+    }
+
+    #[test]
+    fn clock_is_monotonic_across_threads() {
+        let before = now_ns();
+        let inside = std::thread::spawn(now_ns).join().unwrap();
+        assert!(inside >= before);
+        assert!(now_ns() >= inside);
+    }
+}

@@ -1,0 +1,44 @@
+//! `chatgw loadgen`: load against a running gateway, like any client.
+//!
+//! Scenarios: `idle` (server memory per connection), `dm` (1:1 latency at a
+//! fixed offered rate, open loop) and `fanout` (group deliveries per second,
+//! closed loop; also against nats-server for comparison).
+
+mod accounts;
+mod dm;
+mod fanout;
+mod idle;
+mod latency;
+mod nats;
+mod runtime;
+mod ws;
+
+use clap::{Args, Subcommand};
+
+/// `chatgw loadgen`.
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Open idle connections and report the server's RSS per connection.
+    Idle(idle::IdleArgs),
+    /// 1:1 messages between pairs at a fixed offered rate (open loop):
+    /// delivery and ack latency, corrected for coordinated omission.
+    Dm(dm::DmArgs),
+    /// Groups with one sender each keeping a window unacknowledged:
+    /// deliveries per second (against chatgw or nats-server).
+    Fanout(fanout::FanoutArgs),
+}
+
+/// Runs a scenario.
+pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    match args.scenario {
+        Scenario::Idle(args) => idle::run(args),
+        Scenario::Dm(args) => dm::run(args),
+        Scenario::Fanout(args) => fanout::run(args),
+    }
+}

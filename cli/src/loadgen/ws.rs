@@ -1,0 +1,145 @@
+//! A WebSocket client on glommio (async-tungstenite over glommio's
+//! `TcpStream`), as the load generator's connections use it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use futures_util::StreamExt;
+use glommio::net::TcpStream;
+
+/// A connected WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long a connection may take, handshake included.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a WebSocket to `addr` at `path` (with its query), with a bearer
+/// token if given.
+pub async fn connect(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<Ws> {
+    let stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
+        .await
+        .map_err(|error| anyhow::anyhow!("connecting to {addr}: {error}"))?;
+    stream.set_nodelay(true).map_err(|error| anyhow::anyhow!("TCP_NODELAY: {error}"))?;
+    let mut request = format!("ws://{addr}{path}").into_client_request()?;
+    if let Some(token) = token {
+        request.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
+    }
+    let config = WebSocketConfig::default().read_buffer_size(16 << 10).write_buffer_size(0);
+    let handshake = async_tungstenite::client_async_with_config(request, stream, Some(config));
+    let (ws, _) = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+        handshake.await.map_err(|error| glommio::GlommioError::<()>::IoError(std::io::Error::other(error)))
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("WebSocket handshake with {addr}: {error}"))?;
+    Ok(ws)
+}
+
+/// Opens a chatgw session as `token`'s user and waits for its `hello`;
+/// returns the socket and the hello's `data`.
+pub async fn chatgw_session(addr: SocketAddr, token: &str, device: &str) -> anyhow::Result<(Ws, serde_json::Value)> {
+    let mut ws = connect(addr, &format!("/v1/ws?device={device}"), Some(token)).await?;
+    let first = glommio::timer::timeout(CONNECT_TIMEOUT, async { Ok(ws.next().await) })
+        .await
+        .map_err(|error| anyhow::anyhow!("waiting for hello: {error}"))?;
+    let text = match first {
+        Some(Ok(Message::Text(text))) => text,
+        Some(Ok(other)) => bail!("expected hello, got {other:?}"),
+        Some(Err(error)) => return Err(error).context("reading hello"),
+        None => bail!("closed before hello"),
+    };
+    let mut hello: serde_json::Value = serde_json::from_str(&text).context("hello is not JSON")?;
+    if hello["event"] != "hello" {
+        bail!("expected hello, got {text}");
+    }
+    Ok((ws, hello["data"].take()))
+}
+
+/// What a chatgw frame is, as far as the load generator cares.
+#[derive(Debug, PartialEq)]
+pub enum Inbound<'a> {
+    /// A `message` event with its text.
+    Message(std::borrow::Cow<'a, str>),
+    /// A successful reply to command `id`.
+    Reply(u64),
+    /// An error reply to command `id` (0 where the server read none).
+    Error(u64, String),
+    /// Any other event (`hello`, `channel`, `presence`).
+    Event(&'a str),
+}
+
+#[derive(serde::Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow)]
+    event: Option<&'a str>,
+    id: Option<u64>,
+    #[serde(borrow)]
+    data: Option<Data<'a>>,
+    error: Option<ErrorBody>,
+}
+
+#[derive(serde::Deserialize)]
+struct Data<'a> {
+    #[serde(borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    code: String,
+}
+
+/// Reads a chatgw frame the load generator sent commands with integer ids on.
+pub fn classify(text: &str) -> anyhow::Result<Inbound<'_>> {
+    // Fast path for the bulk of a run, message events: their text is found
+    // without parsing the whole frame (the load generator shares the cores
+    // with the server it measures, so its own cost matters). Unescaped
+    // quotes only occur outside strings, so these keys cannot be faked by
+    // a message's text.
+    if text.contains(r#""event":"message""#)
+        && let Some(start) = text.find(r#""text":""#)
+    {
+        let body = &text[start + 8..];
+        if let Some(end) = body.find('"')
+            && !body[..end].contains('\\')
+        {
+            return Ok(Inbound::Message(std::borrow::Cow::Borrowed(&body[..end])));
+        }
+    }
+    let frame: Frame<'_> = serde_json::from_str(text).with_context(|| format!("unreadable frame {text:.200}"))?;
+    Ok(match (frame.event, frame.id, frame.error) {
+        (Some("message"), _, _) => Inbound::Message(frame.data.and_then(|data| data.text).unwrap_or_default()),
+        (Some(event), _, _) => Inbound::Event(event),
+        (None, id, Some(error)) => Inbound::Error(id.unwrap_or(0), error.code),
+        (None, Some(id), None) => Inbound::Reply(id),
+        (None, None, None) => bail!("a frame that is neither event nor reply: {text:.200}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_frames_a_load_generator_meets() {
+        let message = r#"{"event":"message","data":{"id":"1","channel_id":"2","sender_id":"3","sender":"a","text":"lg 5 7","created_at":1}}"#;
+        assert_eq!(classify(message).unwrap(), Inbound::Message("lg 5 7".into()));
+        let sorted =
+            r#"{"data":{"id":"1","sender":"a","text":"say \"event\":\"message\"","created_at":1},"event":"message"}"#;
+        assert_eq!(classify(sorted).unwrap(), Inbound::Message(r#"say "event":"message""#.into()));
+        let not_message = r#"{"event":"channel","data":{"text":"\"event\":\"message\""}}"#;
+        assert_eq!(classify(not_message).unwrap(), Inbound::Event("channel"));
+        assert_eq!(classify(r#"{"id":42,"result":{"message_id":"1"}}"#).unwrap(), Inbound::Reply(42));
+        assert_eq!(
+            classify(r#"{"id":null,"error":{"code":"bad_request","message":"no"}}"#).unwrap(),
+            Inbound::Error(0, "bad_request".into())
+        );
+        assert_eq!(classify(r#"{"event":"channel","data":{"kind":"added"}}"#).unwrap(), Inbound::Event("channel"));
+        assert!(classify("not json").is_err());
+        assert!(classify("{}").is_err());
+    }
+}
