@@ -80,6 +80,11 @@ pub struct Core {
     pub shared: Arc<crate::server::Shared>,
     owned: RefCell<HashMap<ChannelId, ChannelState>>,
     usernames: RefCell<HashMap<UserId, Rc<str>>>,
+    /// User ids by username (names are never reused or renamed).
+    user_ids: RefCell<HashMap<Box<str>, UserId>>,
+    /// Direct channels by pair, smaller id first (a pair's channel never
+    /// changes once made).
+    directs: RefCell<HashMap<(UserId, UserId), ChannelId>>,
     /// Direct channels being made, by pair.
     pub directs_in_flight: SingleFlight<(UserId, UserId), Result<ChannelId, ApiError>>,
     /// Signups in progress, by username.
@@ -88,8 +93,18 @@ pub struct Core {
     pub sends_in_flight: SingleFlight<(UserId, String), Result<chatgw_storage::Message, ApiError>>,
 }
 
-/// Usernames cached per core before the cache is cleared.
-const USERNAME_CACHE_MAX: usize = 100_000;
+/// Entries each per-core lookup cache holds before it is cleared (a
+/// storage read refills what is used again).
+const LOOKUP_CACHE_MAX: usize = 100_000;
+
+/// Inserts into a bounded lookup cache, clearing it when full.
+fn cache_insert<K: std::hash::Hash + Eq, V>(cache: &RefCell<HashMap<K, V>>, key: K, value: V) {
+    let mut cache = cache.borrow_mut();
+    if cache.len() >= LOOKUP_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(key, value);
+}
 
 impl Core {
     /// A core from its parts.
@@ -123,6 +138,8 @@ impl Core {
             shared,
             owned: RefCell::new(HashMap::new()),
             usernames: RefCell::new(HashMap::new()),
+            user_ids: RefCell::new(HashMap::new()),
+            directs: RefCell::new(HashMap::new()),
             directs_in_flight: SingleFlight::new(),
             signups_in_flight: SingleFlight::new(),
             sends_in_flight: SingleFlight::new(),
@@ -150,11 +167,7 @@ impl Core {
             Some(record) => record.username.into(),
             None => "".into(),
         };
-        let mut cache = self.usernames.borrow_mut();
-        if cache.len() >= USERNAME_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(user, name.clone());
+        cache_insert(&self.usernames, user, name.clone());
         Ok(name)
     }
 
@@ -163,7 +176,28 @@ impl Core {
         if !crate::accounts::valid_username(username) {
             return Ok(None);
         }
-        Ok(self.store.user_id_by_name(shard::username_owner(username, self.shards), username)?)
+        if let Some(id) = self.user_ids.borrow().get(username) {
+            return Ok(Some(*id));
+        }
+        let found = self.store.user_id_by_name(shard::username_owner(username, self.shards), username)?;
+        if let Some(id) = found {
+            cache_insert(&self.user_ids, username.into(), id);
+        }
+        Ok(found)
+    }
+
+    /// The direct channel of a pair, if made (cached; read from the pair's
+    /// owner shard).
+    pub fn direct_channel(&self, first: UserId, second: UserId) -> Result<Option<ChannelId>, ApiError> {
+        let pair = (first.min(second), first.max(second));
+        if let Some(channel) = self.directs.borrow().get(&pair) {
+            return Ok(Some(*channel));
+        }
+        let found = self.store.direct_channel(shard::pair_owner(first, second, self.shards), first, second)?;
+        if let Some(channel) = found {
+            cache_insert(&self.directs, pair, channel);
+        }
+        Ok(found)
     }
 
     // ---- owned channels ----

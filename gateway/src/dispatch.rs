@@ -92,10 +92,10 @@ async fn direct_channel(core: &Rc<Core>, user: &AuthedUser, username: &str) -> R
     if other == user.user_id {
         return Err(ApiError::bad_request("to_user must be another user"));
     }
-    let pair_owner = shard::pair_owner(user.user_id, other, core.shards);
-    if let Some(channel) = core.store.direct_channel(pair_owner, user.user_id, other)? {
+    if let Some(channel) = core.direct_channel(user.user_id, other)? {
         return Ok(channel);
     }
+    let pair_owner = shard::pair_owner(user.user_id, other, core.shards);
     let names = (user.username.clone(), username.to_string());
     match request(core, pair_owner, Request::Direct { first: user.user_id, second: other, names }).await? {
         Response::Channel(channel) => Ok(channel),

@@ -122,20 +122,48 @@ impl Conn {
         outbound.queue.front().map(|front| front.slice(outbound.front_offset..))
     }
 
-    /// Marks `written` bytes of the front frame as written.
-    pub fn advance(&self, written: usize) {
-        let mut outbound = self.outbound.borrow_mut();
-        let Some(front_len) = outbound.queue.front().map(Bytes::len) else { return };
-        outbound.front_offset += written;
-        debug_assert!(outbound.front_offset <= front_len);
-        if outbound.front_offset >= front_len {
-            outbound.queue.pop_front();
-            outbound.front_offset = 0;
-            outbound.queued_bytes -= front_len;
-            if outbound.queue.is_empty() {
-                // Release the ring's memory: idle connections hold none.
-                outbound.queue = VecDeque::new();
+    /// Frames queued (the front one may be partly written).
+    pub fn queued_frames(&self) -> usize {
+        self.outbound.borrow().queue.len()
+    }
+
+    /// Copies the queued bytes still to write, from the front on, into
+    /// `buf` as far as they fit, so several frames go out in one write.
+    /// Returns the bytes copied.
+    pub fn gather(&self, buf: &mut [u8]) -> usize {
+        let outbound = self.outbound.borrow();
+        let mut filled = 0;
+        let mut skip = outbound.front_offset;
+        for frame in &outbound.queue {
+            let part = &frame[skip..];
+            skip = 0;
+            let take = part.len().min(buf.len() - filled);
+            buf[filled..filled + take].copy_from_slice(&part[..take]);
+            filled += take;
+            if filled == buf.len() {
+                break;
             }
+        }
+        filled
+    }
+
+    /// Marks `written` bytes as written, from the front frame on.
+    pub fn advance(&self, mut written: usize) {
+        let mut outbound = self.outbound.borrow_mut();
+        while written > 0 {
+            let Some(front_len) = outbound.queue.front().map(Bytes::len) else { return };
+            let step = written.min(front_len - outbound.front_offset);
+            outbound.front_offset += step;
+            written -= step;
+            if outbound.front_offset >= front_len {
+                outbound.queue.pop_front();
+                outbound.front_offset = 0;
+                outbound.queued_bytes -= front_len;
+            }
+        }
+        if outbound.queue.is_empty() {
+            // Release the ring's memory: idle connections hold none.
+            outbound.queue = VecDeque::new();
         }
     }
 
@@ -285,5 +313,28 @@ mod tests {
         conn.advance(front.len());
         assert!(conn.drained());
         assert!(!conn.push(Bytes::from_static(b"late")));
+    }
+
+    #[test]
+    fn gathered_frames_go_out_in_order_across_partial_writes() {
+        let mut registry = Registry::default();
+        let conn = registry.add(UserId(1), "a".into(), "d".into(), 0);
+        for frame in [&b"abc"[..], b"defg", b"hi"] {
+            assert!(conn.push(Bytes::copy_from_slice(frame)));
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4];
+        // A socket that takes 3 bytes of each write, from a 4-byte buffer.
+        while !conn.drained() {
+            let gathered = conn.gather(&mut buf);
+            assert!(gathered > 0);
+            let taken = gathered.min(3);
+            out.extend_from_slice(&buf[..taken]);
+            conn.advance(taken);
+        }
+        assert_eq!(out, b"abcdefghi");
+        assert_eq!(conn.queued_frames(), 0);
+        assert!(conn.push(Bytes::from_static(b"j")), "the queue takes frames again");
+        assert_eq!(conn.front().as_deref(), Some(&b"j"[..]));
     }
 }

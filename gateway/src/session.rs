@@ -133,9 +133,23 @@ fn poll_session(
     cx: &mut Context<'_>,
 ) -> Poll<End> {
     for _ in 0..READS_PER_POLL_MAX {
-        // Write everything queued, as far as the socket takes it.
-        while let Some(front) = conn.front() {
-            match Pin::new(&mut *stream).poll_write(cx, &front) {
+        // Write everything queued, as far as the socket takes it: one frame
+        // as it is, several gathered into the scratch buffer for one write
+        // (fan-out queues many small frames at once; a write each would
+        // cost a system call and a packet each).
+        loop {
+            let written = if conn.queued_frames() > 1 {
+                SCRATCH.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    let gathered = conn.gather(&mut scratch[..]);
+                    Pin::new(&mut *stream).poll_write(cx, &scratch[..gathered])
+                })
+            } else if let Some(front) = conn.front() {
+                Pin::new(&mut *stream).poll_write(cx, &front)
+            } else {
+                break;
+            };
+            match written {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                 Poll::Ready(Ok(written)) => conn.advance(written),
                 Poll::Pending => break,
