@@ -30,7 +30,15 @@ stop_server() {
         server_pid=
     fi
 }
-trap 'stop_server; [ -n "${nats_pid:-}" ] && kill "$nats_pid" 2>/dev/null; true' EXIT
+nats_pid=
+stop_nats() {
+    if [ -n "$nats_pid" ]; then
+        kill "$nats_pid" 2>/dev/null || true
+        wait "$nats_pid" 2>/dev/null || true
+        nats_pid=
+    fi
+}
+trap 'stop_server; stop_nats' EXIT
 
 start_server() {
     stop_server
@@ -70,6 +78,7 @@ for part in "${parts[@]}"; do
         nats_pid=$!
         start_server
         sleep 1
+        : >"$work/fanout.jsonl"
         echo "== fanout: 10 groups of 100, window 16, chatgw and nats-server in turn"
         for round in $(seq "${FANOUT_ROUNDS:-3}"); do
             for target in chatgw nats; do
@@ -86,7 +95,7 @@ median = {t: statistics.median(r["deliveries_per_s"] for r in runs if r["target"
 print(f"fanout medians: chatgw {median['chatgw']:.0f}/s, nats-server {median['nats']:.0f}/s, "
       f"ratio {median['chatgw'] / median['nats']:.2f}")
 PY
-        kill "$nats_pid"
+        stop_nats
         ;;
     *)
         echo "unknown part $part (idle, dm, fanout)" >&2

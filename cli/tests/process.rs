@@ -226,3 +226,51 @@ fn loadgen_idle_opens_connections_and_reports_server_memory() {
     assert!(report["server_rss_after_bytes"].as_u64().unwrap() > 0);
     assert!(report["server_rss_per_connection_bytes"].as_f64().is_some());
 }
+
+fn run_loadgen(args: &[&str], addr: SocketAddr, users_file: &Path) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .arg("loadgen")
+        .args(args)
+        .args(["--json", "--workers", "2", "--addr"])
+        .arg(addr.to_string())
+        .arg("--users-file")
+        .arg(users_file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn loadgen_dm_delivers_every_message_at_the_offered_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(&dir.path().join("data"));
+    let users_file = dir.path().join("users.json");
+    let args = ["dm", "--users", "20", "--rate", "400", "--duration-s", "2", "--drain-s", "10"];
+    let report = run_loadgen(&args, node.addr, &users_file);
+    // Open loop: the schedule is the schedule, whatever the latency.
+    assert_eq!(report["sent"], 800);
+    assert_eq!(report["delivered"], 800);
+    assert_eq!(report["acked"], 800);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["delivery_latency"]["count"], 800);
+    let p50 = report["delivery_latency"]["p50_ms"].as_f64().unwrap();
+    let max = report["delivery_latency"]["max_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= max, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
+
+#[test]
+fn loadgen_fanout_delivers_each_message_to_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(&dir.path().join("data"));
+    let users_file = dir.path().join("users.json");
+    let args = ["fanout", "--groups", "2", "--members", "5", "--window", "4", "--duration-s", "1"];
+    let report = run_loadgen(&args, node.addr, &users_file);
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{report}");
+    assert_eq!(report["acked"].as_u64().unwrap(), sent);
+    assert_eq!(report["delivered"].as_u64().unwrap(), sent * 5, "every member, the sender's device too");
+    assert!(report["deliveries_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
