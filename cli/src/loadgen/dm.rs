@@ -21,14 +21,14 @@ use anyhow::{Context, ensure};
 use async_tungstenite::tungstenite::Message;
 use clap::Args;
 use futures_util::StreamExt;
-use glommio::channels::local_channel;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
 use super::latency::{self, Summary};
 use super::runtime;
-use super::ws::{self, Inbound};
+use super::runtime::wait_for;
+use super::ws::{self, Inbound, Outbox};
 
 /// `chatgw loadgen dm`.
 #[derive(Debug, Clone, Args)]
@@ -75,7 +75,7 @@ struct Shared {
     delivered: AtomicU64,
     acked: AtomicU64,
     finished: AtomicUsize,
-    failed: AtomicBool,
+    failed: Arc<AtomicBool>,
 }
 
 /// One worker's figures.
@@ -138,16 +138,11 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     let connect_started = latency::now_ns();
     let outcomes = {
+        let failed = shared.failed.clone();
         let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
-        runtime::on_workers(args.workers, move |worker| {
+        runtime::on_workers(args.workers, &failed, move |worker| {
             let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
-            async move {
-                let result = worker_main(&args, &accounts, &shared, worker).await;
-                if result.is_err() {
-                    shared.failed.store(true, Ordering::Release);
-                }
-                result
-            }
+            async move { worker_main(&args, &accounts, &shared, worker).await }
         })?
     };
     let mut total = Stats::new();
@@ -203,21 +198,6 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits (politely, on the executor) until `done` holds, a worker failed,
-/// or `limit` passes.
-pub async fn wait_for(what: &str, failed: &AtomicBool, limit: Duration, done: impl Fn() -> bool) -> anyhow::Result<()> {
-    let deadline = latency::now_ns() + limit.as_nanos() as u64;
-    while !done() {
-        ensure!(!failed.load(Ordering::Acquire), runtime::ANOTHER_FAILED);
-        ensure!(latency::now_ns() < deadline, "timed out waiting for {what}");
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(())
-}
-
-/// A connection's sending side.
-type Outbox = local_channel::LocalSender<Message>;
-
 async fn open(
     args: &DmArgs,
     account: &Account,
@@ -226,17 +206,7 @@ async fn open(
     shared: &Arc<Shared>,
 ) -> anyhow::Result<Outbox> {
     let (ws, _hello) = ws::chatgw_session(args.addr, &account.token, &format!("dm{user}")).await?;
-    let (mut sink, mut stream) = ws.split();
-    let (outbox, queued) = local_channel::new_bounded::<Message>(1024);
-    glommio::spawn_local(async move {
-        while let Some(message) = queued.recv().await {
-            if sink.send(message).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close(None).await;
-    })
-    .detach();
+    let (outbox, mut stream) = ws::with_outbox(ws, 1024);
     let (stats, shared) = (stats.clone(), shared.clone());
     glommio::spawn_local(async move {
         while let Some(frame) = stream.next().await {
@@ -343,11 +313,7 @@ async fn worker_main(
     .await?;
 
     // One start time for all: the first worker here sets it.
-    let proposed = latency::now_ns() + 50_000_000;
-    let start = match shared.start_ns.compare_exchange(0, proposed, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => proposed,
-        Err(set) => set,
-    };
+    let start = runtime::agreed_start(&shared.start_ns);
     let end = start + args.duration_s * 1_000_000_000;
     let interval = (1e9 * args.workers as f64 / args.rate as f64) as u64;
     let mut next = start + worker as u64 * interval / args.workers as u64;

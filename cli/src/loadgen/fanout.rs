@@ -25,11 +25,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
-use super::dm::wait_for;
 use super::latency::{self, Summary};
 use super::nats;
 use super::runtime;
-use super::ws::{self, Inbound};
+use super::runtime::wait_for;
+use super::ws::{self, Inbound, Outbox};
 
 /// Which server the plan runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -89,7 +89,7 @@ struct Shared {
     acked: AtomicU64,
     delivered: AtomicU64,
     finished: AtomicUsize,
-    failed: AtomicBool,
+    failed: Arc<AtomicBool>,
 }
 
 struct Stats {
@@ -161,16 +161,11 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let accounts = Arc::new(accounts);
     let shared = Arc::new(Shared::default());
     let outcomes = {
+        let failed = shared.failed.clone();
         let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
-        runtime::on_workers(args.workers, move |worker| {
+        runtime::on_workers(args.workers, &failed, move |worker| {
             let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
-            async move {
-                let result = worker_main(&args, &accounts, &shared, worker).await;
-                if result.is_err() {
-                    shared.failed.store(true, Ordering::Release);
-                }
-                result
-            }
+            async move { worker_main(&args, &accounts, &shared, worker).await }
         })?
     };
     let mut total = Stats::new();
@@ -223,8 +218,6 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Outbox = Rc<local_channel::LocalSender<Message>>;
-
 /// Opens member `user`'s connection; for a sender, acks go to `acks`.
 async fn open(
     args: &FanoutArgs,
@@ -239,18 +232,7 @@ async fn open(
         Target::Chatgw => ws::chatgw_session(args.addr, &accounts[user].token, &format!("fo{user}")).await?.0,
         Target::Nats => ws::connect(args.addr, "/", None).await?,
     };
-    let (mut sink, mut stream) = ws.split();
-    let (outbox, queued) = local_channel::new_bounded::<Message>(args.window * 2 + 16);
-    let outbox = Rc::new(outbox);
-    glommio::spawn_local(async move {
-        while let Some(message) = queued.recv().await {
-            if sink.send(message).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close(None).await;
-    })
-    .detach();
+    let (outbox, mut stream) = ws::with_outbox(ws, args.window * 2 + 16);
     if args.target == Target::Nats {
         outbox.try_send(Message::text(nats::connect_and_subscribe(&subject(group)))).ok();
     }
@@ -434,11 +416,7 @@ async fn worker_main(
         shared.ready.load(Ordering::Acquire) == args.workers
     })
     .await?;
-    let proposed = latency::now_ns() + 50_000_000;
-    let start = match shared.start_ns.compare_exchange(0, proposed, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => proposed,
-        Err(set) => set,
-    };
+    let start = runtime::agreed_start(&shared.start_ns);
     let end = start + args.duration_s * 1_000_000_000;
     shared.end_ns.store(end, Ordering::Release);
     glommio::timer::sleep(Duration::from_nanos(start.saturating_sub(latency::now_ns()))).await;

@@ -2,12 +2,18 @@
 //! (the gateway may be pinned to the same cores), each running its share.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::ensure;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
 /// Runs `work(worker)` on `workers` executors and returns their results in
-/// worker order.
-pub fn on_workers<T, F, Fut>(workers: usize, work: F) -> anyhow::Result<Vec<T>>
+/// worker order. A worker that fails sets `failed`, which the others watch
+/// in [`wait_for`] so that they stop too.
+pub fn on_workers<T, F, Fut>(workers: usize, failed: &Arc<AtomicBool>, work: F) -> anyhow::Result<Vec<T>>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut + Send + Clone + 'static,
@@ -15,7 +21,7 @@ where
 {
     let handles = (0..workers)
         .map(|worker| {
-            let work = work.clone();
+            let (work, failed) = (work.clone(), failed.clone());
             LocalExecutorBuilder::new(Placement::Unbound)
                 .name(&format!("loadgen-{worker}"))
                 // Sockets only: keep locked memory small (8 MiB a process here).
@@ -23,7 +29,13 @@ where
                 // Many connections each keep a poll pending: a deep ring
                 // gives the kernel's poll table its most buckets.
                 .ring_depth(4096)
-                .spawn(move || async move { work(worker).await })
+                .spawn(move || async move {
+                    let result = work(worker).await;
+                    if result.is_err() {
+                        failed.store(true, Ordering::Release);
+                    }
+                    result
+                })
                 .map_err(|error| anyhow::anyhow!("starting load generator worker {worker}: {error}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -50,4 +62,26 @@ pub const ANOTHER_FAILED: &str = "another worker failed";
 /// Worker threads to use by default: one per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map(|cores| cores.get()).unwrap_or(1)
+}
+
+/// Waits (politely, on the executor) until `done` holds, a worker failed,
+/// or `limit` passes.
+pub async fn wait_for(what: &str, failed: &AtomicBool, limit: Duration, done: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = super::latency::now_ns() + limit.as_nanos() as u64;
+    while !done() {
+        ensure!(!failed.load(Ordering::Acquire), ANOTHER_FAILED);
+        ensure!(super::latency::now_ns() < deadline, "timed out waiting for {what}");
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// One start time for every worker, a little ahead: the first worker to
+/// ask sets it in `slot`, the others read it.
+pub fn agreed_start(slot: &AtomicU64) -> u64 {
+    let proposed = super::latency::now_ns() + 50_000_000;
+    match slot.compare_exchange(0, proposed, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => proposed,
+        Err(set) => set,
+    }
 }

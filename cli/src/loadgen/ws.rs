@@ -15,6 +15,27 @@ use glommio::net::TcpStream;
 /// A connected WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// Where a connection's frames are queued for sending.
+pub type Outbox = std::rc::Rc<glommio::channels::local_channel::LocalSender<Message>>;
+
+/// Splits a socket: a task of its own writes what is queued in the
+/// returned outbox (at most `capacity` frames waiting), the receiver is
+/// the caller's.
+pub fn with_outbox(ws: Ws, capacity: usize) -> (Outbox, async_tungstenite::WebSocketReceiver<TcpStream>) {
+    let (mut sink, stream) = ws.split();
+    let (outbox, queued) = glommio::channels::local_channel::new_bounded::<Message>(capacity);
+    glommio::spawn_local(async move {
+        while let Some(message) = queued.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close(None).await;
+    })
+    .detach();
+    (std::rc::Rc::new(outbox), stream)
+}
+
 /// How long a connection may take, handshake included.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
