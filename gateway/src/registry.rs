@@ -265,6 +265,16 @@ impl Registry {
         self.conns.iter().map(|(_, conn)| conn.clone()).collect()
     }
 
+    /// Connections that received nothing since `cutoff_ms` and are not
+    /// closing already.
+    pub fn silent_since(&self, cutoff_ms: u64) -> Vec<Rc<Conn>> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| conn.last_active_ms.get() < cutoff_ms && conn.closing().is_none())
+            .map(|(_, conn)| conn.clone())
+            .collect()
+    }
+
     /// How many connections the core holds.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -336,5 +346,19 @@ mod tests {
         assert_eq!(conn.queued_frames(), 0);
         assert!(conn.push(Bytes::from_static(b"j")), "the queue takes frames again");
         assert_eq!(conn.front().as_deref(), Some(&b"j"[..]));
+    }
+
+    #[test]
+    fn silent_connections_are_found_and_closing_ones_skipped() {
+        let mut registry = Registry::default();
+        let quiet = registry.add(UserId(1), "a".into(), "d".into(), 1_000);
+        let chatty = registry.add(UserId(2), "b".into(), "d".into(), 1_000);
+        chatty.last_active_ms.set(5_000);
+        let closing = registry.add(UserId(3), "c".into(), "d".into(), 1_000);
+        closing.close(CloseReason::Normal);
+        let silent = registry.silent_since(4_000);
+        assert_eq!(silent.len(), 1);
+        assert_eq!(silent[0].key, quiet.key);
+        assert!(registry.silent_since(1_000).is_empty(), "active at the cutoff is not silent");
     }
 }

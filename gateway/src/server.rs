@@ -225,6 +225,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     let core =
         Rc::new(Core::new(shard, shards, config, store.clone(), tokens, node, ws_url, ids, router, shared.clone()));
     let committer = glommio::spawn_local(core.committer.clone().run(store, shard));
+    glommio::spawn_local(close_silent_connections(core.clone())).detach();
 
     for (_, stream) in control_receivers.streams() {
         let core = core.clone();
@@ -295,4 +296,19 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     core.committer.stop();
     committer.await;
     Ok(())
+}
+
+/// Closes connections that sent nothing for 2 × `heartbeat_ms` with 4000
+/// (protocol §3), checking every half heartbeat, until the server stops.
+async fn close_silent_connections(core: Rc<Core>) {
+    let heartbeat = core.config.heartbeat_ms.max(1);
+    let every = Duration::from_millis((heartbeat / 2).max(10));
+    while !core.stopping.get() {
+        glommio::timer::sleep(every).await;
+        let cutoff = crate::core::now_ms().saturating_sub(2 * heartbeat);
+        let silent = core.registry.borrow().silent_since(cutoff);
+        for conn in silent {
+            conn.close(crate::close::CloseReason::HeartbeatTimeout);
+        }
+    }
 }

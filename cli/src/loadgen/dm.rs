@@ -88,6 +88,8 @@ struct Stats {
     warm_acks: usize,
     warm_deliveries: usize,
     errors: BTreeMap<String, u64>,
+    /// Half the server's heartbeat period, from its hello.
+    heartbeat_every: Duration,
 }
 
 impl Stats {
@@ -101,6 +103,7 @@ impl Stats {
             warm_acks: 0,
             warm_deliveries: 0,
             errors: BTreeMap::new(),
+            heartbeat_every: Duration::from_millis(7_500),
         }
     }
 
@@ -205,7 +208,8 @@ async fn open(
     stats: &Rc<RefCell<Stats>>,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<Outbox> {
-    let (ws, _hello) = ws::chatgw_session(args.addr, &account.token, &format!("dm{user}")).await?;
+    let (ws, hello) = ws::chatgw_session(args.addr, &account.token, &format!("dm{user}")).await?;
+    stats.borrow_mut().heartbeat_every = ws::heartbeat_every(&hello);
     let (outbox, mut stream) = ws::with_outbox(ws, 1024);
     let (stats, shared) = (stats.clone(), shared.clone());
     glommio::spawn_local(async move {
@@ -247,6 +251,7 @@ fn on_text(stats: &mut Stats, shared: &Shared, user: usize, text: &str) {
             }
         }
         Ok(Inbound::Reply(0)) => stats.warm_acks += 1,
+        Ok(Inbound::Reply(ws::HEARTBEAT_ID)) => {}
         Ok(Inbound::Reply(due)) => {
             latency::record_since(&mut stats.ack, due);
             stats.acked += 1;
@@ -282,6 +287,7 @@ async fn worker_main(
         }
     }
     let connected_at = latency::now_ns();
+    ws::spawn_heartbeats(&outboxes, stats.borrow().heartbeat_every);
     shared.connected.fetch_add(1, Ordering::AcqRel);
     wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {
         shared.connected.load(Ordering::Acquire) == args.workers

@@ -104,6 +104,8 @@ struct Stats {
     /// The group channel ids made by this worker's senders, by group.
     channels: BTreeMap<usize, String>,
     errors: BTreeMap<String, u64>,
+    /// Half chatgw's heartbeat period, from its hello (NATS pings us).
+    heartbeat_every: Option<Duration>,
 }
 
 impl Stats {
@@ -118,6 +120,7 @@ impl Stats {
             joined: 0,
             channels: BTreeMap::new(),
             errors: BTreeMap::new(),
+            heartbeat_every: None,
         }
     }
 
@@ -229,7 +232,11 @@ async fn open(
 ) -> anyhow::Result<Outbox> {
     let group = user / args.members;
     let ws = match args.target {
-        Target::Chatgw => ws::chatgw_session(args.addr, &accounts[user].token, &format!("fo{user}")).await?.0,
+        Target::Chatgw => {
+            let (ws, hello) = ws::chatgw_session(args.addr, &accounts[user].token, &format!("fo{user}")).await?;
+            stats.borrow_mut().heartbeat_every = Some(ws::heartbeat_every(&hello));
+            ws
+        }
         Target::Nats => ws::connect(args.addr, "/", None).await?,
     };
     let (outbox, mut stream) = ws::with_outbox(ws, args.window * 2 + 16);
@@ -328,6 +335,7 @@ fn on_chatgw(
     };
     match ws::classify(text) {
         Ok(Inbound::Message(text)) => on_delivery(stats, shared, text.as_bytes()),
+        Ok(Inbound::Reply(ws::HEARTBEAT_ID)) => {}
         Ok(Inbound::Reply(SETUP_ID)) => {
             let reply: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
             match reply["result"]["channel"]["id"].as_str() {
@@ -380,6 +388,9 @@ async fn worker_main(
                 senders.push((user, ack_rx));
             }
         }
+    }
+    if let Some(every) = stats.borrow().heartbeat_every {
+        ws::spawn_heartbeats(&outboxes.values().cloned().collect::<Vec<_>>(), every);
     }
     shared.connected.fetch_add(1, Ordering::AcqRel);
     wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {

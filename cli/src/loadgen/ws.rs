@@ -18,6 +18,38 @@ pub type Ws = WebSocketStream<TcpStream>;
 /// Where a connection's frames are queued for sending.
 pub type Outbox = std::rc::Rc<glommio::channels::local_channel::LocalSender<Message>>;
 
+/// The command id of the load generator's heartbeats (its sends use other
+/// ids: due or send times in nanoseconds, far above it).
+pub const HEARTBEAT_ID: u64 = 2;
+
+/// Sends a chatgw `heartbeat` on each connection every `every`, so a run
+/// longer than the server's silence limit (2 × `heartbeat_ms`) keeps
+/// connections whose users only receive. Stops once the outboxes are gone.
+pub fn spawn_heartbeats(outboxes: &[Outbox], every: Duration) {
+    let outboxes: Vec<_> = outboxes.iter().map(std::rc::Rc::downgrade).collect();
+    let beat = format!(r#"{{"id":{HEARTBEAT_ID},"method":"heartbeat","params":{{}}}}"#);
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(every).await;
+            let mut alive = false;
+            for outbox in outboxes.iter().filter_map(std::rc::Weak::upgrade) {
+                alive = true;
+                // A full outbox is traffic enough.
+                let _ = outbox.try_send(Message::text(beat.clone()));
+            }
+            if !alive {
+                return;
+            }
+        }
+    })
+    .detach();
+}
+
+/// The heartbeat period a hello asks for, with room to spare.
+pub fn heartbeat_every(hello: &serde_json::Value) -> Duration {
+    Duration::from_millis(hello["heartbeat_ms"].as_u64().unwrap_or(15_000).max(100) / 2)
+}
+
 /// Splits a socket: a task of its own writes what is queued in the
 /// returned outbox (at most `capacity` frames waiting), the receiver is
 /// the caller's.
