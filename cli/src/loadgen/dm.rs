@@ -21,11 +21,10 @@ use anyhow::{Context, ensure};
 use async_tungstenite::tungstenite::Message;
 use clap::Args;
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
-use super::latency::{self, Summary};
+use super::latency::{self, Figures, Summary};
 use super::runtime;
 use super::runtime::wait_for;
 use super::ws::{self, Inbound, Outbox};
@@ -80,14 +79,9 @@ struct Shared {
 
 /// One worker's figures.
 struct Stats {
-    delivery: Histogram<u64>,
-    ack: Histogram<u64>,
-    sent: u64,
-    delivered: u64,
-    acked: u64,
+    figures: Figures,
     warm_acks: usize,
     warm_deliveries: usize,
-    errors: BTreeMap<String, u64>,
     /// Half the server's heartbeat period, from its hello.
     heartbeat_every: Duration,
 }
@@ -95,20 +89,11 @@ struct Stats {
 impl Stats {
     fn new() -> Self {
         Stats {
-            delivery: latency::histogram(),
-            ack: latency::histogram(),
-            sent: 0,
-            delivered: 0,
-            acked: 0,
+            figures: Figures::new(),
             warm_acks: 0,
             warm_deliveries: 0,
-            errors: BTreeMap::new(),
             heartbeat_every: Duration::from_millis(7_500),
         }
-    }
-
-    fn error(&mut self, kind: &str) {
-        *self.errors.entry(kind.to_string()).or_default() += 1;
     }
 }
 
@@ -148,17 +133,10 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
             async move { worker_main(&args, &accounts, &shared, worker).await }
         })?
     };
-    let mut total = Stats::new();
+    let mut total = Figures::new();
     let mut connect_ns = 0;
     for (stats, connected_at) in outcomes {
-        total.delivery.add(&stats.delivery).context("merging histograms")?;
-        total.ack.add(&stats.ack).context("merging histograms")?;
-        total.sent += stats.sent;
-        total.delivered += stats.delivered;
-        total.acked += stats.acked;
-        for (kind, count) in stats.errors {
-            *total.errors.entry(kind).or_default() += count;
-        }
+        total.merge(stats.figures)?;
         connect_ns = connect_ns.max(connected_at.saturating_sub(connect_started));
     }
     let report = Report {
@@ -218,12 +196,12 @@ async fn open(
             match frame {
                 Ok(Message::Text(text)) => on_text(&mut stats, &shared, user, &text),
                 Ok(Message::Close(_)) => {
-                    stats.error("closed_by_server");
+                    stats.figures.error("closed_by_server");
                     break;
                 }
                 Ok(_) => {}
                 Err(_) => {
-                    stats.error("connection_lost");
+                    stats.figures.error("connection_lost");
                     break;
                 }
             }
@@ -243,23 +221,23 @@ fn on_text(stats: &mut Stats, shared: &Shared, user: usize, text: &str) {
                 (Some(_), Some(sender)) if sender == user => {} // our own echo
                 (Some(0), Some(_)) => stats.warm_deliveries += 1,
                 (Some(due), Some(_)) => {
-                    latency::record_since(&mut stats.delivery, due);
-                    stats.delivered += 1;
+                    latency::record_since(&mut stats.figures.delivery, due);
+                    stats.figures.delivered += 1;
                     shared.delivered.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => stats.error("foreign_message"),
+                _ => stats.figures.error("foreign_message"),
             }
         }
         Ok(Inbound::Reply(0)) => stats.warm_acks += 1,
         Ok(Inbound::Reply(ws::HEARTBEAT_ID)) => {}
         Ok(Inbound::Reply(due)) => {
-            latency::record_since(&mut stats.ack, due);
-            stats.acked += 1;
+            latency::record_since(&mut stats.figures.ack, due);
+            stats.figures.acked += 1;
             shared.acked.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Inbound::Error(_, code)) => stats.error(&code),
+        Ok(Inbound::Error(_, code)) => stats.figures.error(&code),
         Ok(Inbound::Event(_)) => {}
-        Err(_) => stats.error("unreadable_frame"),
+        Err(_) => stats.figures.error("unreadable_frame"),
     }
 }
 
@@ -341,10 +319,10 @@ async fn worker_main(
             slot = (slot + 1) % mine.len();
             match queued {
                 Ok(()) => {
-                    stats.borrow_mut().sent += 1;
+                    stats.borrow_mut().figures.sent += 1;
                     shared.sent.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => stats.borrow_mut().error("client_backlog"),
+                Err(_) => stats.borrow_mut().figures.error("client_backlog"),
             }
             next += interval;
         }

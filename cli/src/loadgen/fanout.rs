@@ -21,14 +21,13 @@ use async_tungstenite::tungstenite::Message;
 use clap::{Args, ValueEnum};
 use futures_util::StreamExt;
 use glommio::channels::local_channel;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
-use super::latency::{self, Summary};
+use super::latency::{self, Figures, Summary};
 use super::nats;
 use super::runtime;
-use super::runtime::wait_for;
+use super::runtime::{wait_for, within};
 use super::ws::{self, Inbound, Outbox};
 
 /// Which server the plan runs against.
@@ -93,17 +92,12 @@ struct Shared {
 }
 
 struct Stats {
-    delivery: Histogram<u64>,
-    ack: Histogram<u64>,
+    figures: Figures,
     delivered_in_window: u64,
-    delivered: u64,
-    sent: u64,
-    acked: u64,
     /// Members that saw their group (chatgw `channel` event, NATS `PONG`).
     joined: usize,
     /// The group channel ids made by this worker's senders, by group.
     channels: BTreeMap<usize, String>,
-    errors: BTreeMap<String, u64>,
     /// Half chatgw's heartbeat period, from its hello (NATS pings us).
     heartbeat_every: Option<Duration>,
 }
@@ -111,21 +105,12 @@ struct Stats {
 impl Stats {
     fn new() -> Self {
         Stats {
-            delivery: latency::histogram(),
-            ack: latency::histogram(),
+            figures: Figures::new(),
             delivered_in_window: 0,
-            delivered: 0,
-            sent: 0,
-            acked: 0,
             joined: 0,
             channels: BTreeMap::new(),
-            errors: BTreeMap::new(),
             heartbeat_every: None,
         }
-    }
-
-    fn error(&mut self, kind: &str) {
-        *self.errors.entry(kind.to_string()).or_default() += 1;
     }
 }
 
@@ -171,17 +156,11 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
             async move { worker_main(&args, &accounts, &shared, worker).await }
         })?
     };
-    let mut total = Stats::new();
+    let mut total = Figures::new();
+    let mut delivered_in_window = 0;
     for stats in outcomes {
-        total.delivery.add(&stats.delivery).context("merging histograms")?;
-        total.ack.add(&stats.ack).context("merging histograms")?;
-        total.delivered_in_window += stats.delivered_in_window;
-        total.delivered += stats.delivered;
-        total.sent += stats.sent;
-        total.acked += stats.acked;
-        for (kind, count) in stats.errors {
-            *total.errors.entry(kind).or_default() += count;
-        }
+        delivered_in_window += stats.delivered_in_window;
+        total.merge(stats.figures)?;
     }
     let report = Report {
         scenario: "fanout",
@@ -193,8 +172,8 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
         sent: total.sent,
         acked: total.acked,
         delivered: total.delivered,
-        deliveries_per_s: total.delivered_in_window as f64 / args.duration_s as f64,
-        messages_per_s: total.delivered_in_window as f64 / args.duration_s as f64 / args.members as f64,
+        deliveries_per_s: delivered_in_window as f64 / args.duration_s as f64,
+        messages_per_s: delivered_in_window as f64 / args.duration_s as f64 / args.members as f64,
         delivery_latency: Summary::of(&total.delivery),
         ack_latency: Summary::of(&total.ack),
         errors: total.errors,
@@ -253,12 +232,12 @@ async fn open(
                 Ok(Message::Text(text)) => text.as_bytes(),
                 Ok(Message::Binary(bytes)) => &bytes[..],
                 Ok(Message::Close(_)) => {
-                    stats.error("closed_by_server");
+                    stats.figures.error("closed_by_server");
                     break;
                 }
                 Ok(_) => continue,
                 Err(_) => {
-                    stats.error("connection_lost");
+                    stats.figures.error("connection_lost");
                     break;
                 }
             };
@@ -275,11 +254,11 @@ async fn open(
                         nats::Op::Ping => {
                             replies.try_send(Message::text("PONG\r\n")).ok();
                         }
-                        nats::Op::Err(error) => stats.error(&error),
+                        nats::Op::Err(error) => stats.figures.error(&error),
                         nats::Op::Info | nats::Op::Ok => {}
                     });
                     if fed.is_err() {
-                        stats.error("unreadable_frame");
+                        stats.figures.error("unreadable_frame");
                         break;
                     }
                 }
@@ -297,11 +276,11 @@ fn subject(group: usize) -> String {
 fn on_delivery(stats: &mut Stats, shared: &Shared, payload: &[u8]) {
     let sent_at = std::str::from_utf8(payload).ok().and_then(|text| text.split(' ').nth(1)?.parse::<u64>().ok());
     let Some(sent_at) = sent_at else {
-        stats.error("foreign_message");
+        stats.figures.error("foreign_message");
         return;
     };
-    latency::record_since(&mut stats.delivery, sent_at);
-    stats.delivered += 1;
+    latency::record_since(&mut stats.figures.delivery, sent_at);
+    stats.figures.delivered += 1;
     shared.delivered.fetch_add(1, Ordering::Relaxed);
     let end = shared.end_ns.load(Ordering::Relaxed);
     if end == 0 || latency::now_ns() < end {
@@ -311,13 +290,13 @@ fn on_delivery(stats: &mut Stats, shared: &Shared, payload: &[u8]) {
 
 fn on_ack(stats: &mut Stats, shared: &Shared, acks: Option<&local_channel::LocalSender<()>>, sent_at: Option<u64>) {
     let Some(acks) = acks else {
-        stats.error("ack_to_a_member");
+        stats.figures.error("ack_to_a_member");
         return;
     };
     if let Some(sent_at) = sent_at {
-        latency::record_since(&mut stats.ack, sent_at);
+        latency::record_since(&mut stats.figures.ack, sent_at);
     }
-    stats.acked += 1;
+    stats.figures.acked += 1;
     shared.acked.fetch_add(1, Ordering::Relaxed);
     acks.try_send(()).ok();
 }
@@ -330,7 +309,7 @@ fn on_chatgw(
     acks: Option<&local_channel::LocalSender<()>>,
 ) {
     let Ok(text) = std::str::from_utf8(bytes) else {
-        stats.error("unreadable_frame");
+        stats.figures.error("unreadable_frame");
         return;
     };
     match ws::classify(text) {
@@ -342,15 +321,15 @@ fn on_chatgw(
                 Some(channel) => {
                     stats.channels.insert(group, channel.to_string());
                 }
-                None => stats.error("channel_create_answer"),
+                None => stats.figures.error("channel_create_answer"),
             }
         }
         // Sends carry their send time as their id.
         Ok(Inbound::Reply(sent_at)) => on_ack(stats, shared, acks, Some(sent_at)),
-        Ok(Inbound::Error(_, code)) => stats.error(&code),
+        Ok(Inbound::Error(_, code)) => stats.figures.error(&code),
         Ok(Inbound::Event("channel")) => stats.joined += 1,
         Ok(Inbound::Event(_)) => {}
-        Err(_) => stats.error("unreadable_frame"),
+        Err(_) => stats.figures.error("unreadable_frame"),
     }
 }
 
@@ -457,23 +436,22 @@ async fn worker_main(
                     if args.target == Target::Nats {
                         sent_times.push_back(sent_at);
                     }
-                    stats.borrow_mut().sent += 1;
+                    stats.borrow_mut().figures.sent += 1;
                     shared.sent.fetch_add(1, Ordering::Relaxed);
                 }
                 if in_flight == 0 {
                     return Ok(());
                 }
-                let wait =
-                    if latency::now_ns() < end { end - latency::now_ns() } else { 0 } + args.drain_s * 1_000_000_000;
-                match glommio::timer::timeout(Duration::from_nanos(wait), async { Ok(acks.recv().await) }).await {
-                    Ok(Some(())) => {
+                let wait = end.saturating_sub(latency::now_ns()) + args.drain_s * 1_000_000_000;
+                match within(Duration::from_nanos(wait), acks.recv()).await {
+                    Some(Some(())) => {
                         in_flight -= 1;
                         if let Some(sent_at) = sent_times.pop_front() {
-                            latency::record_since(&mut stats.borrow_mut().ack, sent_at);
+                            latency::record_since(&mut stats.borrow_mut().figures.ack, sent_at);
                         }
                     }
-                    Ok(None) => bail!("sender {user} lost its connection"),
-                    Err(_) => bail!("sender {user}: {in_flight} messages unacknowledged after the drain time"),
+                    Some(None) => bail!("sender {user} lost its connection"),
+                    None => bail!("sender {user}: {in_flight} messages unacknowledged after the drain time"),
                 }
             }
         }

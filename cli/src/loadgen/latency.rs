@@ -1,5 +1,6 @@
 //! One clock for the whole load generator, and latency histograms.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -23,6 +24,48 @@ pub fn histogram() -> Histogram<u64> {
 pub fn record_since(histogram: &mut Histogram<u64>, since_ns: u64) {
     let micros = now_ns().saturating_sub(since_ns) / 1000;
     histogram.saturating_record(micros.max(1));
+}
+
+/// What every scenario counts, per worker and then merged: messages sent,
+/// acknowledged and delivered, their latencies, and errors by kind.
+pub struct Figures {
+    /// Send (or due time) to a receiver's arrival, µs.
+    pub delivery: Histogram<u64>,
+    /// Send (or due time) to the sender's ack, µs.
+    pub ack: Histogram<u64>,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages acknowledged.
+    pub acked: u64,
+    /// Deliveries counted.
+    pub delivered: u64,
+    /// Errors by kind (server error codes, lost connections, ...).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Figures {
+    /// Nothing counted yet.
+    pub fn new() -> Self {
+        Figures { delivery: histogram(), ack: histogram(), sent: 0, acked: 0, delivered: 0, errors: BTreeMap::new() }
+    }
+
+    /// Counts one error of `kind`.
+    pub fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+
+    /// Adds another worker's figures to these.
+    pub fn merge(&mut self, other: Figures) -> anyhow::Result<()> {
+        self.delivery.add(&other.delivery).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
+        self.ack.add(&other.ack).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
+        self.sent += other.sent;
+        self.acked += other.acked;
+        self.delivered += other.delivered;
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+        Ok(())
+    }
 }
 
 /// Percentiles of a histogram, in milliseconds.
@@ -83,6 +126,28 @@ mod tests {
         assert!((summary.p50_ms - 0.5).abs() < 0.01, "{summary:?}");
         assert!((summary.p99_ms - 0.99).abs() < 0.01, "{summary:?}");
         assert!((summary.max_ms - 1.0).abs() < 0.01, "{summary:?}");
+    }
+
+    #[test]
+    fn figures_merge_counts_histograms_and_errors() {
+        let mut total = Figures::new();
+        let mut one = Figures::new();
+        one.sent = 3;
+        one.delivered = 2;
+        one.delivery.record(100).unwrap();
+        one.error("rate_limited");
+        let mut two = Figures::new();
+        two.sent = 1;
+        two.acked = 1;
+        two.ack.record(200).unwrap();
+        two.error("rate_limited");
+        two.error("connection_lost");
+        total.merge(one).unwrap();
+        total.merge(two).unwrap();
+        assert_eq!((total.sent, total.acked, total.delivered), (4, 1, 2));
+        assert_eq!((total.delivery.len(), total.ack.len()), (1, 1));
+        assert_eq!(total.errors["rate_limited"], 2);
+        assert_eq!(total.errors["connection_lost"], 1);
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub async fn wait_for(what: &str, failed: &AtomicBool, limit: Duration, done: im
     Ok(())
 }
 
+/// `future`'s output, or `None` if `limit` passes first.
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    glommio::timer::timeout(limit, async { Ok(future.await) }).await.ok()
+}
+
 /// One start time for every worker, a little ahead: the first worker to
 /// ask sets it in `slot`, the others read it.
 pub fn agreed_start(slot: &AtomicU64) -> u64 {

@@ -12,6 +12,8 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::StreamExt;
 use glommio::net::TcpStream;
 
+use super::runtime::within;
+
 /// A connected WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -84,21 +86,20 @@ pub async fn connect(addr: SocketAddr, path: &str, token: Option<&str>) -> anyho
     }
     let config = WebSocketConfig::default().read_buffer_size(16 << 10).write_buffer_size(0);
     let handshake = async_tungstenite::client_async_with_config(request, stream, Some(config));
-    let (ws, _) = glommio::timer::timeout(CONNECT_TIMEOUT, async {
-        handshake.await.map_err(|error| glommio::GlommioError::<()>::IoError(std::io::Error::other(error)))
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("WebSocket handshake with {addr}: {error}"))?;
-    Ok(ws)
+    match within(CONNECT_TIMEOUT, handshake).await {
+        Some(Ok((ws, _))) => Ok(ws),
+        Some(Err(error)) => Err(error).with_context(|| format!("WebSocket handshake with {addr}")),
+        None => bail!("WebSocket handshake with {addr}: timed out"),
+    }
 }
 
 /// Opens a chatgw session as `token`'s user and waits for its `hello`;
 /// returns the socket and the hello's `data`.
 pub async fn chatgw_session(addr: SocketAddr, token: &str, device: &str) -> anyhow::Result<(Ws, serde_json::Value)> {
     let mut ws = connect(addr, &format!("/v1/ws?device={device}"), Some(token)).await?;
-    let first = glommio::timer::timeout(CONNECT_TIMEOUT, async { Ok(ws.next().await) })
-        .await
-        .map_err(|error| anyhow::anyhow!("waiting for hello: {error}"))?;
+    let Some(first) = within(CONNECT_TIMEOUT, ws.next()).await else {
+        bail!("no hello within {CONNECT_TIMEOUT:?}");
+    };
     let text = match first {
         Some(Ok(Message::Text(text))) => text,
         Some(Ok(other)) => bail!("expected hello, got {other:?}"),
