@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// Node name [default: the host name].
     #[arg(long, env = "CHATGW_NODE")]
     node: Option<String>,
+    /// The URL clients reach this node at, announced by discovery and login
+    /// (ws, wss, http or https; `/v1/ws` is appended) [default: derived
+    /// from --listen].
+    #[arg(long, env = "CHATGW_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Admin token [default: generated at first start, kept in the data dir].
     #[arg(long, env = "CHATGW_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -78,6 +83,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     shards: Option<u16>,
     node: Option<String>,
+    public_url: Option<String>,
     admin_token: Option<String>,
     jwt_secret: Option<String>,
     durability: Option<DurabilityArg>,
@@ -115,6 +121,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(data_dir => data_dir);
     pick!(shards => some shards);
     pick!(node => some node);
+    pick!(public_url => some public_url);
     pick!(admin_token => some admin_token);
     pick!(jwt_secret => some jwt_secret);
     pick!(push_webhook => some push_webhook);

@@ -24,6 +24,8 @@ pub enum CloseReason {
     InvalidPayload,
     /// 1008: the outbound queue overflowed (slow consumer).
     SlowConsumer,
+    /// 1008: an operator kicked the user or device (or disabled the user).
+    Kicked,
     /// 1009: a frame or message above the size limit.
     TooBig,
     /// 1011: the server failed.
@@ -40,7 +42,7 @@ impl CloseReason {
             CloseReason::GoingAway => 1001,
             CloseReason::ProtocolError => 1002,
             CloseReason::InvalidPayload => 1007,
-            CloseReason::SlowConsumer => 1008,
+            CloseReason::SlowConsumer | CloseReason::Kicked => 1008,
             CloseReason::TooBig => 1009,
             CloseReason::Internal => 1011,
             CloseReason::HeartbeatTimeout => 4000,
@@ -55,6 +57,7 @@ impl CloseReason {
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::InvalidPayload => "invalid_payload",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Kicked => "kicked",
             CloseReason::TooBig => "too_big",
             CloseReason::Internal => "internal",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",

@@ -8,12 +8,14 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{Channel, DedupeEntry, Durability, Message, StorageError, Store, User};
 use futures_channel::oneshot;
 
 use crate::limits;
+use crate::stats::Latency;
 
 /// One write, aimed at the shard that owns its key.
 #[derive(Debug, Clone)]
@@ -46,15 +48,26 @@ type Done = oneshot::Sender<Result<(), String>>;
 
 #[derive(Default)]
 struct Queue {
-    writes: VecDeque<(Vec<WriteOp>, Done)>,
+    writes: VecDeque<(Vec<WriteOp>, Done, Instant)>,
     waker: Option<Waker>,
     stopped: bool,
+}
+
+/// How long group commits take, kept by the committer.
+#[derive(Debug, Default)]
+pub struct CommitTimings {
+    /// One batch write to RocksDB.
+    pub storage_write: Latency,
+    /// A caller's wait, from queueing its writes until they are durable.
+    pub group_commit: Latency,
 }
 
 /// A shard's committer. Cheap to clone (shared within the core).
 #[derive(Clone)]
 pub struct Committer {
     queue: Rc<RefCell<Queue>>,
+    /// Its timings.
+    pub timings: Rc<CommitTimings>,
 }
 
 fn apply(store: &Store, shard: ShardId, ops: &[&WriteOp]) -> Result<(), StorageError> {
@@ -91,7 +104,7 @@ fn apply(store: &Store, shard: ShardId, ops: &[&WriteOp]) -> Result<(), StorageE
 impl Committer {
     /// A committer for `shard`; `run` must be spawned for it to make progress.
     pub fn new() -> Self {
-        Committer { queue: Rc::new(RefCell::new(Queue::default())) }
+        Committer { queue: Rc::new(RefCell::new(Queue::default())), timings: Rc::new(CommitTimings::default()) }
     }
 
     /// Writes `ops` in the next group commit; resolves once they are durable.
@@ -103,7 +116,7 @@ impl Committer {
             if queue.stopped {
                 return Err("the shard is shutting down".into());
             }
-            queue.writes.push_back((ops, done));
+            queue.writes.push_back((ops, done, Instant::now()));
             if let Some(waker) = queue.waker.take() {
                 waker.wake();
             }
@@ -147,11 +160,11 @@ impl Committer {
             // Let the core's other ready tasks add their writes first: that
             // is what makes a group of them.
             futures_lite::future::yield_now().await;
-            let taken: Vec<(Vec<WriteOp>, Done)> = {
+            let taken: Vec<(Vec<WriteOp>, Done, Instant)> = {
                 let mut queue = self.queue.borrow_mut();
                 let mut ops = 0;
                 let mut taken = Vec::new();
-                while let Some((writes, _)) = queue.writes.front() {
+                while let Some((writes, _, _)) = queue.writes.front() {
                     if !taken.is_empty() && ops + writes.len() > limits::GROUP_COMMIT_WRITES_MAX {
                         break;
                     }
@@ -160,7 +173,13 @@ impl Committer {
                 }
                 taken
             };
-            let (ops, dones): (Vec<Vec<WriteOp>>, Vec<Done>) = taken.into_iter().unzip();
+            let mut ops = Vec::with_capacity(taken.len());
+            let mut dones = Vec::with_capacity(taken.len());
+            for (writes, done, queued_at) in taken {
+                ops.push(writes);
+                dones.push((done, queued_at));
+            }
+            let write_started = Instant::now();
             let result = if store.durability() == Durability::Fsync {
                 // An fsync takes milliseconds: off the core, so it keeps
                 // serving while the disk works.
@@ -175,10 +194,12 @@ impl Committer {
                 let flat: Vec<&WriteOp> = ops.iter().flatten().collect();
                 apply(&store, shard, &flat).map_err(|error| error.to_string())
             };
+            self.timings.storage_write.record(write_started.elapsed());
             if let Err(error) = &result {
                 tracing::error!(%error, shard = shard.0, "group commit failed");
             }
-            for done in dones {
+            for (done, queued_at) in dones {
+                self.timings.group_commit.record(queued_at.elapsed());
                 let _ = done.send(result.clone());
             }
         }

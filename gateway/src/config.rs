@@ -20,6 +20,10 @@ pub struct Config {
     pub node: Option<String>,
     /// This node's number in the Snowflake worker field (0 for one node).
     pub node_id: u16,
+    /// The URL clients reach this node at (`ws`, `wss`, `http` or
+    /// `https`), announced by discovery and login; `None` = derived from
+    /// the address listened on.
+    pub public_url: Option<String>,
     /// The admin token; `None` = generated at first start and kept in the data dir.
     pub admin_token: Option<String>,
     /// The JWT secret; `None` = generated at first start and kept in the data dir.
@@ -57,6 +61,7 @@ impl Default for Config {
             shards: None,
             node: None,
             node_id: 0,
+            public_url: None,
             admin_token: None,
             jwt_secret: None,
             durability: Durability::Wal,

@@ -4,15 +4,20 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use chatgw_idgen::{ChannelId, Generator, MessageId, ShardId, UserId};
 use chatgw_storage::{Channel, Store};
 
+use crate::admin::ConnInfo;
 use crate::auth::{AuthedUser, TokenKeys};
+use crate::banned::BannedWords;
+use crate::close::CloseReason;
 use crate::commit::Committer;
 use crate::config::Config;
 use crate::error::ApiError;
@@ -20,6 +25,7 @@ use crate::registry::{Conn, Registry};
 use crate::route::{Control, Response, Router};
 use crate::shard;
 use crate::single_flight::SingleFlight;
+use crate::stats::Counters;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -37,17 +43,6 @@ pub struct ChannelState {
     pub cores: u128,
 }
 
-/// Counters a core keeps for itself (metrics read them).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Messages stored by this shard as owner.
-    pub messages_stored: Cell<u64>,
-    /// Frames queued to local connections by deliveries.
-    pub deliveries: Cell<u64>,
-    /// Connections closed as slow consumers.
-    pub slow_consumers: Cell<u64>,
-}
-
 /// A shard's core.
 pub struct Core {
     /// This shard.
@@ -60,6 +55,8 @@ pub struct Core {
     pub store: Arc<Store>,
     /// Token keys.
     pub tokens: Arc<TokenKeys>,
+    /// The admin token in force.
+    pub admin_token: Arc<str>,
     /// This node's name.
     pub node: Arc<str>,
     /// The WebSocket URL clients are told to use.
@@ -78,6 +75,9 @@ pub struct Core {
     pub stopping: Cell<bool>,
     /// What all cores of the server share (readiness, the stop flag).
     pub shared: Arc<crate::server::Shared>,
+    /// Push records in this shard's outbox.
+    pub outbox_depth: Cell<u64>,
+    banned: RefCell<Arc<BannedWords>>,
     owned: RefCell<HashMap<ChannelId, ChannelState>>,
     usernames: RefCell<HashMap<UserId, Rc<str>>>,
     /// User ids by username (names are never reused or renamed).
@@ -115,6 +115,7 @@ impl Core {
         config: Arc<Config>,
         store: Arc<Store>,
         tokens: Arc<TokenKeys>,
+        admin_token: Arc<str>,
         node: Arc<str>,
         ws_url: Arc<str>,
         ids: Generator,
@@ -127,6 +128,7 @@ impl Core {
             config,
             store,
             tokens,
+            admin_token,
             node,
             ws_url,
             ids: RefCell::new(ids),
@@ -136,6 +138,8 @@ impl Core {
             counters: Counters::default(),
             stopping: Cell::new(false),
             shared,
+            outbox_depth: Cell::new(0),
+            banned: RefCell::new(Arc::new(BannedWords::default())),
             owned: RefCell::new(HashMap::new()),
             usernames: RefCell::new(HashMap::new()),
             user_ids: RefCell::new(HashMap::new()),
@@ -223,26 +227,81 @@ impl Core {
         self.owned.borrow_mut().insert(channel.id, ChannelState { channel, members, cores: 0 });
     }
 
-    /// Sends one shared frame to every core hosting a member of `channel`.
-    pub async fn fan_out(&self, channel: ChannelId, cores: u128, frame: Bytes) {
+    /// Sends one shared frame to every core hosting a member of `channel`
+    /// (`taken_at`: when this owner took the message).
+    pub async fn fan_out(&self, channel: ChannelId, cores: u128, frame: Bytes, taken_at: Instant) {
         for core in 0..self.shards {
             if cores & (1u128 << core) == 0 {
                 continue;
             }
             if ShardId(core) == self.shard {
-                self.deliver_local(channel, &frame);
+                self.deliver_local(channel, &frame, taken_at);
             } else {
-                self.router
-                    .send_control(ShardId(core), 0, Control::Deliver { channel_id: channel, frame: frame.clone() })
-                    .await;
+                let deliver = Control::Deliver { channel_id: channel, frame: frame.clone(), taken_at };
+                self.router.send_control(ShardId(core), 0, deliver).await;
             }
         }
     }
 
     /// Queues a frame to this core's connections in `channel`.
-    pub fn deliver_local(&self, channel: ChannelId, frame: &Bytes) {
+    pub fn deliver_local(&self, channel: ChannelId, frame: &Bytes, taken_at: Instant) {
         let queued = self.registry.borrow().deliver(channel, frame);
         self.counters.deliveries.set(self.counters.deliveries.get() + queued as u64);
+        self.counters.fan_out.record(taken_at.elapsed());
+    }
+
+    // ---- operator controls ----
+
+    /// The banned words this core enforces.
+    pub fn banned(&self) -> Arc<BannedWords> {
+        self.banned.borrow().clone()
+    }
+
+    /// Enforces a version of the banned words, unless a newer one is in force.
+    pub fn set_banned(&self, banned: Arc<BannedWords>) {
+        let mut current = self.banned.borrow_mut();
+        if banned.version > current.version {
+            *current = banned;
+        }
+    }
+
+    /// Closes this core's connections of a user (one device's, if named)
+    /// with 1008; returns how many.
+    pub fn kick(&self, user: UserId, device: Option<&str>) -> u64 {
+        let conns = self.registry.borrow().user_conns(user);
+        let mut kicked = 0;
+        for conn in conns {
+            if device.is_none_or(|device| *conn.device == *device) && conn.closing().is_none() {
+                conn.close(CloseReason::Kicked);
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// Up to `limit` of this core's connections after registry key `after`,
+    /// in key order.
+    pub fn connections_after(&self, after: Option<usize>, limit: usize) -> Vec<ConnInfo> {
+        self.registry
+            .borrow()
+            .after(after, limit)
+            .into_iter()
+            .map(|conn| ConnInfo {
+                key: conn.key,
+                user_id: conn.user_id,
+                username: conn.username.to_string(),
+                device: conn.device.to_string(),
+                remote: conn.remote,
+                connected_at_ms: conn.connected_at_ms,
+                last_active_ms: conn.last_active_ms.get(),
+            })
+            .collect()
+    }
+
+    fn count_connections(&self) {
+        if let Some(count) = self.shared.connections.get(self.shard.index()) {
+            count.store(self.registry.borrow().len() as u64, Ordering::Relaxed);
+        }
     }
 
     // ---- connections ----
@@ -250,13 +309,20 @@ impl Core {
     /// Registers a connection and subscribes this core to its channels;
     /// returns once every owner knows, so nothing sent after the `hello`
     /// can miss it.
-    pub async fn attach(self: &Rc<Self>, user: &AuthedUser, device: Box<str>) -> Result<Rc<Conn>, ApiError> {
+    pub async fn attach(
+        self: &Rc<Self>,
+        user: &AuthedUser,
+        device: Box<str>,
+        remote: SocketAddr,
+    ) -> Result<Rc<Conn>, ApiError> {
         let username: Rc<str> = user.username.as_str().into();
-        let conn = self.registry.borrow_mut().add(user.user_id, username, device, now_ms());
+        let conn = self.registry.borrow_mut().add(user.user_id, username, device, remote, now_ms());
+        self.count_connections();
         let channels = match self.store.user_channels(self.owner(user.user_id.0), user.user_id) {
             Ok(channels) => channels,
             Err(error) => {
                 self.registry.borrow_mut().remove(&conn);
+                self.count_connections();
                 return Err(error.into());
             }
         };
@@ -293,6 +359,7 @@ impl Core {
     /// Removes a connection and unsubscribes channels it was the last of.
     pub async fn detach(&self, conn: &Conn) {
         let emptied = self.registry.borrow_mut().remove(conn);
+        self.count_connections();
         for channel in emptied {
             let owner = self.owner(channel.0);
             if owner == self.shard {
@@ -356,8 +423,8 @@ impl Core {
                 self.router.complete(request_id, result);
                 None
             }
-            Control::Deliver { channel_id, frame } => {
-                self.deliver_local(channel_id, &frame);
+            Control::Deliver { channel_id, frame, taken_at } => {
+                self.deliver_local(channel_id, &frame, taken_at);
                 None
             }
             Control::Subscribe(channel) => {
@@ -372,6 +439,15 @@ impl Core {
                 let hosts =
                     self.on_membership(channel_id, &added, &removed, added_frame.as_ref(), removed_frame.as_ref());
                 Some(Ok(Response::Subscribed(hosts)))
+            }
+            Control::Stats => Some(Ok(Response::Stats(Box::new(crate::stats::snapshot(self))))),
+            Control::Kick { user_id, device } => Some(Ok(Response::Count(self.kick(user_id, device.as_deref())))),
+            Control::Connections { after, limit } => {
+                Some(Ok(Response::Connections(self.connections_after(after, limit))))
+            }
+            Control::BannedWords(banned) => {
+                self.set_banned(banned);
+                Some(Ok(Response::Done))
             }
         };
         if let Some(result) = reply

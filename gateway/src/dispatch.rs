@@ -64,6 +64,7 @@ async fn send(
     client_msg_id: Option<String>,
 ) -> Result<Value, ApiError> {
     protocol::check_text(&text, core.config.max_message_chars)?;
+    core.banned().check(&text)?;
     let channel_id = match target {
         SendTarget::Channel(channel) => channel,
         SendTarget::User(username) => direct_channel(core, user, &username).await?,

@@ -1,11 +1,14 @@
 //! The HTTP side of the one port, served by hyper over glommio streams:
-//! health, readiness, signup, login, and the upgrade of `GET /v1/ws` into a
-//! WebSocket session (401 before the upgrade for a bad or missing token).
+//! the routes of protocol §1 (health, readiness, metrics, accounts, user
+//! lookup, RPC, discovery, the admin API), and the upgrade of `GET /v1/ws`
+//! into a WebSocket session (401 before the upgrade for a bad or missing
+//! token). Every error a route answers is counted by code.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -21,15 +24,30 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::accounts;
+use crate::admin;
+use crate::api;
 use crate::auth::AuthedUser;
 use crate::core::Core;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
+use crate::metrics;
 use crate::session;
 
-/// A glommio stream as hyper's I/O, with an idle timeout on reads.
+/// Where a connection is in its request cycle (for the head timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request's first byte.
+    Idle,
+    /// A request head has begun and is not yet complete.
+    Head,
+    /// A request is being served (its body read, its answer made).
+    Serving,
+}
+
+/// A glommio stream as hyper's I/O, with two read timeouts: an idle one,
+/// and one for completing a request head.
 ///
-/// The timeout is a glommio timer owned here rather than the stream's own
+/// The timeouts are glommio timers owned here rather than the stream's own
 /// read timeout: that one leaves a timer (holding this task's waker) in the
 /// reactor after the stream moves on to a WebSocket session, which would
 /// later fail the session's reads with `TimedOut`.
@@ -37,28 +55,46 @@ struct HyperIo {
     stream: TcpStream,
     /// Running while a read waits for bytes; dropped when bytes come.
     idle: Option<glommio::timer::Timer>,
+    /// Running from a request's first byte until the service takes it.
+    head: Option<glommio::timer::Timer>,
+    phase: Rc<Cell<Phase>>,
+}
+
+fn timed_out(timer: &mut Option<glommio::timer::Timer>, cx: &mut Context<'_>) -> bool {
+    timer.as_mut().is_some_and(|timer| Pin::new(timer).poll(cx).is_ready())
 }
 
 impl hyper::rt::Read for HyperIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.phase.get() != Phase::Head {
+            this.head = None;
+        }
         // Read through a stack buffer: safe, and this side is not the hot path.
         let mut chunk = [0u8; 4096];
         let want = buf.remaining().min(chunk.len());
         match Pin::new(&mut this.stream).poll_read(cx, &mut chunk[..want]) {
             Poll::Ready(Ok(count)) => {
                 this.idle = None;
+                if count > 0 && this.phase.get() == Phase::Idle {
+                    this.phase.set(Phase::Head);
+                    this.head = Some(glommio::timer::Timer::new(limits::HTTP_HEAD_TIMEOUT));
+                }
                 buf.put_slice(&chunk[..count]);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
             Poll::Pending => {
-                // Slowloris: a connection that sends nothing for this long goes.
-                let idle = this.idle.get_or_insert_with(|| glommio::timer::Timer::new(limits::HTTP_READ_TIMEOUT));
-                match Pin::new(idle).poll(cx) {
-                    Poll::Ready(_) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP read timed out"))),
-                    Poll::Pending => Poll::Pending,
+                // Slowloris: a connection that sends nothing for this long
+                // goes, and so does one that trickles a head too slowly.
+                this.idle.get_or_insert_with(|| glommio::timer::Timer::new(limits::HTTP_READ_TIMEOUT));
+                if timed_out(&mut this.idle, cx) {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP read timed out")));
                 }
+                if timed_out(&mut this.head, cx) {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP request head too slow")));
+                }
+                Poll::Pending
             }
         }
     }
@@ -78,10 +114,12 @@ impl hyper::rt::Write for HyperIo {
     }
 }
 
-type Body = Full<Bytes>;
+/// The body of every answer.
+pub type Body = Full<Bytes>;
 type Upgrade = Rc<RefCell<Option<(AuthedUser, Box<str>)>>>;
 
-fn json_response(status: u16, body: &Value) -> Response<Body> {
+/// A JSON answer.
+pub fn json_response(status: u16, body: &Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"))));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
@@ -91,25 +129,39 @@ fn json_response(status: u16, body: &Value) -> Response<Body> {
 }
 
 fn error_response(error: &ApiError) -> Response<Body> {
-    json_response(error.code.http_status(), &json!({ "error": error.to_json() }))
+    let mut response = json_response(error.code.http_status(), &json!({ "error": error.to_json() }));
+    if error.code == ErrorCode::Unauthorized {
+        response
+            .headers_mut()
+            .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 /// Serves one accepted connection: HTTP until it closes, or a WebSocket
 /// session once upgraded.
 pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let remote = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let upgrade: Upgrade = Rc::new(RefCell::new(None));
+    let phase = Rc::new(Cell::new(Phase::Idle));
     let service = {
-        let (core, upgrade) = (core.clone(), upgrade.clone());
+        let (core, upgrade, phase) = (core.clone(), upgrade.clone(), phase.clone());
         hyper::service::service_fn(move |request| {
-            let (core, upgrade) = (core.clone(), upgrade.clone());
-            async move { Ok::<_, Infallible>(route(&core, request, &upgrade).await) }
+            let (core, upgrade, phase) = (core.clone(), upgrade.clone(), phase.clone());
+            phase.set(Phase::Serving);
+            async move {
+                let response = route(&core, request, &upgrade).await;
+                phase.set(Phase::Idle);
+                Ok::<_, Infallible>(response)
+            }
         })
     };
+    let io = HyperIo { stream, idle: None, head: None, phase };
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(64 << 10)
-        .serve_connection(HyperIo { stream, idle: None }, service);
+        .serve_connection(io, service);
     match connection.without_shutdown().await {
         Ok(parts) => {
             let taken = upgrade.borrow_mut().take();
@@ -118,13 +170,13 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
                 // none): copied out, so hyper's read buffer is freed here
                 // rather than kept for the connection's life.
                 let early = parts.read_buf.to_vec();
-                // The idle timer goes with `io`: the session watches
-                // liveness itself (heartbeats).
+                // The timers go with `io`: the session watches liveness
+                // itself (heartbeats).
                 let stream = parts.io.stream;
                 drop(parts.read_buf);
                 // A task of its own, sized for the session alone: this task's
                 // future is sized for hyper's connection state, and ends here.
-                glommio::spawn_local(session::run(core, stream, early, user, device)).detach();
+                glommio::spawn_local(session::run(core, stream, early, user, device, remote)).detach();
             }
         }
         Err(error) => tracing::debug!(%error, "http connection ended"),
@@ -133,80 +185,118 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
 
 async fn route(core: &Rc<Core>, request: Request<Incoming>, upgrade: &Upgrade) -> Response<Body> {
     let path = request.uri().path().to_string();
-    match (request.method().clone(), path.as_str()) {
-        (Method::GET, "/healthz") => json_response(200, &json!({ "status": "ok" })),
-        (Method::GET, "/readyz") => {
-            if core.shared.ready_shards.load(Ordering::Acquire) == usize::from(core.shards) && !core.stopping.get() {
-                json_response(200, &json!({ "status": "ready" }))
-            } else {
-                json_response(503, &json!({ "error": { "code": "overloaded", "message": "not ready" } }))
-            }
+    let method = request.method().clone();
+    match handle(core, request, &method, &path, upgrade).await {
+        Ok(response) => response,
+        Err(error) => {
+            core.counters.error(error.code);
+            error_response(&error)
         }
-        (Method::GET, "/v1/ws") => websocket_upgrade(core, request, upgrade),
-        (Method::POST, "/v1/signup") => match read_json(request).await {
-            Ok(body) => match accounts::signup(core, &body).await {
-                Ok(result) => json_response(201, &result),
-                Err(error) => error_response(&error),
-            },
-            Err(error) => error_response(&error),
-        },
-        (Method::POST, "/v1/login") => match read_json(request).await {
-            Ok(body) => match accounts::login(core, &body).await {
-                Ok(result) => json_response(200, &result),
-                Err(error) => error_response(&error),
-            },
-            Err(error) => error_response(&error),
-        },
-        _ => error_response(&ApiError::new(ErrorCode::NotFound, format!("no route for {path}"))),
     }
 }
 
-async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
-    let body = Limited::new(request.into_body(), limits::HTTP_BODY_BYTES_MAX)
+async fn handle(
+    core: &Rc<Core>,
+    request: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    upgrade: &Upgrade,
+) -> Result<Response<Body>, ApiError> {
+    match (method, path) {
+        (&Method::GET, "/healthz") => Ok(json_response(200, &json!({ "status": "ok" }))),
+        (&Method::GET, "/readyz") => {
+            if core.shared.ready_shards.load(Ordering::Acquire) == usize::from(core.shards) && !core.stopping.get() {
+                Ok(json_response(200, &json!({ "status": "ready" })))
+            } else {
+                Err(ApiError::new(ErrorCode::Overloaded, "not ready"))
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let all = crate::stats::gather(core).await?;
+            let text = metrics::encode(&all, metrics::ProcessFigures::now(core.shared.load()))
+                .map_err(|_| ApiError::internal("encoding metrics failed"))?;
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(metrics::CONTENT_TYPE));
+            Ok(response)
+        }
+        (&Method::GET, "/v1/ws") => websocket_upgrade(core, request, upgrade),
+        (&Method::GET, "/v1/discovery") => Ok(json_response(200, &api::discovery(core))),
+        (&Method::POST, "/v1/signup") => {
+            let body = read_json(request).await?;
+            Ok(json_response(201, &accounts::signup(core, &body).await?))
+        }
+        (&Method::POST, "/v1/login") => {
+            let body = read_json(request).await?;
+            Ok(json_response(200, &accounts::login(core, &body).await?))
+        }
+        (&Method::GET, _) if path.starts_with("/v1/users/") => {
+            Ok(json_response(200, &api::user(core, &request, &path["/v1/users/".len()..])?))
+        }
+        (&Method::POST, _) if path.starts_with("/v1/rpc/") => {
+            Ok(json_response(200, &api::rpc(core, request, &path["/v1/rpc/".len()..]).await?))
+        }
+        _ if path.starts_with("/admin/v1/") => Ok(json_response(200, &admin::route(core, request, path).await?)),
+        _ => Err(ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}"))),
+    }
+}
+
+/// A request body of at most `HTTP_BODY_BYTES_MAX` bytes.
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(request.into_body(), limits::HTTP_BODY_BYTES_MAX)
         .collect()
         .await
         .map_err(|_| {
             ApiError::new(ErrorCode::MessageTooLong, format!("body above {} bytes", limits::HTTP_BODY_BYTES_MAX))
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value =
-        serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("body is not JSON: {error}")))?;
+        serde_json::from_slice(body).map_err(|error| ApiError::bad_request(format!("body is not JSON: {error}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request("body must be a JSON object"));
     }
     Ok(value)
 }
 
-fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+/// A request body that must be a JSON object.
+pub async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
+    parse_object(&read_body(request).await?)
+}
+
+/// A request body that must be a JSON object, or empty (read as `{}`).
+pub async fn read_json_or_empty(request: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = read_body(request).await?;
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(json!({})) } else { parse_object(&body) }
+}
+
+/// A query parameter, decoded.
+pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
     let query = request.uri().query()?;
     form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
 }
 
-fn websocket_upgrade(core: &Rc<Core>, request: Request<Incoming>, upgrade: &Upgrade) -> Response<Body> {
-    let bearer = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let token = bearer.or_else(|| query_param(&request, "token"));
-    let unauthorized = || error_response(&ApiError::new(ErrorCode::Unauthorized, "a valid token is required"));
-    let Some(user) = token.as_deref().and_then(|token| core.tokens.verify(token)) else { return unauthorized() };
-    match accounts::may_connect(core, user.user_id) {
-        Ok(true) => {}
-        Ok(false) => return unauthorized(),
-        Err(error) => return error_response(&error),
+fn websocket_upgrade(
+    core: &Rc<Core>,
+    request: Request<Incoming>,
+    upgrade: &Upgrade,
+) -> Result<Response<Body>, ApiError> {
+    let unauthorized = || ApiError::new(ErrorCode::Unauthorized, "a valid token is required");
+    let token = api::bearer(&request).map(str::to_string).or_else(|| query_param(&request, "token"));
+    let user = token.as_deref().and_then(|token| core.tokens.verify(token)).ok_or_else(unauthorized)?;
+    if !accounts::may_connect(core, user.user_id)? {
+        return Err(unauthorized());
     }
     let device = match query_param(&request, "device") {
         Some(device) if accounts::valid_device(&device) => device,
-        Some(_) => return error_response(&ApiError::bad_request("device must be 1 to 64 of A-Z a-z 0-9 _ -")),
+        Some(_) => return Err(ApiError::bad_request("device must be 1 to 64 of A-Z a-z 0-9 _ -")),
         None => format!("dev-{}", &crate::auth::generate_secret()[..12]),
     };
-    match tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new())) {
-        Ok(response) => {
-            *upgrade.borrow_mut() = Some((user, device.into_boxed_str()));
-            response
-        }
-        Err(error) => error_response(&ApiError::bad_request(format!("not a WebSocket upgrade: {error}"))),
-    }
+    let response = tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new()))
+        .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))?;
+    *upgrade.borrow_mut() = Some((user, device.into_boxed_str()));
+    Ok(response)
 }

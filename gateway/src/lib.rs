@@ -3,7 +3,10 @@
 //! and channels by hash. See ARCHITECTURE.md for the life of a message.
 
 pub mod accounts;
+mod admin;
+mod api;
 pub mod auth;
+pub mod banned;
 pub mod close;
 mod commit;
 pub mod config;
@@ -13,6 +16,7 @@ pub mod error;
 pub mod frame;
 mod http;
 pub mod limits;
+mod metrics;
 mod owner;
 pub mod protocol;
 mod registry;
@@ -21,6 +25,7 @@ mod server;
 mod session;
 pub mod shard;
 mod single_flight;
+mod stats;
 
 pub use auth::TokenKeys;
 pub use config::{Config, Durability};

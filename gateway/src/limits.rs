@@ -71,6 +71,9 @@ pub const CLIENT_MSG_ID_BYTES_MAX: usize = 128;
 pub const HTTP_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX;
 /// An HTTP connection that sends nothing for this long is closed.
 pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request head must be complete this long after its first byte
+/// (against slowloris: trickling a byte at a time does not keep it open).
+pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to drain after close 1001.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::rc::Rc;
+use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{Channel, ChannelKind, DedupeEntry, Message, User};
@@ -30,6 +31,13 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, ApiEr
         Request::Members { channel_id, by, add, remove } => members(core, channel_id, by, add, remove).await,
         Request::Signup { username, display_name, password_hash } => {
             signup(core, username, display_name, password_hash).await
+        }
+        Request::SetDisabled { user_id, disabled } => set_disabled(core, user_id, disabled).await,
+        Request::BannedWords(change) => {
+            if core.shard != ShardId(0) {
+                return Err(ApiError::internal("banned words change at a shard other than 0"));
+            }
+            crate::admin::apply_banned_change(core, change).await.map(Response::Banned)
         }
     }
 }
@@ -90,6 +98,7 @@ async fn store_and_fan_out(
     text: String,
     client_msg_id: Option<String>,
 ) -> Result<Message, ApiError> {
+    let taken_at = Instant::now();
     let found = core.with_channel(channel_id, |state| {
         (
             state.members.contains(&sender_id),
@@ -123,7 +132,7 @@ async fn store_and_fan_out(
     // Encode once; every core hosting a member gets the same bytes.
     let event = frame::text(&protocol::event_json("message", &protocol::message_json(&message, sender)));
     let cores = core.with_channel(channel_id, |state| state.cores)?.unwrap_or(0);
-    core.fan_out(channel_id, cores, event).await;
+    core.fan_out(channel_id, cores, event, taken_at).await;
     Ok(message)
 }
 
@@ -348,4 +357,16 @@ async fn signup(
             outcome.map(Response::User)
         }
     }
+}
+
+/// Disables or enables an account, at the user's owner.
+async fn set_disabled(core: &Rc<Core>, user_id: UserId, disabled: bool) -> Result<Response, ApiError> {
+    debug_assert_eq!(core.owner(user_id.0), core.shard);
+    let mut user =
+        core.store.user(core.shard, user_id)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such user"))?;
+    if user.disabled != disabled {
+        user.disabled = disabled;
+        core.committer.commit(vec![WriteOp::User(core.shard, user)]).await.map_err(storage_failed)?;
+    }
+    Ok(Response::Done)
 }

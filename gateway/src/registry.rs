@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Waker;
 
@@ -41,6 +42,10 @@ pub struct Conn {
     pub username: Rc<str>,
     /// The device.
     pub device: Box<str>,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// When it connected, ms since the Unix epoch.
+    pub connected_at_ms: u64,
     /// Channels this connection receives (the local index's other side).
     pub channels: RefCell<Vec<ChannelId>>,
     /// Commands being worked on.
@@ -183,13 +188,22 @@ pub struct Registry {
 
 impl Registry {
     /// Adds a connection of `user_id` (not yet in any channel).
-    pub fn add(&mut self, user_id: UserId, username: Rc<str>, device: Box<str>, now_ms: u64) -> Rc<Conn> {
+    pub fn add(
+        &mut self,
+        user_id: UserId,
+        username: Rc<str>,
+        device: Box<str>,
+        remote: SocketAddr,
+        now_ms: u64,
+    ) -> Rc<Conn> {
         let entry = self.conns.vacant_entry();
         let conn = Rc::new(Conn {
             key: entry.key(),
             user_id,
             username,
             device,
+            remote,
+            connected_at_ms: now_ms,
             channels: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
             last_active_ms: Cell::new(now_ms),
@@ -275,6 +289,17 @@ impl Registry {
             .collect()
     }
 
+    /// Up to `limit` connections with keys above `after`, in key order.
+    pub fn after(&self, after: Option<ConnKey>, limit: usize) -> Vec<Rc<Conn>> {
+        let start = after.map_or(0, |key| key + 1);
+        self.conns.iter().filter(|(key, _)| *key >= start).take(limit).map(|(_, conn)| conn.clone()).collect()
+    }
+
+    /// Distinct users with a connection here.
+    pub fn users(&self) -> usize {
+        self.by_user.len()
+    }
+
     /// How many connections the core holds.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -290,11 +315,15 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn remote() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40_000))
+    }
+
     #[test]
     fn index_tracks_first_and_last_local_members() {
         let mut registry = Registry::default();
-        let a = registry.add(UserId(1), "a".into(), "d".into(), 0);
-        let b = registry.add(UserId(2), "b".into(), "d".into(), 0);
+        let a = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
+        let b = registry.add(UserId(2), "b".into(), "d".into(), remote(), 0);
         let channel = ChannelId(9);
         assert!(registry.join_channel(&a, channel));
         assert!(!registry.join_channel(&a, channel), "joining twice is a no-op");
@@ -309,7 +338,7 @@ mod tests {
     #[test]
     fn a_slow_consumer_is_closed_and_its_queue_dropped() {
         let mut registry = Registry::default();
-        let conn = registry.add(UserId(1), "a".into(), "d".into(), 0);
+        let conn = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
         let chunk = Bytes::from(vec![0u8; 1 << 20]);
         let mut accepted = 0;
         while conn.push(chunk.clone()) {
@@ -328,7 +357,7 @@ mod tests {
     #[test]
     fn gathered_frames_go_out_in_order_across_partial_writes() {
         let mut registry = Registry::default();
-        let conn = registry.add(UserId(1), "a".into(), "d".into(), 0);
+        let conn = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
         for frame in [&b"abc"[..], b"defg", b"hi"] {
             assert!(conn.push(Bytes::copy_from_slice(frame)));
         }
@@ -351,10 +380,10 @@ mod tests {
     #[test]
     fn silent_connections_are_found_and_closing_ones_skipped() {
         let mut registry = Registry::default();
-        let quiet = registry.add(UserId(1), "a".into(), "d".into(), 1_000);
-        let chatty = registry.add(UserId(2), "b".into(), "d".into(), 1_000);
+        let quiet = registry.add(UserId(1), "a".into(), "d".into(), remote(), 1_000);
+        let chatty = registry.add(UserId(2), "b".into(), "d".into(), remote(), 1_000);
         chatty.last_active_ms.set(5_000);
-        let closing = registry.add(UserId(3), "c".into(), "d".into(), 1_000);
+        let closing = registry.add(UserId(3), "c".into(), "d".into(), remote(), 1_000);
         closing.close(CloseReason::Normal);
         let silent = registry.silent_since(4_000);
         assert_eq!(silent.len(), 1);

@@ -12,6 +12,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use chatgw_idgen::{ChannelId, ShardId, UserId};
@@ -19,7 +21,10 @@ use chatgw_storage::{Channel, Message};
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
+use crate::admin::ConnInfo;
+use crate::banned::BannedWords;
 use crate::error::ApiError;
+use crate::stats::CoreStats;
 
 /// A request for the shard that owns its subject.
 #[derive(Debug)]
@@ -73,6 +78,29 @@ pub enum Request {
         /// The Argon2id PHC string.
         password_hash: String,
     },
+    /// Disable or enable an account (to the user's owner).
+    SetDisabled {
+        /// The user.
+        user_id: UserId,
+        /// Disabled from now on, or enabled.
+        disabled: bool,
+    },
+    /// Change the banned words (to shard 0, which numbers the versions).
+    BannedWords(BannedChange),
+}
+
+/// A change to the banned words.
+#[derive(Debug, Clone)]
+pub enum BannedChange {
+    /// The whole list.
+    Replace(Vec<String>),
+    /// Entries to add and to remove.
+    Patch {
+        /// Added.
+        add: Vec<String>,
+        /// Removed.
+        remove: Vec<String>,
+    },
 }
 
 /// What a request answers.
@@ -91,6 +119,14 @@ pub enum Response {
     User(UserId),
     /// Whether the answering core now hosts a connection of the channel.
     Subscribed(bool),
+    /// A core's figures.
+    Stats(Box<CoreStats>),
+    /// How many (connections kicked, say).
+    Count(u64),
+    /// A page of a core's connections.
+    Connections(Vec<ConnInfo>),
+    /// The banned words now in force.
+    Banned(Arc<BannedWords>),
     /// Done.
     Done,
 }
@@ -106,6 +142,8 @@ pub enum Control {
         channel_id: ChannelId,
         /// The WebSocket frame, shared by every receiver.
         frame: Bytes,
+        /// When the owner took the message (for the fan-out latency).
+        taken_at: Instant,
     },
     /// The sender hosts connections of this channel now (to the owner).
     Subscribe(ChannelId),
@@ -124,6 +162,26 @@ pub enum Control {
         /// The `channel` event with kind `removed`.
         removed_frame: Option<Bytes>,
     },
+    /// This core's figures, please; answered with `Stats`.
+    Stats,
+    /// Close a user's connections here (one device's, if named); answered
+    /// with `Count`.
+    Kick {
+        /// The user.
+        user_id: UserId,
+        /// Only this device.
+        device: Option<Box<str>>,
+    },
+    /// A page of this core's connections after a registry key; answered
+    /// with `Connections`.
+    Connections {
+        /// The last key of the previous page.
+        after: Option<usize>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// Enforce this version of the banned words (if newer); answered with `Done`.
+    BannedWords(Arc<BannedWords>),
 }
 
 /// A mesh message: who sent it and which of its requests it answers.
@@ -144,6 +202,10 @@ pub struct Router {
     control: Senders<Routed<Control>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Result<Response, ApiError>>>>,
     next_request_id: Cell<u64>,
+    /// Messages sent to each shard (both meshes).
+    sent: Box<[Cell<u64>]>,
+    /// Messages taken off the queues from each shard (both meshes).
+    received: Box<[Cell<u64>]>,
 }
 
 impl Router {
@@ -151,7 +213,37 @@ impl Router {
     pub fn new(shard: ShardId, requests: Senders<Routed<Request>>, control: Senders<Routed<Control>>) -> Self {
         assert_eq!(requests.peer_id(), shard.index(), "mesh peers are shards in order");
         assert_eq!(control.peer_id(), shard.index(), "mesh peers are shards in order");
-        Router { shard, requests, control, pending: RefCell::new(HashMap::new()), next_request_id: Cell::new(1) }
+        let peers = requests.nr_consumers();
+        Router {
+            shard,
+            requests,
+            control,
+            pending: RefCell::new(HashMap::new()),
+            next_request_id: Cell::new(1),
+            sent: (0..peers).map(|_| Cell::new(0)).collect(),
+            received: (0..peers).map(|_| Cell::new(0)).collect(),
+        }
+    }
+
+    fn count(cells: &[Cell<u64>], shard: ShardId) {
+        if let Some(cell) = cells.get(shard.index()) {
+            cell.set(cell.get() + 1);
+        }
+    }
+
+    /// Counts a message taken off a queue from `from` (the meshes' readers call it).
+    pub fn note_received(&self, from: ShardId) {
+        Self::count(&self.received, from);
+    }
+
+    /// Messages sent to each shard so far.
+    pub fn sent_counts(&self) -> Vec<u64> {
+        self.sent.iter().map(Cell::get).collect()
+    }
+
+    /// Messages taken off the queues from each shard so far.
+    pub fn received_counts(&self) -> Vec<u64> {
+        self.received.iter().map(Cell::get).collect()
     }
 
     fn register(&self) -> (u64, oneshot::Receiver<Result<Response, ApiError>>) {
@@ -178,6 +270,7 @@ impl Router {
     pub async fn request(&self, to: ShardId, body: Request) -> Result<Response, ApiError> {
         debug_assert_ne!(to, self.shard, "local requests are local calls");
         let (id, receiver) = self.register();
+        Self::count(&self.sent, to);
         if self.requests.send_to(to.index(), Routed { from: self.shard, request_id: id, body }).await.is_err() {
             self.pending.borrow_mut().remove(&id);
             return Err(ApiError::new(crate::error::ErrorCode::Overloaded, "shard unavailable"));
@@ -195,6 +288,7 @@ impl Router {
     /// Sends a control message (its reader never blocks, so this wait is short).
     pub async fn send_control(&self, to: ShardId, request_id: u64, body: Control) {
         debug_assert_ne!(to, self.shard, "local control messages are local calls");
+        Self::count(&self.sent, to);
         if let Err(error) = self.control.send_to(to.index(), Routed { from: self.shard, request_id, body }).await {
             tracing::warn!(%error, to = to.0, "control message dropped: shard gone");
         }

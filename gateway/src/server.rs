@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chatgw_idgen::{Generator, Layout, ShardId, WorkerId};
@@ -23,13 +23,44 @@ use crate::limits;
 use crate::owner;
 use crate::route::{Control, Request, Routed, Router};
 
-/// What every core of one server shares. Not on the message path.
-#[derive(Debug, Default)]
+/// What every core of one server shares. Not on the message path: each
+/// shard writes only its own connection count, when a connection comes or
+/// goes, and shard 0 writes the load once a second.
+#[derive(Debug)]
 pub struct Shared {
     /// Shards that have joined the meshes and listen.
     pub ready_shards: AtomicUsize,
     /// Set to stop the server (signal handlers set it directly).
     pub stop: Arc<AtomicBool>,
+    /// Connections per shard (for discovery).
+    pub connections: Box<[AtomicU64]>,
+    /// The shards' busy fraction over the last second, as `f64` bits.
+    load_bits: AtomicU64,
+    /// When the server started.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// State for a server of `shards` shards.
+    pub fn new(shards: u16) -> Self {
+        Shared {
+            ready_shards: AtomicUsize::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
+            connections: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            load_bits: AtomicU64::new(0f64.to_bits()),
+            started: Instant::now(),
+        }
+    }
+
+    /// The shards' busy fraction (0 to 1) over the last second, from the
+    /// process's CPU time.
+    pub fn load(&self) -> f64 {
+        f64::from_bits(self.load_bits.load(Ordering::Relaxed))
+    }
+
+    fn set_load(&self, load: f64) {
+        self.load_bits.store(load.to_bits(), Ordering::Relaxed);
+    }
 }
 
 /// A running server.
@@ -119,6 +150,7 @@ struct ShardStart {
     config: Arc<Config>,
     store: Arc<Store>,
     tokens: Arc<TokenKeys>,
+    admin_token: Arc<str>,
     node: Arc<str>,
     ws_url: Arc<str>,
     shared: Arc<Shared>,
@@ -150,8 +182,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
     let node: Arc<str> = config.node_name().into();
 
     let (reservation, addr) = reserve_port(config.listen)?;
-    let ws_url: Arc<str> = format!("ws://{addr}/v1/ws").into();
-    let shared = Arc::new(Shared::default());
+    let ws_url: Arc<str> = match &config.public_url {
+        Some(public) => crate::api::ws_url_from_public(public).map_err(ServeError::Config)?.into(),
+        None => format!("ws://{addr}/v1/ws").into(),
+    };
+    let shared = Arc::new(Shared::new(shards));
+    let admin_token_shared: Arc<str> = admin_token.as_str().into();
     let requests = MeshBuilder::full(usize::from(shards), limits::MESH_REQUEST_CAPACITY);
     let control = MeshBuilder::full(usize::from(shards), limits::MESH_CONTROL_CAPACITY);
     let config = Arc::new(config);
@@ -166,6 +202,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
             config: config.clone(),
             store: store.clone(),
             tokens: tokens.clone(),
+            admin_token: admin_token_shared.clone(),
             node: node.clone(),
             ws_url: ws_url.clone(),
             shared: shared.clone(),
@@ -206,8 +243,21 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
 }
 
 async fn shard_main(start: ShardStart) -> Result<(), String> {
-    let ShardStart { shard, shards, addr, config, store, tokens, node, ws_url, shared, requests, control, ready } =
-        start;
+    let ShardStart {
+        shard,
+        shards,
+        addr,
+        config,
+        store,
+        tokens,
+        admin_token,
+        node,
+        ws_url,
+        shared,
+        requests,
+        control,
+        ready,
+    } = start;
     let fail = |error: String| {
         let _ = ready.send(Err(error.clone()));
         error
@@ -222,15 +272,35 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     if let Some(high_water) = store.high_water(shard).map_err(|error| fail(error.to_string()))? {
         ids.resume_after(high_water.0);
     }
-    let core =
-        Rc::new(Core::new(shard, shards, config, store.clone(), tokens, node, ws_url, ids, router, shared.clone()));
+    let banned = crate::banned::load(&store).map_err(|error| fail(error.to_string()))?;
+    let outbox_depth = store.outbox_len(shard).map_err(|error| fail(error.to_string()))?;
+    let core = Rc::new(Core::new(
+        shard,
+        shards,
+        config,
+        store.clone(),
+        tokens,
+        admin_token,
+        node,
+        ws_url,
+        ids,
+        router,
+        shared.clone(),
+    ));
+    core.set_banned(Arc::new(banned));
+    core.outbox_depth.set(outbox_depth);
     let committer = glommio::spawn_local(core.committer.clone().run(store, shard));
     glommio::spawn_local(close_silent_connections(core.clone())).detach();
+    glommio::spawn_local(crate::stats::sample_rates(core.clone())).detach();
+    if shard == ShardId(0) {
+        glommio::spawn_local(sample_load(core.clone())).detach();
+    }
 
     for (_, stream) in control_receivers.streams() {
         let core = core.clone();
         glommio::spawn_local(async move {
             while let Some(routed) = stream.recv().await {
+                core.router.note_received(routed.from);
                 core.on_control(routed.from, routed.request_id, routed.body);
             }
         })
@@ -241,6 +311,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
         let (core, permits) = (core.clone(), permits.clone());
         glommio::spawn_local(async move {
             while let Some(routed) = stream.recv().await {
+                core.router.note_received(routed.from);
                 let Ok(permit) = permits.acquire_static_permit(1).await else { break };
                 let core = core.clone();
                 glommio::spawn_local(async move {
@@ -310,5 +381,19 @@ async fn close_silent_connections(core: Rc<Core>) {
         for conn in silent {
             conn.close(crate::close::CloseReason::HeartbeatTimeout);
         }
+    }
+}
+
+/// Samples the process's CPU time once a second into the shared load: the
+/// busy fraction of the shards' cores (0 to 1).
+async fn sample_load(core: Rc<Core>) {
+    let mut last = (crate::stats::process_cpu_seconds(), Instant::now());
+    while !core.stopping.get() {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        let now = (crate::stats::process_cpu_seconds(), Instant::now());
+        let wall = now.1.duration_since(last.1).as_secs_f64().max(1e-3);
+        let load = (now.0 - last.0) / (wall * f64::from(core.shards));
+        core.shared.set_load(load.clamp(0.0, 1.0));
+        last = now;
     }
 }

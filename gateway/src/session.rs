@@ -7,6 +7,7 @@
 //! kept. Commands run as tasks of their own, so a client can pipeline.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -45,9 +46,16 @@ enum End {
 /// loop needs: the start (attach, hello) and the end (close handshake,
 /// detach) run as boxed futures of their own, whose state is freed when
 /// they finish instead of sizing this one.
-pub async fn run(core: Rc<Core>, mut stream: TcpStream, early: Vec<u8>, user: AuthedUser, device: Box<str>) {
+pub async fn run(
+    core: Rc<Core>,
+    mut stream: TcpStream,
+    early: Vec<u8>,
+    user: AuthedUser,
+    device: Box<str>,
+    remote: SocketAddr,
+) {
     let user = Rc::new(user);
-    let Some((conn, mut reader)) = Box::pin(start(&core, &mut stream, early, &user, device)).await else {
+    let Some((conn, mut reader)) = Box::pin(start(&core, &mut stream, early, &user, device, remote)).await else {
         return;
     };
     let end = std::future::poll_fn(|cx| poll_session(&core, &conn, &user, &mut stream, &mut reader, cx)).await;
@@ -63,8 +71,9 @@ async fn start(
     mut early: Vec<u8>,
     user: &Rc<AuthedUser>,
     device: Box<str>,
+    remote: SocketAddr,
 ) -> Option<(Rc<Conn>, FrameReader)> {
-    let conn = match core.attach(user, device).await {
+    let conn = match core.attach(user, device, remote).await {
         Ok(conn) => conn,
         Err(error) => {
             tracing::warn!(%error, "connection refused after upgrade");
@@ -209,6 +218,7 @@ fn on_frame(core: &Rc<Core>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, incoming: I
             Ok(text) => on_command(core, conn, user, text),
             Err(_) => {
                 let error = crate::error::ApiError::bad_request("binary frames must hold UTF-8 JSON");
+                core.counters.error(error.code);
                 conn.push(frame::text(&protocol::reply_json(&serde_json::Value::Null, &Err(error))));
             }
         },
@@ -225,6 +235,7 @@ fn on_command(core: &Rc<Core>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &st
     let command = match envelope.command {
         Ok(command) => command,
         Err(error) => {
+            core.counters.error(error.code);
             conn.push(frame::text(&protocol::reply_json(&envelope.id, &Err(error))));
             return;
         }
@@ -233,6 +244,9 @@ fn on_command(core: &Rc<Core>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &st
     let (core, conn, user, id) = (core.clone(), conn.clone(), user.clone(), envelope.id);
     glommio::spawn_local(async move {
         let result = dispatch::dispatch(&core, &user, command).await;
+        if let Err(error) = &result {
+            core.counters.error(error.code);
+        }
         conn.push(frame::text(&protocol::reply_json(&id, &result)));
         conn.in_flight.set(conn.in_flight.get() - 1);
         conn.wake();

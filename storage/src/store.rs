@@ -601,6 +601,31 @@ impl Store {
         Ok(entries)
     }
 
+    /// Outbox entries of a shard (counted by a scan of their keys).
+    pub fn outbox_len(&self, shard: ShardId) -> Result<u64> {
+        let cf = self.shard_cf(shard)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(vec![tag::OUTBOX + 1]);
+        options.set_total_order_seek(true);
+        let mut iterator = self.db.raw_iterator_cf_opt(cf, options);
+        iterator.seek([tag::OUTBOX]);
+        let mut count = 0;
+        while iterator.valid() {
+            count += 1;
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(count)
+    }
+
+    /// A shard's bytes in SST files on disk and in memtables.
+    pub fn shard_sizes(&self, shard: ShardId) -> Result<(u64, u64)> {
+        let cf = self.shard_cf(shard)?;
+        let sst = self.db.property_int_value_cf(cf, "rocksdb.total-sst-files-size")?.unwrap_or(0);
+        let memtables = self.db.property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")?.unwrap_or(0);
+        Ok((sst, memtables))
+    }
+
     /// The approximate bytes a shard takes on disk (SST files).
     pub fn shard_disk_bytes(&self, shard: ShardId) -> Result<u64> {
         let cf = self.shard_cf(shard)?;
