@@ -55,7 +55,7 @@ pub async fn rpc(core: &Rc<Core>, request: Request<Incoming>, method: &str) -> R
     let user = authenticate(core, &request)?;
     let params = http::read_json_or_empty(request).await?;
     let command = protocol::parse_command(method, params)?;
-    let result = dispatch::dispatch(core, &user, command).await?;
+    let result = dispatch::dispatch(core, &user, None, command).await?;
     Ok(json!({ "result": result }))
 }
 

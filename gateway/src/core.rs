@@ -77,6 +77,8 @@ pub struct Core {
     pub shared: Arc<crate::server::Shared>,
     /// Push records in this shard's outbox.
     pub outbox_depth: Cell<u64>,
+    /// Presence of the users this shard owns.
+    pub presence: crate::presence::Presence,
     banned: RefCell<Arc<BannedWords>>,
     owned: RefCell<HashMap<ChannelId, ChannelState>>,
     usernames: RefCell<HashMap<UserId, Rc<str>>>,
@@ -139,6 +141,7 @@ impl Core {
             stopping: Cell::new(false),
             shared,
             outbox_depth: Cell::new(0),
+            presence: crate::presence::Presence::default(),
             banned: RefCell::new(Arc::new(BannedWords::default())),
             owned: RefCell::new(HashMap::new()),
             usernames: RefCell::new(HashMap::new()),
@@ -335,6 +338,7 @@ impl Core {
                 .collect()
         };
         self.subscribe(&first_local).await;
+        crate::presence::connected(self, user.user_id).await;
         Ok(conn)
     }
 
@@ -356,11 +360,18 @@ impl Core {
         }
     }
 
-    /// Removes a connection and unsubscribes channels it was the last of.
-    pub async fn detach(&self, conn: &Conn) {
+    /// Removes a connection, unsubscribes channels and presence it was the
+    /// last local connection of, and tells the user's owner it went.
+    pub async fn detach(self: &Rc<Self>, conn: &Conn) {
         let emptied = self.registry.borrow_mut().remove(conn);
         self.count_connections();
-        for channel in emptied {
+        crate::presence::disconnected(self, conn.user_id, conn.last_active_ms.get()).await;
+        if !emptied.watched.is_empty()
+            && let Err(error) = crate::presence::watch(self, &emptied.watched, false).await
+        {
+            tracing::warn!(%error, "ending presence subscriptions");
+        }
+        for channel in emptied.channels {
             let owner = self.owner(channel.0);
             if owner == self.shard {
                 self.on_subscribe(self.shard, channel, false);
@@ -448,6 +459,26 @@ impl Core {
             Control::BannedWords(banned) => {
                 self.set_banned(banned);
                 Some(Ok(Response::Done))
+            }
+            Control::PresenceConnected { user_id, at_ms } => {
+                crate::presence::on_connected(self, user_id, at_ms);
+                None
+            }
+            Control::PresenceDisconnected { user_id, last_active_ms } => {
+                crate::presence::on_disconnected(self, user_id, last_active_ms);
+                None
+            }
+            Control::PresenceActivity(activity) => {
+                crate::presence::on_activity(self, &activity);
+                None
+            }
+            Control::PresenceWatch { users, watch } => {
+                Some(Ok(Response::Presence(crate::presence::on_watch(self, from, &users, watch))))
+            }
+            Control::PresenceQuery(users) => Some(Ok(Response::Presence(crate::presence::query_owned(self, &users)))),
+            Control::PresenceEvent { user_id, frame } => {
+                self.registry.borrow().deliver_presence(user_id, &frame);
+                None
             }
         };
         if let Some(result) = reply

@@ -14,12 +14,20 @@ use crate::core::{Core, now_ms};
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::owner;
+use crate::presence;
 use crate::protocol::{self, Command, HistoryAnchor, SendTarget};
+use crate::registry::Conn;
 use crate::route::{Request, Response};
 use crate::shard;
 
-/// Runs one command for `user`; the value is the reply's `result`.
-pub async fn dispatch(core: &Rc<Core>, user: &AuthedUser, command: Command) -> Result<Value, ApiError> {
+/// Runs one command for `user`, from `conn` when it came over a WebSocket
+/// (`None` over HTTP); the value is the reply's `result`.
+pub async fn dispatch(
+    core: &Rc<Core>,
+    user: &AuthedUser,
+    conn: Option<&Rc<Conn>>,
+    command: Command,
+) -> Result<Value, ApiError> {
     match command {
         Command::Send { target, text, client_msg_id } => send(core, user, target, text, client_msg_id).await,
         Command::History { channel_id, anchor, limit } => history(core, user, channel_id, anchor, limit),
@@ -48,7 +56,38 @@ pub async fn dispatch(core: &Rc<Core>, user: &AuthedUser, command: Command) -> R
             Ok(json!({ "channels": channels }))
         }
         Command::Heartbeat => Ok(json!({})),
+        Command::PresenceQuery { users } => {
+            let ids = resolve(core, &users)?;
+            let statuses = presence::query(core, &ids).await?;
+            Ok(json!({ "presence": presence_json(&users, &statuses) }))
+        }
+        Command::PresenceSubscribe { users } => {
+            let conn = conn.ok_or_else(|| ApiError::bad_request("presence.subscribe needs a WebSocket connection"))?;
+            let ids = resolve(core, &users)?;
+            for id in &ids {
+                core.registry.borrow_mut().watch(conn, *id);
+            }
+            // The owners set this core's bit (idempotent) and answer the
+            // presence now; later changes come as events.
+            let statuses = presence::watch(core, &ids, true).await?;
+            Ok(json!({ "presence": presence_json(&users, &statuses) }))
+        }
+        Command::PresenceUnsubscribe { users } => {
+            let conn =
+                conn.ok_or_else(|| ApiError::bad_request("presence.unsubscribe needs a WebSocket connection"))?;
+            let ids = resolve(core, &users)?;
+            let last: Vec<UserId> =
+                ids.into_iter().filter(|id| core.registry.borrow_mut().unwatch(conn, *id)).collect();
+            if !last.is_empty() {
+                presence::watch(core, &last, false).await?;
+            }
+            Ok(json!({}))
+        }
     }
+}
+
+fn presence_json(usernames: &[String], statuses: &[presence::Status]) -> Vec<Value> {
+    usernames.iter().zip(statuses).map(|(username, status)| status.to_json(username)).collect()
 }
 
 /// Sends a request to the owner: a local call on the same core.

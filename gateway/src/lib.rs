@@ -18,6 +18,7 @@ mod http;
 pub mod limits;
 mod metrics;
 mod owner;
+mod presence;
 pub mod protocol;
 mod registry;
 mod route;

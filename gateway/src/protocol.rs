@@ -103,6 +103,26 @@ pub enum Command {
     ChannelList,
     /// `heartbeat`.
     Heartbeat,
+    /// `presence.subscribe`.
+    PresenceSubscribe {
+        /// Usernames.
+        users: Vec<String>,
+    },
+    /// `presence.unsubscribe`.
+    PresenceUnsubscribe {
+        /// Usernames.
+        users: Vec<String>,
+    },
+    /// `presence.query`.
+    PresenceQuery {
+        /// Usernames.
+        users: Vec<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct UsersParams {
+    users: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +275,15 @@ pub fn parse_command(method: &str, raw: Value) -> Result<Command, ApiError> {
         }
         "channel.list" => Command::ChannelList,
         "heartbeat" => Command::Heartbeat,
+        "presence.subscribe" | "presence.unsubscribe" | "presence.query" => {
+            let raw: UsersParams = params(method, raw)?;
+            let users = members(raw.users)?;
+            match method {
+                "presence.subscribe" => Command::PresenceSubscribe { users },
+                "presence.unsubscribe" => Command::PresenceUnsubscribe { users },
+                _ => Command::PresenceQuery { users },
+            }
+        }
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(ApiError::bad_request(format!("unknown method {shown:?}")));

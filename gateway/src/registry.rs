@@ -48,6 +48,8 @@ pub struct Conn {
     pub connected_at_ms: u64,
     /// Channels this connection receives (the local index's other side).
     pub channels: RefCell<Vec<ChannelId>>,
+    /// Users whose presence this connection subscribed to.
+    pub watching: RefCell<Vec<UserId>>,
     /// Commands being worked on.
     pub in_flight: Cell<usize>,
     /// When a frame last arrived, ms since the Unix epoch.
@@ -184,6 +186,17 @@ pub struct Registry {
     conns: Slab<Rc<Conn>>,
     by_user: HashMap<UserId, Vec<ConnKey>>,
     by_channel: HashMap<ChannelId, Vec<ConnKey>>,
+    /// Presence subscriptions: watched user → subscribed connections.
+    watchers: HashMap<UserId, Vec<ConnKey>>,
+}
+
+/// What removing a connection leaves without a local connection.
+#[derive(Debug, Default)]
+pub struct Emptied {
+    /// Channels it was the last local member connection of.
+    pub channels: Vec<ChannelId>,
+    /// Users it was the last local presence subscriber of.
+    pub watched: Vec<UserId>,
 }
 
 impl Registry {
@@ -205,6 +218,7 @@ impl Registry {
             remote,
             connected_at_ms: now_ms,
             channels: RefCell::new(Vec::new()),
+            watching: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
             last_active_ms: Cell::new(now_ms),
             outbound: RefCell::new(Outbound::default()),
@@ -240,11 +254,51 @@ impl Registry {
         false
     }
 
-    /// Removes a connection; returns the channels it was the last local
-    /// connection of.
-    pub fn remove(&mut self, conn: &Conn) -> Vec<ChannelId> {
+    /// Subscribes a connection to a user's presence. Returns true when it is
+    /// the user's first local subscriber (the core must tell the owner).
+    pub fn watch(&mut self, conn: &Conn, user: UserId) -> bool {
+        let mut watching = conn.watching.borrow_mut();
+        if watching.contains(&user) {
+            return false;
+        }
+        watching.push(user);
+        let keys = self.watchers.entry(user).or_default();
+        keys.push(conn.key);
+        keys.len() == 1
+    }
+
+    /// Ends a presence subscription. Returns true when it was the user's
+    /// last local subscriber (the core may tell the owner).
+    pub fn unwatch(&mut self, conn: &Conn, user: UserId) -> bool {
+        let mut watching = conn.watching.borrow_mut();
+        let before = watching.len();
+        watching.retain(|watched| *watched != user);
+        if watching.len() == before {
+            return false;
+        }
+        let Some(keys) = self.watchers.get_mut(&user) else { return false };
+        keys.retain(|key| *key != conn.key);
+        if keys.is_empty() {
+            self.watchers.remove(&user);
+            return true;
+        }
+        false
+    }
+
+    /// Hands a presence event to every local subscriber of `user`.
+    pub fn deliver_presence(&self, user: UserId, frame: &Bytes) -> usize {
+        let Some(keys) = self.watchers.get(&user) else { return 0 };
+        keys.iter().filter(|key| self.conns[**key].push(frame.clone())).count()
+    }
+
+    /// Removes a connection; returns the channels and watched users it was
+    /// the last local connection of.
+    pub fn remove(&mut self, conn: &Conn) -> Emptied {
         let channels = conn.channels.borrow().clone();
-        let emptied = channels.into_iter().filter(|channel| self.leave_channel(conn, *channel)).collect();
+        let channels = channels.into_iter().filter(|channel| self.leave_channel(conn, *channel)).collect();
+        let watching = conn.watching.borrow().clone();
+        let watched = watching.into_iter().filter(|user| self.unwatch(conn, *user)).collect();
+        let emptied = Emptied { channels, watched };
         if let Some(keys) = self.by_user.get_mut(&conn.user_id) {
             keys.retain(|key| *key != conn.key);
             if keys.is_empty() {
@@ -330,7 +384,7 @@ mod tests {
         assert!(!registry.join_channel(&b, channel));
         assert_eq!(registry.deliver(channel, &Bytes::from_static(b"x")), 2);
         assert!(!registry.leave_channel(&a, channel));
-        assert_eq!(registry.remove(&b), vec![channel]);
+        assert_eq!(registry.remove(&b).channels, vec![channel]);
         assert!(!registry.hosts_channel(channel));
         assert_eq!(registry.len(), 1);
     }

@@ -24,6 +24,7 @@ use glommio::channels::channel_mesh::Senders;
 use crate::admin::ConnInfo;
 use crate::banned::BannedWords;
 use crate::error::ApiError;
+use crate::presence::Status;
 use crate::stats::CoreStats;
 
 /// A request for the shard that owns its subject.
@@ -127,6 +128,8 @@ pub enum Response {
     Connections(Vec<ConnInfo>),
     /// The banned words now in force.
     Banned(Arc<BannedWords>),
+    /// Users' presence.
+    Presence(Vec<Status>),
     /// Done.
     Done,
 }
@@ -182,6 +185,39 @@ pub enum Control {
     },
     /// Enforce this version of the banned words (if newer); answered with `Done`.
     BannedWords(Arc<BannedWords>),
+    /// A device of a user this shard owns connected on the sender.
+    PresenceConnected {
+        /// The user.
+        user_id: UserId,
+        /// When, ms since the Unix epoch.
+        at_ms: u64,
+    },
+    /// A device of a user this shard owns went from the sender.
+    PresenceDisconnected {
+        /// The user.
+        user_id: UserId,
+        /// Its last frame, ms since the Unix epoch.
+        last_active_ms: u64,
+    },
+    /// Users this shard owns were active on the sender (user, ms).
+    PresenceActivity(Vec<(UserId, u64)>),
+    /// The sender starts or stops holding presence subscribers of these
+    /// users (owned here); answered with `Presence`.
+    PresenceWatch {
+        /// The users.
+        users: Vec<UserId>,
+        /// Start (true) or stop.
+        watch: bool,
+    },
+    /// The presence of users owned here; answered with `Presence`.
+    PresenceQuery(Vec<UserId>),
+    /// A presence event for the receiver's subscribers of a user.
+    PresenceEvent {
+        /// The user whose presence changed.
+        user_id: UserId,
+        /// The encoded `presence` event.
+        frame: Bytes,
+    },
 }
 
 /// A mesh message: who sent it and which of its requests it answers.

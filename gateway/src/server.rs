@@ -292,6 +292,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     let committer = glommio::spawn_local(core.committer.clone().run(store, shard));
     glommio::spawn_local(close_silent_connections(core.clone())).detach();
     glommio::spawn_local(crate::stats::sample_rates(core.clone())).detach();
+    glommio::spawn_local(crate::presence::report_activity(core.clone())).detach();
     if shard == ShardId(0) {
         glommio::spawn_local(sample_load(core.clone())).detach();
     }

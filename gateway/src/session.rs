@@ -243,7 +243,7 @@ fn on_command(core: &Rc<Core>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &st
     conn.in_flight.set(conn.in_flight.get() + 1);
     let (core, conn, user, id) = (core.clone(), conn.clone(), user.clone(), envelope.id);
     glommio::spawn_local(async move {
-        let result = dispatch::dispatch(&core, &user, command).await;
+        let result = dispatch::dispatch(&core, &user, Some(&conn), command).await;
         if let Err(error) = &result {
             core.counters.error(error.code);
         }

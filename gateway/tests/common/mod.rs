@@ -64,6 +64,14 @@ impl TestServer {
         (status, response.body_mut().read_json().unwrap_or(Value::Null))
     }
 
+    /// POSTs JSON with a bearer token; returns the status and the JSON body.
+    pub fn post_auth(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let mut response =
+            self.http.post(self.url(path)).header("Authorization", format!("Bearer {token}")).send_json(body).unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_json().unwrap_or(Value::Null))
+    }
+
     /// GETs a path; returns the status and the body text.
     pub fn get(&self, path: &str) -> (u16, String) {
         let mut response = self.http.get(self.url(path)).call().unwrap();
@@ -212,6 +220,49 @@ impl Client {
         }
     }
 
+    /// The next event named `name` within `wait`, or `None` (events of
+    /// other names are dropped).
+    pub fn next_event_within(&mut self, name: &str, wait: Duration) -> Option<Value> {
+        let deadline = Instant::now() + wait;
+        let found = loop {
+            let frame = match self.events.pop_front() {
+                Some(frame) => frame,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break None;
+                    }
+                    self.ws.get_ref().set_read_timeout(Some(left)).unwrap();
+                    match self.ws.read() {
+                        Ok(Message::Text(text)) => serde_json::from_str(&text).unwrap(),
+                        Ok(Message::Close(frame)) => panic!("closed: {frame:?}"),
+                        Ok(_) => continue,
+                        Err(tungstenite::Error::Io(error))
+                            if matches!(
+                                error.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            break None;
+                        }
+                        Err(error) => panic!("read: {error}"),
+                    }
+                }
+            };
+            if frame["event"] == name {
+                break Some(frame["data"].clone());
+            }
+        };
+        self.ws.get_ref().set_read_timeout(Some(FRAME_WAIT)).unwrap();
+        found
+    }
+
+    /// Closes the connection cleanly and waits for the server's close.
+    pub fn close(&mut self) {
+        let _ = self.ws.close(None);
+        while self.ws.read().is_ok() {}
+    }
+
     /// Reads until the server closes; returns the close code.
     pub fn close_code(&mut self) -> Option<u16> {
         loop {
@@ -223,6 +274,11 @@ impl Client {
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// Signs up `count` users named `{prefix}{n}`.
