@@ -20,9 +20,15 @@ struct Node {
 /// Starts `chatgw serve` on an ephemeral port and waits for its
 /// `listening on` line.
 fn serve(data_dir: &Path) -> Node {
+    serve_with(data_dir, &[])
+}
+
+/// `serve` with more flags.
+fn serve_with(data_dir: &Path, extra: &[&str]) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatgw"))
         .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .env("CHATGW_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -163,6 +169,65 @@ fn sigkill_during_pipelined_sends_loses_no_acknowledged_message() {
     let reply = call(&mut ws, command);
     let new_id: u64 = reply["result"]["message_id"].as_str().unwrap().parse().unwrap();
     assert!(stored.iter().all(|id| id.parse::<u64>().unwrap() < new_id));
+}
+
+#[test]
+fn sigkill_with_pushes_in_the_outbox_loses_none() {
+    // The webhook's port refuses connections until the receiver starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let webhook = format!("http://127.0.0.1:{port}/push");
+    let flags = ["--push-webhook", webhook.as_str(), "--admin-token", "push-test-admin"];
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = serve_with(dir.path(), &flags);
+    let alice = signup(node.addr, "push_alice");
+    let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
+    assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
+    let mut expected = std::collections::BTreeSet::new();
+    for n in 0..10 {
+        let username = format!("push_user{n}");
+        let user = signup(node.addr, &username);
+        let reply =
+            call(&mut ws, json!({ "id": n, "method": "send", "params": { "to_user": username, "text": "hi" } }));
+        let message_id = reply["result"]["message_id"].as_str().unwrap().to_string();
+        expected.insert(format!("{}-{message_id}", user["user_id"].as_str().unwrap()));
+    }
+    // Every record is in the outbox (the webhook is down), then SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut response = http()
+            .get(format!("http://{}/admin/v1/outbox", node.addr))
+            .header("Authorization", "Bearer push-test-admin")
+            .call()
+            .unwrap();
+        let body: Value = response.body_mut().read_json().unwrap();
+        if body["depth"] == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "records reached the outbox: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+
+    // The webhook comes up; the restarted server sends every record.
+    let receiver = tiny_http::Server::http(("127.0.0.1", port)).unwrap();
+    let _node = serve_with(dir.path(), &flags);
+    let mut received = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !expected.is_subset(&received) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "pushes missing: {:?}", expected.difference(&received).collect::<Vec<_>>());
+        if let Some(request) = receiver.recv_timeout(left).unwrap() {
+            let key = request
+                .headers()
+                .iter()
+                .find(|header| header.field.equiv("Idempotency-Key"))
+                .map(|header| header.value.to_string())
+                .expect("an Idempotency-Key header");
+            received.insert(key);
+            request.respond(tiny_http::Response::empty(200)).unwrap();
+        }
+    }
 }
 
 #[test]

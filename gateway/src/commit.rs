@@ -11,7 +11,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
-use chatgw_storage::{Channel, DedupeEntry, Durability, Message, StorageError, Store, User};
+use chatgw_storage::{Channel, DedupeEntry, Durability, Message, OutboxEntry, StorageError, Store, User};
 use futures_channel::oneshot;
 
 use crate::limits;
@@ -42,6 +42,10 @@ pub enum WriteOp {
     User(ShardId, User),
     /// A username index entry.
     Username(ShardId, String, UserId),
+    /// A push owed to a user.
+    Outbox(ShardId, OutboxEntry),
+    /// A push delivered.
+    DeleteOutbox(ShardId, u64),
 }
 
 type Done = oneshot::Sender<Result<(), String>>;
@@ -93,6 +97,8 @@ fn apply(store: &Store, shard: ShardId, ops: &[&WriteOp]) -> Result<(), StorageE
             WriteOp::Direct(to, first, second, channel) => batch.put_direct(*to, *first, *second, *channel)?,
             WriteOp::User(to, user) => batch.put_user(*to, user)?,
             WriteOp::Username(to, name, user) => batch.put_username(*to, name, *user)?,
+            WriteOp::Outbox(to, entry) => batch.put_outbox(*to, entry)?,
+            WriteOp::DeleteOutbox(to, push_id) => batch.delete_outbox(*to, *push_id)?,
         }
     }
     if let Some(id) = high_water {

@@ -476,6 +476,10 @@ impl Core {
                 Some(Ok(Response::Presence(crate::presence::on_watch(self, from, &users, watch))))
             }
             Control::PresenceQuery(users) => Some(Ok(Response::Presence(crate::presence::query_owned(self, &users)))),
+            Control::PushCheck { channel_id, message_id, members } => {
+                crate::push::on_message(self, channel_id, message_id, &members);
+                None
+            }
             Control::PresenceEvent { user_id, frame } => {
                 self.registry.borrow().deliver_presence(user_id, &frame);
                 None

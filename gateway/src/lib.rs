@@ -20,6 +20,7 @@ mod metrics;
 mod owner;
 mod presence;
 pub mod protocol;
+mod push;
 mod registry;
 mod route;
 mod server;

@@ -83,3 +83,19 @@ const _: () = assert!(HISTORY_LIMIT_MAX <= chatgw_storage::READ_LIMIT_MAX);
 const _: () = assert!(SYNC_LIMIT_MAX < chatgw_storage::READ_LIMIT_MAX);
 const _: () = assert!(CLIENT_MSG_ID_BYTES_MAX <= chatgw_storage::CLIENT_MSG_ID_BYTES_MAX);
 const _: () = assert!(REQUESTS_IN_FLIGHT_PER_SHARD_MAX >= MESH_REQUEST_CAPACITY);
+
+/// Channels of up to this many members get pushes for offline members
+/// (larger ones are read on open, as with fan-out on read).
+pub const PUSH_CHANNEL_MEMBERS_MAX: usize = 1_000;
+/// Pushes to one user within this window of the first go as one, carrying
+/// the newest message and a count; a push waits this long before it goes.
+pub const PUSH_COALESCE: Duration = Duration::from_secs(1);
+/// Outbox records a push worker reads at a time.
+pub const PUSH_BATCH_MAX: usize = 512;
+/// Retry backoff after a failed push: doubled per failure from the first,
+/// up to the cap, each with jitter (half to all of it).
+pub const PUSH_BACKOFF_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between push retries.
+pub const PUSH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long one webhook POST may take.
+pub const PUSH_HTTP_TIMEOUT: Duration = Duration::from_secs(10);

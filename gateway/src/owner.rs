@@ -133,6 +133,7 @@ async fn store_and_fan_out(
     let event = frame::text(&protocol::event_json("message", &protocol::message_json(&message, sender)));
     let cores = core.with_channel(channel_id, |state| state.cores)?.unwrap_or(0);
     core.fan_out(channel_id, cores, event, taken_at).await;
+    crate::push::check_members(core, channel_id, id, sender_id, &members).await;
     Ok(message)
 }
 

@@ -158,6 +158,11 @@ pub fn on_watch(core: &Core, from: ShardId, users: &[UserId], watch: bool) -> Ve
     query_owned(core, users)
 }
 
+/// Owner: whether a user it owns has a connected device now.
+pub fn has_device(core: &Core, user: UserId) -> bool {
+    core.presence.entries.borrow().get(&user).is_some_and(|entry| entry.devices > 0)
+}
+
 /// Owner: the presence of users it owns.
 pub fn query_owned(core: &Core, users: &[UserId]) -> Vec<Status> {
     users.iter().map(|user| core.presence.status(*user)).collect()

@@ -211,6 +211,16 @@ pub enum Control {
     },
     /// The presence of users owned here; answered with `Presence`.
     PresenceQuery(Vec<UserId>),
+    /// A message was stored in a channel with these members (owned by the
+    /// receiver): record a push for each with no connected device.
+    PushCheck {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The message.
+        message_id: chatgw_idgen::MessageId,
+        /// Members owned by the receiver (the sender left out).
+        members: Vec<UserId>,
+    },
     /// A presence event for the receiver's subscribers of a user.
     PresenceEvent {
         /// The user whose presence changed.

@@ -293,6 +293,9 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     glommio::spawn_local(close_silent_connections(core.clone())).detach();
     glommio::spawn_local(crate::stats::sample_rates(core.clone())).detach();
     glommio::spawn_local(crate::presence::report_activity(core.clone())).detach();
+    if let Some(webhook) = core.config.push_webhook.clone() {
+        glommio::spawn_local(crate::push::run(core.clone(), webhook)).detach();
+    }
     if shard == ShardId(0) {
         glommio::spawn_local(sample_load(core.clone())).detach();
     }
