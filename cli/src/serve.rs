@@ -67,7 +67,7 @@ pub struct ServeArgs {
     /// Chars per message [default: 100000].
     #[arg(long, env = "CHATGW_MAX_MESSAGE_CHARS")]
     max_message_chars: Option<usize>,
-    /// Messages per second per user [default: 20].
+    /// Messages per second per user, 0 for no limit [default: 20].
     #[arg(long, env = "CHATGW_RATE_LIMIT")]
     rate_limit: Option<u32>,
     /// Message burst per user [default: 100].

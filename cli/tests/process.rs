@@ -20,7 +20,8 @@ struct Node {
 /// Starts `chatgw serve` on an ephemeral port and waits for its
 /// `listening on` line.
 fn serve(data_dir: &Path) -> Node {
-    serve_with(data_dir, &[])
+    // Load generation and pipelining send faster than a person may.
+    serve_with(data_dir, &["--rate-limit", "0"])
 }
 
 /// `serve` with more flags.
@@ -176,7 +177,7 @@ fn sigkill_with_pushes_in_the_outbox_loses_none() {
     // The webhook's port refuses connections until the receiver starts.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let webhook = format!("http://127.0.0.1:{port}/push");
-    let flags = ["--push-webhook", webhook.as_str(), "--admin-token", "push-test-admin"];
+    let flags = ["--push-webhook", webhook.as_str(), "--admin-token", "push-test-admin", "--rate-limit", "0"];
     let dir = tempfile::tempdir().unwrap();
     let mut node = serve_with(dir.path(), &flags);
     let alice = signup(node.addr, "push_alice");
@@ -186,8 +187,10 @@ fn sigkill_with_pushes_in_the_outbox_loses_none() {
     for n in 0..10 {
         let username = format!("push_user{n}");
         let user = signup(node.addr, &username);
-        let reply =
-            call(&mut ws, json!({ "id": n, "method": "send", "params": { "to_user": username, "text": "hi" } }));
+        let reply = call(
+            &mut ws,
+            json!({ "id": n, "method": "send", "params": { "to_user": username, "text": format!("hi {n}") } }),
+        );
         let message_id = reply["result"]["message_id"].as_str().unwrap().to_string();
         expected.insert(format!("{}-{message_id}", user["user_id"].as_str().unwrap()));
     }

@@ -40,7 +40,7 @@ pub struct Config {
     pub max_channel_members: usize,
     /// Chars a message's text may hold.
     pub max_message_chars: usize,
-    /// Messages per second per user.
+    /// Messages per second per user (0: no limit; flood control stays).
     pub rate_limit_per_s: u32,
     /// Burst of messages per user.
     pub rate_burst: u32,

@@ -79,6 +79,8 @@ pub struct Core {
     pub outbox_depth: Cell<u64>,
     /// Presence of the users this shard owns.
     pub presence: crate::presence::Presence,
+    /// Send rate limits and flood control for the users this shard owns.
+    pub limiter: crate::abuse::Limiter,
     banned: RefCell<Arc<BannedWords>>,
     owned: RefCell<HashMap<ChannelId, ChannelState>>,
     usernames: RefCell<HashMap<UserId, Rc<str>>>,
@@ -124,6 +126,7 @@ impl Core {
         router: Router,
         shared: Arc<crate::server::Shared>,
     ) -> Self {
+        let limiter = crate::abuse::Limiter::new(config.rate_limit_per_s, config.rate_burst);
         Core {
             shard,
             shards,
@@ -142,6 +145,7 @@ impl Core {
             shared,
             outbox_depth: Cell::new(0),
             presence: crate::presence::Presence::default(),
+            limiter,
             banned: RefCell::new(Arc::new(BannedWords::default())),
             owned: RefCell::new(HashMap::new()),
             usernames: RefCell::new(HashMap::new()),
@@ -476,6 +480,9 @@ impl Core {
                 Some(Ok(Response::Presence(crate::presence::on_watch(self, from, &users, watch))))
             }
             Control::PresenceQuery(users) => Some(Ok(Response::Presence(crate::presence::query_owned(self, &users)))),
+            Control::SendAllowed { user_id, text_hash, client_msg_id_hash } => Some(
+                self.limiter.check(user_id, text_hash, client_msg_id_hash, Instant::now()).map(|()| Response::Done),
+            ),
             Control::PushCheck { channel_id, message_id, members } => {
                 crate::push::on_message(self, channel_id, message_id, &members);
                 None

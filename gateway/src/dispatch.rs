@@ -104,6 +104,7 @@ async fn send(
 ) -> Result<Value, ApiError> {
     protocol::check_text(&text, core.config.max_message_chars)?;
     core.banned().check(&text)?;
+    crate::abuse::check_send(core, user.user_id, &text, client_msg_id.as_deref()).await?;
     let channel_id = match target {
         SendTarget::Channel(channel) => channel,
         SendTarget::User(username) => direct_channel(core, user, &username).await?,

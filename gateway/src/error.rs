@@ -70,12 +70,19 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What went wrong, for people.
     pub message: String,
+    /// For `rate_limited`: when to try again, ms from now.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
     /// An error with a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), retry_after_ms: None }
+    }
+
+    /// 429 with when to try again.
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        ApiError { retry_after_ms: Some(retry_after_ms.max(1)), ..Self::new(ErrorCode::RateLimited, message) }
     }
 
     /// 400 with a message.
@@ -91,7 +98,14 @@ impl ApiError {
 
     /// The `{"code","message"}` object.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "code": self.code.as_str(), "message": self.message })
+        match self.retry_after_ms {
+            Some(retry_after_ms) => serde_json::json!({
+                "code": self.code.as_str(),
+                "message": self.message,
+                "retry_after_ms": retry_after_ms,
+            }),
+            None => serde_json::json!({ "code": self.code.as_str(), "message": self.message }),
+        }
     }
 }
 

@@ -135,6 +135,9 @@ fn error_response(error: &ApiError) -> Response<Body> {
             .headers_mut()
             .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
     }
+    if let Some(retry_after_ms) = error.retry_after_ms {
+        response.headers_mut().insert(hyper::header::RETRY_AFTER, retry_after_ms.div_ceil(1000).into());
+    }
     response
 }
 

@@ -2,6 +2,7 @@
 //! SO_REUSEPORT listener, WebSocket sessions, and the shards that own users
 //! and channels by hash. See ARCHITECTURE.md for the life of a message.
 
+mod abuse;
 pub mod accounts;
 mod admin;
 mod api;

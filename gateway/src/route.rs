@@ -221,6 +221,16 @@ pub enum Control {
         /// Members owned by the receiver (the sender left out).
         members: Vec<UserId>,
     },
+    /// May this user (owned by the receiver) send a text of this hash now?
+    /// Answered with `Done` or `rate_limited`.
+    SendAllowed {
+        /// The sender.
+        user_id: UserId,
+        /// `abuse::text_hash` of the text.
+        text_hash: u64,
+        /// `abuse::text_hash` of its `client_msg_id`, if any.
+        client_msg_id_hash: Option<u64>,
+    },
     /// A presence event for the receiver's subscribers of a user.
     PresenceEvent {
         /// The user whose presence changed.

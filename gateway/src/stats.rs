@@ -244,11 +244,17 @@ pub fn queue_depth(all: &[CoreStats], from: usize, to: usize) -> u64 {
     sent.saturating_sub(received)
 }
 
-/// Updates a core's per-second rates once a second, until the server stops.
+/// Updates a core's per-second rates once a second (and prunes its rate
+/// limiter every ten), until the server stops.
 pub async fn sample_rates(core: Rc<Core>) {
     let mut last = (core.counters.messages_stored.get(), core.counters.deliveries.get(), std::time::Instant::now());
+    let mut ticks = 0u64;
     while !core.stopping.get() {
         glommio::timer::sleep(Duration::from_secs(1)).await;
+        ticks += 1;
+        if ticks.is_multiple_of(10) {
+            core.limiter.prune(std::time::Instant::now());
+        }
         let now = (core.counters.messages_stored.get(), core.counters.deliveries.get(), std::time::Instant::now());
         let seconds = now.2.duration_since(last.2).as_secs_f64().max(1e-3);
         core.counters.messages_per_s.set((now.0 - last.0) as f64 / seconds);

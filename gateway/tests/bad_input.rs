@@ -156,9 +156,10 @@ fn a_client_that_stops_reading_is_closed_1008_and_others_are_unaffected() {
     let channel_id = group["channel"]["id"].as_str().unwrap().to_string();
     // ~40 MB to a reader that reads nothing: far past socket buffers and the
     // 4 MiB queue bound. Bounded in count and time.
-    let text = "y".repeat(90_000);
     let deadline = Instant::now() + Duration::from_secs(60);
-    for _ in 0..450 {
+    for n in 0..450 {
+        // Distinct texts: the same one over and over would be a flood.
+        let text = format!("{n:05}{}", "y".repeat(90_000 - 5));
         sender.result("send", json!({ "channel_id": channel_id, "text": text }));
         let event = other.next_event("message");
         assert_eq!(event["text"].as_str().unwrap().len(), 90_000);

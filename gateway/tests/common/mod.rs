@@ -31,6 +31,8 @@ pub fn config(dir: &std::path::Path, shards: u16) -> Config {
         node: Some("test-node".into()),
         pin_cores: false,
         block_cache_bytes: 8 << 20,
+        // Tests send faster than a person may; tests/abuse.rs sets limits.
+        rate_limit_per_s: 0,
         ..Config::default()
     }
 }
