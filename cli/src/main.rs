@@ -1,6 +1,8 @@
 //! The `chatgw` binary: `serve` runs a node; admin, load generation,
 //! reports and host checks grow here as subcommands.
 
+mod admin;
+mod doctor;
 mod loadgen;
 mod serve;
 
@@ -20,6 +22,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Put load on a running gateway and report what it cost.
     Loadgen(loadgen::LoadgenArgs),
+    /// Operate a running server through its admin API.
+    Admin(admin::AdminArgs),
+    /// Check this host for a million connections and say what to change.
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +36,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args),
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Admin(args) => admin::run(args),
+        Command::Doctor(args) => doctor::run(args),
     }
 }

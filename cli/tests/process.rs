@@ -342,3 +342,101 @@ fn loadgen_fanout_delivers_each_message_to_every_member() {
     assert!(report["deliveries_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(report["errors"], serde_json::json!({}));
 }
+
+/// Runs `chatgw admin` against `addr`; its exit code, stdout and stderr.
+fn admin(addr: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .args(["admin", "--url", addr, "--token", token])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+#[test]
+fn admin_commands_work_and_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve_with(dir.path(), &["--admin-token", "admin-cli-token", "--rate-limit", "0"]);
+    let url = format!("http://{}", node.addr);
+    let alice = signup(node.addr, "cli_alice");
+    signup(node.addr, "cli_bob");
+    let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
+    assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
+    let ok = |args: &[&str]| {
+        let (code, stdout, stderr) = admin(&url, "admin-cli-token", args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        stdout
+    };
+
+    let stats = ok(&["stats"]);
+    assert!(stats.contains("shard") && stats.contains("conns"), "{stats}");
+    let stats: Value = serde_json::from_str(ok(&["--json", "stats"]).trim()).unwrap();
+    assert_eq!(stats["shards"].as_array().unwrap().len(), 2);
+    let conns = ok(&["conns"]);
+    assert!(conns.contains("cli_alice") && conns.contains("127.0.0.1"), "{conns}");
+    let page: Value = serde_json::from_str(ok(&["conns", "--json", "--limit", "1"]).trim()).unwrap();
+    assert_eq!(page["connections"][0]["username"], "cli_alice");
+
+    let words = ok(&["banned-words", "set", "spam", "buy now"]);
+    assert!(words.contains("buy now, spam"), "{words}");
+    ok(&["banned-words", "add", "scam"]);
+    ok(&["banned-words", "remove", "spam"]);
+    let listed: Value = serde_json::from_str(ok(&["banned-words", "list", "--json"]).trim()).unwrap();
+    assert_eq!(listed["words"], json!(["buy now", "scam"]));
+    assert!(ok(&["outbox"]).contains("total: 0"));
+    let top = ok(&["top", "--iterations", "2", "--interval-ms", "100"]);
+    assert_eq!(top.matches("chatgw top:").count(), 2, "{top}");
+
+    assert!(ok(&["kick", "cli_alice"]).contains("kicked 1"));
+    assert!(read_json(&mut ws).is_none(), "kicked");
+    assert!(ok(&["user", "disable", "cli_bob"]).contains("cli_bob is disabled"));
+    let refused = http()
+        .post(format!("{url}/v1/login"))
+        .send_json(json!({ "username": "cli_bob", "password": "password123" }))
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(ok(&["user", "enable", "cli_bob"]).contains("cli_bob is enabled"));
+
+    // Errors: a clear message, exit status 1, no panic.
+    let (code, _, stderr) = admin(&url, "wrong-token", &["stats"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("refused the admin token") && !stderr.contains("panicked"), "{stderr}");
+    let user_token = login(node.addr, "cli_alice");
+    let (code, _, stderr) = admin(&url, &user_token, &["stats"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not the admin token"), "{stderr}");
+    let (code, _, stderr) = admin(&url, "admin-cli-token", &["kick", "nobody_at_all"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("404 not_found"), "{stderr}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (code, _, stderr) = admin(&format!("http://{closed}"), "admin-cli-token", &["stats"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot reach the server") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn doctor_gives_a_verdict_per_check() {
+    let output = Command::new(env!("CARGO_BIN_EXE_chatgw")).args(["doctor", "--json"]).output().unwrap();
+    let code = output.status.code().unwrap();
+    assert!(code == 0 || code == 2, "0 when nothing fails, 2 otherwise: {code}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.len() >= 10, "{report}");
+    for check in checks {
+        assert!(["pass", "warn", "fail"].contains(&check["verdict"].as_str().unwrap()), "{check}");
+        assert!(!check["current"].as_str().unwrap().is_empty());
+        if check["verdict"] != "pass" {
+            assert!(!check["recommended"].as_str().unwrap().is_empty(), "{check}");
+        }
+    }
+    assert_eq!(code == 2, checks.iter().any(|check| check["verdict"] == "fail"));
+    // This machine's hard open-file limit is 20,000: below a million.
+    let files = checks.iter().find(|check| check["check"] == "open files (hard)").unwrap();
+    assert_ne!(files["verdict"], "pass", "{files}");
+    assert!(files["fix"].as_str().unwrap().contains("nofile"));
+    let table = Command::new(env!("CARGO_BIN_EXE_chatgw")).args(["doctor", "--connections", "1000"]).output().unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("checks for 1000 connections") && text.contains("io_uring works"), "{text}");
+}
