@@ -63,7 +63,7 @@ for part in "${parts[@]}"; do
         start_server
         echo "== idle: ${IDLE_CONNECTIONS:-15000} connections"
         "$bin" loadgen idle --addr "$addr" --connections "${IDLE_CONNECTIONS:-15000}" --users 1000 \
-            --users-file "$users_file" --server-pid "$server_pid"
+            --users-file "$users_file"
         ;;
     dm)
         start_server

@@ -275,8 +275,6 @@ fn loadgen_idle_opens_connections_and_reports_server_memory() {
             .arg(node.addr.to_string())
             .arg("--users-file")
             .arg(&users_file)
-            .arg("--server-pid")
-            .arg(node.child.id().to_string())
             .output()
             .unwrap()
     };

@@ -1,5 +1,6 @@
 //! The `idle` scenario: N authenticated WebSocket connections that do
-//! nothing, and the server's resident memory per connection.
+//! nothing, and the server's resident memory per connection (from its
+//! `/metrics`, before and after the ramp).
 //!
 //! Accounts come from a users file written by an earlier run, so the
 //! measured server has hashed no password since it started (freed Argon2
@@ -32,9 +33,6 @@ pub struct IdleArgs {
     /// Where accounts are kept between runs; made (by signup) if missing.
     #[arg(long, default_value = "loadgen-users.json")]
     users_file: PathBuf,
-    /// The server's process id, to read its resident memory.
-    #[arg(long)]
-    server_pid: Option<u32>,
     /// Seconds to hold the connections open after the last hello.
     #[arg(long, default_value_t = 3)]
     hold_s: u64,
@@ -46,13 +44,21 @@ pub struct IdleArgs {
     json: bool,
 }
 
-/// The resident memory of process `pid`.
-pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS line")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("VmRSS value")?.parse()?;
-    Ok(kib * 1024)
+/// The server's resident memory, from its `/metrics`.
+pub fn server_rss_bytes(addr: &str) -> anyhow::Result<u64> {
+    let text = ureq::get(format!("http://{addr}/metrics"))
+        .call()
+        .with_context(|| format!("reading http://{addr}/metrics"))?
+        .body_mut()
+        .read_to_string()?;
+    rss_from_metrics(&text).context("no process_resident_memory_bytes in /metrics")
+}
+
+fn rss_from_metrics(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|bytes| bytes as u64)
 }
 
 /// Runs the scenario.
@@ -68,7 +74,7 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
             args.users_file.display()
         );
     }
-    let before = args.server_pid.map(rss_bytes).transpose()?;
+    let before = server_rss_bytes(&args.addr)?;
     // A small read buffer on our side: this measures the server, not us.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let started = Instant::now();
@@ -88,11 +94,8 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
     }
     let ramp = started.elapsed();
     std::thread::sleep(Duration::from_secs(args.hold_s));
-    let after = args.server_pid.map(rss_bytes).transpose()?;
-    let per_connection = match (before, after) {
-        (Some(before), Some(after)) => Some((after.saturating_sub(before)) as f64 / args.connections as f64),
-        _ => None,
-    };
+    let after = server_rss_bytes(&args.addr)?;
+    let per_connection = after.saturating_sub(before) as f64 / args.connections as f64;
     if args.json {
         let report = serde_json::json!({
             "scenario": "idle",
@@ -105,15 +108,26 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!("idle: {} connections open in {:.1}s", args.connections, ramp.as_secs_f64());
-        if let (Some(before), Some(after), Some(each)) = (before, after, per_connection) {
-            println!(
-                "server RSS: {:.1} MiB before, {:.1} MiB after: {:.2} KiB per connection",
-                before as f64 / 1048576.0,
-                after as f64 / 1048576.0,
-                each / 1024.0
-            );
-        }
+        println!(
+            "server RSS: {:.1} MiB before, {:.1} MiB after: {:.2} KiB per connection",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0,
+            per_connection / 1024.0
+        );
     }
     drop(sockets);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_read_from_the_exposition() {
+        let text =
+            "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 61534208\nchatgw_load 0.1\n";
+        assert_eq!(rss_from_metrics(text), Some(61_534_208));
+        assert_eq!(rss_from_metrics("chatgw_load 0.1\n"), None);
+    }
 }
