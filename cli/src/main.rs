@@ -3,7 +3,10 @@
 
 mod admin;
 mod doctor;
+mod hgrm;
 mod loadgen;
+mod plot;
+mod report;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +29,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Check this host for a million connections and say what to change.
     Doctor(doctor::DoctorArgs),
+    /// Compare saved latency histograms (.hgrm) side by side and on a chart.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::Loadgen(args) => loadgen::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Report(args) => report::run(args),
     }
 }

@@ -438,3 +438,50 @@ fn doctor_gives_a_verdict_per_check() {
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("checks for 1000 connections") && text.contains("io_uring works"), "{text}");
 }
+
+#[test]
+fn loadgen_writes_histograms_and_plots_and_report_compares_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(&dir.path().join("data"));
+    let users_file = dir.path().join("users.json");
+    let out = dir.path().join("run");
+    // Bounded: 200 connections, 5 seconds at 1,000 messages a second.
+    let args = ["dm", "--users", "200", "--rate", "1000", "--duration-s", "5", "--out", out.to_str().unwrap()];
+    let report = run_loadgen(&args, node.addr, &users_file);
+    assert_eq!(report["delivered"], 5000);
+    for file in ["delivery.hgrm", "ack.hgrm", "latency.hlog", "latency.svg", "latency.png"] {
+        assert!(out.join(file).metadata().unwrap().len() > 100, "{file}");
+    }
+    let hgrm = std::fs::read_to_string(out.join("delivery.hgrm")).unwrap();
+    assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"), "{hgrm}");
+    assert!(hgrm.contains("Total count    =         5000]"), "{hgrm}");
+    assert!(std::fs::read_to_string(out.join("latency.svg")).unwrap().contains("<svg"));
+    assert_eq!(&std::fs::read(out.join("latency.png")).unwrap()[..4], b"\x89PNG");
+    assert!(std::fs::read_to_string(out.join("latency.hlog")).unwrap().contains("Tag=delivery,"));
+
+    let compare = dir.path().join("compare");
+    let output = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .arg("report")
+        .arg(out.join("delivery.hgrm"))
+        .arg(out.join("ack.hgrm"))
+        .args(["--names", "delivery,ack", "--plot"])
+        .arg(&compare)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("delivery (ms)") && text.contains("ack (ms)") && text.contains("ratio"), "{text}");
+    assert!(text.contains("p99.99") && text.contains("x "), "a ratio column: {text}");
+    assert!(compare.with_extension("svg").exists() && compare.with_extension("png").exists());
+    let output = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .args(["report", "--json"])
+        .arg(out.join("delivery.hgrm"))
+        .arg(out.join("delivery.hgrm"))
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["files"][1]["percentiles"]["p99_ms"]["ratio"], 1.0, "a file against itself");
+    let missing = Command::new(env!("CARGO_BIN_EXE_chatgw")).args(["report", "/no/such.hgrm"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("reading /no/such.hgrm"));
+}

@@ -62,6 +62,10 @@ pub struct DmArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Write the latencies here: `.hgrm` files, an interval log, and a plot
+    /// (SVG and PNG).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// Progress every worker sees.
@@ -152,7 +156,7 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
         delivered_per_s: total.delivered as f64 / args.duration_s as f64,
         delivery_latency: Summary::of(&total.delivery),
         ack_latency: Summary::of(&total.ack),
-        errors: total.errors,
+        errors: total.errors.clone(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -173,6 +177,13 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
         println!("ack      (due → reply):   {}", report.ack_latency.line());
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
+        }
+    }
+    if let Some(dir) = &args.out {
+        let title = format!("chatgw dm: {} users, {} msg/s offered", args.users, args.rate);
+        latency::write_outputs(dir, &title, &total, std::time::Duration::from_secs(args.duration_s))?;
+        if !args.json {
+            println!("latencies written to {}", dir.display());
         }
     }
     ensure!(report.lost == 0 && report.errors.is_empty(), "messages were lost or failed");

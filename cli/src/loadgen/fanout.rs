@@ -76,6 +76,10 @@ pub struct FanoutArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Write the latencies here: `.hgrm` files, an interval log, and a plot
+    /// (SVG and PNG).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -176,7 +180,7 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
         messages_per_s: delivered_in_window as f64 / args.duration_s as f64 / args.members as f64,
         delivery_latency: Summary::of(&total.delivery),
         ack_latency: Summary::of(&total.ack),
-        errors: total.errors,
+        errors: total.errors.clone(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -193,6 +197,14 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
         println!("ack      (send → ack):    {}", report.ack_latency.line());
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
+        }
+    }
+    if let Some(dir) = &args.out {
+        let title =
+            format!("{:?} fan-out: {} groups of {}, window {}", args.target, args.groups, args.members, args.window);
+        latency::write_outputs(dir, &title, &total, std::time::Duration::from_secs(args.duration_s))?;
+        if !args.json {
+            println!("latencies written to {}", dir.display());
         }
     }
     ensure!(report.errors.is_empty(), "errors during the run");

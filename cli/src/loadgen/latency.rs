@@ -68,6 +68,39 @@ impl Figures {
     }
 }
 
+/// Writes a run's latencies into `dir`: `delivery.hgrm` and `ack.hgrm`
+/// (percentile distributions), `latency.hlog` (an interval log of both,
+/// tagged) and `latency.svg`/`latency.png` (both by percentile).
+pub fn write_outputs(
+    dir: &std::path::Path,
+    title: &str,
+    figures: &Figures,
+    measured: std::time::Duration,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut series = Vec::new();
+    for (name, histogram) in [("delivery", &figures.delivery), ("ack", &figures.ack)] {
+        let text = crate::hgrm::percentile_distribution(histogram);
+        let path = dir.join(format!("{name}.hgrm"));
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        if !histogram.is_empty() {
+            series.push((name.to_string(), crate::hgrm::parse(&text)?));
+        }
+    }
+    let started = std::time::SystemTime::now() - measured;
+    crate::hgrm::write_interval_log(
+        &dir.join("latency.hlog"),
+        started,
+        measured,
+        &[("delivery", &figures.delivery), ("ack", &figures.ack)],
+    )?;
+    if !series.is_empty() {
+        crate::plot::latency_by_percentile(&dir.join("latency"), title, &series)?;
+    }
+    Ok(())
+}
+
 /// Percentiles of a histogram, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {

@@ -8,12 +8,18 @@ mod accounts;
 mod dm;
 mod fanout;
 mod idle;
-mod latency;
+pub(crate) mod latency;
 mod nats;
 mod runtime;
 mod ws;
 
 use clap::{Args, Subcommand};
+
+/// A latency histogram of microseconds, as the scenarios keep them.
+#[cfg(test)]
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    latency::histogram()
+}
 
 /// `chatgw loadgen`.
 #[derive(Debug, Args)]
