@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::accounts::{self, Account};
 use super::latency::{self, Figures, Summary};
+use super::progress::{Live, Progress};
 use super::runtime;
 use super::runtime::wait_for;
 use super::ws::{self, Inbound, Outbox};
@@ -74,11 +75,11 @@ struct Shared {
     connected: AtomicUsize,
     warmed: AtomicUsize,
     start_ns: AtomicU64,
-    sent: AtomicU64,
-    delivered: AtomicU64,
     acked: AtomicU64,
     finished: AtomicUsize,
     failed: Arc<AtomicBool>,
+    /// Sent and delivered counts, connections and p99, for the live line.
+    live: Arc<Live>,
 }
 
 /// One worker's figures.
@@ -129,14 +130,17 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
     let accounts = Arc::new(accounts);
     let shared = Arc::new(Shared::default());
     let connect_started = latency::now_ns();
+    let progress = Progress::start("dm", args.users as u64, shared.live.clone());
     let outcomes = {
         let failed = shared.failed.clone();
         let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
         runtime::on_workers(args.workers, &failed, move |worker| {
             let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
             async move { worker_main(&args, &accounts, &shared, worker).await }
-        })?
+        })
     };
+    progress.finish();
+    let outcomes = outcomes?;
     let mut total = Figures::new();
     let mut connect_ns = 0;
     for (stats, connected_at) in outcomes {
@@ -198,6 +202,7 @@ async fn open(
     shared: &Arc<Shared>,
 ) -> anyhow::Result<Outbox> {
     let (ws, hello) = ws::chatgw_session(args.addr, &account.token, &format!("dm{user}")).await?;
+    shared.live.connections.fetch_add(1, Ordering::Relaxed);
     stats.borrow_mut().heartbeat_every = ws::heartbeat_every(&hello);
     let (outbox, mut stream) = ws::with_outbox(ws, 1024);
     let (stats, shared) = (stats.clone(), shared.clone());
@@ -234,7 +239,10 @@ fn on_text(stats: &mut Stats, shared: &Shared, user: usize, text: &str) {
                 (Some(due), Some(_)) => {
                     latency::record_since(&mut stats.figures.delivery, due);
                     stats.figures.delivered += 1;
-                    shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    shared.live.delivered.fetch_add(1, Ordering::Relaxed);
+                    if stats.figures.delivered.is_multiple_of(128) {
+                        shared.live.report_p99(stats.figures.delivery.value_at_quantile(0.99));
+                    }
                 }
                 _ => stats.figures.error("foreign_message"),
             }
@@ -331,7 +339,7 @@ async fn worker_main(
             match queued {
                 Ok(()) => {
                     stats.borrow_mut().figures.sent += 1;
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                    shared.live.sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(_) => stats.borrow_mut().figures.error("client_backlog"),
             }
@@ -339,8 +347,8 @@ async fn worker_main(
         }
     }
     let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
-        let sent = shared.sent.load(Ordering::Acquire);
-        shared.delivered.load(Ordering::Acquire) >= sent && shared.acked.load(Ordering::Acquire) >= sent
+        let sent = shared.live.sent.load(Ordering::Acquire);
+        shared.live.delivered.load(Ordering::Acquire) >= sent && shared.acked.load(Ordering::Acquire) >= sent
     })
     .await;
     shared.finished.fetch_add(1, Ordering::AcqRel);

@@ -26,6 +26,7 @@ use serde::Serialize;
 use super::accounts::{self, Account};
 use super::latency::{self, Figures, Summary};
 use super::nats;
+use super::progress::{Live, Progress};
 use super::runtime;
 use super::runtime::{wait_for, within};
 use super::ws::{self, Inbound, Outbox};
@@ -88,11 +89,11 @@ struct Shared {
     ready: AtomicUsize,
     start_ns: AtomicU64,
     end_ns: AtomicU64,
-    sent: AtomicU64,
     acked: AtomicU64,
-    delivered: AtomicU64,
     finished: AtomicUsize,
     failed: Arc<AtomicBool>,
+    /// Sent and delivered counts, connections and p99, for the live line.
+    live: Arc<Live>,
 }
 
 struct Stats {
@@ -152,14 +153,17 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     };
     let accounts = Arc::new(accounts);
     let shared = Arc::new(Shared::default());
+    let progress = Progress::start("fanout", (args.groups * args.members) as u64, shared.live.clone());
     let outcomes = {
         let failed = shared.failed.clone();
         let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
         runtime::on_workers(args.workers, &failed, move |worker| {
             let (args, accounts, shared) = (args.clone(), accounts.clone(), shared.clone());
             async move { worker_main(&args, &accounts, &shared, worker).await }
-        })?
+        })
     };
+    progress.finish();
+    let outcomes = outcomes?;
     let mut total = Figures::new();
     let mut delivered_in_window = 0;
     for stats in outcomes {
@@ -230,6 +234,7 @@ async fn open(
         }
         Target::Nats => ws::connect(args.addr, "/", None).await?,
     };
+    shared.live.connections.fetch_add(1, Ordering::Relaxed);
     let (outbox, mut stream) = ws::with_outbox(ws, args.window * 2 + 16);
     if args.target == Target::Nats {
         outbox.try_send(Message::text(nats::connect_and_subscribe(&subject(group)))).ok();
@@ -293,7 +298,10 @@ fn on_delivery(stats: &mut Stats, shared: &Shared, payload: &[u8]) {
     };
     latency::record_since(&mut stats.figures.delivery, sent_at);
     stats.figures.delivered += 1;
-    shared.delivered.fetch_add(1, Ordering::Relaxed);
+    shared.live.delivered.fetch_add(1, Ordering::Relaxed);
+    if stats.figures.delivered.is_multiple_of(4096) {
+        shared.live.report_p99(stats.figures.delivery.value_at_quantile(0.99));
+    }
     let end = shared.end_ns.load(Ordering::Relaxed);
     if end == 0 || latency::now_ns() < end {
         stats.delivered_in_window += 1;
@@ -449,7 +457,7 @@ async fn worker_main(
                         sent_times.push_back(sent_at);
                     }
                     stats.borrow_mut().figures.sent += 1;
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                    shared.live.sent.fetch_add(1, Ordering::Relaxed);
                 }
                 if in_flight == 0 {
                     return Ok(());
@@ -473,7 +481,7 @@ async fn worker_main(
     }
     let members = args.members as u64;
     let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
-        shared.delivered.load(Ordering::Acquire) >= shared.sent.load(Ordering::Acquire) * members
+        shared.live.delivered.load(Ordering::Acquire) >= shared.live.sent.load(Ordering::Acquire) * members
     })
     .await;
     shared.finished.fetch_add(1, Ordering::AcqRel);
