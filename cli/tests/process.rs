@@ -327,6 +327,22 @@ fn loadgen_dm_delivers_every_message_at_the_offered_rate() {
 }
 
 #[test]
+fn loadgen_spreads_connections_over_source_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(&dir.path().join("data"));
+    let users_file = dir.path().join("users.json");
+    let args = ["dm", "--users", "20", "--rate", "200", "--duration-s", "1", "--source-ips", "127.0.0.2-127.0.0.4"];
+    let report = run_loadgen(&args, node.addr, &users_file);
+    assert_eq!((report["sent"].as_u64(), report["delivered"].as_u64()), (Some(200), Some(200)), "{report}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .args(["loadgen", "dm", "--source-ips", "127.0.0.9-127.0.0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "clap refuses a backwards range");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("runs backwards"));
+}
+
+#[test]
 fn loadgen_fanout_delivers_each_message_to_every_member() {
     let dir = tempfile::tempdir().unwrap();
     let node = serve(&dir.path().join("data"));

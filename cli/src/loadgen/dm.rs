@@ -63,6 +63,11 @@ pub struct DmArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Bind each connection to one of these source addresses in turn
+    /// (`127.0.0.2-127.0.0.200`, or a comma-separated list): one address
+    /// has only so many ephemeral ports.
+    #[arg(long)]
+    source_ips: Option<super::source::SourceIps>,
     /// Write the latencies here: `.hgrm` files, an interval log, and a plot
     /// (SVG and PNG).
     #[arg(long)]
@@ -201,7 +206,13 @@ async fn open(
     stats: &Rc<RefCell<Stats>>,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<Outbox> {
-    let (ws, hello) = ws::chatgw_session(args.addr, &account.token, &format!("dm{user}")).await?;
+    let (ws, hello) = ws::chatgw_session(
+        args.addr,
+        args.source_ips.as_ref().map(|ips| ips.for_connection(user)),
+        &account.token,
+        &format!("dm{user}"),
+    )
+    .await?;
     shared.live.connections.fetch_add(1, Ordering::Relaxed);
     stats.borrow_mut().heartbeat_every = ws::heartbeat_every(&hello);
     let (outbox, mut stream) = ws::with_outbox(ws, 1024);

@@ -77,6 +77,11 @@ pub struct FanoutArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Bind each connection to one of these source addresses in turn
+    /// (`127.0.0.2-127.0.0.200`, or a comma-separated list): one address
+    /// has only so many ephemeral ports.
+    #[arg(long)]
+    source_ips: Option<super::source::SourceIps>,
     /// Write the latencies here: `.hgrm` files, an interval log, and a plot
     /// (SVG and PNG).
     #[arg(long)]
@@ -226,13 +231,15 @@ async fn open(
     acks: Option<local_channel::LocalSender<()>>,
 ) -> anyhow::Result<Outbox> {
     let group = user / args.members;
+    let source = args.source_ips.as_ref().map(|ips| ips.for_connection(user));
     let ws = match args.target {
         Target::Chatgw => {
-            let (ws, hello) = ws::chatgw_session(args.addr, &accounts[user].token, &format!("fo{user}")).await?;
+            let (ws, hello) =
+                ws::chatgw_session(args.addr, source, &accounts[user].token, &format!("fo{user}")).await?;
             stats.borrow_mut().heartbeat_every = Some(ws::heartbeat_every(&hello));
             ws
         }
-        Target::Nats => ws::connect(args.addr, "/", None).await?,
+        Target::Nats => ws::connect(args.addr, source, "/", None).await?,
     };
     shared.live.connections.fetch_add(1, Ordering::Relaxed);
     let (outbox, mut stream) = ws::with_outbox(ws, args.window * 2 + 16);

@@ -33,6 +33,11 @@ pub struct IdleArgs {
     /// Where accounts are kept between runs; made (by signup) if missing.
     #[arg(long, default_value = "loadgen-users.json")]
     users_file: PathBuf,
+    /// Bind each connection to one of these source addresses in turn
+    /// (`127.0.0.2-127.0.0.200`, or a comma-separated list): one address
+    /// has only so many ephemeral ports.
+    #[arg(long)]
+    source_ips: Option<super::source::SourceIps>,
     /// Seconds to hold the connections open after the last hello.
     #[arg(long, default_value_t = 3)]
     hold_s: u64,
@@ -84,7 +89,13 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
         let account = &accounts[n % args.users];
         let mut request = format!("ws://{}/v1/ws?device=lg{n}", args.addr).into_client_request()?;
         request.headers_mut().insert("Authorization", format!("Bearer {}", account.token).parse()?);
-        let stream = TcpStream::connect(&args.addr).with_context(|| format!("connection {n}"))?;
+        let stream = match &args.source_ips {
+            Some(ips) => {
+                let target = args.addr.parse().with_context(|| format!("{} is not an address", args.addr))?;
+                super::source::std_stream(ips.for_connection(n), target)?
+            }
+            None => TcpStream::connect(&args.addr).with_context(|| format!("connection {n}"))?,
+        };
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let (mut ws, _) = tungstenite::client::client_with_config(request, stream, Some(config))
             .map_err(|error| anyhow::anyhow!("handshake {n}: {error}"))?;

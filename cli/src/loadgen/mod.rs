@@ -12,6 +12,7 @@ pub(crate) mod latency;
 mod nats;
 mod progress;
 mod runtime;
+mod source;
 mod ws;
 
 use clap::{Args, Subcommand};

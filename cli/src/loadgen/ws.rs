@@ -75,10 +75,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a WebSocket to `addr` at `path` (with its query), with a bearer
 /// token if given.
-pub async fn connect(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<Ws> {
-    let stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
-        .await
-        .map_err(|error| anyhow::anyhow!("connecting to {addr}: {error}"))?;
+pub async fn connect(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Ws> {
+    let stream = match source {
+        Some(source) => super::source::glommio_stream(source, addr)?,
+        None => TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
+            .await
+            .map_err(|error| anyhow::anyhow!("connecting to {addr}: {error}"))?,
+    };
     stream.set_nodelay(true).map_err(|error| anyhow::anyhow!("TCP_NODELAY: {error}"))?;
     let mut request = format!("ws://{addr}{path}").into_client_request()?;
     if let Some(token) = token {
@@ -95,8 +103,13 @@ pub async fn connect(addr: SocketAddr, path: &str, token: Option<&str>) -> anyho
 
 /// Opens a chatgw session as `token`'s user and waits for its `hello`;
 /// returns the socket and the hello's `data`.
-pub async fn chatgw_session(addr: SocketAddr, token: &str, device: &str) -> anyhow::Result<(Ws, serde_json::Value)> {
-    let mut ws = connect(addr, &format!("/v1/ws?device={device}"), Some(token)).await?;
+pub async fn chatgw_session(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    token: &str,
+    device: &str,
+) -> anyhow::Result<(Ws, serde_json::Value)> {
+    let mut ws = connect(addr, source, &format!("/v1/ws?device={device}"), Some(token)).await?;
     let Some(first) = within(CONNECT_TIMEOUT, ws.next()).await else {
         bail!("no hello within {CONNECT_TIMEOUT:?}");
     };
