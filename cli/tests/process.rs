@@ -327,6 +327,32 @@ fn loadgen_dm_delivers_every_message_at_the_offered_rate() {
 }
 
 #[test]
+fn loadgen_idle_spreads_connections_over_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let users_file = dir.path().join("users.json");
+    let node = serve(&dir.path().join("data"));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chatgw"))
+            .args(["loadgen", "idle", "--users", "4", "--hold-s", "0", "--json", "--addr"])
+            .arg(node.addr.to_string())
+            .arg("--users-file")
+            .arg(&users_file)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["--connections", "1"]).status.success(), "accounts made");
+    let output = run(&["--connections", "90", "--procs", "3", "--source-ips", "127.0.0.2-127.0.0.3"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((report["connections"].as_u64(), report["procs"].as_u64()), (Some(90), Some(3)), "{report}");
+    assert!(report["server_rss_after_bytes"].as_u64().unwrap() > 0);
+    let too_many = run(&["--connections", "40000"]);
+    assert!(!too_many.status.success());
+    assert!(String::from_utf8_lossy(&too_many.stderr).contains("use --procs"));
+}
+
+#[test]
 fn loadgen_spreads_connections_over_source_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let node = serve(&dir.path().join("data"));

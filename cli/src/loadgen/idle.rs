@@ -38,6 +38,14 @@ pub struct IdleArgs {
     /// has only so many ephemeral ports.
     #[arg(long)]
     source_ips: Option<super::source::SourceIps>,
+    /// Processes to spread the connections over (one process's open-file
+    /// limit caps what it holds).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Internal: run as a child of `--procs`, opening connections from this
+    /// index and holding them until stdin closes.
+    #[arg(long, hide = true)]
+    child_from: Option<usize>,
     /// Seconds to hold the connections open after the last hello.
     #[arg(long, default_value_t = 3)]
     hold_s: u64,
@@ -66,27 +74,18 @@ fn rss_from_metrics(text: &str) -> Option<u64> {
         .map(|bytes| bytes as u64)
 }
 
-/// Runs the scenario.
-pub fn run(args: IdleArgs) -> anyhow::Result<()> {
-    ensure!(args.connections <= 19_000, "one process holds at most 19,000 connections here");
-    ensure!(args.users >= 1, "at least one user");
+type Socket = tungstenite::WebSocket<TcpStream>;
+
+/// Opens connections `first..first + count` (the index names the device,
+/// picks the account and the source address).
+fn open(args: &IdleArgs, accounts: &[accounts::Account], first: usize, count: usize) -> anyhow::Result<Vec<Socket>> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    let (accounts, made) = accounts::load_or_make(&args.addr, &args.users_file, args.users)?;
-    if made {
-        eprintln!(
-            "made {} accounts into {}; restart the server and run again to measure (it has hashed passwords now)",
-            accounts.len(),
-            args.users_file.display()
-        );
-    }
-    let before = server_rss_bytes(&args.addr)?;
     // A small read buffer on our side: this measures the server, not us.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let started = Instant::now();
-    let mut sockets = Vec::with_capacity(args.connections);
-    for n in 0..args.connections {
-        ensure!(Instant::now() < deadline, "timed out after {n} connections");
-        let account = &accounts[n % args.users];
+    let mut sockets = Vec::with_capacity(count);
+    for n in first..first + count {
+        ensure!(Instant::now() < deadline, "timed out after {} connections", n - first);
+        let account = &accounts[n % accounts.len()];
         let mut request = format!("ws://{}/v1/ws?device=lg{n}", args.addr).into_client_request()?;
         request.headers_mut().insert("Authorization", format!("Bearer {}", account.token).parse()?);
         let stream = match &args.source_ips {
@@ -103,7 +102,96 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
         ensure!(hello.to_text().unwrap_or_default().contains("\"hello\""), "connection {n}: no hello");
         sockets.push(ws);
     }
-    let ramp = started.elapsed();
+    Ok(sockets)
+}
+
+/// A child of `--procs`: opens its share, says so on stdout, and holds the
+/// connections until its stdin closes.
+fn child(args: &IdleArgs, accounts: &[accounts::Account], first: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let sockets = open(args, accounts, first, args.connections)?;
+    println!("{}", serde_json::json!({ "opened": sockets.len(), "ramp_s": started.elapsed().as_secs_f64() }));
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+    drop(sockets);
+    Ok(())
+}
+
+/// Opens the connections across `procs` child processes; returns when all
+/// hold theirs, with the children (whose stdin closing lets them go) and the
+/// slowest child's ramp.
+fn open_in_children(args: &IdleArgs) -> anyhow::Result<(Vec<std::process::Child>, Duration)> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().context("finding the chatgw binary")?;
+    let mut children = Vec::with_capacity(args.procs);
+    let mut first = 0;
+    for index in 0..args.procs {
+        let share = args.connections / args.procs + usize::from(index < args.connections % args.procs);
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(["loadgen", "idle", "--addr", &args.addr])
+            .args(["--connections", &share.to_string(), "--users", &args.users.to_string()])
+            .arg("--users-file")
+            .arg(&args.users_file)
+            .args(["--timeout-s", &args.timeout_s.to_string(), "--child-from", &first.to_string()]);
+        if let Some(ips) = &args.source_ips {
+            command.args(["--source-ips", &ips.to_string()]);
+        }
+        let child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting load generator process {index}"))?;
+        children.push(child);
+        first += share;
+    }
+    let mut slowest = Duration::ZERO;
+    for (index, child) in children.iter_mut().enumerate() {
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let said: serde_json::Value = match serde_json::from_str(line.trim()) {
+            Ok(said) => said,
+            Err(_) => {
+                for child in &mut children {
+                    let _ = child.kill();
+                }
+                anyhow::bail!("load generator process {index} failed before opening its connections");
+            }
+        };
+        slowest = slowest.max(Duration::from_secs_f64(said["ramp_s"].as_f64().unwrap_or(0.0)));
+    }
+    Ok((children, slowest))
+}
+
+/// Runs the scenario.
+pub fn run(args: IdleArgs) -> anyhow::Result<()> {
+    ensure!(args.procs >= 1, "at least one process");
+    ensure!(
+        args.connections.div_ceil(args.procs) <= 19_000,
+        "one process holds at most 19,000 connections here: use --procs"
+    );
+    ensure!(args.users >= 1, "at least one user");
+    let (accounts, made) = accounts::load_or_make(&args.addr, &args.users_file, args.users)?;
+    if let Some(first) = args.child_from {
+        return child(&args, &accounts, first);
+    }
+    if made {
+        eprintln!(
+            "made {} accounts into {}; restart the server and run again to measure (it has hashed passwords now)",
+            accounts.len(),
+            args.users_file.display()
+        );
+    }
+    let before = server_rss_bytes(&args.addr)?;
+    let started = Instant::now();
+    let (held, ramp) = if args.procs > 1 {
+        let (children, _) = open_in_children(&args)?;
+        (Held::Children(children), started.elapsed())
+    } else {
+        (Held::Here(open(&args, &accounts, 0, args.connections)?), started.elapsed())
+    };
     std::thread::sleep(Duration::from_secs(args.hold_s));
     let after = server_rss_bytes(&args.addr)?;
     let per_connection = after.saturating_sub(before) as f64 / args.connections as f64;
@@ -111,6 +199,7 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
         let report = serde_json::json!({
             "scenario": "idle",
             "connections": args.connections,
+            "procs": args.procs,
             "ramp_s": ramp.as_secs_f64(),
             "server_rss_before_bytes": before,
             "server_rss_after_bytes": after,
@@ -118,7 +207,12 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
         });
         println!("{report}");
     } else {
-        println!("idle: {} connections open in {:.1}s", args.connections, ramp.as_secs_f64());
+        println!(
+            "idle: {} connections open in {:.1}s ({} process(es))",
+            args.connections,
+            ramp.as_secs_f64(),
+            args.procs
+        );
         println!(
             "server RSS: {:.1} MiB before, {:.1} MiB after: {:.2} KiB per connection",
             before as f64 / 1048576.0,
@@ -126,8 +220,32 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
             per_connection / 1024.0
         );
     }
-    drop(sockets);
-    Ok(())
+    held.release()
+}
+
+/// Connections held open until the report is made.
+enum Held {
+    Here(Vec<Socket>),
+    Children(Vec<std::process::Child>),
+}
+
+impl Held {
+    fn release(self) -> anyhow::Result<()> {
+        match self {
+            Held::Here(sockets) => drop(sockets),
+            Held::Children(mut children) => {
+                for child in &mut children {
+                    // Closing its stdin lets a child go.
+                    drop(child.stdin.take());
+                }
+                for (index, mut child) in children.into_iter().enumerate() {
+                    let status = child.wait()?;
+                    ensure!(status.success(), "load generator process {index} ended with {status}");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

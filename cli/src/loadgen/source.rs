@@ -44,6 +44,14 @@ impl FromStr for SourceIps {
     }
 }
 
+impl std::fmt::Display for SourceIps {
+    /// The addresses as a comma-separated list (which parses back).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.0.iter().map(IpAddr::to_string).collect();
+        f.write_str(&list.join(","))
+    }
+}
+
 impl SourceIps {
     /// The address for connection `n`.
     pub fn for_connection(&self, n: usize) -> IpAddr {
@@ -125,6 +133,7 @@ mod tests {
         assert!("127.0.0.9-127.0.0.1".parse::<SourceIps>().is_err());
         assert!("10.0.0.0-10.2.0.0".parse::<SourceIps>().is_err());
         assert!("nope".parse::<SourceIps>().is_err());
+        assert_eq!(range.to_string().parse::<SourceIps>().unwrap(), range, "the list form parses back");
     }
 
     #[test]
