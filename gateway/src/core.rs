@@ -495,11 +495,15 @@ impl Core {
         if let Some(result) = reply
             && request_id != 0
         {
-            let core = self.clone();
-            glommio::spawn_local(async move {
-                core.router.send_control(from, request_id, Control::Reply(result)).await;
-            })
-            .detach();
+            // Most replies fit the queue at once; only a full queue costs a
+            // task that waits for room.
+            if let Err(reply) = self.router.try_send_control(from, request_id, Control::Reply(result)) {
+                let core = self.clone();
+                glommio::spawn_local(async move {
+                    core.router.send_control(from, request_id, reply).await;
+                })
+                .detach();
+            }
         }
     }
 

@@ -350,6 +350,23 @@ impl Router {
         }
     }
 
+    /// Sends a control message if the receiver's queue has room now, without
+    /// waiting (so without a task); gives the message back when it is full.
+    pub fn try_send_control(&self, to: ShardId, request_id: u64, body: Control) -> Result<(), Control> {
+        debug_assert_ne!(to, self.shard, "local control messages are local calls");
+        match self.control.try_send_to(to.index(), Routed { from: self.shard, request_id, body }) {
+            Ok(()) => {
+                Self::count(&self.sent, to);
+                Ok(())
+            }
+            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(routed))) => Err(routed.body),
+            Err(error) => {
+                tracing::warn!(%error, to = to.0, "control message dropped: shard gone");
+                Ok(())
+            }
+        }
+    }
+
     /// Completes a request this core made.
     pub fn complete(&self, request_id: u64, result: Result<Response, ApiError>) {
         if let Some(waiter) = self.pending.borrow_mut().remove(&request_id) {
