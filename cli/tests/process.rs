@@ -369,6 +369,22 @@ fn loadgen_spreads_connections_over_source_addresses() {
 }
 
 #[test]
+fn loadgen_dm_spreads_pairs_over_processes_and_adds_them_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(&dir.path().join("data"));
+    let users_file = dir.path().join("users.json");
+    let out = dir.path().join("procs");
+    let args =
+        ["dm", "--users", "24", "--rate", "480", "--duration-s", "2", "--procs", "3", "--out", out.to_str().unwrap()];
+    let report = run_loadgen(&args, node.addr, &users_file);
+    assert_eq!(report["procs"], 3);
+    assert_eq!((report["sent"].as_u64(), report["delivered"].as_u64()), (Some(960), Some(960)), "{report}");
+    assert_eq!(report["delivery_latency"]["count"], 960, "the children's histograms added up");
+    let hgrm = std::fs::read_to_string(out.join("delivery.hgrm")).unwrap();
+    assert!(hgrm.contains("Total count    =          960]"), "{hgrm}");
+}
+
+#[test]
 fn loadgen_fanout_delivers_each_message_to_every_member() {
     let dir = tempfile::tempdir().unwrap();
     let node = serve(&dir.path().join("data"));

@@ -68,6 +68,14 @@ pub struct DmArgs {
     /// has only so many ephemeral ports.
     #[arg(long)]
     source_ips: Option<super::source::SourceIps>,
+    /// Processes to spread the pairs over (each runs its share of users at
+    /// its share of the rate; one process's open-file limit caps what it
+    /// holds).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Internal: run as a child of `--procs` on the accounts from this index.
+    #[arg(long, hide = true)]
+    child_offset: Option<usize>,
     /// Write the latencies here: `.hgrm` files, an interval log, and a plot
     /// (SVG and PNG).
     #[arg(long)]
@@ -128,11 +136,19 @@ struct Report {
 /// Runs the scenario.
 pub fn run(args: DmArgs) -> anyhow::Result<()> {
     ensure!(args.users >= 2 && args.users.is_multiple_of(2), "--users must be even and at least 2");
-    ensure!(args.users <= 19_000, "one process holds at most 19,000 connections here");
+    ensure!(args.procs >= 1, "at least one process");
+    ensure!(
+        args.users.div_ceil(args.procs) <= 19_000,
+        "one process holds at most 19,000 connections here: use --procs"
+    );
     ensure!(args.rate >= 1 && args.workers >= 1 && args.duration_s >= 1, "rate, workers and duration must be positive");
+    if args.procs > 1 {
+        return run_procs(&args);
+    }
     ensure!(args.workers <= args.users, "more workers than users");
-    let (accounts, _) = accounts::load_or_make(&args.addr.to_string(), &args.users_file, args.users)?;
-    let accounts = Arc::new(accounts);
+    let offset = args.child_offset.unwrap_or(0);
+    let (accounts, _) = accounts::load_or_make(&args.addr.to_string(), &args.users_file, offset + args.users)?;
+    let accounts = Arc::new(accounts[offset..].to_vec());
     let shared = Arc::new(Shared::default());
     let connect_started = latency::now_ns();
     let progress = Progress::start("dm", args.users as u64, shared.live.clone());
@@ -152,12 +168,58 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
         total.merge(stats.figures)?;
         connect_ns = connect_ns.max(connected_at.saturating_sub(connect_started));
     }
+    finish(&args, total, connect_ns as f64 / 1e9)
+}
+
+/// Runs the pairs across `--procs` child processes and adds up their figures.
+fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
+    // Every account exists before the children start (they share the file).
+    accounts::load_or_make(&args.addr.to_string(), &args.users_file, args.users)?;
+    let shares = super::procs::shares(args.users, args.procs, 2)?;
+    let mut offset = 0;
+    let mut arg_lists = Vec::with_capacity(shares.len());
+    for share in &shares {
+        let rate = (args.rate as f64 * *share as f64 / args.users as f64).round().max(1.0) as u64;
+        let mut list: Vec<String> =
+            ["loadgen", "dm", "--json", "--addr", &args.addr.to_string()].iter().map(|arg| arg.to_string()).collect();
+        for (flag, value) in [
+            ("--users", share.to_string()),
+            ("--rate", rate.to_string()),
+            ("--duration-s", args.duration_s.to_string()),
+            ("--text-bytes", args.text_bytes.to_string()),
+            ("--workers", args.workers.min(*share).to_string()),
+            ("--connect-concurrency", args.connect_concurrency.to_string()),
+            ("--drain-s", args.drain_s.to_string()),
+            ("--child-offset", offset.to_string()),
+            ("--users-file", args.users_file.display().to_string()),
+        ] {
+            list.push(flag.to_string());
+            list.push(value);
+        }
+        if let Some(ips) = &args.source_ips {
+            list.push("--source-ips".into());
+            list.push(ips.to_string());
+        }
+        arg_lists.push(list);
+        offset += share;
+    }
+    let mut total = Figures::new();
+    let mut connect_s: f64 = 0.0;
+    for report in super::procs::run_children(arg_lists)? {
+        total.merge(super::procs::figures_from(&report)?)?;
+        connect_s = connect_s.max(report["connect_s"].as_f64().unwrap_or(0.0));
+    }
+    finish(args, total, connect_s)
+}
+
+/// Reports the run (and keeps its latencies with `--out`).
+fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
     let report = Report {
         scenario: "dm",
         users: args.users,
         offered_rate: args.rate,
         duration_s: args.duration_s,
-        connect_s: connect_ns as f64 / 1e9,
+        connect_s,
         sent: total.sent,
         acked: total.acked,
         delivered: total.delivered,
@@ -167,15 +229,25 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
         ack_latency: Summary::of(&total.ack),
         errors: total.errors.clone(),
     };
+    if args.child_offset.is_some() {
+        // A child: its parent adds the histograms up.
+        let mut json = serde_json::to_value(&report)?;
+        json["histograms"] = super::procs::figures_json(&total)?;
+        println!("{json}");
+        return Ok(());
+    }
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        json["procs"] = args.procs.into();
+        println!("{json}");
     } else {
         println!(
-            "dm: {} users ({} pairs), offered {} msg/s for {} s, connected in {:.1} s",
+            "dm: {} users ({} pairs), offered {} msg/s for {} s, {} process(es), connected in {:.1} s",
             report.users,
             report.users / 2,
             report.offered_rate,
             report.duration_s,
+            args.procs,
             report.connect_s
         );
         println!(

@@ -10,6 +10,7 @@ mod fanout;
 mod idle;
 pub(crate) mod latency;
 mod nats;
+mod procs;
 mod progress;
 mod runtime;
 mod source;
