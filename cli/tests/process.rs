@@ -397,6 +397,14 @@ fn loadgen_fanout_delivers_each_message_to_every_member() {
     assert_eq!(report["delivered"].as_u64().unwrap(), sent * 5, "every member, the sender's device too");
     assert!(report["deliveries_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(report["errors"], serde_json::json!({}));
+
+    // The same plan over two processes: their groups and counts add up.
+    let args = ["fanout", "--groups", "4", "--members", "5", "--window", "4", "--duration-s", "1", "--procs", "2"];
+    let report = run_loadgen(&args, node.addr, &users_file);
+    let sent = report["sent"].as_u64().unwrap();
+    assert_eq!(report["procs"], 2);
+    assert_eq!(report["delivered"].as_u64().unwrap(), sent * 5, "{report}");
+    assert_eq!(report["delivery_latency"]["count"].as_u64().unwrap(), sent * 5);
 }
 
 /// Runs `chatgw admin` against `addr`; its exit code, stdout and stderr.

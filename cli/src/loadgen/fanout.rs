@@ -82,6 +82,13 @@ pub struct FanoutArgs {
     /// has only so many ephemeral ports.
     #[arg(long)]
     source_ips: Option<super::source::SourceIps>,
+    /// Processes to spread the groups over (one process's open-file limit
+    /// caps what it holds).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Internal: run as a child of `--procs` on the groups from this index.
+    #[arg(long, hide = true)]
+    child_group_offset: Option<usize>,
     /// Write the latencies here: `.hgrm` files, an interval log, and a plot
     /// (SVG and PNG).
     #[arg(long)]
@@ -148,11 +155,24 @@ const SETUP_ID: u64 = 1;
 /// Runs the scenario.
 pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     ensure!(args.groups >= 1 && args.members >= 2, "at least one group of two");
-    ensure!(args.groups * args.members <= 19_000, "one process holds at most 19,000 connections here");
+    ensure!(args.procs >= 1 && args.groups >= args.procs, "at least one group per process");
+    ensure!(
+        (args.groups.div_ceil(args.procs)) * args.members <= 19_000,
+        "one process holds at most 19,000 connections here: use --procs"
+    );
     ensure!(args.window >= 1 && args.workers >= 1 && args.duration_s >= 1, "window, workers, duration positive");
+    if args.procs > 1 {
+        return run_procs(&args);
+    }
+    let first_user = args.child_group_offset.unwrap_or(0) * args.members;
     let accounts = match args.target {
         Target::Chatgw => {
-            accounts::load_or_make(&args.addr.to_string(), &args.users_file, args.groups * args.members)?.0
+            let (accounts, _) = accounts::load_or_make(
+                &args.addr.to_string(),
+                &args.users_file,
+                first_user + args.groups * args.members,
+            )?;
+            accounts[first_user..].to_vec()
         }
         Target::Nats => Vec::new(),
     };
@@ -175,6 +195,58 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
         delivered_in_window += stats.delivered_in_window;
         total.merge(stats.figures)?;
     }
+    finish(&args, total, delivered_in_window as f64 / args.duration_s as f64)
+}
+
+/// Runs the groups across `--procs` child processes and adds up their
+/// figures (each child measures its own window; their rates add).
+fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
+    if args.target == Target::Chatgw {
+        accounts::load_or_make(&args.addr.to_string(), &args.users_file, args.groups * args.members)?;
+    }
+    let shares = super::procs::shares(args.groups, args.procs, 1)?;
+    let mut offset = 0;
+    let mut arg_lists = Vec::with_capacity(shares.len());
+    for share in &shares {
+        let target = match args.target {
+            Target::Chatgw => "chatgw",
+            Target::Nats => "nats",
+        };
+        let mut list: Vec<String> =
+            ["loadgen", "fanout", "--json", "--target", target].iter().map(|arg| arg.to_string()).collect();
+        for (flag, value) in [
+            ("--addr", args.addr.to_string()),
+            ("--groups", share.to_string()),
+            ("--members", args.members.to_string()),
+            ("--window", args.window.to_string()),
+            ("--duration-s", args.duration_s.to_string()),
+            ("--text-bytes", args.text_bytes.to_string()),
+            ("--workers", args.workers.to_string()),
+            ("--drain-s", args.drain_s.to_string()),
+            ("--child-group-offset", offset.to_string()),
+            ("--users-file", args.users_file.display().to_string()),
+        ] {
+            list.push(flag.to_string());
+            list.push(value);
+        }
+        if let Some(ips) = &args.source_ips {
+            list.push("--source-ips".into());
+            list.push(ips.to_string());
+        }
+        arg_lists.push(list);
+        offset += share;
+    }
+    let mut total = Figures::new();
+    let mut deliveries_per_s = 0.0;
+    for report in super::procs::run_children(arg_lists)? {
+        total.merge(super::procs::figures_from(&report)?)?;
+        deliveries_per_s += report["deliveries_per_s"].as_f64().unwrap_or(0.0);
+    }
+    finish(args, total, deliveries_per_s)
+}
+
+/// Reports the run (and keeps its latencies with `--out`).
+fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::Result<()> {
     let report = Report {
         scenario: "fanout",
         target: args.target,
@@ -185,18 +257,27 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
         sent: total.sent,
         acked: total.acked,
         delivered: total.delivered,
-        deliveries_per_s: delivered_in_window as f64 / args.duration_s as f64,
-        messages_per_s: delivered_in_window as f64 / args.duration_s as f64 / args.members as f64,
+        deliveries_per_s,
+        messages_per_s: deliveries_per_s / args.members as f64,
         delivery_latency: Summary::of(&total.delivery),
         ack_latency: Summary::of(&total.ack),
         errors: total.errors.clone(),
     };
+    if args.child_group_offset.is_some() {
+        // A child: its parent adds the histograms up.
+        let mut json = serde_json::to_value(&report)?;
+        json["histograms"] = super::procs::figures_json(&total)?;
+        println!("{json}");
+        return Ok(());
+    }
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        json["procs"] = args.procs.into();
+        println!("{json}");
     } else {
         println!(
-            "fanout against {:?}: {} groups of {}, window {}, {} s",
-            report.target, report.groups, report.members, report.window, report.duration_s
+            "fanout against {:?}: {} groups of {}, window {}, {} s, {} process(es)",
+            report.target, report.groups, report.members, report.window, report.duration_s, args.procs
         );
         println!(
             "{:.0} deliveries/s ({:.0} messages/s); sent {} acked {} delivered {}",
@@ -244,7 +325,8 @@ async fn open(
     shared.live.connections.fetch_add(1, Ordering::Relaxed);
     let (outbox, mut stream) = ws::with_outbox(ws, args.window * 2 + 16);
     if args.target == Target::Nats {
-        outbox.try_send(Message::text(nats::connect_and_subscribe(&subject(group)))).ok();
+        let subject = subject(args.child_group_offset.unwrap_or(0) + group);
+        outbox.try_send(Message::text(nats::connect_and_subscribe(&subject))).ok();
     }
     let (stats, shared, target, replies) = (stats.clone(), shared.clone(), args.target, outbox.clone());
     glommio::spawn_local(async move {
@@ -447,7 +529,10 @@ async fn worker_main(
         let channel = channels.get(&group).cloned().unwrap_or_default();
         let make = move |sent_at: u64| match args.target {
             Target::Chatgw => chatgw_send(&channel, sent_at, group, &pad),
-            Target::Nats => Message::text(nats::publish(&subject(group), &format!("fo {sent_at} {group} {pad}"))),
+            Target::Nats => {
+                let subject = subject(args.child_group_offset.unwrap_or(0) + group);
+                Message::text(nats::publish(&subject, &format!("fo {sent_at} {group} {pad}")))
+            }
         };
         async move {
             let mut in_flight = 0;
