@@ -380,6 +380,7 @@ fn loadgen_dm_spreads_pairs_over_processes_and_adds_them_up() {
     assert_eq!(report["procs"], 3);
     assert_eq!((report["sent"].as_u64(), report["delivered"].as_u64()), (Some(960), Some(960)), "{report}");
     assert_eq!(report["delivery_latency"]["count"], 960, "the children's histograms added up");
+    assert_eq!(report["connect_latency"]["count"], 24, "one connection time per user");
     let hgrm = std::fs::read_to_string(out.join("delivery.hgrm")).unwrap();
     assert!(hgrm.contains("Total count    =          960]"), "{hgrm}");
 }
@@ -515,7 +516,7 @@ fn loadgen_writes_histograms_and_plots_and_report_compares_them() {
     let args = ["dm", "--users", "200", "--rate", "1000", "--duration-s", "5", "--out", out.to_str().unwrap()];
     let report = run_loadgen(&args, node.addr, &users_file);
     assert_eq!(report["delivered"], 5000);
-    for file in ["delivery.hgrm", "ack.hgrm", "latency.hlog", "latency.svg", "latency.png"] {
+    for file in ["delivery.hgrm", "ack.hgrm", "connect.hgrm", "latency.hlog", "latency.svg", "latency.png"] {
         assert!(out.join(file).metadata().unwrap().len() > 100, "{file}");
     }
     let hgrm = std::fs::read_to_string(out.join("delivery.hgrm")).unwrap();

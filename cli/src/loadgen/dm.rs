@@ -130,6 +130,7 @@ struct Report {
     delivered_per_s: f64,
     delivery_latency: Summary,
     ack_latency: Summary,
+    connect_latency: Summary,
     errors: BTreeMap<String, u64>,
 }
 
@@ -227,6 +228,7 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         delivered_per_s: total.delivered as f64 / args.duration_s as f64,
         delivery_latency: Summary::of(&total.delivery),
         ack_latency: Summary::of(&total.ack),
+        connect_latency: Summary::of(&total.connect),
         errors: total.errors.clone(),
     };
     if args.child_offset.is_some() {
@@ -256,6 +258,7 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         );
         println!("delivery (due → partner): {}", report.delivery_latency.line());
         println!("ack      (due → reply):   {}", report.ack_latency.line());
+        println!("connect  (TCP → hello):   {}", report.connect_latency.line());
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
         }
@@ -278,6 +281,7 @@ async fn open(
     stats: &Rc<RefCell<Stats>>,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<Outbox> {
+    let connect_started = latency::now_ns();
     let (ws, hello) = ws::chatgw_session(
         args.addr,
         args.source_ips.as_ref().map(|ips| ips.for_connection(user)),
@@ -286,6 +290,7 @@ async fn open(
     )
     .await?;
     shared.live.connections.fetch_add(1, Ordering::Relaxed);
+    latency::record_since(&mut stats.borrow_mut().figures.connect, connect_started);
     stats.borrow_mut().heartbeat_every = ws::heartbeat_every(&hello);
     let (outbox, mut stream) = ws::with_outbox(ws, 1024);
     let (stats, shared) = (stats.clone(), shared.clone());

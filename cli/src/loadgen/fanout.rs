@@ -146,6 +146,7 @@ struct Report {
     messages_per_s: f64,
     delivery_latency: Summary,
     ack_latency: Summary,
+    connect_latency: Summary,
     errors: BTreeMap<String, u64>,
 }
 
@@ -261,6 +262,7 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::R
         messages_per_s: deliveries_per_s / args.members as f64,
         delivery_latency: Summary::of(&total.delivery),
         ack_latency: Summary::of(&total.ack),
+        connect_latency: Summary::of(&total.connect),
         errors: total.errors.clone(),
     };
     if args.child_group_offset.is_some() {
@@ -285,6 +287,7 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::R
         );
         println!("delivery (send → member): {}", report.delivery_latency.line());
         println!("ack      (send → ack):    {}", report.ack_latency.line());
+        println!("connect  (TCP → ready):   {}", report.connect_latency.line());
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
         }
@@ -313,6 +316,7 @@ async fn open(
 ) -> anyhow::Result<Outbox> {
     let group = user / args.members;
     let source = args.source_ips.as_ref().map(|ips| ips.for_connection(user));
+    let connect_started = latency::now_ns();
     let ws = match args.target {
         Target::Chatgw => {
             let (ws, hello) =
@@ -323,6 +327,7 @@ async fn open(
         Target::Nats => ws::connect(args.addr, source, "/", None).await?,
     };
     shared.live.connections.fetch_add(1, Ordering::Relaxed);
+    latency::record_since(&mut stats.borrow_mut().figures.connect, connect_started);
     let (outbox, mut stream) = ws::with_outbox(ws, args.window * 2 + 16);
     if args.target == Target::Nats {
         let subject = subject(args.child_group_offset.unwrap_or(0) + group);

@@ -33,6 +33,9 @@ pub struct Figures {
     pub delivery: Histogram<u64>,
     /// Send (or due time) to the sender's ack, µs.
     pub ack: Histogram<u64>,
+    /// Connection times: TCP connect to the server's first frame (chatgw's
+    /// `hello`) or to the end of the WebSocket handshake (NATS), µs.
+    pub connect: Histogram<u64>,
     /// Messages sent.
     pub sent: u64,
     /// Messages acknowledged.
@@ -46,7 +49,15 @@ pub struct Figures {
 impl Figures {
     /// Nothing counted yet.
     pub fn new() -> Self {
-        Figures { delivery: histogram(), ack: histogram(), sent: 0, acked: 0, delivered: 0, errors: BTreeMap::new() }
+        Figures {
+            delivery: histogram(),
+            ack: histogram(),
+            connect: histogram(),
+            sent: 0,
+            acked: 0,
+            delivered: 0,
+            errors: BTreeMap::new(),
+        }
     }
 
     /// Counts one error of `kind`.
@@ -58,6 +69,7 @@ impl Figures {
     pub fn merge(&mut self, other: Figures) -> anyhow::Result<()> {
         self.delivery.add(&other.delivery).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
         self.ack.add(&other.ack).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
+        self.connect.add(&other.connect).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
         self.sent += other.sent;
         self.acked += other.acked;
         self.delivered += other.delivered;
@@ -68,9 +80,10 @@ impl Figures {
     }
 }
 
-/// Writes a run's latencies into `dir`: `delivery.hgrm` and `ack.hgrm`
-/// (percentile distributions), `latency.hlog` (an interval log of both,
-/// tagged) and `latency.svg`/`latency.png` (both by percentile).
+/// Writes a run's latencies into `dir`: `delivery.hgrm`, `ack.hgrm` and
+/// `connect.hgrm` (percentile distributions), `latency.hlog` (an interval
+/// log of the three, tagged) and `latency.svg`/`latency.png` (delivery and
+/// ack by percentile).
 pub fn write_outputs(
     dir: &std::path::Path,
     title: &str,
@@ -80,11 +93,11 @@ pub fn write_outputs(
     use anyhow::Context;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut series = Vec::new();
-    for (name, histogram) in [("delivery", &figures.delivery), ("ack", &figures.ack)] {
+    for (name, histogram) in [("delivery", &figures.delivery), ("ack", &figures.ack), ("connect", &figures.connect)] {
         let text = crate::hgrm::percentile_distribution(histogram);
         let path = dir.join(format!("{name}.hgrm"));
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
-        if !histogram.is_empty() {
+        if name != "connect" && !histogram.is_empty() {
             series.push((name.to_string(), crate::hgrm::parse(&text)?));
         }
     }
@@ -93,7 +106,7 @@ pub fn write_outputs(
         &dir.join("latency.hlog"),
         started,
         measured,
-        &[("delivery", &figures.delivery), ("ack", &figures.ack)],
+        &[("delivery", &figures.delivery), ("ack", &figures.ack), ("connect", &figures.connect)],
     )?;
     if !series.is_empty() {
         crate::plot::latency_by_percentile(&dir.join("latency"), title, &series)?;

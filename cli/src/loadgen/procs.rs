@@ -33,6 +33,7 @@ pub fn figures_json(figures: &Figures) -> anyhow::Result<Value> {
     Ok(serde_json::json!({
         "delivery": encode_histogram(&figures.delivery)?,
         "ack": encode_histogram(&figures.ack)?,
+        "connect": encode_histogram(&figures.connect)?,
     }))
 }
 
@@ -42,6 +43,7 @@ pub fn figures_from(report: &Value) -> anyhow::Result<Figures> {
     let histograms = &report["histograms"];
     figures.delivery = decode_histogram(histograms["delivery"].as_str().context("no delivery histogram")?)?;
     figures.ack = decode_histogram(histograms["ack"].as_str().context("no ack histogram")?)?;
+    figures.connect = decode_histogram(histograms["connect"].as_str().context("no connect histogram")?)?;
     figures.sent = report["sent"].as_u64().context("no sent count")?;
     figures.acked = report["acked"].as_u64().context("no acked count")?;
     figures.delivered = report["delivered"].as_u64().context("no delivered count")?;
