@@ -408,6 +408,26 @@ fn loadgen_fanout_delivers_each_message_to_every_member() {
     assert_eq!(report["delivery_latency"]["count"].as_u64().unwrap(), sent * 5);
 }
 
+#[test]
+fn loadgen_mix_runs_idle_pairs_and_groups_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(&dir.path().join("data"));
+    let output = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .args(["loadgen", "mix", "--json", "--idle-connections", "30", "--dm-users", "20", "--dm-rate", "200"])
+        .args(["--groups", "2", "--members", "5", "--duration-s", "2", "--workers", "1", "--addr"])
+        .arg(node.addr.to_string())
+        .arg("--users-prefix")
+        .arg(dir.path().join("users"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["idle"]["connections"], 30, "{report}");
+    assert_eq!(report["dm"]["delivered"], 400, "{report}");
+    let sent = report["fanout"]["sent"].as_u64().unwrap();
+    assert!(sent > 0 && report["fanout"]["delivered"].as_u64().unwrap() == sent * 5, "{report}");
+}
+
 /// Runs `chatgw admin` against `addr`; its exit code, stdout and stderr.
 fn admin(addr: &str, token: &str, args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_chatgw"))

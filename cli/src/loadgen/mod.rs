@@ -1,14 +1,16 @@
 //! `chatgw loadgen`: load against a running gateway, like any client.
 //!
 //! Scenarios: `idle` (server memory per connection), `dm` (1:1 latency at a
-//! fixed offered rate, open loop) and `fanout` (group deliveries per second,
-//! closed loop; also against nats-server for comparison).
+//! fixed offered rate, open loop), `fanout` (group deliveries per second,
+//! closed loop; also against nats-server for comparison) and `mix` (the
+//! three at once).
 
 mod accounts;
 mod dm;
 mod fanout;
 mod idle;
 pub(crate) mod latency;
+mod mix;
 mod nats;
 mod procs;
 mod progress;
@@ -41,6 +43,9 @@ enum Scenario {
     /// Groups with one sender each keeping a window unacknowledged:
     /// deliveries per second (against chatgw or nats-server).
     Fanout(fanout::FanoutArgs),
+    /// Idle connections, 1:1 pairs and groups at once, each part in a
+    /// process of its own.
+    Mix(mix::MixArgs),
 }
 
 /// Runs a scenario.
@@ -49,5 +54,6 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         Scenario::Idle(args) => idle::run(args),
         Scenario::Dm(args) => dm::run(args),
         Scenario::Fanout(args) => fanout::run(args),
+        Scenario::Mix(args) => mix::run(args),
     }
 }

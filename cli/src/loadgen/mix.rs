@@ -1,0 +1,152 @@
+//! The `mix` scenario: idle connections, 1:1 pairs at a fixed rate and
+//! groups fanning out, all at once against one gateway, as a production
+//! node sees them. Each part runs as a child process with accounts of its
+//! own (a users file each), and the report holds the three parts' reports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::ensure;
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::procs;
+use super::runtime;
+
+/// `chatgw loadgen mix`.
+#[derive(Debug, Clone, Args)]
+pub struct MixArgs {
+    /// The gateway's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Idle connections held through the run.
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
+    /// Users in 1:1 pairs.
+    #[arg(long, default_value_t = 1000)]
+    dm_users: usize,
+    /// Messages per second offered by the pairs (open loop).
+    #[arg(long, default_value_t = 1000)]
+    dm_rate: u64,
+    /// Groups, one sender each (closed loop).
+    #[arg(long, default_value_t = 2)]
+    groups: usize,
+    /// Members per group.
+    #[arg(long, default_value_t = 50)]
+    members: usize,
+    /// Messages each group's sender keeps unacknowledged.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Accounts are kept in `<this>.idle.json`, `.dm.json` and `.fanout.json`.
+    #[arg(long, default_value = "loadgen-users")]
+    users_prefix: PathBuf,
+    /// Worker threads of each part.
+    #[arg(long, default_value_t = runtime::default_workers())]
+    workers: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn users_file(args: &MixArgs, part: &str) -> String {
+    format!("{}.{part}.json", args.users_prefix.display())
+}
+
+/// Runs the scenario.
+pub fn run(args: MixArgs) -> anyhow::Result<()> {
+    ensure!(args.dm_users >= 2 && args.groups >= 1 && args.members >= 2, "at least a pair and a group of two");
+    let addr = args.addr.to_string();
+    let (duration, workers) = (args.duration_s.to_string(), args.workers.to_string());
+    let strings = |list: &[&str]| list.iter().map(|arg| arg.to_string()).collect::<Vec<_>>();
+    let mut parts = vec![
+        strings(&[
+            "loadgen",
+            "dm",
+            "--json",
+            "--addr",
+            &addr,
+            "--users",
+            &args.dm_users.to_string(),
+            "--rate",
+            &args.dm_rate.to_string(),
+            "--duration-s",
+            &duration,
+            "--workers",
+            &workers,
+            "--users-file",
+            &users_file(&args, "dm"),
+        ]),
+        strings(&[
+            "loadgen",
+            "fanout",
+            "--json",
+            "--addr",
+            &addr,
+            "--groups",
+            &args.groups.to_string(),
+            "--members",
+            &args.members.to_string(),
+            "--window",
+            &args.window.to_string(),
+            "--duration-s",
+            &duration,
+            "--workers",
+            &workers,
+            "--users-file",
+            &users_file(&args, "fanout"),
+        ]),
+    ];
+    if args.idle_connections > 0 {
+        let users = args.idle_connections.div_ceil(10).to_string();
+        parts.insert(
+            0,
+            strings(&[
+                "loadgen",
+                "idle",
+                "--json",
+                "--addr",
+                &addr,
+                "--connections",
+                &args.idle_connections.to_string(),
+                "--users",
+                &users,
+                "--hold-s",
+                &duration,
+                "--users-file",
+                &users_file(&args, "idle"),
+            ]),
+        );
+    }
+    let reports = procs::run_children(parts)?;
+    let find =
+        |scenario: &str| reports.iter().find(|report| report["scenario"] == scenario).cloned().unwrap_or(Value::Null);
+    let (idle, dm, fanout) = (find("idle"), find("dm"), find("fanout"));
+    if args.json {
+        println!("{}", json!({ "scenario": "mix", "idle": idle, "dm": dm, "fanout": fanout }));
+    } else {
+        println!("mix against {addr}, {} s:", args.duration_s);
+        if !idle.is_null() {
+            println!("  idle: {} connections held", idle["connections"]);
+        }
+        println!(
+            "  dm: {} users at {} msg/s offered: delivered {}, p50 {} ms, p99 {} ms",
+            dm["users"],
+            dm["offered_rate"],
+            dm["delivered"],
+            dm["delivery_latency"]["p50_ms"],
+            dm["delivery_latency"]["p99_ms"]
+        );
+        println!(
+            "  fanout: {} groups of {}: {:.0} deliveries/s, p50 {} ms, p99 {} ms",
+            fanout["groups"],
+            fanout["members"],
+            fanout["deliveries_per_s"].as_f64().unwrap_or(0.0),
+            fanout["delivery_latency"]["p50_ms"],
+            fanout["delivery_latency"]["p99_ms"]
+        );
+    }
+    Ok(())
+}
