@@ -45,8 +45,13 @@ pub fn load_or_make(addr: &str, file: &Path, count: usize) -> anyhow::Result<(Ve
 
 fn signup_many(addr: &str, count: usize) -> anyhow::Result<Vec<Account>> {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    // Names unique across runs against the same server.
-    let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    // Names unique across runs against the same server, and across load
+    // generator processes started in the same millisecond.
+    let run = format!(
+        "{:x}{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis(),
+        std::process::id()
+    );
     let next = AtomicUsize::new(0);
     let made = Mutex::new(Vec::with_capacity(count));
     std::thread::scope(|scope| -> anyhow::Result<()> {
