@@ -369,6 +369,21 @@ fn loadgen_spreads_connections_over_source_addresses() {
 }
 
 #[test]
+fn loadgen_dm_closed_loop_keeps_a_window_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(&dir.path().join("data"));
+    let users_file = dir.path().join("users.json");
+    let args = ["dm", "--users", "20", "--in-flight", "4", "--duration-s", "1"];
+    let report = run_loadgen(&args, node.addr, &users_file);
+    assert_eq!(report["mode"], "closed");
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent > 8, "more than one window went out: {report}");
+    assert_eq!(report["acked"].as_u64(), Some(sent));
+    assert_eq!(report["delivered"].as_u64(), Some(sent));
+    assert_eq!(report["lost"], 0);
+}
+
+#[test]
 fn loadgen_dm_spreads_pairs_over_processes_and_adds_them_up() {
     let dir = tempfile::tempdir().unwrap();
     let node = serve(&dir.path().join("data"));

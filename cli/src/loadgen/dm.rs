@@ -39,9 +39,14 @@ pub struct DmArgs {
     /// Connected users, one connection each, in pairs.
     #[arg(long, default_value_t = 10_000)]
     users: usize,
-    /// Offered messages per second, all pairs together.
+    /// Offered messages per second, all pairs together (open loop).
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
+    /// Closed loop instead: each worker keeps this many messages
+    /// unacknowledged and sends the next on each ack; latency counts from
+    /// the send, and the report gives the rate reached (`--rate` is unused).
+    #[arg(long)]
+    in_flight: Option<u64>,
     /// Seconds of measured load.
     #[arg(long, default_value_t = 30)]
     duration_s: u64,
@@ -104,6 +109,12 @@ struct Stats {
     heartbeat_every: Duration,
 }
 
+thread_local! {
+    /// Closed loop: a unit per message this worker may send; each ack
+    /// returns one (a worker is one thread).
+    static WINDOW: Rc<glommio::sync::Semaphore> = Rc::new(glommio::sync::Semaphore::new(0));
+}
+
 impl Stats {
     fn new() -> Self {
         Stats {
@@ -119,6 +130,8 @@ impl Stats {
 #[derive(Debug, Serialize)]
 struct Report {
     scenario: &'static str,
+    /// `open` (a fixed offered rate) or `closed` (a fixed number in flight).
+    mode: &'static str,
     users: usize,
     offered_rate: u64,
     duration_s: u64,
@@ -201,6 +214,10 @@ fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
             list.push("--source-ips".into());
             list.push(ips.to_string());
         }
+        if let Some(in_flight) = args.in_flight {
+            list.push("--in-flight".into());
+            list.push(in_flight.to_string());
+        }
         arg_lists.push(list);
         offset += share;
     }
@@ -217,6 +234,7 @@ fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
 fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
     let report = Report {
         scenario: "dm",
+        mode: if args.in_flight.is_some() { "closed" } else { "open" },
         users: args.users,
         offered_rate: args.rate,
         duration_s: args.duration_s,
@@ -340,6 +358,7 @@ fn on_text(stats: &mut Stats, shared: &Shared, user: usize, text: &str) {
         Ok(Inbound::Reply(due)) => {
             latency::record_since(&mut stats.figures.ack, due);
             stats.figures.acked += 1;
+            WINDOW.with(|window| window.signal(1));
             shared.acked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Inbound::Error(_, code)) => stats.figures.error(&code),
@@ -406,10 +425,33 @@ async fn worker_main(
     // One start time for all: the first worker here sets it.
     let start = runtime::agreed_start(&shared.start_ns);
     let end = start + args.duration_s * 1_000_000_000;
+    if let Some(in_flight) = args.in_flight {
+        let window = WINDOW.with(Rc::clone);
+        window.signal(in_flight);
+        let mut slot = 0;
+        while latency::now_ns() < end {
+            let left = Duration::from_nanos(end.saturating_sub(latency::now_ns()));
+            // The next unit comes with an ack; give up waiting at the end.
+            if !matches!(runtime::within(left, window.acquire(1)).await, Some(Ok(()))) {
+                break;
+            }
+            let user = mine[slot];
+            let partner = &accounts[user ^ 1].username;
+            // The message is "due" now: latency counts from the send.
+            match outboxes[slot].try_send(command(latency::now_ns(), user, partner, &pad)) {
+                Ok(()) => {
+                    stats.borrow_mut().figures.sent += 1;
+                    shared.live.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => stats.borrow_mut().figures.error("client_backlog"),
+            }
+            slot = (slot + 1) % mine.len();
+        }
+    }
     let interval = (1e9 * args.workers as f64 / args.rate as f64) as u64;
     let mut next = start + worker as u64 * interval / args.workers as u64;
     let mut slot = 0;
-    while next < end {
+    while args.in_flight.is_none() && next < end {
         let now = latency::now_ns();
         if next > now {
             // Sleep until the next one is due (no spinning: the cores are
