@@ -373,9 +373,10 @@ fn loadgen_dm_closed_loop_keeps_a_window_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let node = serve(&dir.path().join("data"));
     let users_file = dir.path().join("users.json");
-    let args = ["dm", "--users", "20", "--in-flight", "4", "--duration-s", "1"];
+    let args = ["dm", "--users", "20", "--in-flight", "4", "--duration-s", "1", "--ramp-per-s", "40"];
     let report = run_loadgen(&args, node.addr, &users_file);
     assert_eq!(report["mode"], "closed");
+    assert!(report["connect_s"].as_f64().unwrap() >= 0.3, "20 connections at 40 a second: {report}");
     let sent = report["sent"].as_u64().unwrap();
     assert!(sent > 8, "more than one window went out: {report}");
     assert_eq!(report["acked"].as_u64(), Some(sent));

@@ -62,6 +62,10 @@ pub struct DmArgs {
     /// Connections being opened at once, per worker.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// Open at most this many connections a second, all workers together
+    /// [default: as fast as they open].
+    #[arg(long)]
+    ramp_per_s: Option<f64>,
     /// Seconds to wait for the last deliveries after the schedule ends.
     #[arg(long, default_value_t = 10)]
     drain_s: u64,
@@ -217,6 +221,10 @@ fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
         if let Some(in_flight) = args.in_flight {
             list.push("--in-flight".into());
             list.push(in_flight.to_string());
+        }
+        if let Some(per_s) = args.ramp_per_s {
+            list.push("--ramp-per-s".into());
+            list.push((per_s * *share as f64 / args.users as f64).to_string());
         }
         arg_lists.push(list);
         offset += share;
@@ -382,7 +390,24 @@ async fn worker_main(
     let stats = Rc::new(RefCell::new(Stats::new()));
     let mine: Vec<usize> = (worker..args.users).step_by(args.workers).collect();
     let mut outboxes = Vec::with_capacity(mine.len());
-    for chunk in mine.chunks(args.connect_concurrency.max(1)) {
+    let ramp_started = latency::now_ns();
+    // With a ramp, open 10 ms worth of connections at a time.
+    let chunk_size = match args.ramp_per_s {
+        Some(per_s) => {
+            ((per_s / args.workers as f64) / 100.0).ceil().clamp(1.0, args.connect_concurrency.max(1) as f64) as usize
+        }
+        None => args.connect_concurrency.max(1),
+    };
+    for chunk in mine.chunks(chunk_size) {
+        if let Some(per_s) = args.ramp_per_s {
+            // This worker's share of the ramp: its next connection is due
+            // once as many as it opened fit the rate.
+            let due = ramp_started + (outboxes.len() as f64 * args.workers as f64 / per_s * 1e9) as u64;
+            let now = latency::now_ns();
+            if due > now {
+                glommio::timer::sleep(Duration::from_nanos(due - now)).await;
+            }
+        }
         let opened =
             futures_util::future::join_all(chunk.iter().map(|&user| open(args, &accounts[user], user, &stats, shared)))
                 .await;

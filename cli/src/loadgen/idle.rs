@@ -46,6 +46,10 @@ pub struct IdleArgs {
     /// index and holding them until stdin closes.
     #[arg(long, hide = true)]
     child_from: Option<usize>,
+    /// Open at most this many connections a second (per process with
+    /// `--procs`) [default: as fast as they open].
+    #[arg(long)]
+    ramp_per_s: Option<f64>,
     /// Seconds to hold the connections open after the last hello.
     #[arg(long, default_value_t = 3)]
     hold_s: u64,
@@ -83,8 +87,13 @@ fn open(args: &IdleArgs, accounts: &[accounts::Account], first: usize, count: us
     // A small read buffer on our side: this measures the server, not us.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let mut sockets = Vec::with_capacity(count);
+    let started = Instant::now();
     for n in first..first + count {
         ensure!(Instant::now() < deadline, "timed out after {} connections", n - first);
+        if let Some(per_s) = args.ramp_per_s {
+            let due = started + Duration::from_secs_f64((n - first) as f64 / per_s);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let account = &accounts[n % accounts.len()];
         let mut request = format!("ws://{}/v1/ws?device=lg{n}", args.addr).into_client_request()?;
         request.headers_mut().insert("Authorization", format!("Bearer {}", account.token).parse()?);
@@ -137,6 +146,9 @@ fn open_in_children(args: &IdleArgs) -> anyhow::Result<(Vec<std::process::Child>
             .args(["--timeout-s", &args.timeout_s.to_string(), "--child-from", &first.to_string()]);
         if let Some(ips) = &args.source_ips {
             command.args(["--source-ips", &ips.to_string()]);
+        }
+        if let Some(per_s) = args.ramp_per_s {
+            command.args(["--ramp-per-s", &per_s.to_string()]);
         }
         let child = command
             .stdin(std::process::Stdio::piped())
