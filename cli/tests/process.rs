@@ -416,7 +416,21 @@ fn loadgen_fanout_delivers_each_message_to_every_member() {
     assert_eq!(report["errors"], serde_json::json!({}));
 
     // The same plan over two processes: their groups and counts add up.
-    let args = ["fanout", "--groups", "4", "--members", "5", "--window", "4", "--duration-s", "1", "--procs", "2"];
+    let args = [
+        "fanout",
+        "--groups",
+        "4",
+        "--members",
+        "5",
+        "--window",
+        "4",
+        "--duration-s",
+        "1",
+        "--procs",
+        "2",
+        "--ramp-per-s",
+        "200",
+    ];
     let report = run_loadgen(&args, node.addr, &users_file);
     let sent = report["sent"].as_u64().unwrap();
     assert_eq!(report["procs"], 2);

@@ -82,6 +82,10 @@ pub struct FanoutArgs {
     /// has only so many ephemeral ports.
     #[arg(long)]
     source_ips: Option<super::source::SourceIps>,
+    /// Open at most this many connections a second, all workers together
+    /// [default: as fast as they open].
+    #[arg(long)]
+    ramp_per_s: Option<f64>,
     /// Processes to spread the groups over (one process's open-file limit
     /// caps what it holds).
     #[arg(long, default_value_t = 1)]
@@ -233,6 +237,10 @@ fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
         if let Some(ips) = &args.source_ips {
             list.push("--source-ips".into());
             list.push(ips.to_string());
+        }
+        if let Some(per_s) = args.ramp_per_s {
+            list.push("--ramp-per-s".into());
+            list.push((per_s * *share as f64 / args.groups as f64).to_string());
         }
         arg_lists.push(list);
         offset += share;
@@ -464,7 +472,22 @@ async fn worker_main(
     let mine: Vec<usize> = (worker..users).step_by(args.workers).collect();
     let mut outboxes = BTreeMap::new();
     let mut senders = Vec::new();
-    for chunk in mine.chunks(64) {
+    let ramp_started = latency::now_ns();
+    // With a ramp, open 10 ms worth of connections at a time.
+    let chunk_size = match args.ramp_per_s {
+        Some(per_s) => ((per_s / args.workers as f64) / 100.0).ceil().clamp(1.0, 64.0) as usize,
+        None => 64,
+    };
+    let mut opened_here = 0usize;
+    for chunk in mine.chunks(chunk_size) {
+        if let Some(per_s) = args.ramp_per_s {
+            let due = ramp_started + (opened_here as f64 * args.workers as f64 / per_s * 1e9) as u64;
+            let now = latency::now_ns();
+            if due > now {
+                glommio::timer::sleep(Duration::from_nanos(due - now)).await;
+            }
+        }
+        opened_here += chunk.len();
         let opened = futures_util::future::join_all(chunk.iter().map(|&user| {
             let acks = (user % args.members == 0).then(|| local_channel::new_bounded::<()>(args.window + 1));
             let (ack_tx, ack_rx) = match acks {
