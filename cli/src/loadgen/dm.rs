@@ -198,34 +198,25 @@ fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
     let mut arg_lists = Vec::with_capacity(shares.len());
     for share in &shares {
         let rate = (args.rate as f64 * *share as f64 / args.users as f64).round().max(1.0) as u64;
-        let mut list: Vec<String> =
-            ["loadgen", "dm", "--json", "--addr", &args.addr.to_string()].iter().map(|arg| arg.to_string()).collect();
-        for (flag, value) in [
-            ("--users", share.to_string()),
-            ("--rate", rate.to_string()),
-            ("--duration-s", args.duration_s.to_string()),
-            ("--text-bytes", args.text_bytes.to_string()),
-            ("--workers", args.workers.min(*share).to_string()),
-            ("--connect-concurrency", args.connect_concurrency.to_string()),
-            ("--drain-s", args.drain_s.to_string()),
-            ("--child-offset", offset.to_string()),
-            ("--users-file", args.users_file.display().to_string()),
-        ] {
-            list.push(flag.to_string());
-            list.push(value);
-        }
-        if let Some(ips) = &args.source_ips {
-            list.push("--source-ips".into());
-            list.push(ips.to_string());
-        }
-        if let Some(in_flight) = args.in_flight {
-            list.push("--in-flight".into());
-            list.push(in_flight.to_string());
-        }
-        if let Some(per_s) = args.ramp_per_s {
-            list.push("--ramp-per-s".into());
-            list.push((per_s * *share as f64 / args.users as f64).to_string());
-        }
+        let ramp = args.ramp_per_s.map(|per_s| (per_s * *share as f64 / args.users as f64).to_string());
+        let list = super::procs::child_args(
+            "dm",
+            vec![
+                ("--addr", Some(args.addr.to_string())),
+                ("--users", Some(share.to_string())),
+                ("--rate", Some(rate.to_string())),
+                ("--duration-s", Some(args.duration_s.to_string())),
+                ("--text-bytes", Some(args.text_bytes.to_string())),
+                ("--workers", Some(args.workers.min(*share).to_string())),
+                ("--connect-concurrency", Some(args.connect_concurrency.to_string())),
+                ("--drain-s", Some(args.drain_s.to_string())),
+                ("--child-offset", Some(offset.to_string())),
+                ("--users-file", Some(args.users_file.display().to_string())),
+                ("--source-ips", args.source_ips.as_ref().map(ToString::to_string)),
+                ("--in-flight", args.in_flight.map(|in_flight| in_flight.to_string())),
+                ("--ramp-per-s", ramp),
+            ],
+        );
         arg_lists.push(list);
         offset += share;
     }
@@ -258,16 +249,10 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         errors: total.errors.clone(),
     };
     if args.child_offset.is_some() {
-        // A child: its parent adds the histograms up.
-        let mut json = serde_json::to_value(&report)?;
-        json["histograms"] = super::procs::figures_json(&total)?;
-        println!("{json}");
-        return Ok(());
+        return super::procs::print_json(&report, &total, true, args.procs);
     }
     if args.json {
-        let mut json = serde_json::to_value(&report)?;
-        json["procs"] = args.procs.into();
-        println!("{json}");
+        super::procs::print_json(&report, &total, false, args.procs)?;
     } else {
         println!(
             "dm: {} users ({} pairs), offered {} msg/s for {} s, {} process(es), connected in {:.1} s",
@@ -289,13 +274,8 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
             println!("errors: {:?}", report.errors);
         }
     }
-    if let Some(dir) = &args.out {
-        let title = format!("chatgw dm: {} users, {} msg/s offered", args.users, args.rate);
-        latency::write_outputs(dir, &title, &total, std::time::Duration::from_secs(args.duration_s))?;
-        if !args.json {
-            println!("latencies written to {}", dir.display());
-        }
-    }
+    let title = format!("chatgw dm: {} users, {} msg/s offered", args.users, args.rate);
+    latency::keep(args.out.as_deref(), &title, &total, args.duration_s, args.json)?;
     ensure!(report.lost == 0 && report.errors.is_empty(), "messages were lost or failed");
     Ok(())
 }

@@ -217,31 +217,25 @@ fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
             Target::Chatgw => "chatgw",
             Target::Nats => "nats",
         };
-        let mut list: Vec<String> =
-            ["loadgen", "fanout", "--json", "--target", target].iter().map(|arg| arg.to_string()).collect();
-        for (flag, value) in [
-            ("--addr", args.addr.to_string()),
-            ("--groups", share.to_string()),
-            ("--members", args.members.to_string()),
-            ("--window", args.window.to_string()),
-            ("--duration-s", args.duration_s.to_string()),
-            ("--text-bytes", args.text_bytes.to_string()),
-            ("--workers", args.workers.to_string()),
-            ("--drain-s", args.drain_s.to_string()),
-            ("--child-group-offset", offset.to_string()),
-            ("--users-file", args.users_file.display().to_string()),
-        ] {
-            list.push(flag.to_string());
-            list.push(value);
-        }
-        if let Some(ips) = &args.source_ips {
-            list.push("--source-ips".into());
-            list.push(ips.to_string());
-        }
-        if let Some(per_s) = args.ramp_per_s {
-            list.push("--ramp-per-s".into());
-            list.push((per_s * *share as f64 / args.groups as f64).to_string());
-        }
+        let ramp = args.ramp_per_s.map(|per_s| (per_s * *share as f64 / args.groups as f64).to_string());
+        let list = super::procs::child_args(
+            "fanout",
+            vec![
+                ("--target", Some(target.to_string())),
+                ("--addr", Some(args.addr.to_string())),
+                ("--groups", Some(share.to_string())),
+                ("--members", Some(args.members.to_string())),
+                ("--window", Some(args.window.to_string())),
+                ("--duration-s", Some(args.duration_s.to_string())),
+                ("--text-bytes", Some(args.text_bytes.to_string())),
+                ("--workers", Some(args.workers.to_string())),
+                ("--drain-s", Some(args.drain_s.to_string())),
+                ("--child-group-offset", Some(offset.to_string())),
+                ("--users-file", Some(args.users_file.display().to_string())),
+                ("--source-ips", args.source_ips.as_ref().map(ToString::to_string)),
+                ("--ramp-per-s", ramp),
+            ],
+        );
         arg_lists.push(list);
         offset += share;
     }
@@ -274,16 +268,10 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::R
         errors: total.errors.clone(),
     };
     if args.child_group_offset.is_some() {
-        // A child: its parent adds the histograms up.
-        let mut json = serde_json::to_value(&report)?;
-        json["histograms"] = super::procs::figures_json(&total)?;
-        println!("{json}");
-        return Ok(());
+        return super::procs::print_json(&report, &total, true, args.procs);
     }
     if args.json {
-        let mut json = serde_json::to_value(&report)?;
-        json["procs"] = args.procs.into();
-        println!("{json}");
+        super::procs::print_json(&report, &total, false, args.procs)?;
     } else {
         println!(
             "fanout against {:?}: {} groups of {}, window {}, {} s, {} process(es)",
@@ -300,14 +288,9 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::R
             println!("errors: {:?}", report.errors);
         }
     }
-    if let Some(dir) = &args.out {
-        let title =
-            format!("{:?} fan-out: {} groups of {}, window {}", args.target, args.groups, args.members, args.window);
-        latency::write_outputs(dir, &title, &total, std::time::Duration::from_secs(args.duration_s))?;
-        if !args.json {
-            println!("latencies written to {}", dir.display());
-        }
-    }
+    let title =
+        format!("{:?} fan-out: {} groups of {}, window {}", args.target, args.groups, args.members, args.window);
+    latency::keep(args.out.as_deref(), &title, &total, args.duration_s, args.json)?;
     ensure!(report.errors.is_empty(), "errors during the run");
     ensure!(report.delivered == report.sent * args.members as u64, "deliveries missing");
     Ok(())

@@ -114,6 +114,24 @@ pub fn write_outputs(
     Ok(())
 }
 
+/// With `--out DIR`: writes the run's latencies there (`write_outputs`) and
+/// says so, unless the report is JSON.
+pub fn keep(
+    out: Option<&std::path::Path>,
+    title: &str,
+    figures: &Figures,
+    duration_s: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    if let Some(dir) = out {
+        write_outputs(dir, title, figures, std::time::Duration::from_secs(duration_s))?;
+        if !json {
+            println!("latencies written to {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
 /// Percentiles of a histogram, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {

@@ -53,6 +53,32 @@ pub fn figures_from(report: &Value) -> anyhow::Result<Figures> {
     Ok(figures)
 }
 
+/// A child's command line: `loadgen <scenario> --json`, then each flag
+/// that has a value.
+pub fn child_args(scenario: &str, flags: Vec<(&str, Option<String>)>) -> Vec<String> {
+    let mut args: Vec<String> = ["loadgen", scenario, "--json"].iter().map(|arg| arg.to_string()).collect();
+    for (flag, value) in flags {
+        if let Some(value) = value {
+            args.push(flag.to_string());
+            args.push(value);
+        }
+    }
+    args
+}
+
+/// Prints a report as JSON: a child's with its histograms (its parent adds
+/// them up), a parent's with how many processes ran it.
+pub fn print_json(report: &impl serde::Serialize, figures: &Figures, child: bool, procs: usize) -> anyhow::Result<()> {
+    let mut json = serde_json::to_value(report)?;
+    if child {
+        json["histograms"] = figures_json(figures)?;
+    } else {
+        json["procs"] = procs.into();
+    }
+    println!("{json}");
+    Ok(())
+}
+
 /// Runs this binary once per argument list, all at once, and returns each
 /// one's JSON report (its last stdout line).
 pub fn run_children(arg_lists: Vec<Vec<String>>) -> anyhow::Result<Vec<Value>> {
@@ -109,6 +135,12 @@ mod tests {
         assert_eq!(back.len(), 4);
         assert_eq!(back.max(), histogram.max());
         assert!(decode_histogram("not base64!").is_err());
+    }
+
+    #[test]
+    fn child_arguments_leave_out_unset_flags() {
+        let args = child_args("dm", vec![("--users", Some("4".into())), ("--in-flight", None)]);
+        assert_eq!(args, ["loadgen", "dm", "--json", "--users", "4"]);
     }
 
     #[test]
