@@ -27,12 +27,17 @@ pub fn bearer(request: &Request<Incoming>) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The user a request's token names: valid signature, not expired, and an
-/// account that exists and is not disabled.
-pub fn authenticate(core: &Core, request: &Request<Incoming>) -> Result<AuthedUser, ApiError> {
+/// The user a token names: valid signature, not expired, and an account
+/// that exists and is not disabled.
+pub fn user_of_token(core: &Core, token: Option<&str>) -> Result<AuthedUser, ApiError> {
     let unauthorized = || ApiError::new(ErrorCode::Unauthorized, "a valid token is required");
-    let user = bearer(request).and_then(|token| core.tokens.verify(token)).ok_or_else(unauthorized)?;
+    let user = token.and_then(|token| core.tokens.verify(token)).ok_or_else(unauthorized)?;
     if accounts::may_connect(core, user.user_id)? { Ok(user) } else { Err(unauthorized()) }
+}
+
+/// The user a request's bearer token names (see `user_of_token`).
+pub fn authenticate(core: &Core, request: &Request<Incoming>) -> Result<AuthedUser, ApiError> {
+    user_of_token(core, bearer(request))
 }
 
 /// `GET /v1/users/{username}`.

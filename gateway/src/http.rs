@@ -287,12 +287,9 @@ fn websocket_upgrade(
     request: Request<Incoming>,
     upgrade: &Upgrade,
 ) -> Result<Response<Body>, ApiError> {
-    let unauthorized = || ApiError::new(ErrorCode::Unauthorized, "a valid token is required");
+    // Browsers cannot set headers on a WebSocket: `?token=` as well.
     let token = api::bearer(&request).map(str::to_string).or_else(|| query_param(&request, "token"));
-    let user = token.as_deref().and_then(|token| core.tokens.verify(token)).ok_or_else(unauthorized)?;
-    if !accounts::may_connect(core, user.user_id)? {
-        return Err(unauthorized());
-    }
+    let user = api::user_of_token(core, token.as_deref())?;
     let device = match query_param(&request, "device") {
         Some(device) if accounts::valid_device(&device) => device,
         Some(_) => return Err(ApiError::bad_request("device must be 1 to 64 of A-Z a-z 0-9 _ -")),

@@ -236,59 +236,65 @@ pub async fn disconnected(core: &Rc<Core>, user: UserId, last_active_ms: u64) {
     }
 }
 
+/// What a core asks of the owners of some users.
+#[derive(Debug, Clone, Copy)]
+enum Asking {
+    /// Watch (or stop watching) them for this core.
+    Watch(bool),
+    /// Their presence only.
+    Query,
+}
+
+impl Asking {
+    fn control(self, users: Vec<UserId>) -> Control {
+        match self {
+            Asking::Watch(watch) => Control::PresenceWatch { users, watch },
+            Asking::Query => Control::PresenceQuery(users),
+        }
+    }
+
+    /// The answer when this core owns them (a local call, not a message).
+    fn answer_here(self, core: &Core, users: &[UserId]) -> Vec<Status> {
+        match self {
+            Asking::Watch(watch) => on_watch(core, core.shard, users, watch),
+            Asking::Query => query_owned(core, users),
+        }
+    }
+}
+
 /// Asks each owner of `users` to watch (or stop watching) for this core;
 /// answers every user's presence, in the order given.
 pub async fn watch(core: &Rc<Core>, users: &[UserId], watch: bool) -> Result<Vec<Status>, crate::error::ApiError> {
-    by_owner(core, users, |owner, users| {
-        if owner == core.shard {
-            Box::pin(std::future::ready(Ok(on_watch(core, core.shard, &users, watch))))
-        } else {
-            Box::pin(async move {
-                match core.router.ask(owner, Control::PresenceWatch { users, watch }).await? {
-                    Response::Presence(statuses) => Ok(statuses),
-                    other => Err(crate::error::ApiError::internal(format!("presence answered {other:?}"))),
-                }
-            })
-        }
-    })
-    .await
+    ask_owners(core, users, Asking::Watch(watch)).await
 }
 
 /// The presence of `users`, asked of their owners, in the order given.
 pub async fn query(core: &Rc<Core>, users: &[UserId]) -> Result<Vec<Status>, crate::error::ApiError> {
-    by_owner(core, users, |owner, users| {
-        if owner == core.shard {
-            Box::pin(std::future::ready(Ok(query_owned(core, &users))))
-        } else {
-            Box::pin(async move {
-                match core.router.ask(owner, Control::PresenceQuery(users)).await? {
-                    Response::Presence(statuses) => Ok(statuses),
-                    other => Err(crate::error::ApiError::internal(format!("presence answered {other:?}"))),
-                }
-            })
-        }
-    })
-    .await
+    ask_owners(core, users, Asking::Query).await
 }
 
-type Asked<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Status>, crate::error::ApiError>> + 'a>>;
-
-/// Groups users by owner, asks each owner once (all at the same time), and
-/// puts the answers back in the order given.
-async fn by_owner<'a>(
-    core: &'a Rc<Core>,
-    users: &[UserId],
-    ask: impl Fn(ShardId, Vec<UserId>) -> Asked<'a>,
-) -> Result<Vec<Status>, crate::error::ApiError> {
+/// Groups users by owner, asks each other owner once (all at the same
+/// time), and puts the answers back in the order given.
+async fn ask_owners(core: &Rc<Core>, users: &[UserId], asking: Asking) -> Result<Vec<Status>, crate::error::ApiError> {
     let mut groups: HashMap<ShardId, Vec<UserId>> = HashMap::new();
     for user in users {
         groups.entry(core.owner(user.0)).or_default().push(*user);
     }
-    let asks: Vec<Asked<'a>> = groups.into_iter().map(|(owner, users)| ask(owner, users)).collect();
     let mut found: HashMap<UserId, Status> = HashMap::new();
-    for asked in asks {
-        for status in asked.await? {
-            found.insert(status.user_id, status);
+    let mut waits = Vec::new();
+    for (owner, users) in groups {
+        if owner == core.shard {
+            found.extend(asking.answer_here(core, &users).into_iter().map(|status| (status.user_id, status)));
+        } else {
+            waits.push(core.router.ask(owner, asking.control(users)));
+        }
+    }
+    for wait in waits {
+        match wait.await? {
+            Response::Presence(statuses) => {
+                found.extend(statuses.into_iter().map(|status| (status.user_id, status)));
+            }
+            other => return Err(crate::error::ApiError::internal(format!("presence answered {other:?}"))),
         }
     }
     Ok(users
