@@ -37,7 +37,8 @@ struct Buckets(LatencySnapshot);
 
 impl EncodeMetric for Buckets {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_histogram::<NoLabelSet>(self.0.sum_s, self.0.count(), &self.0.cumulative(), None)
+        // The encoder accumulates the counts itself: give it each bucket's own.
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum_s, self.0.count(), &self.0.per_bucket(), None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -189,6 +190,9 @@ mod tests {
             ..CoreStats::default()
         };
         first.errors[0] = 2;
+        // Two fast fan-outs on one core, one slow on the other: the buckets
+        // are cumulative across bounds and add up to the count, not beyond.
+        first.fan_out.counts[0] = 2;
         let second = CoreStats {
             shard: 1,
             connections: 5,
@@ -197,13 +201,19 @@ mod tests {
             mesh_received: vec![1, 0],
             ..CoreStats::default()
         };
+        let mut second = second;
+        second.fan_out.counts[11] = 1;
         let text = encode(&[first, second], ProcessFigures { rss_bytes: 1234, cpu_seconds: 1.5, load: 0.25 }).unwrap();
         for needle in [
             "chatgw_connections{shard=\"0\"} 3",
             "chatgw_connections{shard=\"1\"} 5",
             "chatgw_mesh_queue_depth{from=\"0\",to=\"1\"} 3",
             "chatgw_errors_total{code=\"bad_request\"} 2",
-            "chatgw_fan_out_seconds_bucket{le=\"+Inf\"} 0",
+            "chatgw_fan_out_seconds_bucket{le=\"5e-05\"} 2",
+            "chatgw_fan_out_seconds_bucket{le=\"0.1\"} 2",
+            "chatgw_fan_out_seconds_bucket{le=\"0.25\"} 3",
+            "chatgw_fan_out_seconds_bucket{le=\"+Inf\"} 3",
+            "chatgw_fan_out_seconds_count 3",
             "process_resident_memory_bytes 1234",
             "chatgw_load 0.25",
         ] {

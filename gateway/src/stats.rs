@@ -71,6 +71,12 @@ impl LatencySnapshot {
         self.counts.iter().sum()
     }
 
+    /// Each bucket's upper bound and its own count (not cumulative), `+Inf`
+    /// last: what prometheus-client's encoder takes (it adds them up).
+    pub fn per_bucket(&self) -> Vec<(f64, u64)> {
+        LATENCY_BUCKETS_S.iter().copied().chain([f64::INFINITY]).zip(self.counts.iter().copied()).collect()
+    }
+
     /// Prometheus buckets: (upper bound, cumulative count), `+Inf` last.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut total = 0;
