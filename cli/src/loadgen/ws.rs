@@ -26,21 +26,36 @@ pub const HEARTBEAT_ID: u64 = 2;
 
 /// Sends a chatgw `heartbeat` on each connection every `every`, so a run
 /// longer than the server's silence limit (2 × `heartbeat_ms`) keeps
-/// connections whose users only receive. Stops once the outboxes are gone.
+/// connections whose users only receive. The beats are spread over the
+/// period, a slice of the connections every few milliseconds, as clients
+/// that connected at different times would send them: all at once, they
+/// would be a burst the real traffic never makes, and the run would measure
+/// it. Stops once the outboxes are gone.
 pub fn spawn_heartbeats(outboxes: &[Outbox], every: Duration) {
+    const TICK: Duration = Duration::from_millis(10);
     let outboxes: Vec<_> = outboxes.iter().map(std::rc::Rc::downgrade).collect();
+    if outboxes.is_empty() {
+        return;
+    }
     let beat = format!(r#"{{"id":{HEARTBEAT_ID},"method":"heartbeat","params":{{}}}}"#);
+    let ticks = (every.as_millis() / TICK.as_millis()).clamp(1, u128::from(u32::MAX)) as usize;
+    let per_tick = outboxes.len().div_ceil(ticks);
+    let slices = outboxes.len().div_ceil(per_tick);
+    let tick = every / slices as u32;
     glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(every).await;
-            let mut alive = false;
-            for outbox in outboxes.iter().filter_map(std::rc::Weak::upgrade) {
+        let mut alive = false;
+        for (n, slice) in outboxes.chunks(per_tick).enumerate().cycle() {
+            glommio::timer::sleep(tick).await;
+            for outbox in slice.iter().filter_map(std::rc::Weak::upgrade) {
                 alive = true;
                 // A full outbox is traffic enough.
                 let _ = outbox.try_send(Message::text(beat.clone()));
             }
-            if !alive {
-                return;
+            if n + 1 == slices {
+                if !alive {
+                    return;
+                }
+                alive = false;
             }
         }
     })
