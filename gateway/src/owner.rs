@@ -2,6 +2,7 @@
 //! fan it out, make channels and direct channels, change members, create
 //! accounts. Each runs on the owner's core only, so read-then-write is safe.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Instant;
@@ -24,7 +25,7 @@ use crate::single_flight::Turn;
 pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, ApiError> {
     match request {
         Request::Send { channel_id, sender_id, sender, text, client_msg_id } => {
-            send(core, channel_id, sender_id, &sender, text, client_msg_id).await
+            send(core, channel_id, sender_id, &sender, text, client_msg_id, None).await
         }
         Request::Direct { first, second, names } => direct(core, first, second, names).await,
         Request::Create { channel, members } => create(core, channel, members).await,
@@ -42,6 +43,31 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, ApiEr
     }
 }
 
+/// Handles a request that came from another shard over the mesh and sends
+/// its answer back. A new message is answered before its fan-out: the
+/// sender's core then takes the reply before the event, and the sender's
+/// connection gets both in one write (one packet, one read for the client).
+pub async fn handle_remote(core: &Rc<Core>, from: ShardId, request_id: u64, request: Request) {
+    let early = EarlyReply { to: from, request_id, sent: Cell::new(false) };
+    let result = match request {
+        Request::Send { channel_id, sender_id, sender, text, client_msg_id } => {
+            send(core, channel_id, sender_id, &sender, text, client_msg_id, Some(&early)).await
+        }
+        other => handle(core, other).await,
+    };
+    if !early.sent.get() {
+        core.router.send_control(from, request_id, Control::Reply(result)).await;
+    }
+}
+
+/// Where to answer a remote send as soon as it is stored, and whether that
+/// answer went.
+struct EarlyReply {
+    to: ShardId,
+    request_id: u64,
+    sent: Cell<bool>,
+}
+
 fn storage_failed(error: String) -> ApiError {
     ApiError::internal(format!("write failed: {error}"))
 }
@@ -53,9 +79,10 @@ async fn send(
     sender: &str,
     text: String,
     client_msg_id: Option<String>,
+    early: Option<&EarlyReply>,
 ) -> Result<Response, ApiError> {
     let Some(client_msg_id) = client_msg_id else {
-        return store_and_fan_out(core, channel_id, sender_id, sender, text, None)
+        return store_and_fan_out(core, channel_id, sender_id, sender, text, None, early)
             .await
             .map(|message| Response::Sent { message: Box::new(message), duplicate: false });
     };
@@ -76,7 +103,7 @@ async fn send(
                     .map_err(ApiError::from)
                     .and_then(|found| found.ok_or_else(|| ApiError::internal("dedupe record without its message")))
                     .map(|message| (message, true)),
-                Ok(None) => store_and_fan_out(core, channel_id, sender_id, sender, text, Some(client_msg_id))
+                Ok(None) => store_and_fan_out(core, channel_id, sender_id, sender, text, Some(client_msg_id), early)
                     .await
                     .map(|message| (message, false)),
             };
@@ -88,8 +115,8 @@ async fn send(
 }
 
 /// Checks membership, takes an id, writes the message (and inbox entries
-/// for a small channel) in the group commit, then hands one encoded frame
-/// to each core that hosts a member.
+/// for a small channel) in the group commit, answers a remote sender
+/// (`early`), then hands one encoded frame to each core that hosts a member.
 async fn store_and_fan_out(
     core: &Rc<Core>,
     channel_id: ChannelId,
@@ -97,6 +124,7 @@ async fn store_and_fan_out(
     sender: &str,
     text: String,
     client_msg_id: Option<String>,
+    early: Option<&EarlyReply>,
 ) -> Result<Message, ApiError> {
     let taken_at = Instant::now();
     let found = core.with_channel(channel_id, |state| {
@@ -128,6 +156,11 @@ async fn store_and_fan_out(
     }
     core.committer.commit(ops).await.map_err(storage_failed)?;
     core.counters.messages_stored.set(core.counters.messages_stored.get() + 1);
+    if let Some(early) = early {
+        let reply = Response::Sent { message: Box::new(message.clone()), duplicate: false };
+        core.router.send_control(early.to, early.request_id, Control::Reply(Ok(reply))).await;
+        early.sent.set(true);
+    }
 
     // Encode once; every core hosting a member gets the same bytes.
     let event = frame::text(&protocol::event_json("message", &protocol::message_json(&message, sender)));

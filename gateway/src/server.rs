@@ -319,8 +319,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
                 let Ok(permit) = permits.acquire_static_permit(1).await else { break };
                 let core = core.clone();
                 glommio::spawn_local(async move {
-                    let result = owner::handle(&core, routed.body).await;
-                    core.router.send_control(routed.from, routed.request_id, Control::Reply(result)).await;
+                    owner::handle_remote(&core, routed.from, routed.request_id, routed.body).await;
                     drop(permit);
                 })
                 .detach();
