@@ -8,7 +8,12 @@
 #
 # Environment: CHATGW_BENCH_DIR (work dir, default a new temp dir),
 # IDLE_CONNECTIONS (15000), DM_USERS (10000), DM_RATE (20000), DM_SECONDS
-# (30), FANOUT_SECONDS (10), FANOUT_ROUNDS (3).
+# (30), DM_WORKERS (1), FANOUT_SECONDS (10), FANOUT_ROUNDS (3).
+#
+# dm's load generator runs one executor by default: on two cores shared with
+# the server's two shards, a second loadgen thread doubled its CPU (glommio
+# issues a process-wide membarrier each time an executor parks, an IPI to the
+# other thread's core) and left less for the server it measures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -69,7 +74,7 @@ for part in "${parts[@]}"; do
         start_server
         echo "== dm: ${DM_USERS:-10000} users at ${DM_RATE:-20000} msg/s"
         "$bin" loadgen dm --addr "$addr" --users "${DM_USERS:-10000}" --rate "${DM_RATE:-20000}" \
-            --duration-s "${DM_SECONDS:-30}" --users-file "$users_file"
+            --duration-s "${DM_SECONDS:-30}" --workers "${DM_WORKERS:-1}" --users-file "$users_file"
         ;;
     fanout)
         command -v nats-server >/dev/null || { echo "nats-server is missing: apt-get install nats-server" >&2; exit 1; }
