@@ -193,7 +193,7 @@ mod tests {
         // Two fast fan-outs on one core, one slow on the other: the buckets
         // are cumulative across bounds and add up to the count, not beyond.
         first.fan_out.counts[0] = 2;
-        let second = CoreStats {
+        let mut second = CoreStats {
             shard: 1,
             connections: 5,
             errors: vec![0; ERROR_CODES.len()],
@@ -201,7 +201,6 @@ mod tests {
             mesh_received: vec![1, 0],
             ..CoreStats::default()
         };
-        let mut second = second;
         second.fan_out.counts[11] = 1;
         let text = encode(&[first, second], ProcessFigures { rss_bytes: 1234, cpu_seconds: 1.5, load: 0.25 }).unwrap();
         for needle in [

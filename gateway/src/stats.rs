@@ -77,14 +77,12 @@ impl LatencySnapshot {
         LATENCY_BUCKETS_S.iter().copied().chain([f64::INFINITY]).zip(self.counts.iter().copied()).collect()
     }
 
-    /// Prometheus buckets: (upper bound, cumulative count), `+Inf` last.
+    /// Each bucket's upper bound and the count up to it (cumulative),
+    /// `+Inf` last.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut total = 0;
-        LATENCY_BUCKETS_S
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(&self.counts)
+        self.per_bucket()
+            .into_iter()
             .map(|(bound, count)| {
                 total += count;
                 (bound, total)

@@ -284,12 +284,16 @@ fn metrics_are_prometheus_text_with_every_family() {
         assert!(total >= 1.0, "{histogram} has observations");
         let counts: Vec<f64> = buckets.iter().map(|bucket| bucket.count).collect();
         assert!(counts.windows(2).all(|pair| pair[0] <= pair[1]), "{histogram} buckets are cumulative: {counts:?}");
-        let count = scrape.samples.iter().find(|sample| sample.metric == format!("{histogram}_count"));
-        if let Some(prometheus_parse::Value::Untyped(count) | prometheus_parse::Value::Counter(count)) =
-            count.map(|sample| &sample.value)
-        {
-            assert_eq!(total, *count, "{histogram}: the +Inf bucket is the count");
-        }
+        let count = scrape
+            .samples
+            .iter()
+            .find(|sample| sample.metric == format!("{histogram}_count"))
+            .unwrap_or_else(|| panic!("{histogram}_count is exposed"));
+        assert!(
+            matches!(count.value, prometheus_parse::Value::Untyped(count) if count == total),
+            "{histogram}: the +Inf bucket ({total}) is the count ({:?})",
+            count.value
+        );
     }
     assert!(scrape.samples.iter().any(|sample| sample.metric == "chatgw_mesh_queue_depth"));
 }
