@@ -97,12 +97,14 @@ pub fn value_at(rows: &[Row], percentile: f64) -> f64 {
 }
 
 /// Writes the histograms as one interval of an HdrHistogram interval log,
-/// each tagged with its name.
+/// each tagged with its name, then the timeline's seconds as one-second
+/// intervals tagged `delivery-1s`.
 pub fn write_interval_log(
     path: &Path,
     started: SystemTime,
     duration: Duration,
     histograms: &[(&str, &Histogram<u64>)],
+    timeline: &crate::loadgen::latency::Timeline,
 ) -> anyhow::Result<()> {
     let mut file =
         std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
@@ -118,6 +120,11 @@ pub fn write_interval_log(
         for (name, histogram) in histograms {
             let tag = Tag::new(name).with_context(|| format!("tag {name:?}"))?;
             log.write_histogram(histogram, Duration::ZERO, duration, Some(tag))
+                .map_err(|error| anyhow::anyhow!("writing the interval log: {error:?}"))?;
+        }
+        let tag = Tag::new("delivery-1s").context("tag delivery-1s")?;
+        for (second, histogram) in timeline.seconds() {
+            log.write_histogram(histogram, Duration::from_secs(second as u64), Duration::from_secs(1), Some(tag))
                 .map_err(|error| anyhow::anyhow!("writing the interval log: {error:?}"))?;
         }
     }
@@ -163,8 +170,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("latency.hlog");
         let histogram = sample();
-        write_interval_log(&path, SystemTime::now(), Duration::from_secs(5), &[("delivery", &histogram)]).unwrap();
+        let mut timeline = crate::loadgen::latency::Timeline::default();
+        timeline.start_at(0);
+        timeline.record(0, 100);
+        timeline.record(3_500_000_000, 9_000);
+        write_interval_log(&path, SystemTime::now(), Duration::from_secs(5), &[("delivery", &histogram)], &timeline)
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("#[StartTime: ") && text.contains("Tag=delivery,"), "{text}");
+        let intervals: Vec<(String, u64, u64, f64)> =
+            hdrhistogram::serialization::interval_log::IntervalLogIterator::new(text.as_bytes())
+                .filter_map(|entry| match entry.unwrap() {
+                    hdrhistogram::serialization::interval_log::LogEntry::Interval(interval) => Some((
+                        interval.tag().map(|tag| tag.as_str().to_string()).unwrap_or_default(),
+                        interval.start_timestamp().as_secs(),
+                        interval.duration().as_secs(),
+                        interval.max(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(intervals.len(), 3, "{intervals:?}");
+        assert_eq!((intervals[0].0.as_str(), intervals[0].2), ("delivery", 5));
+        assert_eq!((intervals[1].0.as_str(), intervals[1].1, intervals[1].2), ("delivery-1s", 0, 1));
+        assert_eq!((intervals[2].0.as_str(), intervals[2].1), ("delivery-1s", 3));
+        assert!((intervals[2].3 - 9.0).abs() < 0.1, "max in ms: {intervals:?}");
     }
 }

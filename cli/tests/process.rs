@@ -324,6 +324,16 @@ fn loadgen_dm_delivers_every_message_at_the_offered_rate() {
     let max = report["delivery_latency"]["max_ms"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 <= max, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}));
+    // Every message's send lag, and its delivery filed under the second it
+    // was due: two seconds of 400 a second (a late one may spill over).
+    assert_eq!(report["send_lag"]["count"], 800);
+    let timeline = report["timeline"].as_array().unwrap();
+    let counts: u64 = timeline.iter().map(|second| second["count"].as_u64().unwrap()).sum();
+    assert_eq!(counts, 800, "{report}");
+    assert_eq!((timeline[0]["second"].as_u64(), timeline[0]["count"].as_u64()), (Some(0), Some(400)), "{report}");
+    let worst = report["worst_seconds"].as_array().unwrap();
+    assert!(!worst.is_empty() && worst.len() <= 3, "{report}");
+    assert!(worst[0]["p99_ms"].as_f64().unwrap() <= max + 0.05, "{report}");
 }
 
 #[test]
@@ -397,8 +407,14 @@ fn loadgen_dm_spreads_pairs_over_processes_and_adds_them_up() {
     assert_eq!((report["sent"].as_u64(), report["delivered"].as_u64()), (Some(960), Some(960)), "{report}");
     assert_eq!(report["delivery_latency"]["count"], 960, "the children's histograms added up");
     assert_eq!(report["connect_latency"]["count"], 24, "one connection time per user");
+    assert_eq!(report["send_lag"]["count"], 960, "{report}");
+    let seconds = report["timeline"].as_array().unwrap();
+    let counts: u64 = seconds.iter().map(|second| second["count"].as_u64().unwrap()).sum();
+    assert_eq!(counts, 960, "the children's timelines added up: {report}");
     let hgrm = std::fs::read_to_string(out.join("delivery.hgrm")).unwrap();
     assert!(hgrm.contains("Total count    =          960]"), "{hgrm}");
+    let log = std::fs::read_to_string(out.join("latency.hlog")).unwrap();
+    assert!(log.contains("Tag=delivery-1s,0.000,1.000,"), "{log}");
 }
 
 #[test]

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
-use super::latency::{self, Figures, Summary};
+use super::latency::{self, Figures, SecondSummary, Summary};
 use super::progress::{Live, Progress};
 use super::runtime;
 use super::runtime::wait_for;
@@ -148,6 +148,12 @@ struct Report {
     delivery_latency: Summary,
     ack_latency: Summary,
     connect_latency: Summary,
+    /// Due time to the message handed to its connection (open loop).
+    send_lag: Summary,
+    /// The seconds with the worst delivery p99, worst first.
+    worst_seconds: Vec<SecondSummary>,
+    /// Delivery latency second by second.
+    timeline: Vec<SecondSummary>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -246,6 +252,9 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         delivery_latency: Summary::of(&total.delivery),
         ack_latency: Summary::of(&total.ack),
         connect_latency: Summary::of(&total.connect),
+        send_lag: Summary::of(&total.send_lag),
+        worst_seconds: total.timeline.worst(3),
+        timeline: total.timeline.summaries(),
         errors: total.errors.clone(),
     };
     if args.child_offset.is_some() {
@@ -270,6 +279,13 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         println!("delivery (due → partner): {}", report.delivery_latency.line());
         println!("ack      (due → reply):   {}", report.ack_latency.line());
         println!("connect  (TCP → hello):   {}", report.connect_latency.line());
+        if report.send_lag.count > 0 {
+            println!("send lag (due → sent):    {}", report.send_lag.line());
+        }
+        if !report.worst_seconds.is_empty() {
+            let worst: Vec<String> = report.worst_seconds.iter().map(SecondSummary::line).collect();
+            println!("worst seconds (delivery): {}", worst.join(", "));
+        }
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
         }
@@ -331,7 +347,8 @@ fn on_text(stats: &mut Stats, shared: &Shared, user: usize, text: &str) {
                 (Some(_), Some(sender)) if sender == user => {} // our own echo
                 (Some(0), Some(_)) => stats.warm_deliveries += 1,
                 (Some(due), Some(_)) => {
-                    latency::record_since(&mut stats.figures.delivery, due);
+                    let micros = latency::record_since(&mut stats.figures.delivery, due);
+                    stats.figures.timeline.record(due, micros);
                     stats.figures.delivered += 1;
                     shared.live.delivered.fetch_add(1, Ordering::Relaxed);
                     if stats.figures.delivered.is_multiple_of(128) {
@@ -430,6 +447,7 @@ async fn worker_main(
     // One start time for all: the first worker here sets it.
     let start = runtime::agreed_start(&shared.start_ns);
     let end = start + args.duration_s * 1_000_000_000;
+    stats.borrow_mut().figures.timeline.start_at(start);
     if let Some(in_flight) = args.in_flight {
         let window = WINDOW.with(Rc::clone);
         window.signal(in_flight);
@@ -469,6 +487,7 @@ async fn worker_main(
         while next <= now && next < end {
             let user = mine[slot];
             let partner = &accounts[user ^ 1].username;
+            latency::record_since(&mut stats.borrow_mut().figures.send_lag, next);
             let queued = outboxes[slot].try_send(command(next, user, partner, &pad));
             slot = (slot + 1) % mine.len();
             match queued {

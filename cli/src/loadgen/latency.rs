@@ -20,10 +20,111 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Records the time from `since_ns` to now, in microseconds.
-pub fn record_since(histogram: &mut Histogram<u64>, since_ns: u64) {
-    let micros = now_ns().saturating_sub(since_ns) / 1000;
-    histogram.saturating_record(micros.max(1));
+/// Records the time from `since_ns` to now, in microseconds, and returns it.
+pub fn record_since(histogram: &mut Histogram<u64>, since_ns: u64) -> u64 {
+    let micros = (now_ns().saturating_sub(since_ns) / 1000).max(1);
+    histogram.saturating_record(micros);
+    micros
+}
+
+/// The longest run a timeline follows, seconds (later ones share the last).
+pub const TIMELINE_SECONDS_MAX: usize = 3600;
+
+/// A histogram for one second of a timeline: 2 significant digits (1%),
+/// 1 µs to 10 minutes, about 30 KB.
+fn second_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid histogram bounds")
+}
+
+/// Latencies second by second through a run, by the second each message
+/// was due (counted from the run's start): where a whole-run percentile
+/// says how bad the tail is, this says when it happened (a periodic stall,
+/// a compaction, a slow start).
+#[derive(Default)]
+pub struct Timeline {
+    start_ns: Option<u64>,
+    seconds: BTreeMap<usize, Histogram<u64>>,
+}
+
+impl Timeline {
+    /// Seconds are counted from `start_ns` (the load generator's clock);
+    /// nothing is recorded before this is set.
+    pub fn start_at(&mut self, start_ns: u64) {
+        self.start_ns = Some(start_ns);
+    }
+
+    /// Records a latency of `micros` for a message due at `due_ns`.
+    pub fn record(&mut self, due_ns: u64, micros: u64) {
+        let Some(start) = self.start_ns else { return };
+        let second = (due_ns.saturating_sub(start) / 1_000_000_000).min(TIMELINE_SECONDS_MAX as u64 - 1) as usize;
+        self.seconds.entry(second).or_insert_with(second_histogram).saturating_record(micros.max(1));
+    }
+
+    /// Adds another timeline to this one, second by second.
+    pub fn merge(&mut self, other: &Timeline) -> anyhow::Result<()> {
+        for (second, histogram) in &other.seconds {
+            self.add_second(*second, histogram)?;
+        }
+        Ok(())
+    }
+
+    /// Adds one second's histogram to this timeline.
+    pub fn add_second(&mut self, second: usize, histogram: &Histogram<u64>) -> anyhow::Result<()> {
+        anyhow::ensure!(second < TIMELINE_SECONDS_MAX, "second {second} is past the timeline's end");
+        self.seconds
+            .entry(second)
+            .or_insert_with(second_histogram)
+            .add(histogram)
+            .map_err(|error| anyhow::anyhow!("merging histograms: {error}"))
+    }
+
+    /// The seconds that had messages, each with its histogram, in order.
+    pub fn seconds(&self) -> impl Iterator<Item = (usize, &Histogram<u64>)> {
+        self.seconds.iter().map(|(second, histogram)| (*second, histogram))
+    }
+
+    /// Each second's figures, in order.
+    pub fn summaries(&self) -> Vec<SecondSummary> {
+        self.seconds()
+            .map(|(second, histogram)| SecondSummary {
+                second,
+                count: histogram.len(),
+                p50_ms: histogram.value_at_quantile(0.50) as f64 / 1000.0,
+                p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+                max_ms: histogram.max() as f64 / 1000.0,
+            })
+            .collect()
+    }
+
+    /// The `count` seconds with the highest p99, worst first.
+    pub fn worst(&self, count: usize) -> Vec<SecondSummary> {
+        let mut all = self.summaries();
+        all.sort_by(|a, b| b.p99_ms.total_cmp(&a.p99_ms).then(a.second.cmp(&b.second)));
+        all.truncate(count);
+        all
+    }
+}
+
+/// One second of a timeline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SecondSummary {
+    /// Seconds from the run's start to when these messages were due.
+    pub second: usize,
+    /// Messages due in this second that arrived.
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Largest, ms.
+    pub max_ms: f64,
+}
+
+impl SecondSummary {
+    /// `t=12s p99 8.1 ms max 30.2 ms`, for people.
+    pub fn line(&self) -> String {
+        format!("t={}s p99 {:.1} ms max {:.1} ms", self.second, self.p99_ms, self.max_ms)
+    }
 }
 
 /// What every scenario counts, per worker and then merged: messages sent,
@@ -36,6 +137,12 @@ pub struct Figures {
     /// Connection times: TCP connect to the server's first frame (chatgw's
     /// `hello`) or to the end of the WebSocket handshake (NATS), µs.
     pub connect: Histogram<u64>,
+    /// How late the load generator handed each message to its connection,
+    /// from the time it was due, µs (open loop only): a load generator
+    /// that cannot keep its schedule shows here, not only as latency.
+    pub send_lag: Histogram<u64>,
+    /// Delivery latencies by the second each message was due.
+    pub timeline: Timeline,
     /// Messages sent.
     pub sent: u64,
     /// Messages acknowledged.
@@ -53,6 +160,8 @@ impl Figures {
             delivery: histogram(),
             ack: histogram(),
             connect: histogram(),
+            send_lag: histogram(),
+            timeline: Timeline::default(),
             sent: 0,
             acked: 0,
             delivered: 0,
@@ -70,6 +179,8 @@ impl Figures {
         self.delivery.add(&other.delivery).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
         self.ack.add(&other.ack).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
         self.connect.add(&other.connect).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
+        self.send_lag.add(&other.send_lag).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
+        self.timeline.merge(&other.timeline)?;
         self.sent += other.sent;
         self.acked += other.acked;
         self.delivered += other.delivered;
@@ -82,7 +193,8 @@ impl Figures {
 
 /// Writes a run's latencies into `dir`: `delivery.hgrm`, `ack.hgrm` and
 /// `connect.hgrm` (percentile distributions), `latency.hlog` (an interval
-/// log of the three, tagged) and `latency.svg`/`latency.png` (delivery and
+/// log of the three over the whole run, tagged, then the delivery timeline
+/// one second an interval, tagged `delivery-1s`) and `latency.svg`/`latency.png` (delivery and
 /// ack by percentile).
 pub fn write_outputs(
     dir: &std::path::Path,
@@ -107,6 +219,7 @@ pub fn write_outputs(
         started,
         measured,
         &[("delivery", &figures.delivery), ("ack", &figures.ack), ("connect", &figures.connect)],
+        &figures.timeline,
     )?;
     if !series.is_empty() {
         crate::plot::latency_by_percentile(&dir.join("latency"), title, &series)?;
@@ -212,6 +325,40 @@ mod tests {
         assert_eq!((total.delivery.len(), total.ack.len()), (1, 1));
         assert_eq!(total.errors["rate_limited"], 2);
         assert_eq!(total.errors["connection_lost"], 1);
+    }
+
+    #[test]
+    fn timeline_files_latencies_by_due_second_and_merges() {
+        let second = 1_000_000_000;
+        let mut one = Timeline::default();
+        one.record(5 * second, 100); // before the start: not counted
+        one.start_at(10 * second);
+        one.record(10 * second, 100);
+        one.record(10 * second + second / 2, 300);
+        one.record(12 * second, 20_000);
+        let mut two = Timeline::default();
+        two.start_at(0);
+        two.record(second, 500);
+        one.merge(&two).unwrap();
+        let seconds = one.summaries();
+        assert_eq!(seconds.len(), 3);
+        assert_eq!(seconds.iter().map(|second| second.count).collect::<Vec<_>>(), [2, 1, 1]);
+        assert!((seconds[0].max_ms - 0.3).abs() < 0.01, "{seconds:?}");
+        assert!((seconds[1].max_ms - 0.5).abs() < 0.01, "{seconds:?}");
+        assert!((seconds[2].p99_ms - 20.0).abs() < 0.3, "{seconds:?}");
+        let worst = one.worst(2);
+        assert_eq!(worst.iter().map(|second| second.second).collect::<Vec<_>>(), [2, 1]);
+        // Two significant digits: 20,000 µs reads as 20.1 ms.
+        assert_eq!(worst[0].line(), "t=2s p99 20.1 ms max 20.1 ms");
+    }
+
+    #[test]
+    fn timeline_caps_its_length() {
+        let mut timeline = Timeline::default();
+        timeline.start_at(0);
+        timeline.record(u64::MAX, 1);
+        assert_eq!(timeline.seconds().map(|(second, _)| second).collect::<Vec<_>>(), [TIMELINE_SECONDS_MAX - 1]);
+        assert!(timeline.add_second(TIMELINE_SECONDS_MAX, &second_histogram()).is_err());
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub fn figures_json(figures: &Figures) -> anyhow::Result<Value> {
         "delivery": encode_histogram(&figures.delivery)?,
         "ack": encode_histogram(&figures.ack)?,
         "connect": encode_histogram(&figures.connect)?,
+        "send_lag": encode_histogram(&figures.send_lag)?,
+        "timeline": figures
+            .timeline
+            .seconds()
+            .map(|(second, histogram)| Ok(serde_json::json!([second, encode_histogram(histogram)?])))
+            .collect::<anyhow::Result<Vec<Value>>>()?,
     }))
 }
 
@@ -44,6 +50,12 @@ pub fn figures_from(report: &Value) -> anyhow::Result<Figures> {
     figures.delivery = decode_histogram(histograms["delivery"].as_str().context("no delivery histogram")?)?;
     figures.ack = decode_histogram(histograms["ack"].as_str().context("no ack histogram")?)?;
     figures.connect = decode_histogram(histograms["connect"].as_str().context("no connect histogram")?)?;
+    figures.send_lag = decode_histogram(histograms["send_lag"].as_str().context("no send lag histogram")?)?;
+    for entry in histograms["timeline"].as_array().context("no timeline")? {
+        let second = entry[0].as_u64().context("a timeline entry without its second")? as usize;
+        let histogram = decode_histogram(entry[1].as_str().context("a timeline entry without its histogram")?)?;
+        figures.timeline.add_second(second, &histogram)?;
+    }
     figures.sent = report["sent"].as_u64().context("no sent count")?;
     figures.acked = report["acked"].as_u64().context("no acked count")?;
     figures.delivered = report["delivered"].as_u64().context("no delivered count")?;
