@@ -97,14 +97,14 @@ pub fn value_at(rows: &[Row], percentile: f64) -> f64 {
 }
 
 /// Writes the histograms as one interval of an HdrHistogram interval log,
-/// each tagged with its name, then the timeline's seconds as one-second
-/// intervals tagged `delivery-1s`.
-pub fn write_interval_log(
+/// each tagged with its name, then `per_second`'s histograms (each with its
+/// second from the start) as one-second intervals under its tag.
+pub fn write_interval_log<'a>(
     path: &Path,
     started: SystemTime,
     duration: Duration,
     histograms: &[(&str, &Histogram<u64>)],
-    timeline: &crate::loadgen::latency::Timeline,
+    per_second: (&str, impl IntoIterator<Item = (usize, &'a Histogram<u64>)>),
 ) -> anyhow::Result<()> {
     let mut file =
         std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
@@ -122,8 +122,9 @@ pub fn write_interval_log(
             log.write_histogram(histogram, Duration::ZERO, duration, Some(tag))
                 .map_err(|error| anyhow::anyhow!("writing the interval log: {error:?}"))?;
         }
-        let tag = Tag::new("delivery-1s").context("tag delivery-1s")?;
-        for (second, histogram) in timeline.seconds() {
+        let (name, seconds) = per_second;
+        let tag = Tag::new(name).with_context(|| format!("tag {name:?}"))?;
+        for (second, histogram) in seconds {
             log.write_histogram(histogram, Duration::from_secs(second as u64), Duration::from_secs(1), Some(tag))
                 .map_err(|error| anyhow::anyhow!("writing the interval log: {error:?}"))?;
         }
@@ -174,8 +175,14 @@ mod tests {
         timeline.start_at(0);
         timeline.record(0, 100);
         timeline.record(3_500_000_000, 9_000);
-        write_interval_log(&path, SystemTime::now(), Duration::from_secs(5), &[("delivery", &histogram)], &timeline)
-            .unwrap();
+        write_interval_log(
+            &path,
+            SystemTime::now(),
+            Duration::from_secs(5),
+            &[("delivery", &histogram)],
+            ("delivery-1s", timeline.seconds()),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("#[StartTime: ") && text.contains("Tag=delivery,"), "{text}");
         let intervals: Vec<(String, u64, u64, f64)> =

@@ -237,6 +237,7 @@ fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
 
 /// Reports the run (and keeps its latencies with `--out`).
 fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
+    let timeline = total.timeline.summaries();
     let report = Report {
         scenario: "dm",
         mode: if args.in_flight.is_some() { "closed" } else { "open" },
@@ -253,8 +254,8 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         ack_latency: Summary::of(&total.ack),
         connect_latency: Summary::of(&total.connect),
         send_lag: Summary::of(&total.send_lag),
-        worst_seconds: total.timeline.worst(3),
-        timeline: total.timeline.summaries(),
+        worst_seconds: latency::worst_seconds(&timeline, 3),
+        timeline,
         errors: total.errors.clone(),
     };
     if args.child_offset.is_some() {
@@ -487,7 +488,7 @@ async fn worker_main(
         while next <= now && next < end {
             let user = mine[slot];
             let partner = &accounts[user ^ 1].username;
-            latency::record_since(&mut stats.borrow_mut().figures.send_lag, next);
+            latency::record_between(&mut stats.borrow_mut().figures.send_lag, next, now);
             let queued = outboxes[slot].try_send(command(next, user, partner, &pad));
             slot = (slot + 1) % mine.len();
             match queued {

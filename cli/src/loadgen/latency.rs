@@ -22,7 +22,13 @@ pub fn histogram() -> Histogram<u64> {
 
 /// Records the time from `since_ns` to now, in microseconds, and returns it.
 pub fn record_since(histogram: &mut Histogram<u64>, since_ns: u64) -> u64 {
-    let micros = (now_ns().saturating_sub(since_ns) / 1000).max(1);
+    record_between(histogram, since_ns, now_ns())
+}
+
+/// Records the time from `from_ns` to `to_ns` (a clock reading the caller
+/// already has), in microseconds, and returns it.
+pub fn record_between(histogram: &mut Histogram<u64>, from_ns: u64, to_ns: u64) -> u64 {
+    let micros = (to_ns.saturating_sub(from_ns) / 1000).max(1);
     histogram.saturating_record(micros);
     micros
 }
@@ -95,14 +101,15 @@ impl Timeline {
             })
             .collect()
     }
+}
 
-    /// The `count` seconds with the highest p99, worst first.
-    pub fn worst(&self, count: usize) -> Vec<SecondSummary> {
-        let mut all = self.summaries();
-        all.sort_by(|a, b| b.p99_ms.total_cmp(&a.p99_ms).then(a.second.cmp(&b.second)));
-        all.truncate(count);
-        all
-    }
+/// The `count` seconds of `seconds` (a timeline's summaries) with the
+/// highest p99, worst first.
+pub fn worst_seconds(seconds: &[SecondSummary], count: usize) -> Vec<SecondSummary> {
+    let mut all = seconds.to_vec();
+    all.sort_by(|a, b| b.p99_ms.total_cmp(&a.p99_ms).then(a.second.cmp(&b.second)));
+    all.truncate(count);
+    all
 }
 
 /// One second of a timeline.
@@ -194,8 +201,8 @@ impl Figures {
 /// Writes a run's latencies into `dir`: `delivery.hgrm`, `ack.hgrm` and
 /// `connect.hgrm` (percentile distributions), `latency.hlog` (an interval
 /// log of the three over the whole run, tagged, then the delivery timeline
-/// one second an interval, tagged `delivery-1s`) and `latency.svg`/`latency.png` (delivery and
-/// ack by percentile).
+/// one second an interval, tagged `delivery-1s`) and
+/// `latency.svg`/`latency.png` (delivery and ack by percentile).
 pub fn write_outputs(
     dir: &std::path::Path,
     title: &str,
@@ -219,7 +226,7 @@ pub fn write_outputs(
         started,
         measured,
         &[("delivery", &figures.delivery), ("ack", &figures.ack), ("connect", &figures.connect)],
-        &figures.timeline,
+        ("delivery-1s", figures.timeline.seconds()),
     )?;
     if !series.is_empty() {
         crate::plot::latency_by_percentile(&dir.join("latency"), title, &series)?;
@@ -346,7 +353,7 @@ mod tests {
         assert!((seconds[0].max_ms - 0.3).abs() < 0.01, "{seconds:?}");
         assert!((seconds[1].max_ms - 0.5).abs() < 0.01, "{seconds:?}");
         assert!((seconds[2].p99_ms - 20.0).abs() < 0.3, "{seconds:?}");
-        let worst = one.worst(2);
+        let worst = worst_seconds(&seconds, 2);
         assert_eq!(worst.iter().map(|second| second.second).collect::<Vec<_>>(), [2, 1]);
         // Two significant digits: 20,000 µs reads as 20.1 ms.
         assert_eq!(worst[0].line(), "t=2s p99 20.1 ms max 20.1 ms");
