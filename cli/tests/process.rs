@@ -334,6 +334,16 @@ fn loadgen_dm_delivers_every_message_at_the_offered_rate() {
     let worst = report["worst_seconds"].as_array().unwrap();
     assert!(!worst.is_empty() && worst.len() <= 3, "{report}");
     assert!(worst[0]["p99_ms"].as_f64().unwrap() <= max + 0.05, "{report}");
+    // The seconds against the default 5 ms budget, from the same timeline.
+    let spread = &report["seconds_spread"];
+    let p99s: Vec<f64> = timeline.iter().map(|second| second["p99_ms"].as_f64().unwrap()).collect();
+    assert_eq!(spread["seconds"].as_u64(), Some(timeline.len() as u64), "{report}");
+    assert_eq!(spread["budget_ms"].as_f64(), Some(5.0), "{report}");
+    let over = p99s.iter().filter(|p99| **p99 > 5.0).count() as u64;
+    assert_eq!(spread["over_budget"].as_u64(), Some(over), "{report}");
+    let median = spread["median_p99_ms"].as_f64().unwrap();
+    let (low, high) = p99s.iter().fold((f64::MAX, 0.0_f64), |(low, high), p99| (low.min(*p99), high.max(*p99)));
+    assert!(low <= median && median <= high, "{report}");
 }
 
 #[test]

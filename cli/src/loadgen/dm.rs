@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
-use super::latency::{self, Figures, SecondSummary, Summary};
+use super::latency::{self, Figures, SecondSummary, SecondsSpread, Summary};
 use super::progress::{Live, Progress};
 use super::runtime;
 use super::runtime::wait_for;
@@ -72,6 +72,10 @@ pub struct DmArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// The delivery p99 each second of the run is held to in the report's
+    /// per-second spread, ms (the 1:1 target is 5).
+    #[arg(long, default_value_t = 5.0)]
+    p99_budget_ms: f64,
     /// Bind each connection to one of these source addresses in turn
     /// (`127.0.0.2-127.0.0.200`, or a comma-separated list): one address
     /// has only so many ephemeral ports.
@@ -152,6 +156,8 @@ struct Report {
     send_lag: Summary,
     /// The seconds with the worst delivery p99, worst first.
     worst_seconds: Vec<SecondSummary>,
+    /// The per-second p99s against `--p99-budget-ms`.
+    seconds_spread: Option<SecondsSpread>,
     /// Delivery latency second by second.
     timeline: Vec<SecondSummary>,
     errors: BTreeMap<String, u64>,
@@ -255,6 +261,7 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         connect_latency: Summary::of(&total.connect),
         send_lag: Summary::of(&total.send_lag),
         worst_seconds: latency::worst_seconds(&timeline, 3),
+        seconds_spread: SecondsSpread::of(&timeline, args.p99_budget_ms),
         timeline,
         errors: total.errors.clone(),
     };
@@ -286,6 +293,9 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         if !report.worst_seconds.is_empty() {
             let worst: Vec<String> = report.worst_seconds.iter().map(SecondSummary::line).collect();
             println!("worst seconds (delivery): {}", worst.join(", "));
+        }
+        if let Some(spread) = &report.seconds_spread {
+            println!("per-second p99 (delivery): {}", spread.line());
         }
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);

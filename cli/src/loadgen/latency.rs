@@ -112,6 +112,49 @@ pub fn worst_seconds(seconds: &[SecondSummary], count: usize) -> Vec<SecondSumma
     all
 }
 
+/// How a timeline's seconds compare with a p99 budget. A few bad seconds
+/// (a stall from something else on the machine, say) raise a run's p99
+/// without moving its median second; this tells the two apart.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SecondsSpread {
+    /// Seconds in the timeline.
+    pub seconds: usize,
+    /// The median of the per-second p99s, ms.
+    pub median_p99_ms: f64,
+    /// The budget each second's p99 is held to, ms.
+    pub budget_ms: f64,
+    /// Seconds whose p99 is above the budget.
+    pub over_budget: usize,
+}
+
+impl SecondsSpread {
+    /// The spread of `seconds` (a timeline's summaries) against
+    /// `budget_ms`; `None` for an empty timeline.
+    pub fn of(seconds: &[SecondSummary], budget_ms: f64) -> Option<Self> {
+        let mut p99s: Vec<f64> = seconds.iter().map(|second| second.p99_ms).collect();
+        if p99s.is_empty() {
+            return None;
+        }
+        p99s.sort_by(f64::total_cmp);
+        let middle = p99s.len() / 2;
+        let median_p99_ms = if p99s.len() % 2 == 1 { p99s[middle] } else { (p99s[middle - 1] + p99s[middle]) / 2.0 };
+        Some(Self {
+            seconds: p99s.len(),
+            median_p99_ms,
+            budget_ms,
+            over_budget: p99s.iter().filter(|p99| **p99 > budget_ms).count(),
+        })
+    }
+
+    /// `median 4.3 ms, 6 of 20 seconds over 5 ms`, for people.
+    pub fn line(&self) -> String {
+        format!(
+            "median {:.1} ms, {} of {} seconds over {} ms",
+            self.median_p99_ms, self.over_budget, self.seconds, self.budget_ms
+        )
+    }
+}
+
 /// One second of a timeline.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SecondSummary {
@@ -357,6 +400,18 @@ mod tests {
         assert_eq!(worst.iter().map(|second| second.second).collect::<Vec<_>>(), [2, 1]);
         // Two significant digits: 20,000 µs reads as 20.1 ms.
         assert_eq!(worst[0].line(), "t=2s p99 20.1 ms max 20.1 ms");
+    }
+
+    #[test]
+    fn spread_holds_each_second_to_the_budget() {
+        let second = |second, p99_ms| SecondSummary { second, count: 1, p50_ms: 1.0, p99_ms, max_ms: p99_ms };
+        assert_eq!(SecondsSpread::of(&[], 5.0), None);
+        let odd = SecondsSpread::of(&[second(0, 3.0), second(1, 25.0), second(2, 4.0)], 5.0).unwrap();
+        assert_eq!((odd.seconds, odd.median_p99_ms, odd.over_budget), (3, 4.0, 1));
+        // Even: the mean of the middle two; a p99 at the budget is within it.
+        let even = SecondsSpread::of(&[second(0, 5.0), second(1, 2.0), second(2, 30.0), second(3, 4.0)], 5.0).unwrap();
+        assert_eq!((even.seconds, even.median_p99_ms, even.over_budget), (4, 4.5, 1));
+        assert_eq!(even.line(), "median 4.5 ms, 1 of 4 seconds over 5 ms");
     }
 
     #[test]
