@@ -74,7 +74,7 @@ pub struct DmArgs {
     json: bool,
     /// The delivery p99 each second of the run is held to in the report's
     /// per-second spread, ms (the 1:1 target is 5).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = positive_ms)]
     p99_budget_ms: f64,
     /// Bind each connection to one of these source addresses in turn
     /// (`127.0.0.2-127.0.0.200`, or a comma-separated list): one address
@@ -161,6 +161,14 @@ struct Report {
     /// Delivery latency second by second.
     timeline: Vec<SecondSummary>,
     errors: BTreeMap<String, u64>,
+}
+
+/// A positive, finite number of milliseconds, for clap.
+fn positive_ms(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ms) if ms.is_finite() && ms > 0.0 => Ok(ms),
+        _ => Err(format!("`{text}` is not a positive number of milliseconds")),
+    }
 }
 
 /// Runs the scenario.
@@ -525,4 +533,18 @@ async fn worker_main(
     let figures = std::mem::replace(&mut *stats.borrow_mut(), Stats::new());
     drop(outboxes);
     Ok((figures, connected_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_is_a_positive_number_of_milliseconds() {
+        assert_eq!(positive_ms("5"), Ok(5.0));
+        assert_eq!(positive_ms("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "NaN", "inf", "five", ""] {
+            assert!(positive_ms(bad).unwrap_err().contains("not a positive number"), "{bad}");
+        }
+    }
 }
