@@ -33,6 +33,11 @@ pub fn record_between(histogram: &mut Histogram<u64>, from_ns: u64, to_ns: u64) 
     micros
 }
 
+/// Adds `from`'s counts into `into` (histograms of one run, merged).
+fn add(into: &mut Histogram<u64>, from: &Histogram<u64>) -> anyhow::Result<()> {
+    into.add(from).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))
+}
+
 /// The longest run a timeline follows, seconds (later ones share the last).
 pub const TIMELINE_SECONDS_MAX: usize = 3600;
 
@@ -77,11 +82,7 @@ impl Timeline {
     /// Adds one second's histogram to this timeline.
     pub fn add_second(&mut self, second: usize, histogram: &Histogram<u64>) -> anyhow::Result<()> {
         anyhow::ensure!(second < TIMELINE_SECONDS_MAX, "second {second} is past the timeline's end");
-        self.seconds
-            .entry(second)
-            .or_insert_with(second_histogram)
-            .add(histogram)
-            .map_err(|error| anyhow::anyhow!("merging histograms: {error}"))
+        add(self.seconds.entry(second).or_insert_with(second_histogram), histogram)
     }
 
     /// The seconds that had messages, each with its histogram, in order.
@@ -226,10 +227,10 @@ impl Figures {
 
     /// Adds another worker's figures to these.
     pub fn merge(&mut self, other: Figures) -> anyhow::Result<()> {
-        self.delivery.add(&other.delivery).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
-        self.ack.add(&other.ack).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
-        self.connect.add(&other.connect).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
-        self.send_lag.add(&other.send_lag).map_err(|error| anyhow::anyhow!("merging histograms: {error}"))?;
+        add(&mut self.delivery, &other.delivery)?;
+        add(&mut self.ack, &other.ack)?;
+        add(&mut self.connect, &other.connect)?;
+        add(&mut self.send_lag, &other.send_lag)?;
         self.timeline.merge(&other.timeline)?;
         self.sent += other.sent;
         self.acked += other.acked;
