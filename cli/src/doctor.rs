@@ -130,9 +130,18 @@ fn kernel_version() -> Option<(u32, u32, String)> {
 
 /// Every check, for `connections` connections.
 pub fn checks(connections: u64) -> Vec<Check> {
+    let mut checks = Vec::new();
+    file_checks(&mut checks, connections);
+    network_checks(&mut checks, connections);
+    io_uring_checks(&mut checks);
+    machine_checks(&mut checks);
+    checks
+}
+
+/// Open files: the process's limits and the kernel's.
+fn file_checks(checks: &mut Vec<Check>, connections: u64) {
     // A descriptor per connection, and room for the rest of the process.
     let want_files = connections + connections / 10 + 10_000;
-    let mut checks = Vec::new();
     match rlimit(libc::RLIMIT_NOFILE) {
         Some((soft, hard)) => {
             for (name, value) in [("open files (soft)", soft), ("open files (hard)", hard)] {
@@ -161,6 +170,10 @@ pub fn checks(connections: u64) -> Vec<Check> {
     }
     checks.push(sysctl_min("fs.nr_open", "/proc/sys/fs/nr_open", 65_536, want_files));
     checks.push(sysctl_min("fs.file-max", "/proc/sys/fs/file-max", 65_536, want_files * 2));
+}
+
+/// The listen backlog, TCP buffer memory and local ports.
+fn network_checks(checks: &mut Vec<Check>, connections: u64) {
     checks.push(sysctl_min("net.core.somaxconn", "/proc/sys/net/core/somaxconn", 128, 4_096));
     // tcp_mem is in pages: about 8 KiB of buffers per idle-ish connection.
     let want_pages = connections * 8 * 1024 / 4096;
@@ -199,6 +212,10 @@ pub fn checks(connections: u64) -> Vec<Check> {
             fix: String::new(),
         },
     });
+}
+
+/// Locked memory, and whether io_uring is allowed and works.
+fn io_uring_checks(checks: &mut Vec<Check>) {
     if let Some((soft, _)) = rlimit(libc::RLIMIT_MEMLOCK) {
         // Each shard's io_uring rings and glommio's registered buffers.
         let want = 8u64 << 20;
@@ -240,6 +257,10 @@ pub fn checks(connections: u64) -> Vec<Check> {
             fix: "allow io_uring (kernel >= 5.8, kernel.io_uring_disabled=0, no seccomp filter blocking it)".into(),
         },
     });
+}
+
+/// The kernel's version and the cores.
+fn machine_checks(checks: &mut Vec<Check>) {
     checks.push(match kernel_version() {
         Some((major, minor, release)) => {
             let verdict = if (major, minor) >= (5, 8) { Verdict::Pass } else { Verdict::Fail };
@@ -267,7 +288,6 @@ pub fn checks(connections: u64) -> Vec<Check> {
         recommended: "one shard each; the load generator best on other machines".into(),
         fix: String::new(),
     });
-    checks
 }
 
 /// Runs `chatgw doctor`: exit status 0 unless a check fails (then 2).

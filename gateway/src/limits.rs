@@ -26,6 +26,9 @@ pub const OUTBOUND_QUEUE_BYTES_MAX: usize = 4 << 20;
 /// Commands of one connection in flight at once; past it the session stops
 /// reading its socket (TCP backpressure) until one finishes.
 pub const COMMANDS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
+/// Socket reads a session handles in one poll before yielding to the other
+/// connections of its core.
+pub const READS_PER_POLL_MAX: usize = 16;
 
 /// Slots in each cross-core request queue (commands that await storage).
 pub const MESH_REQUEST_CAPACITY: usize = 1024;
@@ -67,6 +70,39 @@ pub const CHANNEL_NAME_CHARS_MAX: usize = 100;
 /// Longest `client_msg_id`, in bytes (storage keys on it).
 pub const CLIENT_MSG_ID_BYTES_MAX: usize = 128;
 
+/// Shortest username, in bytes (`a-z 0-9 _`, so bytes are chars).
+pub const USERNAME_BYTES_MIN: usize = 3;
+/// Longest username, in bytes (storage keys on it).
+pub const USERNAME_BYTES_MAX: usize = 32;
+/// Longest device name, in bytes (`A-Z a-z 0-9 _ -`).
+pub const DEVICE_BYTES_MAX: usize = 64;
+/// Shortest password accepted, in chars.
+pub const PASSWORD_CHARS_MIN: usize = 8;
+/// Longest password accepted, in bytes (hashing cost is bounded by it).
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+/// Longest display name, in chars.
+pub const DISPLAY_NAME_CHARS_MAX: usize = 64;
+/// Entries each per-core lookup cache (usernames, user ids, direct pairs)
+/// holds before it is cleared; a storage read refills what is used again.
+pub const LOOKUP_CACHE_ENTRIES_MAX: usize = 100_000;
+
+/// Identical texts a user may send within `FLOOD_WINDOW`.
+pub const FLOOD_REPEATS_MAX: u32 = 5;
+/// The window of the flood check.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(30);
+/// Distinct recent texts tracked per user.
+pub const FLOOD_TEXTS_MAX: usize = 4;
+
+/// Banned-word entries the list may hold.
+pub const BANNED_ENTRIES_MAX: usize = 10_000;
+/// Chars a banned-word entry may hold.
+pub const BANNED_ENTRY_CHARS_MAX: usize = 100;
+
+/// Connections one admin page holds at most.
+pub const CONNECTIONS_PAGE_MAX: usize = 1000;
+/// Connections one admin page holds when no limit is asked.
+pub const CONNECTIONS_PAGE_DEFAULT: usize = 100;
+
 /// Largest HTTP request body (a 100,000-char message in any JSON escaping).
 pub const HTTP_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX;
 /// An HTTP connection that sends nothing for this long is closed.
@@ -82,6 +118,9 @@ const _: () = assert!(READ_SCRATCH_BYTES >= 14, "a whole frame header fits the s
 const _: () = assert!(HISTORY_LIMIT_MAX <= chatgw_storage::READ_LIMIT_MAX);
 const _: () = assert!(SYNC_LIMIT_MAX < chatgw_storage::READ_LIMIT_MAX);
 const _: () = assert!(CLIENT_MSG_ID_BYTES_MAX <= chatgw_storage::CLIENT_MSG_ID_BYTES_MAX);
+const _: () = assert!(USERNAME_BYTES_MIN <= USERNAME_BYTES_MAX);
+const _: () = assert!(USERNAME_BYTES_MAX <= chatgw_storage::USERNAME_BYTES_MAX, "storage keys on usernames");
+const _: () = assert!(CONNECTIONS_PAGE_DEFAULT <= CONNECTIONS_PAGE_MAX);
 const _: () = assert!(REQUESTS_IN_FLIGHT_PER_SHARD_MAX >= MESH_REQUEST_CAPACITY);
 
 /// Channels of up to this many members get pushes for offline members

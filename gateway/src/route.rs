@@ -1,7 +1,7 @@
 //! The only module that crosses cores.
 //!
 //! Two bounded full meshes join the shards:
-//! - *requests*: work that awaits storage at the owner (a send, a channel
+//! - *calls*: work that awaits storage at the owner (a send, a channel
 //!   change, a signup). The owner's reader may wait for room to work
 //!   (backpressure), so these queues fill under overload.
 //! - *control*: replies, deliveries, subscriptions, membership changes. Its
@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,15 +22,14 @@ use chatgw_storage::{Channel, Message};
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
-use crate::admin::ConnInfo;
-use crate::banned::BannedWords;
-use crate::error::ApiError;
-use crate::presence::Status;
-use crate::stats::CoreStats;
+use crate::error::{ApiError, ErrorCode};
+use crate::services::banned::{BannedChange, BannedWords};
+use crate::services::stats::ShardStats;
+use crate::services::{abuse, presence, push};
 
-/// A request for the shard that owns its subject.
+/// A call on the shard that owns its subject: work that awaits storage there.
 #[derive(Debug)]
-pub enum Request {
+pub enum Call {
     /// Store and fan out a message of a channel.
     Send {
         /// The channel (owned by the receiver).
@@ -90,23 +90,9 @@ pub enum Request {
     BannedWords(BannedChange),
 }
 
-/// A change to the banned words.
-#[derive(Debug, Clone)]
-pub enum BannedChange {
-    /// The whole list.
-    Replace(Vec<String>),
-    /// Entries to add and to remove.
-    Patch {
-        /// Added.
-        add: Vec<String>,
-        /// Removed.
-        remove: Vec<String>,
-    },
-}
-
-/// What a request answers.
+/// What a call, or a control message that asks, answers.
 #[derive(Debug)]
-pub enum Response {
+pub enum Answer {
     /// A message stored (or a duplicate found).
     Sent {
         /// The message (the first one, for a duplicate).
@@ -121,7 +107,7 @@ pub enum Response {
     /// Whether the answering core now hosts a connection of the channel.
     Subscribed(bool),
     /// A core's figures.
-    Stats(Box<CoreStats>),
+    Stats(Box<ShardStats>),
     /// How many (connections kicked, say).
     Count(u64),
     /// A page of a core's connections.
@@ -129,16 +115,33 @@ pub enum Response {
     /// The banned words now in force.
     Banned(Arc<BannedWords>),
     /// Users' presence.
-    Presence(Vec<Status>),
+    Presence(Vec<presence::Status>),
     /// Done.
     Done,
 }
 
-/// A control message: handled at once, never awaiting.
+/// A control message: handled at once, never awaiting. One variant per
+/// subject; each carries that subject's own closed enum of plain data.
 #[derive(Debug)]
 pub enum Control {
     /// The answer to a request this core made.
-    Reply(Result<Response, ApiError>),
+    Reply(Result<Answer, ApiError>),
+    /// Deliveries and the channel subscriptions of cores.
+    Channel(ChannelMsg),
+    /// Presence, between a connection's core and the user's owner.
+    Presence(presence::Msg),
+    /// A send's rate check at the sender's owner; answered with `Done` or
+    /// `rate_limited`.
+    Abuse(abuse::Check),
+    /// Pushes to record at the members' owner.
+    Push(push::Check),
+    /// The operator's requests to every core.
+    Ops(OpsMsg),
+}
+
+/// Channel traffic between an owner and the cores hosting its members.
+#[derive(Debug)]
+pub enum ChannelMsg {
     /// One encoded frame for every local connection of a channel.
     Deliver {
         /// The channel.
@@ -148,7 +151,8 @@ pub enum Control {
         /// When the owner took the message (for the fan-out latency).
         taken_at: Instant,
     },
-    /// The sender hosts connections of this channel now (to the owner).
+    /// The sender hosts connections of this channel now (to the owner);
+    /// answered with `Done`.
     Subscribe(ChannelId),
     /// The sender hosts no connection of this channel any more (to the owner).
     Unsubscribe(ChannelId),
@@ -156,15 +160,20 @@ pub enum Control {
     Membership {
         /// The channel.
         channel_id: ChannelId,
-        /// Users who joined, and the `channel` event for them.
+        /// Users who joined.
         added: Vec<UserId>,
-        /// Users who left, and the `channel` event for them.
+        /// Users who left.
         removed: Vec<UserId>,
         /// The `channel` event with kind `added`.
         added_frame: Option<Bytes>,
         /// The `channel` event with kind `removed`.
         removed_frame: Option<Bytes>,
     },
+}
+
+/// What the operator asks of every core.
+#[derive(Debug)]
+pub enum OpsMsg {
     /// This core's figures, please; answered with `Stats`.
     Stats,
     /// Close a user's connections here (one device's, if named); answered
@@ -179,65 +188,34 @@ pub enum Control {
     /// with `Connections`.
     Connections {
         /// The last key of the previous page.
-        after: Option<usize>,
+        after: Option<ConnKey>,
         /// At most this many.
         limit: usize,
     },
     /// Enforce this version of the banned words (if newer); answered with `Done`.
     BannedWords(Arc<BannedWords>),
-    /// A device of a user this shard owns connected on the sender.
-    PresenceConnected {
-        /// The user.
-        user_id: UserId,
-        /// When, ms since the Unix epoch.
-        at_ms: u64,
-    },
-    /// A device of a user this shard owns went from the sender.
-    PresenceDisconnected {
-        /// The user.
-        user_id: UserId,
-        /// Its last frame, ms since the Unix epoch.
-        last_active_ms: u64,
-    },
-    /// Users this shard owns were active on the sender (user, ms).
-    PresenceActivity(Vec<(UserId, u64)>),
-    /// The sender starts or stops holding presence subscribers of these
-    /// users (owned here); answered with `Presence`.
-    PresenceWatch {
-        /// The users.
-        users: Vec<UserId>,
-        /// Start (true) or stop.
-        watch: bool,
-    },
-    /// The presence of users owned here; answered with `Presence`.
-    PresenceQuery(Vec<UserId>),
-    /// A message was stored in a channel with these members (owned by the
-    /// receiver): record a push for each with no connected device.
-    PushCheck {
-        /// The channel.
-        channel_id: ChannelId,
-        /// The message.
-        message_id: chatgw_idgen::MessageId,
-        /// Members owned by the receiver (the sender left out).
-        members: Vec<UserId>,
-    },
-    /// May this user (owned by the receiver) send a text of this hash now?
-    /// Answered with `Done` or `rate_limited`.
-    SendAllowed {
-        /// The sender.
-        user_id: UserId,
-        /// `abuse::text_hash` of the text.
-        text_hash: u64,
-        /// `abuse::text_hash` of its `client_msg_id`, if any.
-        client_msg_id_hash: Option<u64>,
-    },
-    /// A presence event for the receiver's subscribers of a user.
-    PresenceEvent {
-        /// The user whose presence changed.
-        user_id: UserId,
-        /// The encoded `presence` event.
-        frame: Bytes,
-    },
+}
+
+/// A connection's key in its core's registry (the admin API's paging cursor).
+pub type ConnKey = usize;
+
+/// One connection as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Its key in its core's registry.
+    pub key: ConnKey,
+    /// The user.
+    pub user_id: UserId,
+    /// The username.
+    pub username: String,
+    /// The device.
+    pub device: String,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// When it connected, ms since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// When a frame last came, ms since the Unix epoch.
+    pub last_active_ms: u64,
 }
 
 /// A mesh message: who sent it and which of its requests it answers.
@@ -254,9 +232,9 @@ pub struct Routed<T> {
 /// This core's ends of the meshes and its requests awaiting replies.
 pub struct Router {
     shard: ShardId,
-    requests: Senders<Routed<Request>>,
+    requests: Senders<Routed<Call>>,
     control: Senders<Routed<Control>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<Result<Response, ApiError>>>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Result<Answer, ApiError>>>>,
     next_request_id: Cell<u64>,
     /// Messages sent to each shard (both meshes).
     sent: Box<[Cell<u64>]>,
@@ -266,7 +244,7 @@ pub struct Router {
 
 impl Router {
     /// A router over joined meshes (peer `i` is shard `i`).
-    pub fn new(shard: ShardId, requests: Senders<Routed<Request>>, control: Senders<Routed<Control>>) -> Self {
+    pub fn new(shard: ShardId, requests: Senders<Routed<Call>>, control: Senders<Routed<Control>>) -> Self {
         assert_eq!(requests.peer_id(), shard.index(), "mesh peers are shards in order");
         assert_eq!(control.peer_id(), shard.index(), "mesh peers are shards in order");
         let peers = requests.nr_consumers();
@@ -302,7 +280,7 @@ impl Router {
         self.received.iter().map(Cell::get).collect()
     }
 
-    fn register(&self) -> (u64, oneshot::Receiver<Result<Response, ApiError>>) {
+    fn register(&self) -> (u64, oneshot::Receiver<Result<Answer, ApiError>>) {
         let id = self.next_request_id.get();
         self.next_request_id.set(id + 1);
         let (sender, receiver) = oneshot::channel();
@@ -310,32 +288,28 @@ impl Router {
         (id, receiver)
     }
 
-    async fn wait(
-        &self,
-        id: u64,
-        receiver: oneshot::Receiver<Result<Response, ApiError>>,
-    ) -> Result<Response, ApiError> {
+    async fn wait(&self, id: u64, receiver: oneshot::Receiver<Result<Answer, ApiError>>) -> Result<Answer, ApiError> {
         receiver.await.unwrap_or_else(|_| {
             self.pending.borrow_mut().remove(&id);
             Err(ApiError::internal("a shard dropped a request"))
         })
     }
 
-    /// Sends a request to another shard and awaits its answer. Waits for
+    /// Sends a call to another shard and awaits its answer. Waits for
     /// room when that shard's queue is full (backpressure).
-    pub async fn request(&self, to: ShardId, body: Request) -> Result<Response, ApiError> {
+    pub async fn call(&self, to: ShardId, body: Call) -> Result<Answer, ApiError> {
         debug_assert_ne!(to, self.shard, "local requests are local calls");
         let (id, receiver) = self.register();
         Self::count(&self.sent, to);
         if self.requests.send_to(to.index(), Routed { from: self.shard, request_id: id, body }).await.is_err() {
             self.pending.borrow_mut().remove(&id);
-            return Err(ApiError::new(crate::error::ErrorCode::Overloaded, "shard unavailable"));
+            return Err(ApiError::new(ErrorCode::Overloaded, "shard unavailable"));
         }
         self.wait(id, receiver).await
     }
 
     /// Sends a control message that expects a reply, and awaits it.
-    pub async fn ask(&self, to: ShardId, body: Control) -> Result<Response, ApiError> {
+    pub async fn ask(&self, to: ShardId, body: Control) -> Result<Answer, ApiError> {
         let (id, receiver) = self.register();
         self.send_control(to, id, body).await;
         self.wait(id, receiver).await
@@ -368,7 +342,7 @@ impl Router {
     }
 
     /// Completes a request this core made.
-    pub fn complete(&self, request_id: u64, result: Result<Response, ApiError>) {
+    pub fn complete(&self, request_id: u64, result: Result<Answer, ApiError>) {
         if let Some(waiter) = self.pending.borrow_mut().remove(&request_id) {
             let _ = waiter.send(result);
         }

@@ -1,6 +1,6 @@
 //! How the 10 worker bits split into node and shard, and decoding ids.
 
-use crate::{EPOCH_MS, SEQUENCE_BITS, TIME_MAX_MS, WORKER_BITS};
+use crate::bits::{EPOCH_MS, SEQUENCE_BITS, TIME_MAX_MS, WORKER_BITS};
 
 /// Why a layout or worker id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,8 @@
 //! The generator: strictly increasing Snowflake ids for one worker.
 
+use crate::bits::{EPOCH_MS, SEQUENCE_BITS, SEQUENCE_PER_MS, TIME_MAX_MS, WORKER_BITS};
+use crate::clock::{Clock, SystemClock};
 use crate::layout::{Layout, LayoutError, WorkerId};
-use crate::{Clock, EPOCH_MS, SEQUENCE_BITS, SEQUENCE_PER_MS, SystemClock, TIME_MAX_MS, WORKER_BITS};
 
 /// Clock reads spent waiting for the next millisecond once a millisecond's
 /// 4,096 ids are used, before the generator moves on by its logical clock.

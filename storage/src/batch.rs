@@ -1,25 +1,26 @@
 //! Typed writes, gathered into one atomic batch: a group commit.
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
-use rocksdb::WriteBatch;
+use rocksdb::{DB, WriteBatch};
 
+use crate::cf;
 use crate::error::Result;
-use crate::keys;
+use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part};
 use crate::model::{Channel, ChannelKind, DedupeEntry, Message, OutboxEntry, User};
 use crate::record::{self, ChannelRecord, DedupeRecord, MessageRecord, OutboxRecord, UserRecord};
-use crate::store::{CLIENT_MSG_ID_BYTES_MAX, Store, USERNAME_BYTES_MAX, check_key_part};
 
 /// Writes to any shards of one store, applied all together by
-/// [`Store::write`]. Each method names the shard whose column family gets
+/// `Store::write`. Each method names the shard whose column family gets
 /// the key; that shard must be the key's owner (the gateway's rule).
 pub struct Batch<'s> {
-    store: &'s Store,
+    db: &'s DB,
+    shards: u16,
     inner: WriteBatch,
 }
 
 impl<'s> Batch<'s> {
-    pub(crate) fn new(store: &'s Store) -> Self {
-        Batch { store, inner: WriteBatch::default() }
+    pub(crate) fn new(db: &'s DB, shards: u16) -> Self {
+        Batch { db, shards, inner: WriteBatch::default() }
     }
 
     pub(crate) fn into_inner(self) -> WriteBatch {
@@ -42,13 +43,13 @@ impl<'s> Batch<'s> {
     }
 
     fn put(&mut self, shard: ShardId, key: &[u8], value: &[u8]) -> Result<()> {
-        let cf = self.store.shard_cf(shard)?;
+        let cf = cf::shard_handle(self.db, self.shards, shard)?;
         self.inner.put_cf(cf, key, value);
         Ok(())
     }
 
     fn delete(&mut self, shard: ShardId, key: &[u8]) -> Result<()> {
-        let cf = self.store.shard_cf(shard)?;
+        let cf = cf::shard_handle(self.db, self.shards, shard)?;
         self.inner.delete_cf(cf, key);
         Ok(())
     }

@@ -6,6 +6,21 @@
 
 use chatgw_idgen::{ChannelId, MessageId, UserId};
 
+use crate::error::{Result, StorageError};
+
+/// The longest `client_msg_id` storage keys on, in bytes.
+pub const CLIENT_MSG_ID_BYTES_MAX: usize = 128;
+/// The longest username storage keys on, in bytes.
+pub const USERNAME_BYTES_MAX: usize = 64;
+
+/// Refuses an empty or over-long variable key part.
+pub(crate) fn check_key_part(what: &'static str, part: &str, max: usize) -> Result<()> {
+    if part.is_empty() || part.len() > max {
+        return Err(StorageError::InvalidKeyPart { what, len: part.len(), max });
+    }
+    Ok(())
+}
+
 /// Bytes of the prefix that the prefix extractor takes: tag and one id.
 pub const PREFIX_BYTES: usize = 9;
 

@@ -12,7 +12,7 @@ use rocksdb::{
 use crate::batch::Batch;
 use crate::cf;
 use crate::error::{Result, StorageError};
-use crate::keys::{self, tag};
+use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part, tag};
 use crate::model::{Channel, ChannelKind, DedupeEntry, InboxEntry, Message, OutboxEntry, User, UserChannel};
 use crate::record::{
     self, ArchivedChannelRecord, ArchivedDedupeRecord, ArchivedMessageRecord, ArchivedOutboxRecord, ArchivedUserRecord,
@@ -22,10 +22,6 @@ use crate::record::{
 pub const READ_LIMIT_MAX: usize = 10_000;
 /// How long a `client_msg_id` is remembered: 24 hours.
 pub const DEDUPE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
-/// The longest `client_msg_id` storage keys on, in bytes.
-pub const CLIENT_MSG_ID_BYTES_MAX: usize = 128;
-/// The longest username storage keys on, in bytes.
-pub const USERNAME_BYTES_MAX: usize = 64;
 
 const META_SHARDS_KEY: &[u8] = b"shards";
 
@@ -221,11 +217,7 @@ impl Store {
     }
 
     pub(crate) fn shard_cf(&self, shard: ShardId) -> Result<&ColumnFamily> {
-        if shard.0 >= self.shards {
-            return Err(StorageError::NoSuchShard { shard, shards: self.shards });
-        }
-        let name = cf::shard(shard);
-        self.db.cf_handle(&name).ok_or(StorageError::MissingColumnFamily(name))
+        cf::shard_handle(&self.db, self.shards, shard)
     }
 
     fn meta_cf(&self) -> Result<&ColumnFamily> {
@@ -234,7 +226,7 @@ impl Store {
 
     /// A new, empty write batch against this store.
     pub fn batch(&self) -> Batch<'_> {
-        Batch::new(self)
+        Batch::new(&self.db, self.shards)
     }
 
     /// Writes `batch` atomically (every shard it touches, or none): into
@@ -670,12 +662,4 @@ impl Store {
         self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         Ok(())
     }
-}
-
-/// Refuses an empty or over-long variable key part.
-pub(crate) fn check_key_part(what: &'static str, part: &str, max: usize) -> Result<()> {
-    if part.is_empty() || part.len() > max {
-        return Err(StorageError::InvalidKeyPart { what, len: part.len(), max });
-    }
-    Ok(())
 }

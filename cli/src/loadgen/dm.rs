@@ -405,6 +405,54 @@ async fn worker_main(
 ) -> anyhow::Result<(Stats, u64)> {
     let stats = Rc::new(RefCell::new(Stats::new()));
     let mine: Vec<usize> = (worker..args.users).step_by(args.workers).collect();
+    let outboxes = connect_all(args, accounts, shared, &stats, &mine).await?;
+    let connected_at = latency::now_ns();
+    ws::spawn_heartbeats(&outboxes, stats.borrow().heartbeat_every);
+    shared.connected.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {
+        shared.connected.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+    let pad = "x".repeat(args.text_bytes.saturating_sub(30));
+    warm_up(args, accounts, shared, &stats, &mine, &outboxes, &pad).await?;
+
+    // One start time for all: the first worker here sets it.
+    let start = runtime::agreed_start(&shared.start_ns);
+    let end = start + args.duration_s * 1_000_000_000;
+    stats.borrow_mut().figures.timeline.start_at(start);
+    let sender = Sender { accounts, shared, stats: &stats, mine: &mine, outboxes: &outboxes, pad: &pad };
+    match args.in_flight {
+        Some(in_flight) => sender.closed_loop(in_flight, end).await,
+        None => {
+            let interval = (1e9 * args.workers as f64 / args.rate as f64) as u64;
+            sender.open_loop(start + worker as u64 * interval / args.workers as u64, interval, end).await;
+        }
+    }
+    let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
+        let sent = shared.live.sent.load(Ordering::Acquire);
+        shared.live.delivered.load(Ordering::Acquire) >= sent && shared.acked.load(Ordering::Acquire) >= sent
+    })
+    .await;
+    shared.finished.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
+        shared.finished.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+    // Take the figures before the connections close (closing is not an error).
+    let figures = std::mem::replace(&mut *stats.borrow_mut(), Stats::new());
+    drop(outboxes);
+    Ok((figures, connected_at))
+}
+
+/// Opens this worker's connections, `--ramp-per-s` of them a second (its
+/// share) when given, else `--connect-concurrency` at a time.
+async fn connect_all(
+    args: &DmArgs,
+    accounts: &[Account],
+    shared: &Arc<Shared>,
+    stats: &Rc<RefCell<Stats>>,
+    mine: &[usize],
+) -> anyhow::Result<Vec<Outbox>> {
     let mut outboxes = Vec::with_capacity(mine.len());
     let ramp_started = latency::now_ns();
     // With a ramp, open 10 ms worth of connections at a time.
@@ -425,29 +473,33 @@ async fn worker_main(
             }
         }
         let opened =
-            futures_util::future::join_all(chunk.iter().map(|&user| open(args, &accounts[user], user, &stats, shared)))
+            futures_util::future::join_all(chunk.iter().map(|&user| open(args, &accounts[user], user, stats, shared)))
                 .await;
         for (outbox, &user) in opened.into_iter().zip(chunk) {
             outboxes.push(outbox.with_context(|| format!("user {user}"))?);
         }
     }
-    let connected_at = latency::now_ns();
-    ws::spawn_heartbeats(&outboxes, stats.borrow().heartbeat_every);
-    shared.connected.fetch_add(1, Ordering::AcqRel);
-    wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {
-        shared.connected.load(Ordering::Acquire) == args.workers
-    })
-    .await?;
+    Ok(outboxes)
+}
 
-    // Warm-up: each even user sends one message, which makes the pair's
-    // direct channel; wait until every ack and every delivery is in.
-    let pad = "x".repeat(args.text_bytes.saturating_sub(30));
+/// Each even user sends one message, which makes the pair's direct
+/// channel; waits until every ack and every delivery is in, here and in
+/// every other worker.
+async fn warm_up(
+    args: &DmArgs,
+    accounts: &[Account],
+    shared: &Arc<Shared>,
+    stats: &Rc<RefCell<Stats>>,
+    mine: &[usize],
+    outboxes: &[Outbox],
+    pad: &str,
+) -> anyhow::Result<()> {
     let mut evens = 0;
     let mut odds = 0;
     for (slot, &user) in mine.iter().enumerate() {
         if user.is_multiple_of(2) {
             evens += 1;
-            outboxes[slot].send(command(0, user, &accounts[user + 1].username, &pad)).await.ok();
+            outboxes[slot].send(command(0, user, &accounts[user + 1].username, pad)).await.ok();
         } else {
             odds += 1;
         }
@@ -461,13 +513,36 @@ async fn worker_main(
     wait_for("every worker to warm up", &shared.failed, Duration::from_secs(120), || {
         shared.warmed.load(Ordering::Acquire) == args.workers
     })
-    .await?;
+    .await
+}
 
-    // One start time for all: the first worker here sets it.
-    let start = runtime::agreed_start(&shared.start_ns);
-    let end = start + args.duration_s * 1_000_000_000;
-    stats.borrow_mut().figures.timeline.start_at(start);
-    if let Some(in_flight) = args.in_flight {
+/// What the measured phase sends with: this worker's users, their
+/// connections and figures.
+struct Sender<'a> {
+    accounts: &'a [Account],
+    shared: &'a Arc<Shared>,
+    stats: &'a Rc<RefCell<Stats>>,
+    mine: &'a [usize],
+    outboxes: &'a [Outbox],
+    pad: &'a str,
+}
+
+impl Sender<'_> {
+    /// Queues the message of slot `slot` due at `due_ns`, counting it.
+    fn send(&self, slot: usize, due_ns: u64) {
+        let user = self.mine[slot];
+        let partner = &self.accounts[user ^ 1].username;
+        match self.outboxes[slot].try_send(command(due_ns, user, partner, self.pad)) {
+            Ok(()) => {
+                self.stats.borrow_mut().figures.sent += 1;
+                self.shared.live.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.stats.borrow_mut().figures.error("client_backlog"),
+        }
+    }
+
+    /// `--in-flight N`: a new message whenever an ack frees a unit, until `end`.
+    async fn closed_loop(&self, in_flight: u64, end: u64) {
         let window = WINDOW.with(Rc::clone);
         window.signal(in_flight);
         let mut slot = 0;
@@ -477,62 +552,34 @@ async fn worker_main(
             if !matches!(runtime::within(left, window.acquire(1)).await, Some(Ok(()))) {
                 break;
             }
-            let user = mine[slot];
-            let partner = &accounts[user ^ 1].username;
             // The message is "due" now: latency counts from the send.
-            match outboxes[slot].try_send(command(latency::now_ns(), user, partner, &pad)) {
-                Ok(()) => {
-                    stats.borrow_mut().figures.sent += 1;
-                    shared.live.sent.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => stats.borrow_mut().figures.error("client_backlog"),
-            }
-            slot = (slot + 1) % mine.len();
+            self.send(slot, latency::now_ns());
+            slot = (slot + 1) % self.mine.len();
         }
     }
-    let interval = (1e9 * args.workers as f64 / args.rate as f64) as u64;
-    let mut next = start + worker as u64 * interval / args.workers as u64;
-    let mut slot = 0;
-    while args.in_flight.is_none() && next < end {
-        let now = latency::now_ns();
-        if next > now {
-            // Sleep until the next one is due (no spinning: the cores are
-            // shared with the server being measured). A late wake-up only
-            // delays sends, and their latency still counts from due time.
-            glommio::timer::sleep(Duration::from_nanos(next - now)).await;
-            continue;
-        }
-        // Everything due by now goes out, each with its own due time.
-        while next <= now && next < end {
-            let user = mine[slot];
-            let partner = &accounts[user ^ 1].username;
-            latency::record_between(&mut stats.borrow_mut().figures.send_lag, next, now);
-            let queued = outboxes[slot].try_send(command(next, user, partner, &pad));
-            slot = (slot + 1) % mine.len();
-            match queued {
-                Ok(()) => {
-                    stats.borrow_mut().figures.sent += 1;
-                    shared.live.sent.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => stats.borrow_mut().figures.error("client_backlog"),
+
+    /// The open loop: one message every `interval` ns from `next`, until
+    /// `end`, each with its own due time.
+    async fn open_loop(&self, mut next: u64, interval: u64, end: u64) {
+        let mut slot = 0;
+        while next < end {
+            let now = latency::now_ns();
+            if next > now {
+                // Sleep until the next one is due (no spinning: the cores are
+                // shared with the server being measured). A late wake-up only
+                // delays sends, and their latency still counts from due time.
+                glommio::timer::sleep(Duration::from_nanos(next - now)).await;
+                continue;
             }
-            next += interval;
+            // Everything due by now goes out, each with its own due time.
+            while next <= now && next < end {
+                latency::record_between(&mut self.stats.borrow_mut().figures.send_lag, next, now);
+                self.send(slot, next);
+                slot = (slot + 1) % self.mine.len();
+                next += interval;
+            }
         }
     }
-    let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
-        let sent = shared.live.sent.load(Ordering::Acquire);
-        shared.live.delivered.load(Ordering::Acquire) >= sent && shared.acked.load(Ordering::Acquire) >= sent
-    })
-    .await;
-    shared.finished.fetch_add(1, Ordering::AcqRel);
-    wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
-        shared.finished.load(Ordering::Acquire) == args.workers
-    })
-    .await?;
-    // Take the figures before the connections close (closing is not an error).
-    let figures = std::mem::replace(&mut *stats.borrow_mut(), Stats::new());
-    drop(outboxes);
-    Ok((figures, connected_at))
 }
 
 #[cfg(test)]

@@ -453,6 +453,68 @@ async fn worker_main(
     let stats = Rc::new(RefCell::new(Stats::new()));
     let users = args.groups * args.members;
     let mine: Vec<usize> = (worker..users).step_by(args.workers).collect();
+    let (outboxes, senders) = connect_all(args, accounts, shared, &stats, &mine).await?;
+    if let Some(every) = stats.borrow().heartbeat_every {
+        ws::spawn_heartbeats(&outboxes.values().cloned().collect::<Vec<_>>(), every);
+    }
+    shared.connected.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {
+        shared.connected.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+    set_up_groups(args, accounts, shared, &stats, &mine, &outboxes, &senders).await?;
+    let start = runtime::agreed_start(&shared.start_ns);
+    let end = start + args.duration_s * 1_000_000_000;
+    shared.end_ns.store(end, Ordering::Release);
+    glommio::timer::sleep(Duration::from_nanos(start.saturating_sub(latency::now_ns()))).await;
+
+    let pad = "x".repeat(args.text_bytes.saturating_sub(30));
+    let channels = stats.borrow().channels.clone();
+    let loops = senders.into_iter().map(|(user, acks)| {
+        let group = user / args.members;
+        let channel = channels.get(&group).cloned().unwrap_or_default();
+        let pad = pad.clone();
+        let make = move |sent_at: u64| match args.target {
+            Target::Chatgw => chatgw_send(&channel, sent_at, group, &pad),
+            Target::Nats => {
+                let subject = subject(args.child_group_offset.unwrap_or(0) + group);
+                Message::text(nats::publish(&subject, &format!("fo {sent_at} {group} {pad}")))
+            }
+        };
+        let sender = GroupSender { args, user, outbox: outboxes[&user].clone(), acks, end };
+        sender.run(make, stats.clone(), shared.clone())
+    });
+    for result in futures_util::future::join_all(loops).await {
+        result?;
+    }
+    let members = args.members as u64;
+    let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
+        shared.live.delivered.load(Ordering::Acquire) >= shared.live.sent.load(Ordering::Acquire) * members
+    })
+    .await;
+    shared.finished.fetch_add(1, Ordering::AcqRel);
+    wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
+        shared.finished.load(Ordering::Acquire) == args.workers
+    })
+    .await?;
+    let figures = std::mem::replace(&mut *stats.borrow_mut(), Stats::new());
+    drop(outboxes);
+    Ok(figures)
+}
+
+/// A group's sender (its first member) with the acks of its messages.
+type Senders = Vec<(usize, local_channel::LocalReceiver<()>)>;
+
+/// Opens this worker's members' connections, `--ramp-per-s` of them a
+/// second (its share) when given, else 64 at a time; answers them by user,
+/// and the senders among them.
+async fn connect_all(
+    args: &FanoutArgs,
+    accounts: &[Account],
+    shared: &Arc<Shared>,
+    stats: &Rc<RefCell<Stats>>,
+    mine: &[usize],
+) -> anyhow::Result<(BTreeMap<usize, Outbox>, Senders)> {
     let mut outboxes = BTreeMap::new();
     let mut senders = Vec::new();
     let ramp_started = latency::now_ns();
@@ -477,7 +539,7 @@ async fn worker_main(
                 Some((tx, rx)) => (Some(tx), Some(rx)),
                 None => (None, None),
             };
-            let open = open(args, accounts, user, &stats, shared, ack_tx);
+            let open = open(args, accounts, user, stats, shared, ack_tx);
             async move { (user, open.await, ack_rx) }
         }))
         .await;
@@ -488,19 +550,23 @@ async fn worker_main(
             }
         }
     }
-    if let Some(every) = stats.borrow().heartbeat_every {
-        ws::spawn_heartbeats(&outboxes.values().cloned().collect::<Vec<_>>(), every);
-    }
-    shared.connected.fetch_add(1, Ordering::AcqRel);
-    wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {
-        shared.connected.load(Ordering::Acquire) == args.workers
-    })
-    .await?;
+    Ok((outboxes, senders))
+}
 
-    // Setup: chatgw senders make their group's channel; every member
-    // (NATS: every subscriber) reports in before the load starts.
+/// chatgw senders make their group's channel; every member (NATS: every
+/// subscriber) reports in, here and in every other worker, before the load
+/// starts.
+async fn set_up_groups(
+    args: &FanoutArgs,
+    accounts: &[Account],
+    shared: &Arc<Shared>,
+    stats: &Rc<RefCell<Stats>>,
+    mine: &[usize],
+    outboxes: &BTreeMap<usize, Outbox>,
+    senders: &Senders,
+) -> anyhow::Result<()> {
     if args.target == Target::Chatgw {
-        for (user, _) in &senders {
+        for (user, _) in senders {
             let members: Vec<&str> =
                 (user + 1..user + args.members).map(|member| accounts[member].username.as_str()).collect();
             let create = serde_json::json!({
@@ -525,74 +591,57 @@ async fn worker_main(
     wait_for("every worker to set up", &shared.failed, Duration::from_secs(120), || {
         shared.ready.load(Ordering::Acquire) == args.workers
     })
-    .await?;
-    let start = runtime::agreed_start(&shared.start_ns);
-    let end = start + args.duration_s * 1_000_000_000;
-    shared.end_ns.store(end, Ordering::Release);
-    glommio::timer::sleep(Duration::from_nanos(start.saturating_sub(latency::now_ns()))).await;
+    .await
+}
 
-    let pad = "x".repeat(args.text_bytes.saturating_sub(30));
-    let channels = stats.borrow().channels.clone();
-    let loops = senders.into_iter().map(|(user, acks)| {
-        let group = user / args.members;
-        let outbox = outboxes[&user].clone();
-        let (stats, shared, pad) = (stats.clone(), shared.clone(), pad.clone());
-        let channel = channels.get(&group).cloned().unwrap_or_default();
-        let make = move |sent_at: u64| match args.target {
-            Target::Chatgw => chatgw_send(&channel, sent_at, group, &pad),
-            Target::Nats => {
-                let subject = subject(args.child_group_offset.unwrap_or(0) + group);
-                Message::text(nats::publish(&subject, &format!("fo {sent_at} {group} {pad}")))
+/// One group's sender in the measured phase: keeps `--window` messages in
+/// flight until `end`, then waits for the last acks.
+struct GroupSender<'a> {
+    args: &'a FanoutArgs,
+    user: usize,
+    outbox: Outbox,
+    acks: local_channel::LocalReceiver<()>,
+    end: u64,
+}
+
+impl GroupSender<'_> {
+    async fn run(
+        self,
+        make: impl Fn(u64) -> Message,
+        stats: Rc<RefCell<Stats>>,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<()> {
+        let GroupSender { args, user, outbox, acks, end } = self;
+        let mut in_flight = 0;
+        // NATS acks (PONGs) come in order: their send times queue here.
+        let mut sent_times = std::collections::VecDeque::new();
+        loop {
+            while in_flight < args.window && latency::now_ns() < end {
+                let sent_at = latency::now_ns();
+                if outbox.send(make(sent_at)).await.is_err() {
+                    bail!("sender {user} lost its connection");
+                }
+                in_flight += 1;
+                if args.target == Target::Nats {
+                    sent_times.push_back(sent_at);
+                }
+                stats.borrow_mut().figures.sent += 1;
+                shared.live.sent.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        async move {
-            let mut in_flight = 0;
-            // NATS acks (PONGs) come in order: their send times queue here.
-            let mut sent_times = std::collections::VecDeque::new();
-            loop {
-                while in_flight < args.window && latency::now_ns() < end {
-                    let sent_at = latency::now_ns();
-                    if outbox.send(make(sent_at)).await.is_err() {
-                        bail!("sender {user} lost its connection");
+            if in_flight == 0 {
+                return Ok(());
+            }
+            let wait = end.saturating_sub(latency::now_ns()) + args.drain_s * 1_000_000_000;
+            match within(Duration::from_nanos(wait), acks.recv()).await {
+                Some(Some(())) => {
+                    in_flight -= 1;
+                    if let Some(sent_at) = sent_times.pop_front() {
+                        latency::record_since(&mut stats.borrow_mut().figures.ack, sent_at);
                     }
-                    in_flight += 1;
-                    if args.target == Target::Nats {
-                        sent_times.push_back(sent_at);
-                    }
-                    stats.borrow_mut().figures.sent += 1;
-                    shared.live.sent.fetch_add(1, Ordering::Relaxed);
                 }
-                if in_flight == 0 {
-                    return Ok(());
-                }
-                let wait = end.saturating_sub(latency::now_ns()) + args.drain_s * 1_000_000_000;
-                match within(Duration::from_nanos(wait), acks.recv()).await {
-                    Some(Some(())) => {
-                        in_flight -= 1;
-                        if let Some(sent_at) = sent_times.pop_front() {
-                            latency::record_since(&mut stats.borrow_mut().figures.ack, sent_at);
-                        }
-                    }
-                    Some(None) => bail!("sender {user} lost its connection"),
-                    None => bail!("sender {user}: {in_flight} messages unacknowledged after the drain time"),
-                }
+                Some(None) => bail!("sender {user} lost its connection"),
+                None => bail!("sender {user}: {in_flight} messages unacknowledged after the drain time"),
             }
         }
-    });
-    for result in futures_util::future::join_all(loops).await {
-        result?;
     }
-    let members = args.members as u64;
-    let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
-        shared.live.delivered.load(Ordering::Acquire) >= shared.live.sent.load(Ordering::Acquire) * members
-    })
-    .await;
-    shared.finished.fetch_add(1, Ordering::AcqRel);
-    wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
-        shared.finished.load(Ordering::Acquire) == args.workers
-    })
-    .await?;
-    let figures = std::mem::replace(&mut *stats.borrow_mut(), Stats::new());
-    drop(outboxes);
-    Ok(figures)
 }

@@ -1,0 +1,103 @@
+//! The `channel.*` methods: creating and changing channels goes to the
+//! channel's owner (`shard::channels`); info and list read storage here.
+
+use std::rc::Rc;
+
+use chatgw_idgen::{ChannelId, UserId};
+use chatgw_storage::{Channel, ChannelKind};
+use serde_json::{Value, json};
+
+use crate::auth::AuthedUser;
+use crate::clock::now_ms;
+use crate::cmd::history::readable;
+use crate::error::{ApiError, ErrorCode};
+use crate::route::Call;
+use crate::shard::inbox;
+use crate::shard::state::Shard;
+
+/// `channel.create`: the creator and `members`, at most `max_channel_members`.
+pub async fn create(
+    shard: &Rc<Shard>,
+    user: &AuthedUser,
+    name: String,
+    members: Vec<String>,
+) -> Result<Value, ApiError> {
+    let mut ids = shard.known_users(&members)?;
+    ids.push(user.user_id);
+    ids.sort();
+    ids.dedup();
+    let max = shard.config.max_channel_members;
+    if ids.len() > max {
+        return Err(ApiError::new(ErrorCode::ChannelFull, format!("a channel holds at most {max} members")));
+    }
+    let channel = Channel {
+        id: ChannelId(shard.next_id()),
+        name,
+        kind: ChannelKind::Group,
+        owner_id: user.user_id,
+        created_at_ms: now_ms(),
+        fan_out_on_read: false,
+    };
+    let id = channel.id;
+    inbox::call(shard, shard.owner(id.0), Call::Create { channel, members: ids }).await?;
+    Ok(json!({ "channel": shard.channel_view(id)? }))
+}
+
+/// `channel.add_members`.
+pub async fn add_members(
+    shard: &Rc<Shard>,
+    user: &AuthedUser,
+    channel_id: ChannelId,
+    members: &[String],
+) -> Result<Value, ApiError> {
+    let add = shard.known_users(members)?;
+    change_members(shard, user, channel_id, add, Vec::new()).await
+}
+
+/// `channel.remove_members`.
+pub async fn remove_members(
+    shard: &Rc<Shard>,
+    user: &AuthedUser,
+    channel_id: ChannelId,
+    members: &[String],
+) -> Result<Value, ApiError> {
+    let remove = shard.known_users(members)?;
+    change_members(shard, user, channel_id, Vec::new(), remove).await
+}
+
+/// `channel.leave`.
+pub async fn leave(shard: &Rc<Shard>, user: &AuthedUser, channel_id: ChannelId) -> Result<Value, ApiError> {
+    change_members(shard, user, channel_id, Vec::new(), vec![user.user_id]).await?;
+    Ok(json!({}))
+}
+
+/// `channel.info`.
+pub fn info(shard: &Shard, user: &AuthedUser, channel_id: ChannelId) -> Result<Value, ApiError> {
+    readable(shard, user, channel_id)?;
+    Ok(json!({ "channel": shard.channel_view(channel_id)? }))
+}
+
+/// `channel.list`.
+pub fn list(shard: &Shard, user: &AuthedUser) -> Result<Value, ApiError> {
+    let joined = shard.store.user_channels(shard.owner(user.user_id.0), user.user_id)?;
+    let channels = joined.iter().map(|entry| shard.channel_view(entry.channel_id)).collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({ "channels": channels }))
+}
+
+/// Asks the owner to change a channel's members; answers the channel as it
+/// is now, or `{}` if the caller is no longer a member.
+async fn change_members(
+    shard: &Rc<Shard>,
+    user: &AuthedUser,
+    channel_id: ChannelId,
+    add: Vec<UserId>,
+    remove: Vec<UserId>,
+) -> Result<Value, ApiError> {
+    let call = Call::Members { channel_id, by: user.user_id, add, remove };
+    inbox::call(shard, shard.owner(channel_id.0), call).await?;
+    if shard.store.is_member(shard.owner(channel_id.0), channel_id, user.user_id)? {
+        Ok(json!({ "channel": shard.channel_view(channel_id)? }))
+    } else {
+        Ok(json!({}))
+    }
+}

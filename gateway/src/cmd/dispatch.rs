@@ -1,0 +1,43 @@
+//! The one dispatch behind WebSocket commands (and HTTP `/v1/rpc`): runs on
+//! the caller's core. Reads go straight to storage (any core may read);
+//! writes go to the owning shard through `shard::inbox::call`.
+
+use std::rc::Rc;
+
+use serde_json::{Value, json};
+
+use crate::auth::AuthedUser;
+use crate::cmd::{channel, history, presence, send};
+use crate::error::ApiError;
+use crate::protocol::command::Command;
+use crate::shard::registry::Conn;
+use crate::shard::state::Shard;
+
+/// Runs one command for `user`, from `conn` when it came over a WebSocket
+/// (`None` over HTTP); the value is the reply's `result`.
+pub async fn dispatch(
+    shard: &Rc<Shard>,
+    user: &AuthedUser,
+    conn: Option<&Rc<Conn>>,
+    command: Command,
+) -> Result<Value, ApiError> {
+    match command {
+        Command::Send { target, text, client_msg_id } => send::send(shard, user, target, text, client_msg_id).await,
+        Command::History { channel_id, anchor, limit } => history::history(shard, user, channel_id, anchor, limit),
+        Command::Sync { since, limit } => history::sync(shard, user, since, limit),
+        Command::ChannelCreate { name, members } => channel::create(shard, user, name, members).await,
+        Command::ChannelAddMembers { channel_id, members } => {
+            channel::add_members(shard, user, channel_id, &members).await
+        }
+        Command::ChannelRemoveMembers { channel_id, members } => {
+            channel::remove_members(shard, user, channel_id, &members).await
+        }
+        Command::ChannelLeave { channel_id } => channel::leave(shard, user, channel_id).await,
+        Command::ChannelInfo { channel_id } => channel::info(shard, user, channel_id),
+        Command::ChannelList => channel::list(shard, user),
+        Command::Heartbeat => Ok(json!({})),
+        Command::PresenceQuery { users } => presence::query(shard, &users).await,
+        Command::PresenceSubscribe { users } => presence::subscribe(shard, conn, &users).await,
+        Command::PresenceUnsubscribe { users } => presence::unsubscribe(shard, conn, &users).await,
+    }
+}

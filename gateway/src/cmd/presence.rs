@@ -1,0 +1,55 @@
+//! The `presence.*` methods: asked of each user's owner through
+//! `shard::presence`; subscriptions are held by the connection's core.
+
+use std::rc::Rc;
+
+use chatgw_idgen::UserId;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::protocol::shapes;
+use crate::services::presence::Status;
+use crate::shard::presence;
+use crate::shard::registry::Conn;
+use crate::shard::state::Shard;
+
+/// The `Presence` shapes of `statuses`, under the usernames they were asked by.
+fn presence_json(usernames: &[String], statuses: &[Status]) -> Value {
+    let shown: Vec<Value> = usernames
+        .iter()
+        .zip(statuses)
+        .map(|(username, status)| shapes::presence_json(status.user_id, username, status.online, status.last_active_ms))
+        .collect();
+    json!({ "presence": shown })
+}
+
+/// `presence.query`.
+pub async fn query(shard: &Rc<Shard>, users: &[String]) -> Result<Value, ApiError> {
+    let ids = shard.known_users(users)?;
+    let statuses = presence::query(shard, &ids).await?;
+    Ok(presence_json(users, &statuses))
+}
+
+/// `presence.subscribe`: the owners set this core's bit (idempotent) and
+/// answer the presence now; later changes come as events.
+pub async fn subscribe(shard: &Rc<Shard>, conn: Option<&Rc<Conn>>, users: &[String]) -> Result<Value, ApiError> {
+    let conn = conn.ok_or_else(|| ApiError::bad_request("presence.subscribe needs a WebSocket connection"))?;
+    let ids = shard.known_users(users)?;
+    for id in &ids {
+        shard.registry.borrow_mut().watch(conn, *id);
+    }
+    let statuses = presence::watch(shard, &ids, true).await?;
+    Ok(presence_json(users, &statuses))
+}
+
+/// `presence.unsubscribe`: the owners hear of it when this core's last
+/// subscriber of a user goes.
+pub async fn unsubscribe(shard: &Rc<Shard>, conn: Option<&Rc<Conn>>, users: &[String]) -> Result<Value, ApiError> {
+    let conn = conn.ok_or_else(|| ApiError::bad_request("presence.unsubscribe needs a WebSocket connection"))?;
+    let ids = shard.known_users(users)?;
+    let last: Vec<UserId> = ids.into_iter().filter(|id| shard.registry.borrow_mut().unwatch(conn, *id)).collect();
+    if !last.is_empty() {
+        presence::watch(shard, &last, false).await?;
+    }
+    Ok(json!({}))
+}

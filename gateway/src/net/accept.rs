@@ -1,0 +1,44 @@
+//! A shard's accept loop on its SO_REUSEPORT listener, and the sweeper that
+//! closes connections gone silent.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+
+use crate::clock::now_ms;
+use crate::net::http::server::serve;
+use crate::protocol::close::CloseReason;
+use crate::shard::state::Shard;
+
+/// Accepts connections until dropped (the server's stop drops it), each
+/// served as HTTP by a task of its own.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+            }
+            Err(error) => {
+                // Out of file descriptors, say: back off, do not spin.
+                tracing::warn!(%error, shard = shard.id.0, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Closes connections that sent nothing for 2 × `heartbeat_ms` with 4000
+/// (protocol §3), checking every half heartbeat, until the server stops.
+pub async fn close_silent_connections(shard: Rc<Shard>) {
+    let heartbeat = shard.config.heartbeat_ms.max(1);
+    let every = Duration::from_millis((heartbeat / 2).max(10));
+    while !shard.stopping.get() {
+        glommio::timer::sleep(every).await;
+        let cutoff = now_ms().saturating_sub(2 * heartbeat);
+        let silent = shard.registry.borrow().silent_since(cutoff);
+        for conn in silent {
+            conn.close(CloseReason::HeartbeatTimeout);
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The operator's API under `/admin/v1/`, behind the admin token: what
+//! `chatgw admin` uses. docs/admin-api.md describes every route.
+//!
+//! Figures and connections come from every shard by one control message
+//! each; a kick goes to every shard (a user's devices may sit on any);
+//! disabling a user is written by the user's owner shard; banned words are
+//! changed by shard 0, which numbers each version and sends it to every
+//! shard.
+
+use std::rc::Rc;
+
+use chatgw_idgen::ShardId;
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::limits::{CONNECTIONS_PAGE_DEFAULT, CONNECTIONS_PAGE_MAX};
+use crate::net::http::body::{bearer, query_param, read_json};
+use crate::route::{Answer, Call, ConnInfo, ConnKey};
+use crate::services::banned::BannedChange;
+use crate::services::stats::{LatencySnapshot, process_rss_bytes, queue_depth};
+use crate::shard::state::Shard;
+use crate::shard::{inbox, ops, stats};
+
+/// Checks the admin token: none or a wrong one is `unauthorized`; a valid
+/// user token is `forbidden` (it is not an operator's).
+fn authorize(shard: &Shard, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = bearer(request) else {
+        return Err(ApiError::new(ErrorCode::Unauthorized, "the admin token is required"));
+    };
+    if bool::from(token.as_bytes().ct_eq(shard.admin_token.as_bytes())) {
+        return Ok(());
+    }
+    if shard.tokens.verify(token).is_some() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "a user token does not open the admin API"));
+    }
+    Err(ApiError::new(ErrorCode::Unauthorized, "the admin token is required"))
+}
+
+/// Serves a request under `/admin/v1/`.
+pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) -> Result<Value, ApiError> {
+    authorize(shard, &request)?;
+    let method = request.method().clone();
+    let rest = path.strip_prefix("/admin/v1/").unwrap_or_default();
+    let segments: Vec<&str> = rest.split('/').collect();
+    match (method, segments.as_slice()) {
+        (Method::GET, ["stats"]) => stats(shard).await,
+        (Method::GET, ["connections"]) => {
+            let limit =
+                match query_param(&request, "limit") {
+                    Some(limit) => limit
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|limit| (1..=CONNECTIONS_PAGE_MAX).contains(limit))
+                        .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {CONNECTIONS_PAGE_MAX}")))?,
+                    None => CONNECTIONS_PAGE_DEFAULT,
+                };
+            let cursor = query_param(&request, "cursor").map(|cursor| parse_cursor(&cursor)).transpose()?;
+            connections(shard, cursor, limit).await
+        }
+        (Method::POST, ["kick"]) => {
+            let body = read_json(request).await?;
+            let username = body
+                .get("username")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("username must be a string"))?;
+            let device = match body.get("device") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(device)) => Some(device.as_str()),
+                Some(_) => return Err(ApiError::bad_request("device must be a string")),
+            };
+            let user_id = shard.known_user(username)?;
+            let kicked = ops::kick(shard, user_id, device).await?;
+            Ok(json!({ "username": username, "kicked": kicked }))
+        }
+        (Method::POST, ["users", username, action @ ("disable" | "enable")]) => {
+            let disabled = *action == "disable";
+            let user_id = shard.known_user(username)?;
+            inbox::call(shard, shard.owner(user_id.0), Call::SetDisabled { user_id, disabled }).await?;
+            let kicked = if disabled { ops::kick(shard, user_id, None).await? } else { 0 };
+            Ok(json!({ "user_id": user_id.to_string(), "username": username, "disabled": disabled, "kicked": kicked }))
+        }
+        (Method::GET, ["banned-words"]) => Ok(shard.banned().to_json()),
+        (Method::PUT, ["banned-words"]) => {
+            let body = read_json(request).await?;
+            let words = string_list(&body, "words")?.ok_or_else(|| ApiError::bad_request("words must be given"))?;
+            change_banned(shard, BannedChange::Replace(words)).await
+        }
+        (Method::PATCH, ["banned-words"]) => {
+            let body = read_json(request).await?;
+            let add = string_list(&body, "add")?.unwrap_or_default();
+            let remove = string_list(&body, "remove")?.unwrap_or_default();
+            change_banned(shard, BannedChange::Patch { add, remove }).await
+        }
+        (Method::GET, ["outbox"]) => {
+            let all = stats::gather(shard).await?;
+            let shards: Vec<Value> =
+                all.iter().map(|stats| json!({ "shard": stats.shard, "depth": stats.outbox_depth })).collect();
+            Ok(json!({ "depth": all.iter().map(|stats| stats.outbox_depth).sum::<u64>(), "shards": shards }))
+        }
+        _ => Err(ApiError::new(ErrorCode::NotFound, format!("no admin route for {path}"))),
+    }
+}
+
+fn string_list(body: &Value, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a list of strings"))),
+        Some(_) => Err(ApiError::bad_request(format!("{name} must be a list of strings"))),
+    }
+}
+
+async fn change_banned(shard: &Rc<Shard>, change: BannedChange) -> Result<Value, ApiError> {
+    match inbox::call(shard, ShardId(0), Call::BannedWords(change)).await? {
+        Answer::Banned(banned) => Ok(banned.to_json()),
+        other => Err(ApiError::internal(format!("banned words answered {other:?}"))),
+    }
+}
+
+async fn stats(shard: &Rc<Shard>) -> Result<Value, ApiError> {
+    let all = stats::gather(shard).await?;
+    let shards: Vec<Value> = all
+        .iter()
+        .enumerate()
+        .map(|(index, stats)| {
+            let inbound: u64 =
+                (0..all.len()).filter(|from| *from != index).map(|from| queue_depth(&all, from, index)).sum();
+            json!({
+                "shard": stats.shard,
+                "connections": stats.connections,
+                "users_connected": stats.users_connected,
+                "messages_per_s": stats.messages_per_s,
+                "deliveries_per_s": stats.deliveries_per_s,
+                "messages_stored": stats.messages_stored,
+                "deliveries": stats.deliveries,
+                "inbound_queue_depth": inbound,
+                "requests_pending": stats.requests_pending,
+                "commit_queue": stats.commit_queue,
+                "storage_sst_bytes": stats.storage_sst_bytes,
+                "storage_memtable_bytes": stats.storage_memtable_bytes,
+                "outbox_depth": stats.outbox_depth,
+                "slow_consumers": stats.slow_consumers,
+            })
+        })
+        .collect();
+    let mut fan_out = LatencySnapshot::default();
+    for stats in &all {
+        fan_out.merge(&stats.fan_out);
+    }
+    Ok(json!({
+        "node": &*shard.node,
+        "uptime_s": shard.shared.started.elapsed().as_secs(),
+        "rss_bytes": process_rss_bytes(),
+        "load": shard.shared.load(),
+        "fan_out_p99_s": fan_out.quantile_upper_bound(0.99),
+        "shards": shards,
+    }))
+}
+
+/// A cursor: `"<shard>.<key>"`, the last connection of the previous page.
+fn parse_cursor(cursor: &str) -> Result<(u16, ConnKey), ApiError> {
+    cursor
+        .split_once('.')
+        .and_then(|(shard, key)| Some((shard.parse().ok()?, key.parse().ok()?)))
+        .ok_or_else(|| ApiError::bad_request("cursor must be the next_cursor of a previous page"))
+}
+
+/// A page of connections in (shard, key) order after `cursor`.
+async fn connections(shard: &Rc<Shard>, cursor: Option<(u16, ConnKey)>, limit: usize) -> Result<Value, ApiError> {
+    let (page, next) = ops::connections(shard, cursor, limit).await?;
+    let connections: Vec<Value> = page.iter().map(|(at, info)| connection_json(*at, info)).collect();
+    let next_cursor = next.map(|(at, key)| format!("{at}.{key}"));
+    Ok(json!({ "connections": connections, "next_cursor": next_cursor }))
+}
+
+fn connection_json(at: u16, info: &ConnInfo) -> Value {
+    json!({
+        "user_id": info.user_id.to_string(),
+        "username": info.username,
+        "device": info.device,
+        "shard": at,
+        "remote_addr": info.remote.to_string(),
+        "connected_at": info.connected_at_ms,
+        "last_active_at": info.last_active_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_read_back() {
+        assert_eq!(parse_cursor("3.17").unwrap(), (3, 17));
+        for bad in ["", "3", "x.1", "1.y", "1.-2"] {
+            assert_eq!(parse_cursor(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
+    }
+}

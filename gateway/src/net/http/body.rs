@@ -1,0 +1,100 @@
+//! What the HTTP routes share: JSON answers and error answers, bounded
+//! request bodies, query parameters, and the bearer token with the user it
+//! names.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::auth::AuthedUser;
+use crate::error::{ApiError, ErrorCode};
+use crate::limits;
+use crate::shard::state::Shard;
+
+/// The body of every answer.
+pub type Body = Full<Bytes>;
+
+/// A JSON answer.
+pub fn json_response(status: u16, body: &Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"))));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    let mut response = json_response(error.code.http_status(), &json!({ "error": error.to_json() }));
+    if error.code == ErrorCode::Unauthorized {
+        response
+            .headers_mut()
+            .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+    }
+    if let Some(retry_after_ms) = error.retry_after_ms {
+        response.headers_mut().insert(hyper::header::RETRY_AFTER, retry_after_ms.div_ceil(1000).into());
+    }
+    response
+}
+
+/// A request body of at most `HTTP_BODY_BYTES_MAX` bytes.
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(request.into_body(), limits::HTTP_BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(ErrorCode::MessageTooLong, format!("body above {} bytes", limits::HTTP_BODY_BYTES_MAX))
+        })?
+        .to_bytes())
+}
+
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|error| ApiError::bad_request(format!("body is not JSON: {error}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// A request body that must be a JSON object.
+pub async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
+    parse_object(&read_body(request).await?)
+}
+
+/// A request body that must be a JSON object, or empty (read as `{}`).
+pub async fn read_json_or_empty(request: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = read_body(request).await?;
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(json!({})) } else { parse_object(&body) }
+}
+
+/// A query parameter, decoded.
+pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+}
+
+/// The bearer token of a request's `Authorization` header.
+pub fn bearer(request: &Request<Incoming>) -> Option<&str> {
+    request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The user a token names: valid signature, not expired, and an account
+/// that exists and is not disabled.
+pub fn user_of_token(shard: &Shard, token: Option<&str>) -> Result<AuthedUser, ApiError> {
+    let unauthorized = || ApiError::new(ErrorCode::Unauthorized, "a valid token is required");
+    let user = token.and_then(|token| shard.tokens.verify(token)).ok_or_else(unauthorized)?;
+    if shard.may_connect(user.user_id)? { Ok(user) } else { Err(unauthorized()) }
+}
+
+/// The user a request's bearer token names (see `user_of_token`).
+pub fn authenticate(shard: &Shard, request: &Request<Incoming>) -> Result<AuthedUser, ApiError> {
+    user_of_token(shard, bearer(request))
+}

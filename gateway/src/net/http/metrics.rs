@@ -1,0 +1,247 @@
+//! `GET /metrics`: every core's figures in the Prometheus text format
+//! (version 0.0.4), encoded by `prometheus-client` from the snapshots the
+//! cores answer. The registry is built per scrape from those snapshots, so
+//! nothing on the message path touches a shared metric.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+
+use crate::error::ApiError;
+use crate::net::http::body::Body;
+use crate::services::stats::{self, ERROR_CODES, LatencySnapshot, ShardStats};
+use crate::shard::state::Shard;
+
+/// The `Content-Type` of the answer.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    from: u16,
+    to: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+/// A histogram as counted already (every core's buckets added up).
+#[derive(Debug)]
+struct Buckets(LatencySnapshot);
+
+impl EncodeMetric for Buckets {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The encoder accumulates the counts itself: give it each bucket's own.
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum_s, self.0.count(), &self.0.per_bucket(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Figures of the process as a whole.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessFigures {
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// CPU used, seconds.
+    pub cpu_seconds: f64,
+    /// Busy fraction of the shards' cores over the last second.
+    pub load: f64,
+}
+
+impl ProcessFigures {
+    /// The figures now (`load` as last sampled).
+    pub fn now(load: f64) -> Self {
+        ProcessFigures { rss_bytes: stats::process_rss_bytes(), cpu_seconds: stats::process_cpu_seconds(), load }
+    }
+}
+
+fn shard_gauge(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    all: &[ShardStats],
+    value: impl Fn(&ShardStats) -> u64,
+) {
+    let family = Family::<ShardLabel, Gauge>::default();
+    for stats in all {
+        family.get_or_create(&ShardLabel { shard: stats.shard }).set(value(stats) as i64);
+    }
+    registry.register(name, help, family);
+}
+
+fn shard_counter(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    all: &[ShardStats],
+    value: impl Fn(&ShardStats) -> u64,
+) {
+    let family = Family::<ShardLabel, Counter>::default();
+    for stats in all {
+        family.get_or_create(&ShardLabel { shard: stats.shard }).inc_by(value(stats));
+    }
+    registry.register(name, help, family);
+}
+
+fn histogram(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    all: &[ShardStats],
+    pick: fn(&ShardStats) -> &LatencySnapshot,
+) {
+    let mut merged = LatencySnapshot::default();
+    for stats in all {
+        merged.merge(pick(stats));
+    }
+    registry.register_with_unit(name, help, Unit::Seconds, Buckets(merged));
+}
+
+/// `GET /metrics`: every shard's figures, gathered now.
+pub async fn scrape(shard: &Rc<Shard>) -> Result<Response<Body>, ApiError> {
+    let all = crate::shard::stats::gather(shard).await?;
+    let text = encode(&all, ProcessFigures::now(shard.shared.load()))
+        .map_err(|_| ApiError::internal("encoding metrics failed"))?;
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE));
+    Ok(response)
+}
+
+/// The exposition text for every core's figures.
+pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std::fmt::Error> {
+    let mut root = Registry::default();
+    {
+        let registry = root.sub_registry_with_prefix("chatgw");
+        shard_gauge(registry, "connections", "WebSocket connections, by the shard that holds them", all, |s| {
+            s.connections
+        });
+        shard_gauge(registry, "users_connected", "Distinct users with a connection on the shard", all, |s| {
+            s.users_connected
+        });
+        shard_counter(registry, "messages_received", "Messages stored by their channel's owner shard", all, |s| {
+            s.messages_stored
+        });
+        shard_counter(registry, "messages_delivered", "Message frames queued to connections", all, |s| s.deliveries);
+        shard_counter(registry, "slow_consumers", "Connections closed for not reading (1008)", all, |s| {
+            s.slow_consumers
+        });
+        shard_gauge(registry, "requests_pending", "Requests to other shards awaiting answers", all, |s| {
+            s.requests_pending
+        });
+        shard_gauge(registry, "commit_queue", "Writes waiting for the shard's next group commit", all, |s| {
+            s.commit_queue
+        });
+        shard_gauge(registry, "storage_sst_bytes", "The shard's SST files on disk", all, |s| s.storage_sst_bytes);
+        shard_gauge(registry, "storage_memtable_bytes", "The shard's memtables", all, |s| s.storage_memtable_bytes);
+        shard_gauge(registry, "push_outbox_depth", "Push records waiting in the shard's outbox", all, |s| {
+            s.outbox_depth
+        });
+
+        let depth = Family::<QueueLabels, Gauge>::default();
+        for from in 0..all.len() {
+            for to in 0..all.len() {
+                if from != to {
+                    let labels = QueueLabels { from: all[from].shard, to: all[to].shard };
+                    depth.get_or_create(&labels).set(stats::queue_depth(all, from, to) as i64);
+                }
+            }
+        }
+        registry.register("mesh_queue_depth", "Cross-core messages queued from one shard to another", depth);
+
+        let errors = Family::<CodeLabel, Counter>::default();
+        for (index, code) in ERROR_CODES.iter().enumerate() {
+            let count: u64 = all.iter().map(|stats| stats.errors.get(index).copied().unwrap_or(0)).sum();
+            errors.get_or_create(&CodeLabel { code: code.as_str() }).inc_by(count);
+        }
+        registry.register("errors", "Errors answered to clients, by code", errors);
+
+        histogram(registry, "storage_write", "One group commit's RocksDB batch write", all, |s| &s.storage_write);
+        histogram(registry, "group_commit", "A write's wait from the committer's queue until durable", all, |s| {
+            &s.group_commit
+        });
+        histogram(
+            registry,
+            "fan_out",
+            "From the owner taking a message until its frame is queued on a core hosting members",
+            all,
+            |s| &s.fan_out,
+        );
+        let load = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        load.set(process.load);
+        registry.register("load", "Busy fraction of the shards' cores over the last second", load);
+    }
+    let rss = Gauge::<i64>::default();
+    rss.set(process.rss_bytes as i64);
+    root.register_with_unit("process_resident_memory", "Resident memory of the process", Unit::Bytes, rss);
+    let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    cpu.inc_by(process.cpu_seconds);
+    root.register_with_unit("process_cpu", "CPU time used by the process", Unit::Seconds, cpu);
+
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &root)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_in_the_text() {
+        let mut first = ShardStats {
+            shard: 0,
+            connections: 3,
+            errors: vec![0; ERROR_CODES.len()],
+            mesh_sent: vec![0, 4],
+            mesh_received: vec![0, 0],
+            ..ShardStats::default()
+        };
+        first.errors[0] = 2;
+        // Two fast fan-outs on one core, one slow on the other: the buckets
+        // are cumulative across bounds and add up to the count, not beyond.
+        first.fan_out.counts[0] = 2;
+        let mut second = ShardStats {
+            shard: 1,
+            connections: 5,
+            errors: vec![0; ERROR_CODES.len()],
+            mesh_sent: vec![0, 0],
+            mesh_received: vec![1, 0],
+            ..ShardStats::default()
+        };
+        second.fan_out.counts[11] = 1;
+        let text = encode(&[first, second], ProcessFigures { rss_bytes: 1234, cpu_seconds: 1.5, load: 0.25 }).unwrap();
+        for needle in [
+            "chatgw_connections{shard=\"0\"} 3",
+            "chatgw_connections{shard=\"1\"} 5",
+            "chatgw_mesh_queue_depth{from=\"0\",to=\"1\"} 3",
+            "chatgw_errors_total{code=\"bad_request\"} 2",
+            "chatgw_fan_out_seconds_bucket{le=\"5e-05\"} 2",
+            "chatgw_fan_out_seconds_bucket{le=\"0.1\"} 2",
+            "chatgw_fan_out_seconds_bucket{le=\"0.25\"} 3",
+            "chatgw_fan_out_seconds_bucket{le=\"+Inf\"} 3",
+            "chatgw_fan_out_seconds_count 3",
+            "process_resident_memory_bytes 1234",
+            "chatgw_load 0.25",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The HTTP side of the one port, served by hyper over glommio streams:
+//! the routes of protocol §1 (health, readiness, metrics, accounts, user
+//! lookup, RPC, discovery, the admin API), and the upgrade of `GET /v1/ws`
+//! into a WebSocket session (401 before the upgrade for a bad or missing
+//! token). Every error a route answers is counted by code.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::rt::ReadBufCursor;
+use hyper::{Method, Request, Response};
+use serde_json::json;
+
+use crate::auth::{AuthedUser, generate_secret};
+use crate::error::{ApiError, ErrorCode};
+use crate::limits;
+use crate::net::http::body::{Body, bearer, error_response, json_response, query_param, read_json, user_of_token};
+use crate::net::http::{accounts, admin, api, metrics};
+use crate::net::session;
+use crate::protocol::validate::valid_device;
+use crate::shard::state::Shard;
+
+/// Where a connection is in its request cycle (for the head timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request's first byte.
+    Idle,
+    /// A request head has begun and is not yet complete.
+    Head,
+    /// A request is being served (its body read, its answer made).
+    Serving,
+}
+
+/// A glommio stream as hyper's I/O, with two read timeouts: an idle one,
+/// and one for completing a request head.
+///
+/// The timeouts are glommio timers owned here rather than the stream's own
+/// read timeout: that one leaves a timer (holding this task's waker) in the
+/// reactor after the stream moves on to a WebSocket session, which would
+/// later fail the session's reads with `TimedOut`.
+struct HyperIo {
+    stream: TcpStream,
+    /// Running while a read waits for bytes; dropped when bytes come.
+    idle: Option<glommio::timer::Timer>,
+    /// Running from a request's first byte until the service takes it.
+    head: Option<glommio::timer::Timer>,
+    phase: Rc<Cell<Phase>>,
+}
+
+fn timed_out(timer: &mut Option<glommio::timer::Timer>, cx: &mut Context<'_>) -> bool {
+    timer.as_mut().is_some_and(|timer| Pin::new(timer).poll(cx).is_ready())
+}
+
+impl hyper::rt::Read for HyperIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.phase.get() != Phase::Head {
+            this.head = None;
+        }
+        // Read through a stack buffer: safe, and this side is not the hot path.
+        let mut chunk = [0u8; 4096];
+        let want = buf.remaining().min(chunk.len());
+        match Pin::new(&mut this.stream).poll_read(cx, &mut chunk[..want]) {
+            Poll::Ready(Ok(count)) => {
+                this.idle = None;
+                if count > 0 && this.phase.get() == Phase::Idle {
+                    this.phase.set(Phase::Head);
+                    this.head = Some(glommio::timer::Timer::new(limits::HTTP_HEAD_TIMEOUT));
+                }
+                buf.put_slice(&chunk[..count]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => {
+                // Slowloris: a connection that sends nothing for this long
+                // goes, and so does one that trickles a head too slowly.
+                this.idle.get_or_insert_with(|| glommio::timer::Timer::new(limits::HTTP_READ_TIMEOUT));
+                if timed_out(&mut this.idle, cx) {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP read timed out")));
+                }
+                if timed_out(&mut this.head, cx) {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP request head too slow")));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl hyper::rt::Write for HyperIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_close(cx)
+    }
+}
+
+type Upgrade = Rc<RefCell<Option<(AuthedUser, Box<str>)>>>;
+
+/// Serves one accepted connection: HTTP until it closes, or a WebSocket
+/// session once upgraded.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let remote = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let upgrade: Upgrade = Rc::new(RefCell::new(None));
+    let phase = Rc::new(Cell::new(Phase::Idle));
+    let service = {
+        let (shard, upgrade, phase) = (shard.clone(), upgrade.clone(), phase.clone());
+        hyper::service::service_fn(move |request| {
+            let (shard, upgrade, phase) = (shard.clone(), upgrade.clone(), phase.clone());
+            phase.set(Phase::Serving);
+            async move {
+                let response = route(&shard, request, &upgrade).await;
+                phase.set(Phase::Idle);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let io = HyperIo { stream, idle: None, head: None, phase };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(64 << 10)
+        .serve_connection(io, service);
+    match connection.without_shutdown().await {
+        Ok(parts) => {
+            let taken = upgrade.borrow_mut().take();
+            if let Some((user, device)) = taken {
+                // Bytes the client sent after its request head (usually
+                // none): copied out, so hyper's read buffer is freed here
+                // rather than kept for the connection's life.
+                let early = parts.read_buf.to_vec();
+                // The timers go with `io`: the session watches liveness
+                // itself (heartbeats).
+                let stream = parts.io.stream;
+                drop(parts.read_buf);
+                // A task of its own, sized for the session alone: this task's
+                // future is sized for hyper's connection state, and ends here.
+                glommio::spawn_local(session::run(shard, stream, early, user, device, remote)).detach();
+            }
+        }
+        Err(error) => tracing::debug!(%error, "http connection ended"),
+    }
+}
+
+async fn route(shard: &Rc<Shard>, request: Request<Incoming>, upgrade: &Upgrade) -> Response<Body> {
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    match handle(shard, request, &method, &path, upgrade).await {
+        Ok(response) => response,
+        Err(error) => {
+            shard.counters.error(error.code);
+            error_response(&error)
+        }
+    }
+}
+
+async fn handle(
+    shard: &Rc<Shard>,
+    request: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    upgrade: &Upgrade,
+) -> Result<Response<Body>, ApiError> {
+    match (method, path) {
+        (&Method::GET, "/healthz") => Ok(json_response(200, &json!({ "status": "ok" }))),
+        (&Method::GET, "/readyz") => {
+            let all_ready = shard.shared.ready_shards.load(Ordering::Acquire) == usize::from(shard.shard_count);
+            if all_ready && !shard.stopping.get() {
+                Ok(json_response(200, &json!({ "status": "ready" })))
+            } else {
+                Err(ApiError::new(ErrorCode::Overloaded, "not ready"))
+            }
+        }
+        (&Method::GET, "/metrics") => metrics::scrape(shard).await,
+        (&Method::GET, "/v1/ws") => websocket_upgrade(shard, request, upgrade),
+        (&Method::GET, "/v1/discovery") => Ok(json_response(200, &api::discovery(shard))),
+        (&Method::POST, "/v1/signup") => {
+            let body = read_json(request).await?;
+            Ok(json_response(201, &accounts::signup(shard, &body).await?))
+        }
+        (&Method::POST, "/v1/login") => {
+            let body = read_json(request).await?;
+            Ok(json_response(200, &accounts::login(shard, &body).await?))
+        }
+        (&Method::GET, _) if path.starts_with("/v1/users/") => {
+            Ok(json_response(200, &api::user(shard, &request, &path["/v1/users/".len()..])?))
+        }
+        (&Method::POST, _) if path.starts_with("/v1/rpc/") => {
+            Ok(json_response(200, &api::rpc(shard, request, &path["/v1/rpc/".len()..]).await?))
+        }
+        _ if path.starts_with("/admin/v1/") => Ok(json_response(200, &admin::route(shard, request, path).await?)),
+        _ => Err(ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}"))),
+    }
+}
+
+fn websocket_upgrade(
+    shard: &Rc<Shard>,
+    request: Request<Incoming>,
+    upgrade: &Upgrade,
+) -> Result<Response<Body>, ApiError> {
+    // Browsers cannot set headers on a WebSocket: `?token=` as well.
+    let token = bearer(&request).map(str::to_string).or_else(|| query_param(&request, "token"));
+    let user = user_of_token(shard, token.as_deref())?;
+    let device = match query_param(&request, "device") {
+        Some(device) if valid_device(&device) => device,
+        Some(_) => return Err(ApiError::bad_request("device must be 1 to 64 of A-Z a-z 0-9 _ -")),
+        None => format!("dev-{}", &generate_secret()[..12]),
+    };
+    let response = tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new()))
+        .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))?;
+    *upgrade.borrow_mut() = Some((user, device.into_boxed_str()));
+    Ok(response)
+}

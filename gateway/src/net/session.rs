@@ -1,0 +1,255 @@
+//! One WebSocket connection's life on its core: hello, then a loop that
+//! writes what is queued and reads through the core's scratch buffer.
+//!
+//! The session holds no read buffer while idle: bytes are read into a
+//! per-core scratch buffer inside `poll` (never across `Pending`), complete
+//! frames are handled in place, and only an incomplete frame's bytes are
+//! kept. Commands run as tasks of their own, so a client can pipeline.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use crate::auth::AuthedUser;
+use crate::clock::now_ms;
+use crate::cmd::dispatch::dispatch;
+use crate::error::ApiError;
+use crate::limits;
+use crate::protocol::close::CloseReason;
+use crate::protocol::command::parse_frame;
+use crate::protocol::frame::{self, FrameReader, Incoming};
+use crate::protocol::shapes::{self, Hello};
+use crate::shard::connections::{attach, detach};
+use crate::shard::registry::Conn;
+use crate::shard::state::Shard;
+
+thread_local! {
+    /// The core's read buffer, borrowed only inside one `poll`.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; limits::READ_SCRATCH_BYTES].into_boxed_slice());
+}
+
+enum End {
+    /// The peer went away or the socket failed.
+    Gone,
+    /// A close frame was written.
+    Closed,
+}
+
+/// Runs a connection that passed the upgrade, until it ends.
+///
+/// This future lives as long as the connection, so it holds only what the
+/// loop needs: the start (attach, hello) and the end (close handshake,
+/// detach) run as boxed futures of their own, whose state is freed when
+/// they finish instead of sizing this one.
+pub async fn run(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    early: Vec<u8>,
+    user: AuthedUser,
+    device: Box<str>,
+    remote: SocketAddr,
+) {
+    let user = Rc::new(user);
+    let Some((conn, mut reader)) = Box::pin(start(&shard, &mut stream, early, &user, device, remote)).await else {
+        return;
+    };
+    let end = std::future::poll_fn(|cx| poll_session(&shard, &conn, &user, &mut stream, &mut reader, cx)).await;
+    drop(reader);
+    Box::pin(finish(&shard, &conn, stream, end)).await;
+}
+
+/// Registers the connection, queues its `hello` and handles bytes the
+/// client sent along with its upgrade request.
+async fn start(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    mut early: Vec<u8>,
+    user: &Rc<AuthedUser>,
+    device: Box<str>,
+    remote: SocketAddr,
+) -> Option<(Rc<Conn>, FrameReader)> {
+    let conn = match attach(shard, user, device, remote).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            tracing::warn!(%error, "connection refused after upgrade");
+            let _ = futures_lite::AsyncWriteExt::write_all(stream, &frame::close(CloseReason::Internal)).await;
+            return None;
+        }
+    };
+    let hello = shapes::hello_json(&Hello {
+        user_id: user.user_id,
+        username: &user.username,
+        device: &conn.device,
+        node: &shard.node,
+        heartbeat_ms: shard.config.heartbeat_ms,
+        max_message_chars: shard.config.max_message_chars,
+    });
+    conn.push(frame::text(&shapes::event_json("hello", &hello)));
+    if shard.stopping.get() {
+        conn.close(CloseReason::GoingAway);
+    }
+    let mut reader = FrameReader::default();
+    if !early.is_empty()
+        && let Err(reason) =
+            reader.feed(&mut early, limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(shard, &conn, user, incoming))
+    {
+        conn.close(reason);
+    }
+    Some((conn, reader))
+}
+
+/// Ends the connection: the close handshake if a close frame went out,
+/// then its removal from the shard.
+async fn finish(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream, end: End) {
+    if matches!(end, End::Closed) {
+        // The close handshake: no more writes, then read (and drop) what
+        // the client still sends until it closes, for a short while. This
+        // keeps unread input from turning our FIN into a reset, which could
+        // destroy the close frame before the client reads it.
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        let linger = glommio::timer::sleep(limits::CLOSE_LINGER);
+        let drain = async {
+            loop {
+                let read = std::future::poll_fn(|cx| {
+                    SCRATCH.with(|scratch| Pin::new(&mut stream).poll_read(cx, &mut scratch.borrow_mut()[..]))
+                })
+                .await;
+                if !matches!(read, Ok(count) if count > 0) {
+                    break;
+                }
+            }
+        };
+        futures_lite::future::or(drain, linger).await;
+    }
+    drop(stream);
+    if conn.closing() == Some(CloseReason::SlowConsumer) {
+        shard.counters.slow_consumers.set(shard.counters.slow_consumers.get() + 1);
+    }
+    detach(shard, conn).await;
+}
+
+fn poll_session(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    user: &Rc<AuthedUser>,
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    cx: &mut Context<'_>,
+) -> Poll<End> {
+    for _ in 0..limits::READS_PER_POLL_MAX {
+        // Write everything queued, as far as the socket takes it: one frame
+        // as it is, several gathered into the scratch buffer for one write
+        // (fan-out queues many small frames at once; a write each would
+        // cost a system call and a packet each).
+        loop {
+            let written = if conn.queued_frames() > 1 {
+                SCRATCH.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    let gathered = conn.gather(&mut scratch[..]);
+                    Pin::new(&mut *stream).poll_write(cx, &scratch[..gathered])
+                })
+            } else if let Some(front) = conn.front() {
+                Pin::new(&mut *stream).poll_write(cx, &front)
+            } else {
+                break;
+            };
+            match written {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Ready(Ok(written)) => conn.advance(written),
+                Poll::Pending => break,
+            }
+        }
+        if conn.closing().is_some() {
+            if conn.drained() {
+                return Poll::Ready(End::Closed);
+            }
+            conn.set_waker(cx.waker());
+            return Poll::Pending;
+        }
+        if conn.in_flight.get() >= limits::COMMANDS_IN_FLIGHT_PER_CONNECTION_MAX {
+            // Stop reading until a command finishes (it wakes us).
+            conn.set_waker(cx.waker());
+            return Poll::Pending;
+        }
+        let read = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(None),
+                Poll::Ready(Ok(count)) => {
+                    conn.last_active_ms.set(now_ms());
+                    let outcome = reader.feed(&mut scratch[..count], limits::FRAME_BYTES_MAX, &mut |incoming| {
+                        on_frame(shard, conn, user, incoming)
+                    });
+                    if let Err(reason) = outcome {
+                        conn.close(reason);
+                    }
+                    Poll::Ready(Some(()))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        match read {
+            Poll::Ready(None) => return Poll::Ready(End::Gone),
+            Poll::Ready(Some(())) => continue,
+            Poll::Pending => {
+                if conn.front().is_some() {
+                    // Frames queued while reading: go round once more.
+                    continue;
+                }
+                conn.set_waker(cx.waker());
+                return Poll::Pending;
+            }
+        }
+    }
+    // Fair share used: let other connections run.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, incoming: Incoming<'_>) {
+    match incoming {
+        Incoming::Text(text) => on_command(shard, conn, user, text),
+        Incoming::Binary(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => on_command(shard, conn, user, text),
+            Err(_) => {
+                let error = ApiError::bad_request("binary frames must hold UTF-8 JSON");
+                shard.counters.error(error.code);
+                conn.push(frame::text(&shapes::reply_json(&serde_json::Value::Null, &Err(error))));
+            }
+        },
+        Incoming::Ping(payload) => {
+            conn.push(frame::pong(payload));
+        }
+        Incoming::Pong => {}
+        Incoming::Close(_) => conn.close(CloseReason::Normal),
+    }
+}
+
+fn on_command(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &str) {
+    let envelope = parse_frame(text);
+    let command = match envelope.command {
+        Ok(command) => command,
+        Err(error) => {
+            shard.counters.error(error.code);
+            conn.push(frame::text(&shapes::reply_json(&envelope.id, &Err(error))));
+            return;
+        }
+    };
+    conn.in_flight.set(conn.in_flight.get() + 1);
+    let (shard, conn, user, id) = (shard.clone(), conn.clone(), user.clone(), envelope.id);
+    glommio::spawn_local(async move {
+        let result = dispatch(&shard, &user, Some(&conn), command).await;
+        if let Err(error) = &result {
+            shard.counters.error(error.code);
+        }
+        conn.push(frame::text(&shapes::reply_json(&id, &result)));
+        conn.in_flight.set(conn.in_flight.get() - 1);
+        conn.wake();
+    })
+    .detach();
+}

@@ -1,0 +1,9 @@
+//! The wire: every shape a client sees (protocol §2), the commands parsed
+//! from its frames, the rules its fields follow, and the RFC 6455 frames
+//! and close codes. Nothing here knows a shard.
+
+pub mod close;
+pub mod command;
+pub mod frame;
+pub mod shapes;
+pub mod validate;

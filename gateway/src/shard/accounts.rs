@@ -1,0 +1,67 @@
+//! The owner's side of accounts: creating one (at the username's owner,
+//! which holds the uniqueness index) and disabling or enabling one (at the
+//! user's owner). Password hashing happens before, on the caller's side.
+
+use std::rc::Rc;
+
+use chatgw_idgen::UserId;
+use chatgw_storage::User;
+
+use crate::clock::now_ms;
+use crate::error::{ApiError, ErrorCode};
+use crate::placement;
+use crate::route::Answer;
+use crate::shard::commit::{WriteOp, storage_failed};
+use crate::shard::state::Shard;
+use crate::single_flight::Turn;
+
+/// Creates an account, at the username's owner: whoever asks first for a
+/// name gets it, whatever the outcome.
+pub async fn signup(
+    shard: &Rc<Shard>,
+    username: String,
+    display_name: String,
+    password_hash: String,
+) -> Result<Answer, ApiError> {
+    debug_assert_eq!(placement::username_owner(&username, shard.shard_count), shard.id);
+    let taken = || ApiError::new(ErrorCode::UsernameTaken, format!("username {username:?} is taken"));
+    match shard.signups_in_flight.start(&username) {
+        // Whoever was first gets the name, whatever its outcome.
+        Turn::Follow(_) => Err(taken()),
+        Turn::Lead => {
+            let outcome = async {
+                if shard.store.user_id_by_name(shard.id, &username)?.is_some() {
+                    return Err(taken());
+                }
+                let id = UserId(shard.next_id());
+                let user = User {
+                    id,
+                    username: username.clone(),
+                    display_name,
+                    password_hash,
+                    created_at_ms: now_ms(),
+                    disabled: false,
+                };
+                let ops =
+                    vec![WriteOp::User(shard.owner(id.0), user), WriteOp::Username(shard.id, username.clone(), id)];
+                shard.committer.commit(ops).await.map_err(storage_failed)?;
+                Ok(id)
+            }
+            .await;
+            shard.signups_in_flight.finish(&username, &outcome);
+            outcome.map(Answer::User)
+        }
+    }
+}
+
+/// Disables or enables an account, at the user's owner.
+pub async fn set_disabled(shard: &Rc<Shard>, user_id: UserId, disabled: bool) -> Result<Answer, ApiError> {
+    debug_assert_eq!(shard.owner(user_id.0), shard.id);
+    let mut user =
+        shard.store.user(shard.id, user_id)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such user"))?;
+    if user.disabled != disabled {
+        user.disabled = disabled;
+        shard.committer.commit(vec![WriteOp::User(shard.id, user)]).await.map_err(storage_failed)?;
+    }
+    Ok(Answer::Done)
+}

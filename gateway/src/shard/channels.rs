@@ -1,0 +1,330 @@
+//! What a shard does for the channels it owns: store a message and fan it
+//! out, make channels and direct channels, change members and announce it
+//! to every core. Each runs on the owner's core only, so read-then-write is
+//! safe.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::Instant;
+
+use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
+use chatgw_storage::{Channel, ChannelKind, DedupeEntry, Message};
+
+use crate::clock::now_ms;
+use crate::error::{ApiError, ErrorCode};
+use crate::limits;
+use crate::placement;
+use crate::protocol::{frame, shapes};
+use crate::route::{Answer, Call, ChannelMsg, Control};
+use crate::shard::commit::{WriteOp, storage_failed};
+use crate::shard::connections::on_membership;
+use crate::shard::push::check_members;
+use crate::shard::state::Shard;
+use crate::single_flight::Turn;
+
+/// Where to answer a remote send as soon as it is stored, and whether that
+/// answer went.
+pub struct EarlyReply {
+    /// The sender's shard.
+    pub to: ShardId,
+    /// The sender's request id.
+    pub request_id: u64,
+    /// Set once the answer went.
+    pub sent: Cell<bool>,
+}
+
+/// Stores a message of an owned channel and fans it out (one send per
+/// sender and `client_msg_id` at a time; a retry gets the first's answer).
+pub async fn send(
+    shard: &Rc<Shard>,
+    channel_id: ChannelId,
+    sender_id: UserId,
+    sender: &str,
+    text: String,
+    client_msg_id: Option<String>,
+    early: Option<&EarlyReply>,
+) -> Result<Answer, ApiError> {
+    let Some(client_msg_id) = client_msg_id else {
+        return store_and_fan_out(shard, channel_id, sender_id, sender, text, None, early)
+            .await
+            .map(|message| Answer::Sent { message: Box::new(message), duplicate: false });
+    };
+    // One send per (sender, client_msg_id) at a time: a retry that arrives
+    // while the first is being written gets the first's answer.
+    let key = (sender_id, client_msg_id.clone());
+    match shard.sends_in_flight.start(&key) {
+        Turn::Follow(first) => {
+            let message = first.await.map_err(|_| ApiError::internal("first send vanished"))??;
+            Ok(Answer::Sent { message: Box::new(message), duplicate: true })
+        }
+        Turn::Lead => {
+            let outcome = match shard.store.dedupe(shard.id, sender_id, &client_msg_id, now_ms()) {
+                Err(error) => Err(error.into()),
+                Ok(Some(first)) => shard
+                    .store
+                    .message(shard.id, first.channel_id, first.message_id)
+                    .map_err(ApiError::from)
+                    .and_then(|found| found.ok_or_else(|| ApiError::internal("dedupe record without its message")))
+                    .map(|message| (message, true)),
+                Ok(None) => store_and_fan_out(shard, channel_id, sender_id, sender, text, Some(client_msg_id), early)
+                    .await
+                    .map(|message| (message, false)),
+            };
+            shard
+                .sends_in_flight
+                .finish(&key, &outcome.as_ref().map(|(message, _)| message.clone()).map_err(Clone::clone));
+            outcome.map(|(message, duplicate)| Answer::Sent { message: Box::new(message), duplicate })
+        }
+    }
+}
+
+/// Checks membership, takes an id, writes the message (and inbox entries
+/// for a small channel) in the group commit, answers a remote sender
+/// (`early`), then hands one encoded frame to each shard that hosts a member.
+async fn store_and_fan_out(
+    shard: &Rc<Shard>,
+    channel_id: ChannelId,
+    sender_id: UserId,
+    sender: &str,
+    text: String,
+    client_msg_id: Option<String>,
+    early: Option<&EarlyReply>,
+) -> Result<Message, ApiError> {
+    let taken_at = Instant::now();
+    let found = shard.with_channel(channel_id, |state| {
+        (
+            state.members.contains(&sender_id),
+            state.channel.fan_out_on_read,
+            state.members.iter().copied().collect::<Vec<_>>(),
+        )
+    })?;
+    let Some((is_member, fan_out_on_read, members)) = found else {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such channel"));
+    };
+    if !is_member {
+        return Err(ApiError::new(ErrorCode::Forbidden, "not a member of this channel"));
+    }
+    let now = now_ms();
+    let id = MessageId(shard.next_id());
+    let message = Message { id, channel_id, sender_id, created_at_ms: now, client_msg_id: client_msg_id.clone(), text };
+    let mut ops = Vec::with_capacity(2 + if fan_out_on_read { 0 } else { members.len() });
+    ops.push(WriteOp::Message(shard.id, message.clone()));
+    if let Some(client_msg_id) = client_msg_id {
+        let entry = DedupeEntry { channel_id, message_id: id, created_at_ms: now };
+        ops.push(WriteOp::Dedupe(shard.id, sender_id, client_msg_id, entry));
+    }
+    if !fan_out_on_read {
+        for member in &members {
+            ops.push(WriteOp::Inbox(shard.owner(member.0), *member, id, channel_id));
+        }
+    }
+    shard.committer.commit(ops).await.map_err(storage_failed)?;
+    shard.counters.messages_stored.set(shard.counters.messages_stored.get() + 1);
+    if let Some(early) = early {
+        let reply = Answer::Sent { message: Box::new(message.clone()), duplicate: false };
+        shard.router.send_control(early.to, early.request_id, Control::Reply(Ok(reply))).await;
+        early.sent.set(true);
+    }
+
+    // Encode once; every shard hosting a member gets the same bytes.
+    let event = frame::text(&shapes::event_json("message", &shapes::message_json(&message, sender)));
+    let cores = shard.with_channel(channel_id, |state| state.cores)?.unwrap_or(0);
+    shard.fan_out(channel_id, cores, event, taken_at).await;
+    check_members(shard, channel_id, id, sender_id, &members).await;
+    Ok(message)
+}
+
+/// Finds or makes the direct channel of a pair, at the pair's owner.
+pub async fn direct(
+    shard: &Rc<Shard>,
+    first: UserId,
+    second: UserId,
+    names: (String, String),
+) -> Result<Answer, ApiError> {
+    debug_assert_eq!(placement::pair_owner(first, second, shard.shard_count), shard.id);
+    let key = if first <= second { (first, second) } else { (second, first) };
+    match shard.directs_in_flight.start(&key) {
+        Turn::Follow(made) => {
+            made.await.map_err(|_| ApiError::internal("direct channel vanished"))?.map(Answer::Channel)
+        }
+        Turn::Lead => {
+            let outcome = find_or_make_direct(shard, first, second, names).await;
+            shard.directs_in_flight.finish(&key, &outcome);
+            outcome.map(Answer::Channel)
+        }
+    }
+}
+
+async fn find_or_make_direct(
+    shard: &Rc<Shard>,
+    first: UserId,
+    second: UserId,
+    names: (String, String),
+) -> Result<ChannelId, ApiError> {
+    if let Some(channel) = shard.store.direct_channel(shard.id, first, second)? {
+        return Ok(channel);
+    }
+    let (low, high) = if names.0 <= names.1 { (names.0, names.1) } else { (names.1, names.0) };
+    let channel = Channel {
+        id: ChannelId(shard.next_id()),
+        name: format!("{low},{high}"),
+        kind: ChannelKind::Direct,
+        owner_id: first,
+        created_at_ms: now_ms(),
+        fan_out_on_read: false,
+    };
+    let id = channel.id;
+    // The channel first, then the pair's index: a crash between leaves an
+    // unused channel, never an index to a channel that does not exist.
+    let owner = shard.owner(id.0);
+    if owner == shard.id {
+        Box::pin(create(shard, channel, vec![first, second])).await?;
+    } else {
+        shard.router.call(owner, Call::Create { channel, members: vec![first, second] }).await?;
+    }
+    shard.committer.commit(vec![WriteOp::Direct(shard.id, first, second, id)]).await.map_err(storage_failed)?;
+    Ok(id)
+}
+
+/// Writes a new channel with its members, then tells every shard so that
+/// members' connections join it before the answer goes back.
+pub async fn create(shard: &Rc<Shard>, channel: Channel, members: Vec<UserId>) -> Result<Answer, ApiError> {
+    let id = channel.id;
+    let members: HashSet<UserId> = members.into_iter().collect();
+    let mut channel = channel;
+    channel.fan_out_on_read = members.len() > limits::INBOX_FAN_OUT_MEMBERS_MAX;
+    let mut ops = vec![WriteOp::Channel(shard.id, channel.clone())];
+    for member in &members {
+        ops.push(WriteOp::AddMember(shard.id, id, *member));
+        ops.push(WriteOp::UserChannel(shard.owner(member.0), *member, id, channel.fan_out_on_read));
+    }
+    shard.committer.commit(ops).await.map_err(storage_failed)?;
+    let added: Vec<UserId> = members.iter().copied().collect();
+    shard.insert_channel(channel, members);
+    announce(shard, id, added, Vec::new()).await?;
+    Ok(Answer::Channel(id))
+}
+
+/// The `channel` event for one kind of change.
+fn channel_event(shard: &Shard, channel: ChannelId, kind: &str) -> Result<bytes::Bytes, ApiError> {
+    let view = shard.channel_view(channel)?;
+    Ok(frame::text(&shapes::event_json("channel", &shapes::channel_event_json(kind, &view))))
+}
+
+/// Tells every shard about members who joined or left; each answers whether
+/// it now hosts the channel, which sets the owner's mask of cores.
+async fn announce(
+    shard: &Rc<Shard>,
+    channel: ChannelId,
+    added: Vec<UserId>,
+    removed: Vec<UserId>,
+) -> Result<(), ApiError> {
+    let added_frame = if added.is_empty() { None } else { Some(channel_event(shard, channel, "added")?) };
+    let removed_frame = if removed.is_empty() { None } else { Some(channel_event(shard, channel, "removed")?) };
+    let mut waits = Vec::new();
+    let mut mask = 0u128;
+    for target in 0..shard.shard_count {
+        let target = ShardId(target);
+        if target == shard.id {
+            if on_membership(shard, channel, &added, &removed, added_frame.as_ref(), removed_frame.as_ref()) {
+                mask |= 1u128 << target.0;
+            }
+        } else {
+            let membership = ChannelMsg::Membership {
+                channel_id: channel,
+                added: added.clone(),
+                removed: removed.clone(),
+                added_frame: added_frame.clone(),
+                removed_frame: removed_frame.clone(),
+            };
+            waits.push((target, shard.router.ask(target, Control::Channel(membership))));
+        }
+    }
+    for (target, wait) in waits {
+        if let Ok(Answer::Subscribed(true)) = wait.await {
+            mask |= 1u128 << target.0;
+        }
+    }
+    shard.with_channel(channel, |state| state.cores = mask)?;
+    Ok(())
+}
+
+/// Changes an owned channel's members, for `by` (its owner, or a member
+/// leaving).
+pub async fn members(
+    shard: &Rc<Shard>,
+    channel_id: ChannelId,
+    by: UserId,
+    add: Vec<UserId>,
+    remove: Vec<UserId>,
+) -> Result<Answer, ApiError> {
+    let max = shard.config.max_channel_members;
+    let plan = shard.with_channel(channel_id, |state| {
+        let leaving_self = add.is_empty() && remove == [by];
+        if !state.members.contains(&by) {
+            return Err(ApiError::new(ErrorCode::Forbidden, "not a member of this channel"));
+        }
+        if state.channel.kind == ChannelKind::Direct {
+            return Err(ApiError::new(ErrorCode::Forbidden, "a direct channel's members do not change"));
+        }
+        if !leaving_self && state.channel.owner_id != by {
+            return Err(ApiError::new(ErrorCode::Forbidden, "only the channel's owner changes its members"));
+        }
+        if leaving_self && state.channel.owner_id == by && state.members.len() > 1 {
+            return Err(ApiError::new(ErrorCode::Forbidden, "the owner cannot leave a channel that has other members"));
+        }
+        let to_add: Vec<UserId> = add
+            .iter()
+            .copied()
+            .filter(|user| !state.members.contains(user))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let to_remove: Vec<UserId> = remove
+            .iter()
+            .copied()
+            .filter(|user| state.members.contains(user))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if state.members.len() + to_add.len() - to_remove.len().min(state.members.len() + to_add.len()) > max {
+            return Err(ApiError::new(ErrorCode::ChannelFull, format!("a channel holds at most {max} members")));
+        }
+        let grows_large = !state.channel.fan_out_on_read
+            && state.members.len() + to_add.len() - to_remove.len() > limits::INBOX_FAN_OUT_MEMBERS_MAX;
+        Ok((to_add, to_remove, grows_large, state.channel.clone(), state.members.iter().copied().collect::<Vec<_>>()))
+    })?;
+    let Some(plan) = plan else { return Err(ApiError::new(ErrorCode::NotFound, "no such channel")) };
+    let (to_add, to_remove, grows_large, mut channel, current) = plan?;
+    if to_add.is_empty() && to_remove.is_empty() {
+        return Ok(Answer::Done);
+    }
+    let mut ops = Vec::new();
+    if grows_large {
+        // Once large, always large: every member reads it per channel now.
+        channel.fan_out_on_read = true;
+        ops.push(WriteOp::Channel(shard.id, channel.clone()));
+        for member in &current {
+            ops.push(WriteOp::UserChannel(shard.owner(member.0), *member, channel_id, true));
+        }
+    }
+    for user in &to_add {
+        ops.push(WriteOp::AddMember(shard.id, channel_id, *user));
+        ops.push(WriteOp::UserChannel(shard.owner(user.0), *user, channel_id, channel.fan_out_on_read));
+    }
+    for user in &to_remove {
+        ops.push(WriteOp::RemoveMember(shard.id, channel_id, *user));
+        ops.push(WriteOp::RemoveUserChannel(shard.owner(user.0), *user, channel_id));
+    }
+    shard.committer.commit(ops).await.map_err(storage_failed)?;
+    shard.with_channel(channel_id, |state| {
+        state.channel = channel;
+        state.members.extend(to_add.iter().copied());
+        for user in &to_remove {
+            state.members.remove(user);
+        }
+    })?;
+    announce(shard, channel_id, to_add, to_remove).await?;
+    Ok(Answer::Done)
+}

@@ -1,0 +1,225 @@
+//! Group commit: every write a shard makes goes through its committer,
+//! which gathers what arrived while the previous write was in flight into
+//! one atomic RocksDB batch. A caller's future completes only once its
+//! writes are in the WAL (and synced, with `fsync` durability).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
+use chatgw_storage::{Channel, DedupeEntry, Durability, Message, OutboxEntry, StorageError, Store, User};
+use futures_channel::oneshot;
+
+use crate::error::ApiError;
+use crate::limits;
+use crate::services::stats::Latency;
+
+/// One write, aimed at the shard that owns its key.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// A message into its channel's history.
+    Message(ShardId, Message),
+    /// A user's inbox entry.
+    Inbox(ShardId, UserId, MessageId, ChannelId),
+    /// A `client_msg_id` dedupe record.
+    Dedupe(ShardId, UserId, String, DedupeEntry),
+    /// A channel record.
+    Channel(ShardId, Channel),
+    /// A membership.
+    AddMember(ShardId, ChannelId, UserId),
+    /// A membership removed.
+    RemoveMember(ShardId, ChannelId, UserId),
+    /// A channel among a user's channels, with its fan-out flag.
+    UserChannel(ShardId, UserId, ChannelId, bool),
+    /// A channel dropped from a user's channels.
+    RemoveUserChannel(ShardId, UserId, ChannelId),
+    /// The direct channel of a pair.
+    Direct(ShardId, UserId, UserId, ChannelId),
+    /// A user record.
+    User(ShardId, User),
+    /// A username index entry.
+    Username(ShardId, String, UserId),
+    /// A push owed to a user.
+    Outbox(ShardId, OutboxEntry),
+    /// A push delivered.
+    DeleteOutbox(ShardId, u64),
+}
+
+/// The error a caller answers when its writes failed.
+pub fn storage_failed(error: String) -> ApiError {
+    ApiError::internal(format!("write failed: {error}"))
+}
+
+type Done = oneshot::Sender<Result<(), String>>;
+
+#[derive(Default)]
+struct Queue {
+    writes: VecDeque<(Vec<WriteOp>, Done, Instant)>,
+    waker: Option<Waker>,
+    stopped: bool,
+}
+
+/// How long group commits take, kept by the committer.
+#[derive(Debug, Default)]
+pub struct CommitTimings {
+    /// One batch write to RocksDB.
+    pub storage_write: Latency,
+    /// A caller's wait, from queueing its writes until they are durable.
+    pub group_commit: Latency,
+}
+
+/// A shard's committer. Cheap to clone (shared within the core).
+#[derive(Clone)]
+pub struct Committer {
+    queue: Rc<RefCell<Queue>>,
+    /// Its timings.
+    pub timings: Rc<CommitTimings>,
+}
+
+fn apply(store: &Store, shard: ShardId, ops: &[&WriteOp]) -> Result<(), StorageError> {
+    let mut batch = store.batch();
+    let mut high_water = None::<MessageId>;
+    for op in ops {
+        match op {
+            WriteOp::Message(to, message) => {
+                batch.put_message(*to, message)?;
+                if *to == shard {
+                    high_water = high_water.max(Some(message.id));
+                }
+            }
+            WriteOp::Inbox(to, user, message, channel) => batch.put_inbox(*to, *user, *message, *channel)?,
+            WriteOp::Dedupe(to, sender, client_msg_id, entry) => {
+                batch.put_dedupe(*to, *sender, client_msg_id, entry)?
+            }
+            WriteOp::Channel(to, channel) => batch.put_channel(*to, channel)?,
+            WriteOp::AddMember(to, channel, user) => batch.add_member(*to, *channel, *user)?,
+            WriteOp::RemoveMember(to, channel, user) => batch.remove_member(*to, *channel, *user)?,
+            WriteOp::UserChannel(to, user, channel, large) => batch.put_user_channel(*to, *user, *channel, *large)?,
+            WriteOp::RemoveUserChannel(to, user, channel) => batch.remove_user_channel(*to, *user, *channel)?,
+            WriteOp::Direct(to, first, second, channel) => batch.put_direct(*to, *first, *second, *channel)?,
+            WriteOp::User(to, user) => batch.put_user(*to, user)?,
+            WriteOp::Username(to, name, user) => batch.put_username(*to, name, *user)?,
+            WriteOp::Outbox(to, entry) => batch.put_outbox(*to, entry)?,
+            WriteOp::DeleteOutbox(to, push_id) => batch.delete_outbox(*to, *push_id)?,
+        }
+    }
+    if let Some(id) = high_water {
+        batch.set_high_water(shard, id)?;
+    }
+    store.write(batch)
+}
+
+impl Committer {
+    /// A committer for `shard`; `run` must be spawned for it to make progress.
+    pub fn new() -> Self {
+        Committer { queue: Rc::new(RefCell::new(Queue::default())), timings: Rc::new(CommitTimings::default()) }
+    }
+
+    /// Writes `ops` in the next group commit; resolves once they are durable.
+    /// An empty `ops` resolves once everything queued before it is durable.
+    pub async fn commit(&self, ops: Vec<WriteOp>) -> Result<(), String> {
+        let (done, finished) = oneshot::channel();
+        {
+            let mut queue = self.queue.borrow_mut();
+            if queue.stopped {
+                return Err("the shard is shutting down".into());
+            }
+            queue.writes.push_back((ops, done, Instant::now()));
+            if let Some(waker) = queue.waker.take() {
+                waker.wake();
+            }
+        }
+        finished.await.unwrap_or_else(|_| Err("the committer stopped".into()))
+    }
+
+    /// Writes queued and not yet taken.
+    pub fn queued(&self) -> usize {
+        self.queue.borrow().writes.len()
+    }
+
+    /// Refuses new writes; `run` returns once the queue is empty.
+    pub fn stop(&self) {
+        let mut queue = self.queue.borrow_mut();
+        queue.stopped = true;
+        if let Some(waker) = queue.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The commit loop: takes everything queued (up to a bound), writes it
+    /// as one batch, completes every caller, and again.
+    pub async fn run(self, store: Arc<Store>, shard: ShardId) {
+        loop {
+            let has_work = std::future::poll_fn(|cx| {
+                let mut queue = self.queue.borrow_mut();
+                if !queue.writes.is_empty() {
+                    Poll::Ready(true)
+                } else if queue.stopped {
+                    Poll::Ready(false)
+                } else {
+                    queue.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            if !has_work {
+                return;
+            }
+            // Let the core's other ready tasks add their writes first: that
+            // is what makes a group of them.
+            futures_lite::future::yield_now().await;
+            let taken: Vec<(Vec<WriteOp>, Done, Instant)> = {
+                let mut queue = self.queue.borrow_mut();
+                let mut ops = 0;
+                let mut taken = Vec::new();
+                while let Some((writes, _, _)) = queue.writes.front() {
+                    if !taken.is_empty() && ops + writes.len() > limits::GROUP_COMMIT_WRITES_MAX {
+                        break;
+                    }
+                    ops += writes.len();
+                    taken.push(queue.writes.pop_front().expect("front exists"));
+                }
+                taken
+            };
+            let mut ops = Vec::with_capacity(taken.len());
+            let mut dones = Vec::with_capacity(taken.len());
+            for (writes, done, queued_at) in taken {
+                ops.push(writes);
+                dones.push((done, queued_at));
+            }
+            let write_started = Instant::now();
+            let result = if store.durability() == Durability::Fsync {
+                // An fsync takes milliseconds: off the core, so it keeps
+                // serving while the disk works.
+                let store = store.clone();
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        let flat: Vec<&WriteOp> = ops.iter().flatten().collect();
+                        apply(&store, shard, &flat).map_err(|error| error.to_string())
+                    })
+                    .await
+            } else {
+                let flat: Vec<&WriteOp> = ops.iter().flatten().collect();
+                apply(&store, shard, &flat).map_err(|error| error.to_string())
+            };
+            self.timings.storage_write.record(write_started.elapsed());
+            if let Err(error) = &result {
+                tracing::error!(%error, shard = shard.0, "group commit failed");
+            }
+            for (done, queued_at) in dones {
+                self.timings.group_commit.record(queued_at.elapsed());
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+impl Default for Committer {
+    fn default() -> Self {
+        Self::new()
+    }
+}

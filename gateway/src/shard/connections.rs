@@ -1,0 +1,136 @@
+//! A connection's arrival and departure on its core: registering it,
+//! subscribing the core to its channels at their owners (before its
+//! `hello`, so nothing sent after can miss it), telling the user's owner
+//! for presence; and, at an owner, which cores host each channel.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use chatgw_idgen::{ChannelId, ShardId, UserId};
+
+use crate::auth::AuthedUser;
+use crate::clock::now_ms;
+use crate::error::ApiError;
+use crate::route::{ChannelMsg, Control};
+use crate::shard::presence;
+use crate::shard::registry::Conn;
+use crate::shard::state::Shard;
+
+/// Registers a connection and subscribes this core to its channels;
+/// returns once every owner knows, so nothing sent after the `hello` can
+/// miss it.
+pub async fn attach(
+    shard: &Rc<Shard>,
+    user: &AuthedUser,
+    device: Box<str>,
+    remote: SocketAddr,
+) -> Result<Rc<Conn>, ApiError> {
+    let username: Rc<str> = user.username.as_str().into();
+    let conn = shard.registry.borrow_mut().add(user.user_id, username, device, remote, now_ms());
+    shard.count_connections();
+    let channels = match shard.store.user_channels(shard.owner(user.user_id.0), user.user_id) {
+        Ok(channels) => channels,
+        Err(error) => {
+            shard.registry.borrow_mut().remove(&conn);
+            shard.count_connections();
+            return Err(error.into());
+        }
+    };
+    let first_local: Vec<ChannelId> = {
+        let mut registry = shard.registry.borrow_mut();
+        channels
+            .iter()
+            .filter(|joined| registry.join_channel(&conn, joined.channel_id))
+            .map(|joined| joined.channel_id)
+            .collect()
+    };
+    subscribe(shard, &first_local).await;
+    presence::connected(shard, user.user_id).await;
+    Ok(conn)
+}
+
+/// Tells the owners of `channels` that this core hosts them now.
+async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
+    let mut waits = Vec::new();
+    for channel in channels {
+        let owner = shard.owner(channel.0);
+        if owner == shard.id {
+            on_subscribe(shard, shard.id, *channel, true);
+        } else {
+            waits.push(shard.router.ask(owner, Control::Channel(ChannelMsg::Subscribe(*channel))));
+        }
+    }
+    for wait in waits {
+        if let Err(error) = wait.await {
+            tracing::warn!(%error, "subscription failed");
+        }
+    }
+}
+
+/// Removes a connection, unsubscribes channels and presence it was the
+/// last local connection of, and tells the user's owner it went.
+pub async fn detach(shard: &Rc<Shard>, conn: &Conn) {
+    let emptied = shard.registry.borrow_mut().remove(conn);
+    shard.count_connections();
+    presence::disconnected(shard, conn.user_id, conn.last_active_ms.get()).await;
+    if !emptied.watched.is_empty()
+        && let Err(error) = presence::watch(shard, &emptied.watched, false).await
+    {
+        tracing::warn!(%error, "ending presence subscriptions");
+    }
+    for channel in emptied.channels {
+        let owner = shard.owner(channel.0);
+        if owner == shard.id {
+            on_subscribe(shard, shard.id, channel, false);
+        } else {
+            shard.router.send_control(owner, 0, Control::Channel(ChannelMsg::Unsubscribe(channel))).await;
+        }
+    }
+}
+
+/// Owner: a core (`from`) hosts or stops hosting connections of an owned channel.
+pub fn on_subscribe(shard: &Shard, from: ShardId, channel: ChannelId, hosts: bool) {
+    let bit = 1u128 << from.0;
+    let result = shard.with_channel(channel, |state| {
+        if hosts {
+            state.cores |= bit;
+        } else {
+            state.cores &= !bit;
+        }
+    });
+    if let Err(error) = result {
+        tracing::warn!(%error, channel = channel.0, "subscription to an unreadable channel");
+    }
+}
+
+/// A channel's membership changed: applies it to this core's connections
+/// (each gets the channel event of its change); returns whether the core
+/// still hosts the channel.
+pub fn on_membership(
+    shard: &Shard,
+    channel: ChannelId,
+    added: &[UserId],
+    removed: &[UserId],
+    added_frame: Option<&Bytes>,
+    removed_frame: Option<&Bytes>,
+) -> bool {
+    let mut registry = shard.registry.borrow_mut();
+    for user in added {
+        for conn in registry.user_conns(*user) {
+            registry.join_channel(&conn, channel);
+            if let Some(frame) = added_frame {
+                conn.push(frame.clone());
+            }
+        }
+    }
+    for user in removed {
+        for conn in registry.user_conns(*user) {
+            registry.leave_channel(&conn, channel);
+            if let Some(frame) = removed_frame {
+                conn.push(frame.clone());
+            }
+        }
+    }
+    registry.hosts_channel(channel)
+}

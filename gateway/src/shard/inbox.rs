@@ -1,0 +1,161 @@
+//! A shard's only inbox: every call and control message reaches the shard
+//! here, from its own core (`call`, a local call) or from another core
+//! (`serve_mesh`'s readers). The handlers it hands them to are the files
+//! beside it; this file is the one match over what can arrive.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use chatgw_idgen::ShardId;
+use glommio::channels::channel_mesh::Receivers;
+use glommio::sync::Semaphore;
+
+use crate::error::ApiError;
+use crate::limits;
+use crate::route::{Answer, Call, ChannelMsg, Control, OpsMsg, Routed};
+use crate::shard::channels::EarlyReply;
+use crate::shard::state::Shard;
+use crate::shard::{abuse, accounts, channels, connections, ops, presence, push, stats};
+
+/// Makes a call on the shard `to` that owns its subject: a local call on
+/// this core, or one over the mesh. What the layers above use to write.
+pub async fn call(shard: &Rc<Shard>, to: ShardId, call: Call) -> Result<Answer, ApiError> {
+    if to == shard.id { handle_call(shard, call, None).await } else { shard.router.call(to, call).await }
+}
+
+/// Runs a call at the shard that owns its subject. `early`: where a remote
+/// send is answered as soon as it is stored.
+async fn handle_call(shard: &Rc<Shard>, call: Call, early: Option<&EarlyReply>) -> Result<Answer, ApiError> {
+    match call {
+        Call::Send { channel_id, sender_id, sender, text, client_msg_id } => {
+            channels::send(shard, channel_id, sender_id, &sender, text, client_msg_id, early).await
+        }
+        Call::Direct { first, second, names } => channels::direct(shard, first, second, names).await,
+        Call::Create { channel, members } => channels::create(shard, channel, members).await,
+        Call::Members { channel_id, by, add, remove } => channels::members(shard, channel_id, by, add, remove).await,
+        Call::Signup { username, display_name, password_hash } => {
+            accounts::signup(shard, username, display_name, password_hash).await
+        }
+        Call::SetDisabled { user_id, disabled } => accounts::set_disabled(shard, user_id, disabled).await,
+        Call::BannedWords(change) => ops::change_banned(shard, change).await.map(Answer::Banned),
+    }
+}
+
+/// Runs a call that came from another shard and sends its answer back. A
+/// new message is answered before its fan-out: the sender's core then
+/// takes the reply before the event, and the sender's connection gets both
+/// in one write (one packet, one read for the client).
+async fn handle_remote_call(shard: &Rc<Shard>, from: ShardId, request_id: u64, call: Call) {
+    let early = EarlyReply { to: from, request_id, sent: Cell::new(false) };
+    let result = handle_call(shard, call, Some(&early)).await;
+    if !early.sent.get() {
+        shard.router.send_control(from, request_id, Control::Reply(result)).await;
+    }
+}
+
+/// Handles a control message from core `from` (never this one: a shard
+/// makes local calls to itself). Never awaits: replies go out at once, or
+/// from a task of their own when the queue back is full.
+fn handle_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Control) {
+    let reply = match control {
+        Control::Reply(result) => {
+            shard.router.complete(request_id, result);
+            None
+        }
+        Control::Channel(msg) => on_channel(shard, from, msg),
+        Control::Presence(msg) => presence::on_msg(shard, from, msg).map(Ok),
+        Control::Abuse(check) => Some(abuse::on_check(shard, check)),
+        Control::Push(check) => {
+            push::on_check(shard, check);
+            None
+        }
+        Control::Ops(msg) => Some(Ok(on_ops(shard, msg))),
+    };
+    if let Some(result) = reply
+        && request_id != 0
+    {
+        // Most replies fit the queue at once; only a full queue costs a
+        // task that waits for room.
+        if let Err(reply) = shard.router.try_send_control(from, request_id, Control::Reply(result)) {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                shard.router.send_control(from, request_id, reply).await;
+            })
+            .detach();
+        }
+    }
+}
+
+fn on_channel(shard: &Shard, from: ShardId, msg: ChannelMsg) -> Option<Result<Answer, ApiError>> {
+    match msg {
+        ChannelMsg::Deliver { channel_id, frame, taken_at } => {
+            shard.deliver_local(channel_id, &frame, taken_at);
+            None
+        }
+        ChannelMsg::Subscribe(channel) => {
+            connections::on_subscribe(shard, from, channel, true);
+            Some(Ok(Answer::Done))
+        }
+        ChannelMsg::Unsubscribe(channel) => {
+            connections::on_subscribe(shard, from, channel, false);
+            None
+        }
+        ChannelMsg::Membership { channel_id, added, removed, added_frame, removed_frame } => {
+            let hosts = connections::on_membership(
+                shard,
+                channel_id,
+                &added,
+                &removed,
+                added_frame.as_ref(),
+                removed_frame.as_ref(),
+            );
+            Some(Ok(Answer::Subscribed(hosts)))
+        }
+    }
+}
+
+fn on_ops(shard: &Shard, msg: OpsMsg) -> Answer {
+    match msg {
+        OpsMsg::Stats => Answer::Stats(Box::new(stats::snapshot(shard))),
+        OpsMsg::Kick { user_id, device } => Answer::Count(ops::kick_here(shard, user_id, device.as_deref())),
+        OpsMsg::Connections { after, limit } => Answer::Connections(ops::connections_here(shard, after, limit)),
+        OpsMsg::BannedWords(banned) => {
+            shard.set_banned(banned);
+            Answer::Done
+        }
+    }
+}
+
+/// Starts the readers of the two meshes: control messages are handled as
+/// they come (never awaiting); calls each run as a task, at most
+/// `REQUESTS_IN_FLIGHT_PER_SHARD_MAX` at once (past it the readers wait,
+/// and the callers' queues fill: backpressure).
+pub fn serve_mesh(shard: &Rc<Shard>, mut calls: Receivers<Routed<Call>>, mut controls: Receivers<Routed<Control>>) {
+    for (_, stream) in controls.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(routed) = stream.recv().await {
+                shard.router.note_received(routed.from);
+                handle_control(&shard, routed.from, routed.request_id, routed.body);
+            }
+        })
+        .detach();
+    }
+    let permits = Rc::new(Semaphore::new(limits::REQUESTS_IN_FLIGHT_PER_SHARD_MAX as u64));
+    for (_, stream) in calls.streams() {
+        let (shard, permits) = (shard.clone(), permits.clone());
+        glommio::spawn_local(async move {
+            while let Some(routed) = stream.recv().await {
+                shard.router.note_received(routed.from);
+                let Ok(permit) = permits.acquire_static_permit(1).await else { break };
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handle_remote_call(&shard, routed.from, routed.request_id, routed.body).await;
+                    drop(permit);
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+}

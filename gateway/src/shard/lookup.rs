@@ -1,0 +1,102 @@
+//! Reads any core may make of what other shards own: usernames, user ids,
+//! direct channels (each cached per core, bounded), whether an account may
+//! connect, and a channel's wire view. Storage is shared, so these are
+//! reads, never messages.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::rc::Rc;
+
+use chatgw_idgen::{ChannelId, UserId};
+use serde_json::Value;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::limits::LOOKUP_CACHE_ENTRIES_MAX;
+use crate::placement;
+use crate::protocol::shapes;
+use crate::protocol::validate::valid_username;
+use crate::shard::state::Shard;
+
+/// Inserts into a bounded lookup cache, clearing it when full.
+fn cache_insert<K: Hash + Eq, V>(cache: &RefCell<HashMap<K, V>>, key: K, value: V) {
+    let mut cache = cache.borrow_mut();
+    if cache.len() >= LOOKUP_CACHE_ENTRIES_MAX {
+        cache.clear();
+    }
+    cache.insert(key, value);
+}
+
+impl Shard {
+    /// A user's username (cached; read from the user's shard).
+    pub fn username(&self, user: UserId) -> Result<Rc<str>, ApiError> {
+        if let Some(name) = self.usernames.borrow().get(&user) {
+            return Ok(name.clone());
+        }
+        let name: Rc<str> = match self.store.user(self.owner(user.0), user)? {
+            Some(record) => record.username.into(),
+            None => "".into(),
+        };
+        cache_insert(&self.usernames, user, name.clone());
+        Ok(name)
+    }
+
+    /// A user id by username (read from the username's shard).
+    pub fn user_id(&self, username: &str) -> Result<Option<UserId>, ApiError> {
+        if !valid_username(username) {
+            return Ok(None);
+        }
+        if let Some(id) = self.user_ids.borrow().get(username) {
+            return Ok(Some(*id));
+        }
+        let found = self.store.user_id_by_name(placement::username_owner(username, self.shard_count), username)?;
+        if let Some(id) = found {
+            cache_insert(&self.user_ids, username.into(), id);
+        }
+        Ok(found)
+    }
+
+    /// A user id by username; an unknown one is `not_found`.
+    pub fn known_user(&self, username: &str) -> Result<UserId, ApiError> {
+        self.user_id(username)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no user {username:?}")))
+    }
+
+    /// User ids for usernames, in order; an unknown one is `not_found`.
+    pub fn known_users(&self, usernames: &[String]) -> Result<Vec<UserId>, ApiError> {
+        usernames.iter().map(|name| self.known_user(name)).collect()
+    }
+
+    /// The direct channel of a pair, if made (cached; read from the pair's
+    /// owner shard).
+    pub fn direct_channel(&self, first: UserId, second: UserId) -> Result<Option<ChannelId>, ApiError> {
+        let pair = (first.min(second), first.max(second));
+        if let Some(channel) = self.directs.borrow().get(&pair) {
+            return Ok(Some(*channel));
+        }
+        let found = self.store.direct_channel(placement::pair_owner(first, second, self.shard_count), first, second)?;
+        if let Some(channel) = found {
+            cache_insert(&self.directs, pair, channel);
+        }
+        Ok(found)
+    }
+
+    /// Whether a user exists and may connect.
+    pub fn may_connect(&self, user: UserId) -> Result<bool, ApiError> {
+        Ok(self.store.user(self.owner(user.0), user)?.is_some_and(|record| !record.disabled))
+    }
+
+    /// A channel's `Channel` shape, read from storage.
+    pub fn channel_view(&self, channel: ChannelId) -> Result<Value, ApiError> {
+        let owner = self.owner(channel.0);
+        let record =
+            self.store.channel(owner, channel)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such channel"))?;
+        let members = self
+            .store
+            .members(owner, channel)?
+            .into_iter()
+            .map(|member| self.username(member).map(|name| name.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let last = self.store.last_message_id(owner, channel)?;
+        Ok(shapes::channel_json(&record, &members, last))
+    }
+}

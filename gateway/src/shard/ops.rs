@@ -1,0 +1,117 @@
+//! What the operator asks of the shards: kicks (every core, since a user's
+//! devices may sit on any), pages of connections in (shard, key) order, and
+//! banned-word versions, numbered by shard 0 and sent to every core.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use chatgw_idgen::{ShardId, UserId};
+
+use crate::error::ApiError;
+use crate::protocol::close::CloseReason;
+use crate::route::{Answer, ConnInfo, ConnKey, Control, OpsMsg};
+use crate::services::banned::{BannedChange, BannedWords, META_KEY};
+use crate::shard::state::Shard;
+
+/// Closes this core's connections of a user (one device's, if named)
+/// with 1008; returns how many.
+pub fn kick_here(shard: &Shard, user: UserId, device: Option<&str>) -> u64 {
+    let conns = shard.registry.borrow().user_conns(user);
+    let mut kicked = 0;
+    for conn in conns {
+        if device.is_none_or(|device| *conn.device == *device) && conn.closing().is_none() {
+            conn.close(CloseReason::Kicked);
+            kicked += 1;
+        }
+    }
+    kicked
+}
+
+/// Closes a user's connections (or one device's) on every core with 1008;
+/// returns how many.
+pub async fn kick(shard: &Rc<Shard>, user_id: UserId, device: Option<&str>) -> Result<u64, ApiError> {
+    let device: Option<Box<str>> = device.map(Into::into);
+    let waits: Vec<_> = shard
+        .others()
+        .map(|other| shard.router.ask(other, Control::Ops(OpsMsg::Kick { user_id, device: device.clone() })))
+        .collect();
+    let mut kicked = kick_here(shard, user_id, device.as_deref());
+    for wait in waits {
+        match wait.await? {
+            Answer::Count(count) => kicked += count,
+            other => return Err(ApiError::internal(format!("kick answered {other:?}"))),
+        }
+    }
+    Ok(kicked)
+}
+
+/// Up to `limit` of this core's connections after registry key `after`,
+/// in key order.
+pub fn connections_here(shard: &Shard, after: Option<ConnKey>, limit: usize) -> Vec<ConnInfo> {
+    shard
+        .registry
+        .borrow()
+        .after(after, limit)
+        .into_iter()
+        .map(|conn| ConnInfo {
+            key: conn.key,
+            user_id: conn.user_id,
+            username: conn.username.to_string(),
+            device: conn.device.to_string(),
+            remote: conn.remote,
+            connected_at_ms: conn.connected_at_ms,
+            last_active_ms: conn.last_active_ms.get(),
+        })
+        .collect()
+}
+
+/// A page of at most `limit` connections in (shard, key) order after
+/// `cursor`, and the cursor of the next page if there is more.
+pub async fn connections(
+    shard: &Rc<Shard>,
+    cursor: Option<(u16, ConnKey)>,
+    limit: usize,
+) -> Result<(Vec<(u16, ConnInfo)>, Option<(u16, ConnKey)>), ApiError> {
+    let mut page = Vec::new();
+    let first_shard = cursor.map_or(0, |(at, _)| at);
+    for at in first_shard..shard.shard_count {
+        let after = cursor.filter(|(cursor_shard, _)| *cursor_shard == at).map(|(_, key)| key);
+        let wanted = limit - page.len();
+        // One more than wanted tells whether this shard has more.
+        let found = if at == shard.id.0 {
+            connections_here(shard, after, wanted + 1)
+        } else {
+            let asked = OpsMsg::Connections { after, limit: wanted + 1 };
+            match shard.router.ask(ShardId(at), Control::Ops(asked)).await? {
+                Answer::Connections(found) => found,
+                other => return Err(ApiError::internal(format!("connections answered {other:?}"))),
+            }
+        };
+        let more_here = found.len() > wanted;
+        page.extend(found.into_iter().take(wanted).map(|info| (at, info)));
+        if page.len() == limit {
+            let more = more_here || at + 1 < shard.shard_count;
+            let next = if more { page.last().map(|(at, info)| (*at, info.key)) } else { None };
+            return Ok((page, next));
+        }
+    }
+    Ok((page, None))
+}
+
+/// Applies a banned-words change: at shard 0 only, so versions are in order.
+/// Stores the new list, enforces it here, then on every other core; returns
+/// once every core enforces it.
+pub async fn change_banned(shard: &Rc<Shard>, change: BannedChange) -> Result<Arc<BannedWords>, ApiError> {
+    if shard.id != ShardId(0) {
+        return Err(ApiError::internal("banned words change at a shard other than 0"));
+    }
+    let next = Arc::new(shard.banned().changed(change)?);
+    shard.store.put_meta(META_KEY, next.to_json().to_string().as_bytes())?;
+    shard.set_banned(next.clone());
+    let waits: Vec<_> =
+        shard.others().map(|other| shard.router.ask(other, Control::Ops(OpsMsg::BannedWords(next.clone())))).collect();
+    for wait in waits {
+        wait.await?;
+    }
+    Ok(next)
+}

@@ -1,0 +1,445 @@
+//! The connections of one core: their outbound queues, and the local index
+//! of which connections belong to which users and channels. Deliveries
+//! arrive here as one shared frame per channel and cost O(local members).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::Waker;
+
+use bytes::Bytes;
+use chatgw_idgen::{ChannelId, UserId};
+use slab::Slab;
+
+use crate::limits;
+use crate::protocol::close::CloseReason;
+use crate::protocol::frame;
+use crate::route::ConnKey;
+
+/// What a connection still has to write.
+#[derive(Debug, Default)]
+struct Outbound {
+    queue: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    front_offset: usize,
+    queued_bytes: usize,
+    /// Set once a close frame is queued: nothing more goes out after it.
+    closing: Option<CloseReason>,
+    waker: Option<Waker>,
+}
+
+/// One WebSocket connection, as the rest of its core sees it.
+#[derive(Debug)]
+pub struct Conn {
+    /// Its key in the registry.
+    pub key: ConnKey,
+    /// The user.
+    pub user_id: UserId,
+    /// The username.
+    pub username: Rc<str>,
+    /// The device.
+    pub device: Box<str>,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// When it connected, ms since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// Channels this connection receives (the local index's other side).
+    pub channels: RefCell<Vec<ChannelId>>,
+    /// Users whose presence this connection subscribed to.
+    pub watching: RefCell<Vec<UserId>>,
+    /// Commands being worked on.
+    pub in_flight: Cell<usize>,
+    /// When a frame last arrived, ms since the Unix epoch.
+    pub last_active_ms: Cell<u64>,
+    outbound: RefCell<Outbound>,
+}
+
+impl Conn {
+    /// Queues a frame. If the queue would pass its byte bound, the client is
+    /// a slow consumer: the queue is dropped and the connection closes with
+    /// 1008 (the client recovers with `sync`). Returns false once closing.
+    pub fn push(&self, frame: Bytes) -> bool {
+        let mut outbound = self.outbound.borrow_mut();
+        if outbound.closing.is_some() {
+            return false;
+        }
+        if !outbound.queue.is_empty() && outbound.queued_bytes + frame.len() > limits::OUTBOUND_QUEUE_BYTES_MAX {
+            drop(outbound);
+            self.close(CloseReason::SlowConsumer);
+            return false;
+        }
+        outbound.queued_bytes += frame.len();
+        outbound.queue.push_back(frame);
+        if let Some(waker) = outbound.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Queues a close frame after what is being written and stops queueing.
+    /// For a slow consumer, frames not yet started are dropped first.
+    pub fn close(&self, reason: CloseReason) {
+        let mut outbound = self.outbound.borrow_mut();
+        if outbound.closing.is_some() {
+            return;
+        }
+        if reason == CloseReason::SlowConsumer {
+            // Keep only a frame already partly written (cutting it would
+            // corrupt the stream), then the close.
+            let keep = usize::from(outbound.front_offset > 0);
+            outbound.queue.truncate(keep);
+            outbound.queued_bytes = outbound.queue.iter().map(Bytes::len).sum();
+        }
+        let close = frame::close(reason);
+        outbound.queued_bytes += close.len();
+        outbound.queue.push_back(close);
+        outbound.closing = Some(reason);
+        if let Some(waker) = outbound.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Why the connection is closing, if it is.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.outbound.borrow().closing
+    }
+
+    /// Wakes the session (a command finished, say).
+    pub fn wake(&self) {
+        if let Some(waker) = self.outbound.borrow_mut().waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Remembers the session's waker for the next push.
+    pub fn set_waker(&self, waker: &Waker) {
+        let mut outbound = self.outbound.borrow_mut();
+        match &outbound.waker {
+            Some(current) if current.will_wake(waker) => {}
+            _ => outbound.waker = Some(waker.clone()),
+        }
+    }
+
+    /// The bytes to write next, if any (the unwritten part of the front frame).
+    pub fn front(&self) -> Option<Bytes> {
+        let outbound = self.outbound.borrow();
+        outbound.queue.front().map(|front| front.slice(outbound.front_offset..))
+    }
+
+    /// Frames queued (the front one may be partly written).
+    pub fn queued_frames(&self) -> usize {
+        self.outbound.borrow().queue.len()
+    }
+
+    /// Copies the queued bytes still to write, from the front on, into
+    /// `buf` as far as they fit, so several frames go out in one write.
+    /// Returns the bytes copied.
+    pub fn gather(&self, buf: &mut [u8]) -> usize {
+        let outbound = self.outbound.borrow();
+        let mut filled = 0;
+        let mut skip = outbound.front_offset;
+        for frame in &outbound.queue {
+            let part = &frame[skip..];
+            skip = 0;
+            let take = part.len().min(buf.len() - filled);
+            buf[filled..filled + take].copy_from_slice(&part[..take]);
+            filled += take;
+            if filled == buf.len() {
+                break;
+            }
+        }
+        filled
+    }
+
+    /// Marks `written` bytes as written, from the front frame on.
+    pub fn advance(&self, mut written: usize) {
+        let mut outbound = self.outbound.borrow_mut();
+        while written > 0 {
+            let Some(front_len) = outbound.queue.front().map(Bytes::len) else { return };
+            let step = written.min(front_len - outbound.front_offset);
+            outbound.front_offset += step;
+            written -= step;
+            if outbound.front_offset >= front_len {
+                outbound.queue.pop_front();
+                outbound.front_offset = 0;
+                outbound.queued_bytes -= front_len;
+            }
+        }
+        if outbound.queue.is_empty() {
+            // Release the ring's memory: idle connections hold none.
+            outbound.queue = VecDeque::new();
+        }
+    }
+
+    /// Whether everything queued has been written.
+    pub fn drained(&self) -> bool {
+        self.outbound.borrow().queue.is_empty()
+    }
+}
+
+/// The connections of this core and the local indexes over them.
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Slab<Rc<Conn>>,
+    by_user: HashMap<UserId, Vec<ConnKey>>,
+    by_channel: HashMap<ChannelId, Vec<ConnKey>>,
+    /// Presence subscriptions: watched user → subscribed connections.
+    watchers: HashMap<UserId, Vec<ConnKey>>,
+}
+
+/// What removing a connection leaves without a local connection.
+#[derive(Debug, Default)]
+pub struct Emptied {
+    /// Channels it was the last local member connection of.
+    pub channels: Vec<ChannelId>,
+    /// Users it was the last local presence subscriber of.
+    pub watched: Vec<UserId>,
+}
+
+impl Registry {
+    /// Adds a connection of `user_id` (not yet in any channel).
+    pub fn add(
+        &mut self,
+        user_id: UserId,
+        username: Rc<str>,
+        device: Box<str>,
+        remote: SocketAddr,
+        now_ms: u64,
+    ) -> Rc<Conn> {
+        let entry = self.conns.vacant_entry();
+        let conn = Rc::new(Conn {
+            key: entry.key(),
+            user_id,
+            username,
+            device,
+            remote,
+            connected_at_ms: now_ms,
+            channels: RefCell::new(Vec::new()),
+            watching: RefCell::new(Vec::new()),
+            in_flight: Cell::new(0),
+            last_active_ms: Cell::new(now_ms),
+            outbound: RefCell::new(Outbound::default()),
+        });
+        entry.insert(conn.clone());
+        self.by_user.entry(user_id).or_default().push(conn.key);
+        conn
+    }
+
+    /// Puts a connection in a channel's local index. Returns true when it
+    /// is the channel's first local connection (the core must subscribe).
+    pub fn join_channel(&mut self, conn: &Conn, channel: ChannelId) -> bool {
+        let mut channels = conn.channels.borrow_mut();
+        if channels.contains(&channel) {
+            return false;
+        }
+        channels.push(channel);
+        let keys = self.by_channel.entry(channel).or_default();
+        keys.push(conn.key);
+        keys.len() == 1
+    }
+
+    /// Takes a connection out of a channel's index. Returns true when it
+    /// was the channel's last local connection (the core may unsubscribe).
+    pub fn leave_channel(&mut self, conn: &Conn, channel: ChannelId) -> bool {
+        conn.channels.borrow_mut().retain(|joined| *joined != channel);
+        let Some(keys) = self.by_channel.get_mut(&channel) else { return false };
+        keys.retain(|key| *key != conn.key);
+        if keys.is_empty() {
+            self.by_channel.remove(&channel);
+            return true;
+        }
+        false
+    }
+
+    /// Subscribes a connection to a user's presence. Returns true when it is
+    /// the user's first local subscriber (the core must tell the owner).
+    pub fn watch(&mut self, conn: &Conn, user: UserId) -> bool {
+        let mut watching = conn.watching.borrow_mut();
+        if watching.contains(&user) {
+            return false;
+        }
+        watching.push(user);
+        let keys = self.watchers.entry(user).or_default();
+        keys.push(conn.key);
+        keys.len() == 1
+    }
+
+    /// Ends a presence subscription. Returns true when it was the user's
+    /// last local subscriber (the core may tell the owner).
+    pub fn unwatch(&mut self, conn: &Conn, user: UserId) -> bool {
+        let mut watching = conn.watching.borrow_mut();
+        let before = watching.len();
+        watching.retain(|watched| *watched != user);
+        if watching.len() == before {
+            return false;
+        }
+        let Some(keys) = self.watchers.get_mut(&user) else { return false };
+        keys.retain(|key| *key != conn.key);
+        if keys.is_empty() {
+            self.watchers.remove(&user);
+            return true;
+        }
+        false
+    }
+
+    /// Hands a presence event to every local subscriber of `user`.
+    pub fn deliver_presence(&self, user: UserId, frame: &Bytes) -> usize {
+        let Some(keys) = self.watchers.get(&user) else { return 0 };
+        keys.iter().filter(|key| self.conns[**key].push(frame.clone())).count()
+    }
+
+    /// Removes a connection; returns the channels and watched users it was
+    /// the last local connection of.
+    pub fn remove(&mut self, conn: &Conn) -> Emptied {
+        let channels = conn.channels.borrow().clone();
+        let channels = channels.into_iter().filter(|channel| self.leave_channel(conn, *channel)).collect();
+        let watching = conn.watching.borrow().clone();
+        let watched = watching.into_iter().filter(|user| self.unwatch(conn, *user)).collect();
+        let emptied = Emptied { channels, watched };
+        if let Some(keys) = self.by_user.get_mut(&conn.user_id) {
+            keys.retain(|key| *key != conn.key);
+            if keys.is_empty() {
+                self.by_user.remove(&conn.user_id);
+            }
+        }
+        if self.conns.contains(conn.key) {
+            self.conns.remove(conn.key);
+        }
+        emptied
+    }
+
+    /// The local connections of a user.
+    pub fn user_conns(&self, user: UserId) -> Vec<Rc<Conn>> {
+        self.by_user.get(&user).map_or_else(Vec::new, |keys| keys.iter().map(|key| self.conns[*key].clone()).collect())
+    }
+
+    /// Whether any local connection receives `channel`.
+    pub fn hosts_channel(&self, channel: ChannelId) -> bool {
+        self.by_channel.contains_key(&channel)
+    }
+
+    /// Hands one shared frame to every local connection in `channel`.
+    /// Returns how many connections it was queued to.
+    pub fn deliver(&self, channel: ChannelId, frame: &Bytes) -> usize {
+        let Some(keys) = self.by_channel.get(&channel) else { return 0 };
+        keys.iter().filter(|key| self.conns[**key].push(frame.clone())).count()
+    }
+
+    /// Every connection (for shutdown and sweeps).
+    pub fn all(&self) -> Vec<Rc<Conn>> {
+        self.conns.iter().map(|(_, conn)| conn.clone()).collect()
+    }
+
+    /// Connections that received nothing since `cutoff_ms` and are not
+    /// closing already.
+    pub fn silent_since(&self, cutoff_ms: u64) -> Vec<Rc<Conn>> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| conn.last_active_ms.get() < cutoff_ms && conn.closing().is_none())
+            .map(|(_, conn)| conn.clone())
+            .collect()
+    }
+
+    /// Up to `limit` connections with keys above `after`, in key order.
+    pub fn after(&self, after: Option<ConnKey>, limit: usize) -> Vec<Rc<Conn>> {
+        let start = after.map_or(0, |key| key + 1);
+        self.conns.iter().filter(|(key, _)| *key >= start).take(limit).map(|(_, conn)| conn.clone()).collect()
+    }
+
+    /// Distinct users with a connection here.
+    pub fn users(&self) -> usize {
+        self.by_user.len()
+    }
+
+    /// How many connections the core holds.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether the core holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40_000))
+    }
+
+    #[test]
+    fn index_tracks_first_and_last_local_members() {
+        let mut registry = Registry::default();
+        let a = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
+        let b = registry.add(UserId(2), "b".into(), "d".into(), remote(), 0);
+        let channel = ChannelId(9);
+        assert!(registry.join_channel(&a, channel));
+        assert!(!registry.join_channel(&a, channel), "joining twice is a no-op");
+        assert!(!registry.join_channel(&b, channel));
+        assert_eq!(registry.deliver(channel, &Bytes::from_static(b"x")), 2);
+        assert!(!registry.leave_channel(&a, channel));
+        assert_eq!(registry.remove(&b).channels, vec![channel]);
+        assert!(!registry.hosts_channel(channel));
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn a_slow_consumer_is_closed_and_its_queue_dropped() {
+        let mut registry = Registry::default();
+        let conn = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
+        let chunk = Bytes::from(vec![0u8; 1 << 20]);
+        let mut accepted = 0;
+        while conn.push(chunk.clone()) {
+            accepted += 1;
+            assert!(accepted < 100, "the bound holds");
+        }
+        assert_eq!(conn.closing(), Some(CloseReason::SlowConsumer));
+        // Only the close frame is left to write.
+        let front = conn.front().unwrap();
+        assert_eq!(front[0], 0x88);
+        conn.advance(front.len());
+        assert!(conn.drained());
+        assert!(!conn.push(Bytes::from_static(b"late")));
+    }
+
+    #[test]
+    fn gathered_frames_go_out_in_order_across_partial_writes() {
+        let mut registry = Registry::default();
+        let conn = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
+        for frame in [&b"abc"[..], b"defg", b"hi"] {
+            assert!(conn.push(Bytes::copy_from_slice(frame)));
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4];
+        // A socket that takes 3 bytes of each write, from a 4-byte buffer.
+        while !conn.drained() {
+            let gathered = conn.gather(&mut buf);
+            assert!(gathered > 0);
+            let taken = gathered.min(3);
+            out.extend_from_slice(&buf[..taken]);
+            conn.advance(taken);
+        }
+        assert_eq!(out, b"abcdefghi");
+        assert_eq!(conn.queued_frames(), 0);
+        assert!(conn.push(Bytes::from_static(b"j")), "the queue takes frames again");
+        assert_eq!(conn.front().as_deref(), Some(&b"j"[..]));
+    }
+
+    #[test]
+    fn silent_connections_are_found_and_closing_ones_skipped() {
+        let mut registry = Registry::default();
+        let quiet = registry.add(UserId(1), "a".into(), "d".into(), remote(), 1_000);
+        let chatty = registry.add(UserId(2), "b".into(), "d".into(), remote(), 1_000);
+        chatty.last_active_ms.set(5_000);
+        let closing = registry.add(UserId(3), "c".into(), "d".into(), remote(), 1_000);
+        closing.close(CloseReason::Normal);
+        let silent = registry.silent_since(4_000);
+        assert_eq!(silent.len(), 1);
+        assert_eq!(silent[0].key, quiet.key);
+        assert!(registry.silent_since(1_000).is_empty(), "active at the cutoff is not silent");
+    }
+}

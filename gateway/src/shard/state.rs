@@ -1,0 +1,259 @@
+//! One shard's state, owned by its core: the channels it owns (members and
+//! the cores that host them), its id generator, committer, router, the
+//! registry of its connections, the services it drives, and local fan-out.
+//! Everything here is touched by one thread. What the shard *does* lives in
+//! the files beside this one, as `impl Shard` blocks or functions over it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chatgw_idgen::{ChannelId, Generator, Layout, ShardId, UserId, WorkerId};
+use chatgw_storage::{Channel, Message, Store};
+
+use crate::auth::TokenKeys;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::node::Shared;
+use crate::placement;
+use crate::route::{ChannelMsg, Control, Router};
+use crate::services::abuse::Limiter;
+use crate::services::banned::{self, BannedWords};
+use crate::services::presence::Presence;
+use crate::services::stats::Counters;
+use crate::shard::commit::Committer;
+use crate::shard::registry::Registry;
+use crate::single_flight::SingleFlight;
+
+/// A channel this shard owns, as held in memory.
+#[derive(Debug)]
+pub struct ChannelState {
+    /// Its record.
+    pub channel: Channel,
+    /// Its members.
+    pub members: HashSet<UserId>,
+    /// Bit `i` set: core `i` hosts at least one connection of a member.
+    pub cores: u128,
+}
+
+/// What the node gives each shard it starts.
+#[derive(Clone)]
+pub struct NodeParts {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The node's store (shared by all cores; RocksDB is thread-safe).
+    pub store: Arc<Store>,
+    /// Token keys.
+    pub tokens: Arc<TokenKeys>,
+    /// The admin token in force.
+    pub admin_token: Arc<str>,
+    /// This node's name.
+    pub node: Arc<str>,
+    /// The WebSocket URL clients are told to use.
+    pub ws_url: Arc<str>,
+    /// What all shards of the server share.
+    pub shared: Arc<Shared>,
+}
+
+/// Presence events an owner still has to send to other cores, in order,
+/// and whether a task is sending them.
+#[derive(Debug, Default)]
+pub struct PresenceOutbox {
+    /// (cores, user, encoded event), oldest first.
+    pub queue: VecDeque<(u128, UserId, Bytes)>,
+    /// A task drains `queue`.
+    pub sending: bool,
+}
+
+/// One shard, on its own core.
+pub struct Shard {
+    /// This shard.
+    pub id: ShardId,
+    /// Shards in the node.
+    pub shard_count: u16,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The node's store (shared by all cores; RocksDB is thread-safe).
+    pub store: Arc<Store>,
+    /// Token keys.
+    pub tokens: Arc<TokenKeys>,
+    /// The admin token in force.
+    pub admin_token: Arc<str>,
+    /// This node's name.
+    pub node: Arc<str>,
+    /// The WebSocket URL clients are told to use.
+    pub ws_url: Arc<str>,
+    /// What all cores of the server share (readiness, the stop flag).
+    pub shared: Arc<Shared>,
+    /// This shard's Snowflake generator.
+    pub ids: RefCell<Generator>,
+    /// Cross-core messaging.
+    pub router: Router,
+    /// Local connections.
+    pub registry: RefCell<Registry>,
+    /// Group commit.
+    pub committer: Committer,
+    /// Counters.
+    pub counters: Counters,
+    /// Set when the server stops.
+    pub stopping: Cell<bool>,
+    /// Push records in this shard's outbox.
+    pub outbox_depth: Cell<u64>,
+    /// Presence of the users this shard owns.
+    pub presence: RefCell<Presence>,
+    /// Presence events on their way to other cores.
+    pub presence_outbox: RefCell<PresenceOutbox>,
+    /// Send rate limits and flood control for the users this shard owns.
+    pub limiter: Limiter,
+    banned: RefCell<Arc<BannedWords>>,
+    owned: RefCell<HashMap<ChannelId, ChannelState>>,
+    /// Usernames by user id (cached reads).
+    pub usernames: RefCell<HashMap<UserId, Rc<str>>>,
+    /// User ids by username (names are never reused or renamed).
+    pub user_ids: RefCell<HashMap<Box<str>, UserId>>,
+    /// Direct channels by pair, smaller id first (a pair's channel never
+    /// changes once made).
+    pub directs: RefCell<HashMap<(UserId, UserId), ChannelId>>,
+    /// Direct channels being made, by pair.
+    pub directs_in_flight: SingleFlight<(UserId, UserId), Result<ChannelId, ApiError>>,
+    /// Signups in progress, by username.
+    pub signups_in_flight: SingleFlight<String, Result<UserId, ApiError>>,
+    /// Sends with a `client_msg_id` in progress, by sender and id.
+    pub sends_in_flight: SingleFlight<(UserId, String), Result<Message, ApiError>>,
+}
+
+impl Shard {
+    /// Shard `id` of `shard_count`, with its generator resumed above what
+    /// it stored, the banned words in force and its outbox counted.
+    pub fn open(id: ShardId, shard_count: u16, parts: NodeParts, router: Router) -> Result<Self, ApiError> {
+        let NodeParts { config, store, tokens, admin_token, node, ws_url, shared } = parts;
+        let mut ids = Generator::new(Layout::default(), WorkerId { node: config.node_id, shard: id.0 })
+            .map_err(|error| ApiError::internal(error.to_string()))?;
+        if let Some(high_water) = store.high_water(id)? {
+            ids.resume_after(high_water.0);
+        }
+        let banned = banned::load(&store)?;
+        let outbox_depth = store.outbox_len(id)?;
+        let limiter = Limiter::new(config.rate_limit_per_s, config.rate_burst);
+        let presence = Presence::new(config.presence_grace_ms);
+        Ok(Shard {
+            id,
+            shard_count,
+            config,
+            store,
+            tokens,
+            admin_token,
+            node,
+            ws_url,
+            shared,
+            ids: RefCell::new(ids),
+            router,
+            registry: RefCell::new(Registry::default()),
+            committer: Committer::new(),
+            counters: Counters::default(),
+            stopping: Cell::new(false),
+            outbox_depth: Cell::new(outbox_depth),
+            presence: RefCell::new(presence),
+            presence_outbox: RefCell::new(PresenceOutbox::default()),
+            limiter,
+            banned: RefCell::new(Arc::new(banned)),
+            owned: RefCell::new(HashMap::new()),
+            usernames: RefCell::new(HashMap::new()),
+            user_ids: RefCell::new(HashMap::new()),
+            directs: RefCell::new(HashMap::new()),
+            directs_in_flight: SingleFlight::new(),
+            signups_in_flight: SingleFlight::new(),
+            sends_in_flight: SingleFlight::new(),
+        })
+    }
+
+    /// The owner of a user or channel id.
+    pub fn owner(&self, id: u64) -> ShardId {
+        placement::owner(id, self.shard_count)
+    }
+
+    /// The next Snowflake id of this shard.
+    pub fn next_id(&self) -> u64 {
+        self.ids.borrow_mut().next_id()
+    }
+
+    /// Every other shard of the node.
+    pub fn others(&self) -> impl Iterator<Item = ShardId> + use<> {
+        let own = self.id;
+        (0..self.shard_count).map(ShardId).filter(move |shard| *shard != own)
+    }
+
+    // ---- owned channels ----
+
+    /// Runs `visit` on an owned channel's state, loading it from storage
+    /// first. `None` if the channel does not exist.
+    pub fn with_channel<R>(
+        &self,
+        id: ChannelId,
+        visit: impl FnOnce(&mut ChannelState) -> R,
+    ) -> Result<Option<R>, ApiError> {
+        debug_assert_eq!(self.owner(id.0), self.id, "only the owner holds a channel");
+        if !self.owned.borrow().contains_key(&id) {
+            let Some(channel) = self.store.channel(self.id, id)? else { return Ok(None) };
+            let members = self.store.members(self.id, id)?.into_iter().collect();
+            self.owned.borrow_mut().entry(id).or_insert(ChannelState { channel, members, cores: 0 });
+        }
+        Ok(self.owned.borrow_mut().get_mut(&id).map(visit))
+    }
+
+    /// Records a channel just created by this owner.
+    pub fn insert_channel(&self, channel: Channel, members: HashSet<UserId>) {
+        self.owned.borrow_mut().insert(channel.id, ChannelState { channel, members, cores: 0 });
+    }
+
+    // ---- local fan-out ----
+
+    /// Sends one shared frame to every core hosting a member of `channel`
+    /// (`taken_at`: when this owner took the message).
+    pub async fn fan_out(&self, channel: ChannelId, cores: u128, frame: Bytes, taken_at: Instant) {
+        for core in 0..self.shard_count {
+            if cores & (1u128 << core) == 0 {
+                continue;
+            }
+            if ShardId(core) == self.id {
+                self.deliver_local(channel, &frame, taken_at);
+            } else {
+                let deliver = ChannelMsg::Deliver { channel_id: channel, frame: frame.clone(), taken_at };
+                self.router.send_control(ShardId(core), 0, Control::Channel(deliver)).await;
+            }
+        }
+    }
+
+    /// Queues a frame to this core's connections in `channel`.
+    pub fn deliver_local(&self, channel: ChannelId, frame: &Bytes, taken_at: Instant) {
+        let queued = self.registry.borrow().deliver(channel, frame);
+        self.counters.deliveries.set(self.counters.deliveries.get() + queued as u64);
+        self.counters.fan_out.record(taken_at.elapsed());
+    }
+
+    /// Publishes this core's connection count (for discovery).
+    pub fn count_connections(&self) {
+        if let Some(count) = self.shared.connections.get(self.id.index()) {
+            count.store(self.registry.borrow().len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    // ---- banned words ----
+
+    /// The banned words this core enforces.
+    pub fn banned(&self) -> Arc<BannedWords> {
+        self.banned.borrow().clone()
+    }
+
+    /// Enforces a version of the banned words, unless a newer one is in force.
+    pub fn set_banned(&self, banned: Arc<BannedWords>) {
+        let mut current = self.banned.borrow_mut();
+        if banned.version > current.version {
+            *current = banned;
+        }
+    }
+}

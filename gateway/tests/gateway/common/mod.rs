@@ -1,0 +1,307 @@
+//! A real server on an ephemeral loopback port, with real HTTP and
+//! WebSocket clients, for the gateway's integration tests.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use chatgw_gateway::{Config, ServerHandle};
+use serde_json::{Value, json};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// How long a test waits for any one frame.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// A server in this process on its own temp dir.
+pub struct TestServer {
+    pub handle: Option<ServerHandle>,
+    pub dir: tempfile::TempDir,
+    pub http: ureq::Agent,
+}
+
+pub fn config(dir: &std::path::Path, shards: u16) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        shards: Some(shards),
+        node: Some("test-node".into()),
+        pin_cores: false,
+        block_cache_bytes: 8 << 20,
+        // Tests send faster than a person may; tests/abuse.rs sets limits.
+        rate_limit_per_s: 0,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub fn start(shards: u16) -> Self {
+        Self::start_with(shards, |_| {})
+    }
+
+    pub fn start_with(shards: u16, adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path(), shards);
+        adjust(&mut config);
+        let handle = chatgw_gateway::start(config).expect("server starts");
+        let http = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        TestServer { handle: Some(handle), dir, http }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.handle.as_ref().unwrap().local_addr()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    /// POSTs JSON; returns the status and the JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut response = self.http.post(self.url(path)).send_json(body).unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_json().unwrap_or(Value::Null))
+    }
+
+    /// POSTs JSON with a bearer token; returns the status and the JSON body.
+    pub fn post_auth(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let mut response =
+            self.http.post(self.url(path)).header("Authorization", format!("Bearer {token}")).send_json(body).unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_json().unwrap_or(Value::Null))
+    }
+
+    /// GETs a path; returns the status and the body text.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut response = self.http.get(self.url(path)).call().unwrap();
+        (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// Signs a user up; returns their user id and token.
+    pub fn signup(&self, username: &str) -> User {
+        let (status, body) = self.post("/v1/signup", &json!({ "username": username, "password": "correct horse" }));
+        assert_eq!(status, 201, "signup {username}: {body}");
+        User {
+            username: username.to_string(),
+            user_id: body["user_id"].as_str().unwrap().to_string(),
+            token: body["token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Opens a WebSocket as `user` on `device` and reads the hello.
+    pub fn connect(&self, user: &User, device: &str) -> Client {
+        let mut client = self.try_connect(Some(&user.token), device).expect("upgrade succeeds");
+        let hello = client.next_event("hello");
+        assert_eq!(hello["user_id"], user.user_id.as_str());
+        assert_eq!(hello["device"], device);
+        client
+    }
+
+    /// Opens a WebSocket; the HTTP status on refusal.
+    pub fn try_connect(&self, token: Option<&str>, device: &str) -> Result<Client, u16> {
+        let mut request = format!("ws://{}/v1/ws?device={device}", self.addr()).into_client_request().unwrap();
+        if let Some(token) = token {
+            request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let stream = TcpStream::connect(self.addr()).unwrap();
+        stream.set_read_timeout(Some(FRAME_WAIT)).unwrap();
+        match tungstenite::client(request, stream) {
+            Ok((ws, _)) => Ok(Client { ws, next_id: 1, events: VecDeque::new() }),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("handshake: {error}"),
+        }
+    }
+
+    /// Stops the server and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.stop();
+            handle.join().expect("clean stop");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.stop();
+            let _ = handle.join();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub username: String,
+    pub user_id: String,
+    pub token: String,
+}
+
+/// A WebSocket client that keeps events seen while waiting for replies.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    next_id: u64,
+    events: VecDeque<Value>,
+}
+
+impl Client {
+    fn read_json(&mut self) -> Value {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => return serde_json::from_str(&text).unwrap(),
+                Ok(Message::Close(frame)) => panic!("closed: {frame:?}"),
+                Ok(_) => continue,
+                Err(error) => panic!("read: {error}"),
+            }
+        }
+    }
+
+    /// Sends a raw text frame.
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).unwrap();
+    }
+
+    /// Sends a command without waiting; returns its id.
+    pub fn send_command(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_text(&json!({ "id": id, "method": method, "params": params }).to_string());
+        id
+    }
+
+    /// The next reply (any id), keeping events aside.
+    pub fn next_reply(&mut self) -> Value {
+        loop {
+            let frame = self.read_json();
+            if frame.get("event").is_some() {
+                self.events.push_back(frame);
+            } else {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends a command and returns its whole reply.
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send_command(method, params);
+        let reply = self.next_reply();
+        assert_eq!(reply["id"], id, "replies in order for a lone command: {reply}");
+        reply
+    }
+
+    /// Sends a command and returns its result; panics on an error reply.
+    pub fn result(&mut self, method: &str, params: Value) -> Value {
+        let reply = self.call(method, params);
+        assert!(reply.get("error").is_none(), "{method} failed: {reply}");
+        reply["result"].clone()
+    }
+
+    /// Sends a command and returns its error code.
+    pub fn error_code(&mut self, method: &str, params: Value) -> String {
+        let reply = self.call(method, params);
+        reply["error"]["code"].as_str().unwrap_or_else(|| panic!("{method} did not fail: {reply}")).to_string()
+    }
+
+    /// The next event named `name` (events of other names are dropped).
+    pub fn next_event(&mut self, name: &str) -> Value {
+        let deadline = Instant::now() + FRAME_WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no {name} event");
+            let frame = match self.events.pop_front() {
+                Some(frame) => frame,
+                None => self.read_json(),
+            };
+            if frame["event"] == name {
+                return frame["data"].clone();
+            }
+        }
+    }
+
+    /// The next event named `name` within `wait`, or `None` (events of
+    /// other names are dropped).
+    pub fn next_event_within(&mut self, name: &str, wait: Duration) -> Option<Value> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let frame = self.next_frame_within(deadline.saturating_duration_since(Instant::now()))?;
+            if frame["event"] == name {
+                return Some(frame["data"].clone());
+            }
+        }
+    }
+
+    /// The next frame (reply or event, events kept aside first), waiting
+    /// for it as long as a test waits for any frame.
+    pub fn next_frame(&mut self) -> Value {
+        match self.events.pop_front() {
+            Some(frame) => frame,
+            None => self.read_json(),
+        }
+    }
+
+    /// The next frame (reply or event, events kept aside first) within
+    /// `wait`, or `None`.
+    pub fn next_frame_within(&mut self, wait: Duration) -> Option<Value> {
+        if let Some(frame) = self.events.pop_front() {
+            return Some(frame);
+        }
+        if wait.is_zero() {
+            return None;
+        }
+        self.ws.get_ref().set_read_timeout(Some(wait)).unwrap();
+        let deadline = Instant::now() + wait;
+        let found = loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => break Some(serde_json::from_str(&text).unwrap()),
+                Ok(Message::Close(frame)) => panic!("closed: {frame:?}"),
+                Ok(_) if Instant::now() < deadline => continue,
+                Ok(_) => break None,
+                Err(tungstenite::Error::Io(error))
+                    if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    break None;
+                }
+                Err(error) => panic!("read: {error}"),
+            }
+        };
+        self.ws.get_ref().set_read_timeout(Some(FRAME_WAIT)).unwrap();
+        found
+    }
+
+    /// Closes the connection cleanly and waits for the server's close.
+    pub fn close(&mut self) {
+        let _ = self.ws.close(None);
+        while self.ws.read().is_ok() {}
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => return frame.map(|CloseFrame { code, .. }| code.into()),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Protocol(_)) | Err(tungstenite::Error::ConnectionClosed) => return None,
+                Err(error) => panic!("read while waiting for close: {error}"),
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Signs up `count` users named `{prefix}{n}`.
+pub fn users(server: &TestServer, prefix: &str, count: usize) -> Vec<User> {
+    (0..count).map(|n| server.signup(&format!("{prefix}{n}"))).collect()
+}
+
+/// The shard that owns a user, by the gateway's own function.
+pub fn owner(user: &User, shards: u16) -> u16 {
+    chatgw_gateway::placement::owner(user.user_id.parse().unwrap(), shards).0
+}

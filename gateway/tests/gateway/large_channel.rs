@@ -1,0 +1,97 @@
+//! A channel of 100,000 members, written through the storage API before the
+//! server starts, with a few members connected: sends fan out to them, sync
+//! reads the channel (fan-out on read), membership changes still work.
+
+use crate::common::TestServer;
+use chatgw_gateway::placement::{owner, username_owner};
+use chatgw_idgen::{ChannelId, UserId};
+use chatgw_storage::{Channel, ChannelKind, Store, StoreConfig, User};
+use serde_json::json;
+
+const SHARDS: u16 = 2;
+const SECRET: &str = "large-channel-test-secret";
+const MEMBERS: u64 = 100_000;
+
+fn user(id: u64, name: &str) -> User {
+    User {
+        id: UserId(id),
+        username: name.into(),
+        display_name: name.into(),
+        password_hash: "unused: tokens are minted".into(),
+        created_at_ms: 1,
+        disabled: false,
+    }
+}
+
+#[test]
+fn a_channel_of_100_000_members_delivers_and_syncs() {
+    // The data directory is written through the storage API first; the
+    // server then opens it (the JWT secret is configured, so tests can mint
+    // tokens for the users written here).
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = dir.path().to_path_buf();
+    let channel = ChannelId(7_000_000);
+    let real = [(1_001u64, "big_alice"), (1_002, "big_bob"), (1_003, "big_carol")];
+    {
+        let store = Store::open(&StoreConfig::new(dir_path.join("db"), SHARDS)).unwrap();
+        let channel_shard = owner(channel.0, SHARDS);
+        let mut batch = store.batch();
+        batch
+            .put_channel(
+                channel_shard,
+                &Channel {
+                    id: channel,
+                    name: "everyone".into(),
+                    kind: ChannelKind::Group,
+                    owner_id: UserId(real[0].0),
+                    created_at_ms: 1,
+                    fan_out_on_read: true,
+                },
+            )
+            .unwrap();
+        for (id, name) in real {
+            batch.put_user(owner(id, SHARDS), &user(id, name)).unwrap();
+            batch.put_username(username_owner(name, SHARDS), name, UserId(id)).unwrap();
+            batch.add_member(channel_shard, channel, UserId(id)).unwrap();
+            batch.put_user_channel(owner(id, SHARDS), UserId(id), channel, true).unwrap();
+        }
+        for id in 10_000_000..10_000_000 + MEMBERS - 3 {
+            batch.add_member(channel_shard, channel, UserId(id)).unwrap();
+            batch.put_user_channel(owner(id, SHARDS), UserId(id), channel, true).unwrap();
+        }
+        store.write(batch).unwrap();
+    }
+    let mut server = TestServer::start_with(SHARDS, |config| {
+        config.data_dir = dir_path.clone();
+        config.jwt_secret = Some(SECRET.into());
+        config.max_channel_members = 200_000;
+    });
+    let keys = chatgw_gateway::TokenKeys::new(SECRET.as_bytes());
+    let connect = |server: &TestServer, (id, name): (u64, &str)| {
+        let token = keys.mint(UserId(id), name, 600).0;
+        server.connect(&crate::common::User { username: name.into(), user_id: id.to_string(), token }, "d")
+    };
+    let mut alice = connect(&server, real[0]);
+    let mut bob = connect(&server, real[1]);
+    let mut carol = connect(&server, real[2]);
+    let channel_id = channel.0.to_string();
+
+    let sent = alice.result("send", json!({ "channel_id": channel_id, "text": "to a hundred thousand" }));
+    for socket in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(socket.next_event("message")["id"], sent["message_id"]);
+    }
+    // No inbox entries for a large channel: sync reads the channel itself.
+    let synced = bob.result("sync", json!({ "since": "0" }));
+    assert_eq!(synced["messages"][0]["id"], sent["message_id"]);
+    assert_eq!(synced["has_more"], false);
+    let info = carol.result("channel.info", json!({ "channel_id": channel_id }));
+    assert_eq!(info["channel"]["members"].as_array().unwrap().len(), MEMBERS as usize);
+
+    // The owner removes a member: they hear it, the rest still get messages.
+    alice.result("channel.remove_members", json!({ "channel_id": channel_id, "members": ["big_carol"] }));
+    assert_eq!(carol.next_event("channel")["kind"], "removed");
+    let next = alice.result("send", json!({ "channel_id": channel_id, "text": "one fewer" }));
+    assert_eq!(bob.next_event("message")["id"], next["message_id"]);
+    assert_eq!(carol.error_code("history", json!({ "channel_id": channel_id })), "forbidden");
+    server.stop();
+}

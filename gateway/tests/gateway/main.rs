@@ -1,0 +1,15 @@
+//! The gateway's integration tests: a real server on an ephemeral loopback
+//! port, real HTTP and WebSocket clients, a real RocksDB in a temp dir.
+//! One test binary (one link of RocksDB), a module per subject.
+
+mod common;
+
+mod abuse;
+mod bad_input;
+mod heartbeat;
+mod http_api;
+mod large_channel;
+mod messaging;
+mod presence;
+mod push;
+mod transcripts;

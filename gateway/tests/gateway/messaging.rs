@@ -1,0 +1,261 @@
+//! Messaging against a real server: direct and group delivery across
+//! shards, devices, history, sync, dedupe.
+
+use crate::common::{TestServer, owner, users};
+use serde_json::{Value, json};
+
+fn ids(messages: &Value) -> Vec<String> {
+    messages.as_array().unwrap().iter().map(|message| message["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_direct_message_crosses_shards_and_reaches_both_sides() {
+    let server = TestServer::start(2);
+    let people = users(&server, "dm", 8);
+    // Two users owned by different shards.
+    let alice = &people[0];
+    let bob = people.iter().find(|user| owner(user, 2) != owner(alice, 2)).expect("users on both shards");
+    let mut alice_ws = server.connect(alice, "phone");
+    let mut bob_ws = server.connect(bob, "laptop");
+
+    let sent = alice_ws.result("send", json!({ "to_user": bob.username, "text": "hi bob" }));
+    assert_eq!(sent["duplicate"], false);
+    let channel_id = sent["channel_id"].as_str().unwrap().to_string();
+    let event = bob_ws.next_event("message");
+    assert_eq!(event["id"], sent["message_id"]);
+    assert_eq!(event["text"], "hi bob");
+    assert_eq!(event["sender"], alice.username.as_str());
+    assert_eq!(event["sender_id"], alice.user_id.as_str());
+    assert_eq!(event["channel_id"], channel_id.as_str());
+    // The sending device gets the event too.
+    assert_eq!(alice_ws.next_event("message")["id"], sent["message_id"]);
+
+    // The reply goes the other way through the same direct channel.
+    let back = bob_ws.result("send", json!({ "to_user": alice.username, "text": "hi alice" }));
+    assert_eq!(back["channel_id"], channel_id.as_str());
+    assert_eq!(alice_ws.next_event("message")["text"], "hi alice");
+
+    let info = bob_ws.result("channel.info", json!({ "channel_id": channel_id }));
+    assert_eq!(info["channel"]["kind"], "direct");
+    assert_eq!(info["channel"]["last_message_id"], back["message_id"]);
+    let history = bob_ws.result("history", json!({ "channel_id": channel_id }));
+    assert_eq!(
+        ids(&history["messages"]),
+        vec![sent["message_id"].as_str().unwrap(), back["message_id"].as_str().unwrap()]
+    );
+    // A third user may not read it.
+    let carol = people.iter().find(|user| user.user_id != alice.user_id && user.user_id != bob.user_id).unwrap();
+    let mut carol_ws = server.connect(carol, "d");
+    assert_eq!(carol_ws.error_code("history", json!({ "channel_id": channel_id })), "forbidden");
+    assert_eq!(carol_ws.error_code("send", json!({ "channel_id": channel_id, "text": "x" })), "forbidden");
+    assert_eq!(carol_ws.error_code("send", json!({ "to_user": "nobody_here", "text": "x" })), "not_found");
+}
+
+#[test]
+fn a_group_of_100_fans_out_to_every_connected_member_across_shards() {
+    let server = TestServer::start(2);
+    let members = users(&server, "grp", 100);
+    let mut sockets: Vec<_> = members.iter().map(|user| server.connect(user, "d1")).collect();
+    let names: Vec<&str> = members[1..].iter().map(|user| user.username.as_str()).collect();
+    let created = sockets[0].result("channel.create", json!({ "name": "everyone", "members": names }));
+    let channel = &created["channel"];
+    assert_eq!(channel["members"].as_array().unwrap().len(), 100);
+    assert_eq!(channel["owner_id"], members[0].user_id.as_str());
+    let channel_id = channel["id"].as_str().unwrap().to_string();
+    // Every member (not the creator's own reply) hears it was added.
+    for socket in sockets.iter_mut().skip(1) {
+        assert_eq!(socket.next_event("channel")["channel"]["id"], channel_id.as_str());
+    }
+    assert!(members.iter().any(|user| owner(user, 2) == 0) && members.iter().any(|user| owner(user, 2) == 1));
+
+    for round in 0..3 {
+        let sender = round * 37 % 100;
+        let sent =
+            sockets[sender].result("send", json!({ "channel_id": channel_id, "text": format!("round {round}") }));
+        for socket in sockets.iter_mut() {
+            let event = socket.next_event("message");
+            assert_eq!(event["id"], sent["message_id"]);
+            assert_eq!(event["text"], format!("round {round}"));
+        }
+    }
+    // A 101st member is refused.
+    let extra = server.signup("grp_extra");
+    assert_eq!(
+        sockets[0].error_code("channel.add_members", json!({ "channel_id": channel_id, "members": [extra.username] })),
+        "channel_full"
+    );
+}
+
+#[test]
+fn every_device_of_a_user_gets_every_message() {
+    let server = TestServer::start(2);
+    let people = users(&server, "md", 2);
+    let (alice, bob) = (&people[0], &people[1]);
+    let mut phone = server.connect(alice, "phone");
+    let mut laptop = server.connect(alice, "laptop");
+    let mut bob_ws = server.connect(bob, "only");
+    let sent = bob_ws.result("send", json!({ "to_user": alice.username, "text": "to both" }));
+    assert_eq!(phone.next_event("message")["id"], sent["message_id"]);
+    assert_eq!(laptop.next_event("message")["id"], sent["message_id"]);
+    // Alice's own send from the phone reaches her laptop.
+    let own = phone.result("send", json!({ "to_user": bob.username, "text": "from phone" }));
+    assert_eq!(laptop.next_event("message")["id"], own["message_id"]);
+    // A device that connects later gets new messages too (subscribed at connect).
+    let mut tablet = server.connect(alice, "tablet");
+    let later = bob_ws.result("send", json!({ "to_user": alice.username, "text": "later" }));
+    assert_eq!(tablet.next_event("message")["id"], later["message_id"]);
+}
+
+#[test]
+fn history_reads_newest_before_after_and_around() {
+    let server = TestServer::start(2);
+    let people = users(&server, "hist", 2);
+    let mut alice = server.connect(&people[0], "d");
+    let created = alice.result("channel.create", json!({ "name": "h", "members": [people[1].username] }));
+    let channel_id = created["channel"]["id"].as_str().unwrap().to_string();
+    let sent: Vec<String> = (0..10)
+        .map(|n| {
+            alice.result("send", json!({ "channel_id": channel_id, "text": format!("m{n}") }))["message_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let read = |alice: &mut crate::common::Client, params: Value| ids(&alice.result("history", params)["messages"]);
+    assert_eq!(read(&mut alice, json!({ "channel_id": channel_id })), sent);
+    assert_eq!(read(&mut alice, json!({ "channel_id": channel_id, "limit": 3 })), sent[7..]);
+    assert_eq!(read(&mut alice, json!({ "channel_id": channel_id, "before": sent[5], "limit": 2 })), sent[3..5]);
+    assert_eq!(read(&mut alice, json!({ "channel_id": channel_id, "after": sent[5], "limit": 2 })), sent[6..8]);
+    assert_eq!(read(&mut alice, json!({ "channel_id": channel_id, "around": sent[5], "limit": 4 })), sent[3..7]);
+    assert_eq!(read(&mut alice, json!({ "channel_id": channel_id, "before": sent[0] })), Vec::<String>::new());
+    assert_eq!(read(&mut alice, json!({ "channel_id": channel_id, "after": sent[9] })), Vec::<String>::new());
+    assert_eq!(alice.error_code("history", json!({ "channel_id": channel_id, "limit": 0 })), "bad_request");
+    assert_eq!(alice.error_code("history", json!({ "channel_id": "12345" })), "not_found");
+    let message = &alice.result("history", json!({ "channel_id": channel_id, "limit": 1 }))["messages"][0];
+    assert_eq!(message["text"], "m9");
+    assert_eq!(message["sender"], people[0].username.as_str());
+}
+
+#[test]
+fn sync_after_a_reconnect_pages_through_everything_missed() {
+    let server = TestServer::start(2);
+    let people = users(&server, "sy", 3);
+    let (alice, bob, carol) = (&people[0], &people[1], &people[2]);
+    let mut alice_ws = server.connect(alice, "d");
+    let group = alice_ws.result("channel.create", json!({ "name": "s", "members": [bob.username, carol.username] }));
+    let group_id = group["channel"]["id"].as_str().unwrap().to_string();
+    let mut bob_ws = server.connect(bob, "phone");
+    let first = alice_ws.result("send", json!({ "channel_id": group_id, "text": "before" }));
+    let cur_max = bob_ws.next_event("message")["id"].as_str().unwrap().to_string();
+    assert_eq!(cur_max, first["message_id"].as_str().unwrap());
+    drop(bob_ws);
+
+    // While bob is away: 25 messages in the group and DMs from carol,
+    // and one from bob's other device.
+    let mut carol_ws = server.connect(carol, "d");
+    let mut bob_tablet = server.connect(bob, "tablet");
+    let mut missed = Vec::new();
+    for n in 0..25u32 {
+        let reply = if n.is_multiple_of(5) {
+            carol_ws.result("send", json!({ "to_user": bob.username, "text": format!("dm {n}") }))
+        } else if n == 7 {
+            bob_tablet.result("send", json!({ "channel_id": group_id, "text": "own" }))
+        } else {
+            alice_ws.result("send", json!({ "channel_id": group_id, "text": format!("group {n}") }))
+        };
+        missed.push(reply["message_id"].as_str().unwrap().to_string());
+    }
+
+    let mut bob_ws = server.connect(bob, "phone");
+    let mut since = cur_max;
+    let mut got = Vec::new();
+    loop {
+        let page = bob_ws.result("sync", json!({ "since": since, "limit": 10 }));
+        let page_ids = ids(&page["messages"]);
+        got.extend(page_ids.iter().cloned());
+        if page["has_more"] == false {
+            break;
+        }
+        assert_eq!(page_ids.len(), 10);
+        since = page_ids.last().unwrap().clone();
+    }
+    // Ids from different shards in one millisecond sort by worker, not by
+    // send order: sync's contract is id order.
+    missed.sort_by_key(|id| id.parse::<u64>().unwrap());
+    assert_eq!(got, missed, "every missed message once, in id order");
+    let all = bob_ws.result("sync", json!({ "since": "0" }));
+    assert_eq!(all["messages"].as_array().unwrap().len(), 26);
+    assert_eq!(all["has_more"], false);
+}
+
+#[test]
+fn a_repeated_client_msg_id_answers_the_first_ids() {
+    let server = TestServer::start(2);
+    let people = users(&server, "dd", 2);
+    let mut alice = server.connect(&people[0], "d");
+    let mut bob = server.connect(&people[1], "d");
+    let params = json!({ "to_user": people[1].username, "text": "once", "client_msg_id": "c-42" });
+    let first = alice.result("send", params.clone());
+    let again = alice.result("send", params.clone());
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(again["created_at"], first["created_at"]);
+    // Pipelined duplicates: all answer the same id.
+    let pipelined: Vec<u64> = (0..5).map(|_| alice.send_command("send", params.clone())).collect();
+    for _ in &pipelined {
+        let reply = alice.next_reply();
+        assert_eq!(reply["result"]["message_id"], first["message_id"]);
+    }
+    assert_eq!(bob.next_event("message")["client_msg_id"], "c-42");
+    let history = bob.result("history", json!({ "channel_id": first["channel_id"] }));
+    assert_eq!(history["messages"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn channel_membership_commands_and_events() {
+    let server = TestServer::start(2);
+    let people = users(&server, "ch", 4);
+    let mut owner_ws = server.connect(&people[0], "d");
+    let mut second = server.connect(&people[1], "d");
+    let mut third = server.connect(&people[2], "d");
+    let created = owner_ws.result("channel.create", json!({ "name": "team", "members": [people[1].username] }));
+    let channel_id = created["channel"]["id"].as_str().unwrap().to_string();
+    assert_eq!(created["channel"]["kind"], "group");
+    assert_eq!(second.next_event("channel")["kind"], "added");
+
+    // Only the owner adds; the added member hears of it and gets messages.
+    assert_eq!(
+        second.error_code("channel.add_members", json!({ "channel_id": channel_id, "members": [people[2].username] })),
+        "forbidden"
+    );
+    let added =
+        owner_ws.result("channel.add_members", json!({ "channel_id": channel_id, "members": [people[2].username] }));
+    assert_eq!(added["channel"]["members"].as_array().unwrap().len(), 3);
+    assert_eq!(third.next_event("channel")["kind"], "added");
+    let sent = owner_ws.result("send", json!({ "channel_id": channel_id, "text": "welcome" }));
+    assert_eq!(third.next_event("message")["id"], sent["message_id"]);
+
+    let list = third.result("channel.list", json!({}));
+    assert!(list["channels"].as_array().unwrap().iter().any(|channel| channel["id"] == channel_id.as_str()));
+
+    // Removal: the removed member hears it and gets nothing after.
+    owner_ws.result("channel.remove_members", json!({ "channel_id": channel_id, "members": [people[2].username] }));
+    assert_eq!(third.next_event("channel")["kind"], "removed");
+    // Leave: the member goes, the owner may not leave while others stay.
+    assert_eq!(second.result("channel.leave", json!({ "channel_id": channel_id })), json!({}));
+    assert_eq!(second.next_event("channel")["kind"], "removed");
+    let after = owner_ws.result("send", json!({ "channel_id": channel_id, "text": "alone" }));
+    assert_eq!(owner_ws.next_event("message")["id"], sent["message_id"]);
+    assert_eq!(owner_ws.next_event("message")["id"], after["message_id"]);
+    assert_eq!(third.error_code("history", json!({ "channel_id": channel_id })), "forbidden");
+    let info = owner_ws.result("channel.info", json!({ "channel_id": channel_id }));
+    assert_eq!(info["channel"]["members"], json!([people[0].username]));
+    // Nothing more reached the ones who left: their next frame is this reply.
+    assert_eq!(third.result("heartbeat", json!({})), json!({}));
+    assert_eq!(second.result("heartbeat", json!({})), json!({}));
+    assert_eq!(
+        owner_ws.error_code("channel.add_members", json!({ "channel_id": channel_id, "members": ["no_such_user"] })),
+        "not_found"
+    );
+}

@@ -1,0 +1,142 @@
+//! Pushes to offline members, received by a real HTTP server in the test:
+//! the body and the `Idempotency-Key`, nothing for connected members or the
+//! sender, retries through a webhook that answers 503, coalescing, and the
+//! outbox counted when there is no webhook.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::TestServer;
+use serde_json::{Value, json};
+
+/// What the receiver got: the `Idempotency-Key` and the JSON body.
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A webhook on an ephemeral loopback port that answers `503` to the first
+/// `refuse` requests and `200` after; returns its URL and what it received
+/// (refused requests included).
+fn receiver(refuse: usize) -> (String, Received) {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/push", server.server_addr().to_ip().unwrap());
+    let received: Received = Arc::default();
+    let log = received.clone();
+    std::thread::spawn(move || {
+        for (served, mut request) in server.incoming_requests().enumerate() {
+            let key = request
+                .headers()
+                .iter()
+                .find(|header| header.field.equiv("Idempotency-Key"))
+                .map(|header| header.value.to_string())
+                .unwrap_or_default();
+            let mut body = String::new();
+            request.as_reader().read_to_string(&mut body).unwrap();
+            log.lock().unwrap().push((key, serde_json::from_str(&body).unwrap_or(Value::Null)));
+            let status = if served < refuse { 503 } else { 200 };
+            let _ = request.respond(tiny_http::Response::empty(status));
+        }
+    });
+    (url, received)
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn outbox_depth(server: &TestServer) -> u64 {
+    let admin = server.handle.as_ref().unwrap().admin_token.clone();
+    let mut response = server
+        .http
+        .get(server.url("/admin/v1/outbox"))
+        .header("Authorization", format!("Bearer {admin}"))
+        .call()
+        .unwrap();
+    let body: Value = response.body_mut().read_json().unwrap();
+    body["depth"].as_u64().unwrap()
+}
+
+#[test]
+fn an_offline_member_gets_a_push_and_connected_ones_do_not() {
+    let (url, received) = receiver(0);
+    let server = TestServer::start_with(2, |config| config.push_webhook = Some(url));
+    let alice = server.signup("alice");
+    let bob = server.signup("bob");
+    let carol = server.signup("carol");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let mut carol_ws = server.connect(&carol, "phone");
+    let channel = alice_ws.result("channel.create", json!({ "name": "trio", "members": ["bob", "carol"] }))["channel"]
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = alice_ws.result("send", json!({ "channel_id": channel, "text": "are you there?" }));
+    carol_ws.next_event("message");
+
+    wait_for("bob's push", || !received.lock().unwrap().is_empty());
+    // Give a wrong push (to alice or carol) time to show up too.
+    std::thread::sleep(Duration::from_millis(1500));
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "only bob is offline: {received:?}");
+    let (key, body) = &received[0];
+    assert_eq!(key, &format!("{}-{}", bob.user_id, sent["message_id"].as_str().unwrap()));
+    assert_eq!(body["user_id"], bob.user_id.as_str());
+    assert_eq!(body["username"], "bob");
+    assert_eq!(body["count"], 1);
+    let message = &body["message"];
+    assert_eq!(message["id"], sent["message_id"]);
+    assert_eq!(message["channel_id"], channel.as_str());
+    assert_eq!((message["sender"].as_str(), message["text"].as_str()), (Some("alice"), Some("are you there?")));
+    wait_for("an empty outbox", || outbox_depth(&server) == 0);
+}
+
+#[test]
+fn a_webhook_that_answers_503_gets_the_push_once_it_answers_200() {
+    let (url, received) = receiver(3);
+    let server = TestServer::start_with(2, |config| config.push_webhook = Some(url));
+    let alice = server.signup("alice");
+    let bob = server.signup("bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let sent = alice_ws.result("send", json!({ "to_user": "bob", "text": "ping" }));
+    wait_for("four tries", || received.lock().unwrap().len() >= 4);
+    let expected = format!("{}-{}", bob.user_id, sent["message_id"].as_str().unwrap());
+    let received = received.lock().unwrap().clone();
+    assert!(received.iter().all(|(key, _)| *key == expected), "the same key on every try: {received:?}");
+    assert_eq!(received.len(), 4, "deleted after the 200, not sent again");
+    wait_for("an empty outbox", || outbox_depth(&server) == 0);
+}
+
+#[test]
+fn several_messages_within_the_window_go_as_one_push() {
+    let (url, received) = receiver(0);
+    let server = TestServer::start_with(2, |config| config.push_webhook = Some(url));
+    let alice = server.signup("alice");
+    server.signup("bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let mut last = Value::Null;
+    for n in 0..3 {
+        last = alice_ws.result("send", json!({ "to_user": "bob", "text": format!("message {n}") }));
+    }
+    wait_for("the push", || !received.lock().unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    let received = received.lock().unwrap().clone();
+    let counts: u64 = received.iter().map(|(_, body)| body["count"].as_u64().unwrap()).sum();
+    assert_eq!(counts, 3, "every message is counted once: {received:?}");
+    let newest = received.last().unwrap();
+    assert_eq!(newest.1["message"]["id"], last["message_id"], "the newest message is in the last push");
+    assert!(received.len() < 3, "coalesced: {received:?}");
+}
+
+#[test]
+fn without_a_webhook_pushes_wait_in_the_outbox() {
+    let server = TestServer::start(2);
+    let alice = server.signup("alice");
+    server.signup("bob");
+    server.signup("carol");
+    let mut alice_ws = server.connect(&alice, "phone");
+    alice_ws.result("send", json!({ "to_user": "bob", "text": "one" }));
+    alice_ws.result("send", json!({ "to_user": "carol", "text": "two" }));
+    wait_for("two records", || outbox_depth(&server) == 2);
+}
