@@ -30,13 +30,13 @@ pub const COMMANDS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
 /// connections of its core.
 pub const READS_PER_POLL_MAX: usize = 16;
 
-/// Slots in each cross-core request queue (commands that await storage).
-pub const MESH_REQUEST_CAPACITY: usize = 1024;
+/// Slots in each cross-core call queue (commands that await storage at an owner).
+pub const MESH_CALL_CAPACITY: usize = 1024;
 /// Slots in each cross-core control queue (replies, deliveries,
 /// subscriptions: handled without awaiting, so never a cycle).
 pub const MESH_CONTROL_CAPACITY: usize = 8192;
-/// Requests a shard works on at once; its mesh reader waits past it.
-pub const REQUESTS_IN_FLIGHT_PER_SHARD_MAX: usize = 4096;
+/// Calls from other shards a shard works on at once; its mesh readers wait past it.
+pub const CALLS_IN_FLIGHT_PER_SHARD_MAX: usize = 4096;
 /// Writes one group commit takes at most; the rest wait for the next.
 pub const GROUP_COMMIT_WRITES_MAX: usize = 4096;
 
@@ -121,7 +121,7 @@ const _: () = assert!(CLIENT_MSG_ID_BYTES_MAX <= chatgw_storage::CLIENT_MSG_ID_B
 const _: () = assert!(USERNAME_BYTES_MIN <= USERNAME_BYTES_MAX);
 const _: () = assert!(USERNAME_BYTES_MAX <= chatgw_storage::USERNAME_BYTES_MAX, "storage keys on usernames");
 const _: () = assert!(CONNECTIONS_PAGE_DEFAULT <= CONNECTIONS_PAGE_MAX);
-const _: () = assert!(REQUESTS_IN_FLIGHT_PER_SHARD_MAX >= MESH_REQUEST_CAPACITY);
+const _: () = assert!(CALLS_IN_FLIGHT_PER_SHARD_MAX >= MESH_CALL_CAPACITY);
 
 /// Channels of up to this many members get pushes for offline members
 /// (larger ones are read on open, as with fan-out on read).

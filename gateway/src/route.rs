@@ -232,7 +232,7 @@ pub struct Routed<T> {
 /// This core's ends of the meshes and its requests awaiting replies.
 pub struct Router {
     shard: ShardId,
-    requests: Senders<Routed<Call>>,
+    calls: Senders<Routed<Call>>,
     control: Senders<Routed<Control>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Result<Answer, ApiError>>>>,
     next_request_id: Cell<u64>,
@@ -244,13 +244,13 @@ pub struct Router {
 
 impl Router {
     /// A router over joined meshes (peer `i` is shard `i`).
-    pub fn new(shard: ShardId, requests: Senders<Routed<Call>>, control: Senders<Routed<Control>>) -> Self {
-        assert_eq!(requests.peer_id(), shard.index(), "mesh peers are shards in order");
+    pub fn new(shard: ShardId, calls: Senders<Routed<Call>>, control: Senders<Routed<Control>>) -> Self {
+        assert_eq!(calls.peer_id(), shard.index(), "mesh peers are shards in order");
         assert_eq!(control.peer_id(), shard.index(), "mesh peers are shards in order");
-        let peers = requests.nr_consumers();
+        let peers = calls.nr_consumers();
         Router {
             shard,
-            requests,
+            calls,
             control,
             pending: RefCell::new(HashMap::new()),
             next_request_id: Cell::new(1),
@@ -301,7 +301,7 @@ impl Router {
         debug_assert_ne!(to, self.shard, "local requests are local calls");
         let (id, receiver) = self.register();
         Self::count(&self.sent, to);
-        if self.requests.send_to(to.index(), Routed { from: self.shard, request_id: id, body }).await.is_err() {
+        if self.calls.send_to(to.index(), Routed { from: self.shard, request_id: id, body }).await.is_err() {
             self.pending.borrow_mut().remove(&id);
             return Err(ApiError::new(ErrorCode::Overloaded, "shard unavailable"));
         }

@@ -167,7 +167,7 @@ type Executors = Vec<ExecutorJoinHandle<Result<(), String>>>;
 /// Starts one executor per shard (pinned when configured) and waits until
 /// each has joined the meshes and listens.
 fn spawn_shards(shard_count: u16, addr: SocketAddr, parts: NodeParts) -> Result<Executors, ServeError> {
-    let calls = MeshBuilder::full(usize::from(shard_count), limits::MESH_REQUEST_CAPACITY);
+    let calls = MeshBuilder::full(usize::from(shard_count), limits::MESH_CALL_CAPACITY);
     let controls = MeshBuilder::full(usize::from(shard_count), limits::MESH_CONTROL_CAPACITY);
     let cpus = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     let pin = parts.config.pin_cores;

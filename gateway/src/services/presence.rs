@@ -10,7 +10,7 @@
 //! (a reconnect within it changes nothing, so nothing flickers).
 //!
 //! Subscriptions work as channels do: a core that holds subscribers of a
-//! user tells the owner once (a bit in the user's `watchers` mask), and a
+//! user tells the owner once (a bit in the user's `watchers_mask`), and a
 //! change is encoded once and sent to each such core: O(cores) cross-core
 //! messages per change. Nothing fans presence out to a channel's members:
 //! clients subscribe to whom they show, or ask with `presence.query`.
@@ -87,7 +87,7 @@ struct Entry {
     /// Bumped whenever a pending offline must not happen any more.
     generation: u64,
     /// Bit `i`: core `i` holds subscribers of this user.
-    watchers: u128,
+    watchers_mask: u128,
 }
 
 /// The presence a shard holds for the users it owns.
@@ -167,9 +167,9 @@ impl Presence {
         let bit = 1u128 << from.0;
         for user in users {
             if watch {
-                self.entries.entry(*user).or_default().watchers |= bit;
+                self.entries.entry(*user).or_default().watchers_mask |= bit;
             } else if let Some(entry) = self.entries.get_mut(user) {
-                entry.watchers &= !bit;
+                entry.watchers_mask &= !bit;
             }
         }
         self.query(users)
@@ -191,8 +191,8 @@ impl Presence {
     }
 
     /// The cores holding subscribers of `user` (bit `i`: core `i`).
-    pub fn watchers(&self, user: UserId) -> u128 {
-        self.entries.get(&user).map_or(0, |entry| entry.watchers)
+    pub fn watchers_mask(&self, user: UserId) -> u128 {
+        self.entries.get(&user).map_or(0, |entry| entry.watchers_mask)
     }
 
     /// Whether `user` has a connected device now.
@@ -264,12 +264,12 @@ mod tests {
             vec![Status { user_id: ALICE, online: true, last_active_ms: 700 }, Status::unknown(UserId(9))]
         );
         presence.watch(ShardId(0), &[ALICE], true);
-        assert_eq!(presence.watchers(ALICE), 0b1001);
+        assert_eq!(presence.watchers_mask(ALICE), 0b1001);
         presence.watch(ShardId(3), &[ALICE], false);
-        assert_eq!(presence.watchers(ALICE), 0b0001);
-        assert_eq!(presence.watchers(UserId(9)), 0b1000, "a user never seen can be watched");
+        assert_eq!(presence.watchers_mask(ALICE), 0b0001);
+        assert_eq!(presence.watchers_mask(UserId(9)), 0b1000, "a user never seen can be watched");
         presence.watch(ShardId(7), &[UserId(10)], false);
-        assert_eq!(presence.watchers(UserId(10)), 0, "stopping what never started is a no-op");
+        assert_eq!(presence.watchers_mask(UserId(10)), 0, "stopping what never started is a no-op");
     }
 
     #[test]

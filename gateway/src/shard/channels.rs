@@ -129,7 +129,7 @@ async fn store_and_fan_out(
 
     // Encode once; every shard hosting a member gets the same bytes.
     let event = frame::text(&shapes::event_json("message", &shapes::message_json(&message, sender)));
-    let cores = shard.with_channel(channel_id, |state| state.cores)?.unwrap_or(0);
+    let cores = shard.with_channel(channel_id, |state| state.cores_mask)?.unwrap_or(0);
     shard.fan_out(channel_id, cores, event, taken_at).await;
     check_members(shard, channel_id, id, sender_id, &members).await;
     Ok(message)
@@ -246,7 +246,7 @@ async fn announce(
             mask |= 1u128 << target.0;
         }
     }
-    shard.with_channel(channel, |state| state.cores = mask)?;
+    shard.with_channel(channel, |state| state.cores_mask = mask)?;
     Ok(())
 }
 

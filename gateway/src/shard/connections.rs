@@ -94,9 +94,9 @@ pub fn on_subscribe(shard: &Shard, from: ShardId, channel: ChannelId, hosts: boo
     let bit = 1u128 << from.0;
     let result = shard.with_channel(channel, |state| {
         if hosts {
-            state.cores |= bit;
+            state.cores_mask |= bit;
         } else {
-            state.cores &= !bit;
+            state.cores_mask &= !bit;
         }
     });
     if let Err(error) = result {

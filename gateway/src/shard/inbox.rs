@@ -128,7 +128,7 @@ fn on_ops(shard: &Shard, msg: OpsMsg) -> Answer {
 
 /// Starts the readers of the two meshes: control messages are handled as
 /// they come (never awaiting); calls each run as a task, at most
-/// `REQUESTS_IN_FLIGHT_PER_SHARD_MAX` at once (past it the readers wait,
+/// `CALLS_IN_FLIGHT_PER_SHARD_MAX` at once (past it the readers wait,
 /// and the callers' queues fill: backpressure).
 pub fn serve_mesh(shard: &Rc<Shard>, mut calls: Receivers<Routed<Call>>, mut controls: Receivers<Routed<Control>>) {
     for (_, stream) in controls.streams() {
@@ -141,7 +141,7 @@ pub fn serve_mesh(shard: &Rc<Shard>, mut calls: Receivers<Routed<Call>>, mut con
         })
         .detach();
     }
-    let permits = Rc::new(Semaphore::new(limits::REQUESTS_IN_FLIGHT_PER_SHARD_MAX as u64));
+    let permits = Rc::new(Semaphore::new(limits::CALLS_IN_FLIGHT_PER_SHARD_MAX as u64));
     for (_, stream) in calls.streams() {
         let (shard, permits) = (shard.clone(), permits.clone());
         glommio::spawn_local(async move {

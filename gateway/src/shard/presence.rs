@@ -163,7 +163,7 @@ fn expire_at(shard: &Rc<Shard>, due: u64, now: u64) {
 fn publish(shard: &Rc<Shard>, user: UserId) {
     let (status, watchers) = {
         let presence = shard.presence.borrow();
-        (presence.status(user), presence.watchers(user))
+        (presence.status(user), presence.watchers_mask(user))
     };
     if watchers == 0 {
         return;

@@ -37,7 +37,7 @@ pub struct ChannelState {
     /// Its members.
     pub members: HashSet<UserId>,
     /// Bit `i` set: core `i` hosts at least one connection of a member.
-    pub cores: u128,
+    pub cores_mask: u128,
 }
 
 /// What the node gives each shard it starts.
@@ -200,14 +200,14 @@ impl Shard {
         if !self.owned.borrow().contains_key(&id) {
             let Some(channel) = self.store.channel(self.id, id)? else { return Ok(None) };
             let members = self.store.members(self.id, id)?.into_iter().collect();
-            self.owned.borrow_mut().entry(id).or_insert(ChannelState { channel, members, cores: 0 });
+            self.owned.borrow_mut().entry(id).or_insert(ChannelState { channel, members, cores_mask: 0 });
         }
         Ok(self.owned.borrow_mut().get_mut(&id).map(visit))
     }
 
     /// Records a channel just created by this owner.
     pub fn insert_channel(&self, channel: Channel, members: HashSet<UserId>) {
-        self.owned.borrow_mut().insert(channel.id, ChannelState { channel, members, cores: 0 });
+        self.owned.borrow_mut().insert(channel.id, ChannelState { channel, members, cores_mask: 0 });
     }
 
     // ---- local fan-out ----
