@@ -27,7 +27,7 @@ use super::accounts::{self, Account};
 use super::latency::{self, Figures, SecondSummary, SecondsSpread, Summary};
 use super::progress::{Live, Progress};
 use super::runtime;
-use super::runtime::wait_for;
+use super::runtime::{Ramp, wait_for};
 use super::ws::{self, Inbound, Outbox};
 
 /// `chatgw loadgen dm`.
@@ -454,24 +454,9 @@ async fn connect_all(
     mine: &[usize],
 ) -> anyhow::Result<Vec<Outbox>> {
     let mut outboxes = Vec::with_capacity(mine.len());
-    let ramp_started = latency::now_ns();
-    // With a ramp, open 10 ms worth of connections at a time.
-    let chunk_size = match args.ramp_per_s {
-        Some(per_s) => {
-            ((per_s / args.workers as f64) / 100.0).ceil().clamp(1.0, args.connect_concurrency.max(1) as f64) as usize
-        }
-        None => args.connect_concurrency.max(1),
-    };
-    for chunk in mine.chunks(chunk_size) {
-        if let Some(per_s) = args.ramp_per_s {
-            // This worker's share of the ramp: its next connection is due
-            // once as many as it opened fit the rate.
-            let due = ramp_started + (outboxes.len() as f64 * args.workers as f64 / per_s * 1e9) as u64;
-            let now = latency::now_ns();
-            if due > now {
-                glommio::timer::sleep(Duration::from_nanos(due - now)).await;
-            }
-        }
+    let ramp = Ramp::new(args.ramp_per_s, args.workers);
+    for chunk in mine.chunks(ramp.chunk(args.connect_concurrency)) {
+        ramp.wait(outboxes.len()).await;
         let opened =
             futures_util::future::join_all(chunk.iter().map(|&user| open(args, &accounts[user], user, stats, shared)))
                 .await;

@@ -28,7 +28,7 @@ use super::latency::{self, Figures, Summary};
 use super::nats;
 use super::progress::{Live, Progress};
 use super::runtime;
-use super::runtime::{wait_for, within};
+use super::runtime::{Ramp, wait_for, within};
 use super::ws::{self, Inbound, Outbox};
 
 /// Which server the plan runs against.
@@ -517,21 +517,10 @@ async fn connect_all(
 ) -> anyhow::Result<(BTreeMap<usize, Outbox>, Senders)> {
     let mut outboxes = BTreeMap::new();
     let mut senders = Vec::new();
-    let ramp_started = latency::now_ns();
-    // With a ramp, open 10 ms worth of connections at a time.
-    let chunk_size = match args.ramp_per_s {
-        Some(per_s) => ((per_s / args.workers as f64) / 100.0).ceil().clamp(1.0, 64.0) as usize,
-        None => 64,
-    };
+    let ramp = Ramp::new(args.ramp_per_s, args.workers);
     let mut opened_here = 0usize;
-    for chunk in mine.chunks(chunk_size) {
-        if let Some(per_s) = args.ramp_per_s {
-            let due = ramp_started + (opened_here as f64 * args.workers as f64 / per_s * 1e9) as u64;
-            let now = latency::now_ns();
-            if due > now {
-                glommio::timer::sleep(Duration::from_nanos(due - now)).await;
-            }
-        }
+    for chunk in mine.chunks(ramp.chunk(64)) {
+        ramp.wait(opened_here).await;
         opened_here += chunk.len();
         let opened = futures_util::future::join_all(chunk.iter().map(|&user| {
             let acks = (user % args.members == 0).then(|| local_channel::new_bounded::<()>(args.window + 1));

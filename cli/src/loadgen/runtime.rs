@@ -90,3 +90,40 @@ pub fn agreed_start(slot: &AtomicU64) -> u64 {
         Err(set) => set,
     }
 }
+
+/// Opening connections at `--ramp-per-s`, shared by `workers` workers, each
+/// pacing its own share from when it started.
+#[derive(Debug, Clone, Copy)]
+pub struct Ramp {
+    started_ns: u64,
+    per_s: Option<f64>,
+    workers: usize,
+}
+
+impl Ramp {
+    /// A ramp from now (none: as fast as chunks go).
+    pub fn new(per_s: Option<f64>, workers: usize) -> Self {
+        Ramp { started_ns: super::latency::now_ns(), per_s, workers: workers.max(1) }
+    }
+
+    /// Connections to open at a time: 10 ms worth with a ramp (1 to `max`),
+    /// else `max`.
+    pub fn chunk(&self, max: usize) -> usize {
+        let max = max.max(1);
+        match self.per_s {
+            Some(per_s) => ((per_s / self.workers as f64) / 100.0).ceil().clamp(1.0, max as f64) as usize,
+            None => max,
+        }
+    }
+
+    /// Waits until this worker's next connection is due, `opened` being how
+    /// many it opened so far.
+    pub async fn wait(&self, opened: usize) {
+        let Some(per_s) = self.per_s else { return };
+        let due = self.started_ns + (opened as f64 * self.workers as f64 / per_s * 1e9) as u64;
+        let now = super::latency::now_ns();
+        if due > now {
+            glommio::timer::sleep(Duration::from_nanos(due - now)).await;
+        }
+    }
+}
