@@ -15,11 +15,41 @@ pub struct SingleFlight<K, V> {
 }
 
 /// Whether the caller does the work or waits for it.
-pub enum Turn<V> {
-    /// No one is working on the key: do it, then call `finish`.
-    Lead,
-    /// Someone is: await their result.
+pub enum Turn<'f, K: Hash + Eq + Clone, V: Clone> {
+    /// No one is working on the key: do it, then `finish` the lead.
+    Lead(Lead<'f, K, V>),
+    /// Someone is: await their result (`Canceled` if the leader was
+    /// dropped before it finished; the key is free again then).
     Follow(oneshot::Receiver<V>),
+}
+
+/// The claim on a key. Finishing it hands the result to every follower;
+/// dropping it unfinished (a cancelled future) frees the key, so the next
+/// caller leads instead of waiting forever.
+pub struct Lead<'f, K: Hash + Eq + Clone, V: Clone> {
+    flight: &'f SingleFlight<K, V>,
+    key: Option<K>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Lead<'_, K, V> {
+    /// Ends the work and hands its result to every follower.
+    pub fn finish(mut self, value: &V) {
+        if let Some(key) = self.key.take() {
+            let followers = self.flight.waiting.borrow_mut().remove(&key).unwrap_or_default();
+            for follower in followers {
+                let _ = follower.send(value.clone());
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Drop for Lead<'_, K, V> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            // The followers' senders go with the entry: they see `Canceled`.
+            self.flight.waiting.borrow_mut().remove(&key);
+        }
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
@@ -29,7 +59,7 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     }
 
     /// Claims `key` or joins its work.
-    pub fn start(&self, key: &K) -> Turn<V> {
+    pub fn start(&self, key: &K) -> Turn<'_, K, V> {
         let mut waiting = self.waiting.borrow_mut();
         match waiting.get_mut(key) {
             Some(followers) => {
@@ -39,17 +69,15 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
             }
             None => {
                 waiting.insert(key.clone(), Vec::new());
-                Turn::Lead
+                Turn::Lead(Lead { flight: self, key: Some(key.clone()) })
             }
         }
     }
 
-    /// Ends the leader's work and hands its result to every follower.
-    pub fn finish(&self, key: &K, value: &V) {
-        let followers = self.waiting.borrow_mut().remove(key).unwrap_or_default();
-        for follower in followers {
-            let _ = follower.send(value.clone());
-        }
+    /// Whether no key is in flight.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.waiting.borrow().is_empty()
     }
 }
 
@@ -66,11 +94,24 @@ mod tests {
     #[test]
     fn followers_get_the_leaders_result() {
         let flight = SingleFlight::<u32, String>::new();
-        assert!(matches!(flight.start(&1), Turn::Lead));
+        let Turn::Lead(lead) = flight.start(&1) else { panic!("the first caller leads") };
         let Turn::Follow(mut follower) = flight.start(&1) else { panic!("second caller follows") };
-        assert!(matches!(flight.start(&2), Turn::Lead), "keys are independent");
-        flight.finish(&1, &"done".to_string());
+        assert!(matches!(flight.start(&2), Turn::Lead(_)), "keys are independent");
+        lead.finish(&"done".to_string());
         assert_eq!(follower.try_recv().unwrap(), Some("done".to_string()));
-        assert!(matches!(flight.start(&1), Turn::Lead), "a finished key is free again");
+        assert!(matches!(flight.start(&1), Turn::Lead(_)), "a finished key is free again");
+        assert!(flight.is_empty(), "dropped leads leave nothing behind");
+    }
+
+    #[test]
+    fn a_lead_dropped_unfinished_frees_its_key_and_its_followers() {
+        let flight = SingleFlight::<u32, String>::new();
+        let lead = flight.start(&1);
+        let Turn::Follow(mut follower) = flight.start(&1) else { panic!("second caller follows") };
+        // The leader's future is cancelled before it finishes.
+        drop(lead);
+        assert!(follower.try_recv().is_err(), "the follower learns the lead is gone");
+        assert!(flight.is_empty());
+        assert!(matches!(flight.start(&1), Turn::Lead(_)), "the next caller leads instead of waiting");
     }
 }

@@ -28,7 +28,7 @@ pub async fn signup(
     match shard.signups_in_flight.start(&username) {
         // Whoever was first gets the name, whatever its outcome.
         Turn::Follow(_) => Err(taken()),
-        Turn::Lead => {
+        Turn::Lead(lead) => {
             let outcome = async {
                 if shard.store.user_id_by_name(shard.id, &username)?.is_some() {
                     return Err(taken());
@@ -48,7 +48,7 @@ pub async fn signup(
                 Ok(id)
             }
             .await;
-            shard.signups_in_flight.finish(&username, &outcome);
+            lead.finish(&outcome);
             outcome.map(Answer::User)
         }
     }

@@ -58,7 +58,7 @@ pub async fn send(
             let message = first.await.map_err(|_| ApiError::internal("first send vanished"))??;
             Ok(Answer::Sent { message: Box::new(message), duplicate: true })
         }
-        Turn::Lead => {
+        Turn::Lead(lead) => {
             let outcome = match shard.store.dedupe(shard.id, sender_id, &client_msg_id, now_ms()) {
                 Err(error) => Err(error.into()),
                 Ok(Some(first)) => shard
@@ -71,9 +71,7 @@ pub async fn send(
                     .await
                     .map(|message| (message, false)),
             };
-            shard
-                .sends_in_flight
-                .finish(&key, &outcome.as_ref().map(|(message, _)| message.clone()).map_err(Clone::clone));
+            lead.finish(&outcome.as_ref().map(|(message, _)| message.clone()).map_err(Clone::clone));
             outcome.map(|(message, duplicate)| Answer::Sent { message: Box::new(message), duplicate })
         }
     }
@@ -148,9 +146,9 @@ pub async fn direct(
         Turn::Follow(made) => {
             made.await.map_err(|_| ApiError::internal("direct channel vanished"))?.map(Answer::Channel)
         }
-        Turn::Lead => {
+        Turn::Lead(lead) => {
             let outcome = find_or_make_direct(shard, first, second, names).await;
-            shard.directs_in_flight.finish(&key, &outcome);
+            lead.finish(&outcome);
             outcome.map(Answer::Channel)
         }
     }

@@ -19,8 +19,20 @@ use crate::shard::{abuse, accounts, channels, connections, ops, presence, push, 
 
 /// Makes a call on the shard `to` that owns its subject: a local call on
 /// this core, or one over the mesh. What the layers above use to write.
+///
+/// Either way the owner's work runs as a task of its own, so once started
+/// it runs to completion whatever happens to the caller (an HTTP client
+/// that goes away drops its request's future): no half-made write, no
+/// single-flight key left behind.
 pub async fn call(shard: &Rc<Shard>, to: ShardId, call: Call) -> Result<Answer, ApiError> {
-    if to == shard.id { handle_call(shard, call, None).await } else { shard.router.call(to, call).await }
+    if to != shard.id {
+        return shard.router.call(to, call).await;
+    }
+    let owner = shard.clone();
+    glommio::spawn_local(async move { handle_call(&owner, call, None).await })
+        .detach()
+        .await
+        .unwrap_or_else(|| Err(ApiError::internal("the owner's task was cancelled")))
 }
 
 /// Runs a call at the shard that owns its subject. `early`: where a remote

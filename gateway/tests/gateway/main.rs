@@ -6,6 +6,7 @@ mod common;
 
 mod abuse;
 mod bad_input;
+mod cancel;
 mod heartbeat;
 mod http_api;
 mod large_channel;
