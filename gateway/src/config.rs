@@ -51,6 +51,9 @@ pub struct Config {
     pub pin_cores: bool,
     /// Lifetime of the tokens signup and login hand out, in seconds.
     pub token_ttl_s: u64,
+    /// Calls from other shards one shard works on at once; past it its mesh
+    /// readers wait and the callers' queues fill (backpressure).
+    pub calls_in_flight_per_shard_max: usize,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             block_cache_bytes: 256 << 20,
             pin_cores: true,
             token_ttl_s: 7 * 24 * 3600,
+            calls_in_flight_per_shard_max: crate::limits::CALLS_IN_FLIGHT_PER_SHARD_MAX,
         }
     }
 }

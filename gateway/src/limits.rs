@@ -35,8 +35,14 @@ pub const MESH_CALL_CAPACITY: usize = 1024;
 /// Slots in each cross-core control queue (replies, deliveries,
 /// subscriptions: handled without awaiting, so never a cycle).
 pub const MESH_CONTROL_CAPACITY: usize = 8192;
-/// Calls from other shards a shard works on at once; its mesh readers wait past it.
+/// Calls from other shards a shard works on at once by default
+/// (`Config::calls_in_flight_per_shard_max`); its mesh readers wait past it.
 pub const CALLS_IN_FLIGHT_PER_SHARD_MAX: usize = 4096;
+/// How long a core waits for another core's answer to a call or an ask
+/// (room in the queue included) before it answers `overloaded`.
+pub const MESH_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a core looks for calls and asks past their deadline.
+pub const MESH_ANSWER_SWEEP: Duration = Duration::from_millis(100);
 /// Writes one group commit takes at most; the rest wait for the next.
 pub const GROUP_COMMIT_WRITES_MAX: usize = 4096;
 

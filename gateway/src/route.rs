@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +24,7 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::limits;
 use crate::services::banned::{BannedChange, BannedWords};
 use crate::services::stats::ShardStats;
 use crate::services::{abuse, presence, push};
@@ -229,13 +231,78 @@ pub struct Routed<T> {
     pub body: T,
 }
 
-/// This core's ends of the meshes and its requests awaiting replies.
+type Waiter = oneshot::Sender<Result<Answer, ApiError>>;
+
+/// The calls and asks a core made that await answers, each with its
+/// deadline. Plain state: the time comes as an argument.
+#[derive(Default)]
+pub struct Pending {
+    waiting: HashMap<u64, (Waiter, Instant, ShardId)>,
+    next_id: u64,
+    timed_out: u64,
+}
+
+impl Pending {
+    /// Registers a wait for an answer from `to`, due by `deadline`.
+    pub fn register(&mut self, to: ShardId, deadline: Instant) -> (u64, oneshot::Receiver<Result<Answer, ApiError>>) {
+        self.next_id += 1;
+        let (sender, receiver) = oneshot::channel();
+        self.waiting.insert(self.next_id, (sender, deadline, to));
+        (self.next_id, receiver)
+    }
+
+    /// Hands an answer to its waiter; false if none waits any more (it
+    /// timed out, or its caller went).
+    pub fn complete(&mut self, id: u64, result: Result<Answer, ApiError>) -> bool {
+        match self.waiting.remove(&id) {
+            Some((waiter, _, _)) => waiter.send(result).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Forgets a wait whose message never went.
+    pub fn forget(&mut self, id: u64) {
+        self.waiting.remove(&id);
+    }
+
+    /// Answers `overloaded` to every wait past its deadline at `now`;
+    /// returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let late: Vec<u64> =
+            self.waiting.iter().filter(|(_, (_, deadline, _))| *deadline <= now).map(|(id, _)| *id).collect();
+        for id in &late {
+            if let Some((waiter, _, to)) = self.waiting.remove(id) {
+                let _ = waiter
+                    .send(Err(ApiError::new(ErrorCode::Overloaded, format!("shard {} did not answer in time", to.0))));
+            }
+        }
+        self.timed_out += late.len() as u64;
+        late.len()
+    }
+
+    /// Waits now.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether nothing waits.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Waits that timed out so far.
+    pub fn timed_out(&self) -> u64 {
+        self.timed_out
+    }
+}
+
+/// This core's ends of the meshes and its calls awaiting answers.
 pub struct Router {
     shard: ShardId,
     calls: Senders<Routed<Call>>,
     control: Senders<Routed<Control>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<Result<Answer, ApiError>>>>,
-    next_request_id: Cell<u64>,
+    pending: RefCell<Pending>,
     /// Messages sent to each shard (both meshes).
     sent: Box<[Cell<u64>]>,
     /// Messages taken off the queues from each shard (both meshes).
@@ -252,8 +319,7 @@ impl Router {
             shard,
             calls,
             control,
-            pending: RefCell::new(HashMap::new()),
-            next_request_id: Cell::new(1),
+            pending: RefCell::new(Pending::default()),
             sent: (0..peers).map(|_| Cell::new(0)).collect(),
             received: (0..peers).map(|_| Cell::new(0)).collect(),
         }
@@ -280,39 +346,57 @@ impl Router {
         self.received.iter().map(Cell::get).collect()
     }
 
-    fn register(&self) -> (u64, oneshot::Receiver<Result<Answer, ApiError>>) {
-        let id = self.next_request_id.get();
-        self.next_request_id.set(id + 1);
-        let (sender, receiver) = oneshot::channel();
-        self.pending.borrow_mut().insert(id, sender);
-        (id, receiver)
-    }
-
-    async fn wait(&self, id: u64, receiver: oneshot::Receiver<Result<Answer, ApiError>>) -> Result<Answer, ApiError> {
-        receiver.await.unwrap_or_else(|_| {
-            self.pending.borrow_mut().remove(&id);
-            Err(ApiError::internal("a shard dropped a request"))
-        })
+    /// Sends `send` (a message carrying the new request id) and awaits the
+    /// answer, or `overloaded` once `MESH_ANSWER_TIMEOUT` passes, whether
+    /// the wait was for room in the queue or for the answer.
+    async fn send_and_wait<F: Future<Output = bool>>(
+        &self,
+        to: ShardId,
+        send: impl FnOnce(u64) -> F,
+    ) -> Result<Answer, ApiError> {
+        let (id, receiver) = self.pending.borrow_mut().register(to, Instant::now() + limits::MESH_ANSWER_TIMEOUT);
+        let sending = async {
+            if !send(id).await {
+                self.pending.borrow_mut().forget(id);
+                return Err(ApiError::new(ErrorCode::Overloaded, "shard unavailable"));
+            }
+            // Sent: the answer (or the deadline) completes the other side.
+            std::future::pending().await
+        };
+        let answered =
+            async { receiver.await.unwrap_or_else(|_| Err(ApiError::new(ErrorCode::Overloaded, "shard unavailable"))) };
+        futures_lite::future::or(sending, answered).await
     }
 
     /// Sends a call to another shard and awaits its answer. Waits for
     /// room when that shard's queue is full (backpressure).
     pub async fn call(&self, to: ShardId, body: Call) -> Result<Answer, ApiError> {
-        debug_assert_ne!(to, self.shard, "local requests are local calls");
-        let (id, receiver) = self.register();
+        debug_assert_ne!(to, self.shard, "local calls are calls, not messages");
         Self::count(&self.sent, to);
-        if self.calls.send_to(to.index(), Routed { from: self.shard, request_id: id, body }).await.is_err() {
-            self.pending.borrow_mut().remove(&id);
-            return Err(ApiError::new(ErrorCode::Overloaded, "shard unavailable"));
-        }
-        self.wait(id, receiver).await
+        let from = self.shard;
+        self.send_and_wait(to, |request_id| async move {
+            self.calls.send_to(to.index(), Routed { from, request_id, body }).await.is_ok()
+        })
+        .await
     }
 
     /// Sends a control message that expects a reply, and awaits it.
     pub async fn ask(&self, to: ShardId, body: Control) -> Result<Answer, ApiError> {
-        let (id, receiver) = self.register();
-        self.send_control(to, id, body).await;
-        self.wait(id, receiver).await
+        self.send_and_wait(to, |request_id| async move {
+            self.send_control(to, request_id, body).await;
+            true
+        })
+        .await
+    }
+
+    /// Answers `overloaded` to every call and ask past its deadline.
+    pub fn expire(&self, now: Instant) -> usize {
+        self.pending.borrow_mut().expire(now)
+    }
+
+    /// Calls and asks that timed out so far.
+    pub fn timed_out(&self) -> u64 {
+        self.pending.borrow().timed_out()
     }
 
     /// Sends a control message (its reader never blocks, so this wait is short).
@@ -341,15 +425,39 @@ impl Router {
         }
     }
 
-    /// Completes a request this core made.
+    /// Completes a call or ask this core made.
     pub fn complete(&self, request_id: u64, result: Result<Answer, ApiError>) {
-        if let Some(waiter) = self.pending.borrow_mut().remove(&request_id) {
-            let _ = waiter.send(result);
-        }
+        self.pending.borrow_mut().complete(request_id, result);
     }
 
     /// Requests still awaiting replies.
     pub fn pending(&self) -> usize {
         self.pending.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn waits_past_their_deadline_are_answered_overloaded() {
+        let mut pending = Pending::default();
+        let now = Instant::now();
+        let (early, mut early_answer) = pending.register(ShardId(1), now + Duration::from_secs(1));
+        let (late, mut late_answer) = pending.register(ShardId(2), now + Duration::from_secs(5));
+        assert_ne!(early, late);
+        assert_eq!(pending.expire(now), 0, "nothing is due yet");
+        assert_eq!(pending.expire(now + Duration::from_secs(2)), 1);
+        let expired = early_answer.try_recv().unwrap().unwrap().unwrap_err();
+        assert_eq!(expired.code, ErrorCode::Overloaded);
+        assert!(expired.message.contains("shard 1"), "{}", expired.message);
+        assert!(!pending.complete(early, Ok(Answer::Done)), "a late answer finds no waiter");
+        assert!(pending.complete(late, Ok(Answer::Done)));
+        assert!(matches!(late_answer.try_recv().unwrap(), Some(Ok(Answer::Done))));
+        assert!(pending.is_empty());
+        assert_eq!(pending.timed_out(), 1);
     }
 }

@@ -257,6 +257,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
 /// The shard's tasks that run until the server stops.
 fn spawn_background(shard: &Rc<Shard>) {
     glommio::spawn_local(accept::close_silent_connections(shard.clone())).detach();
+    glommio::spawn_local(inbox::expire_answers(shard.clone())).detach();
     glommio::spawn_local(stats::sample_rates(shard.clone())).detach();
     glommio::spawn_local(presence::report_activity(shard.clone())).detach();
     if let Some(webhook) = shard.config.push_webhook.clone() {

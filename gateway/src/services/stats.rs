@@ -168,6 +168,8 @@ pub struct ShardStats {
     pub mesh_received: Vec<u64>,
     /// Requests to other shards awaiting their answers.
     pub requests_pending: u64,
+    /// Calls and asks to other shards that got no answer in time.
+    pub mesh_timeouts: u64,
     /// Writes waiting for the next group commit.
     pub commit_queue: u64,
     /// Storage batch write latency.

@@ -16,7 +16,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::placement;
 use crate::protocol::{frame, shapes};
-use crate::route::{Answer, Call, ChannelMsg, Control};
+use crate::route::{Answer, ChannelMsg, Control};
 use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::connections::on_membership;
 use crate::shard::push::check_members;
@@ -165,7 +165,7 @@ async fn find_or_make_direct(
     }
     let (low, high) = if names.0 <= names.1 { (names.0, names.1) } else { (names.1, names.0) };
     let channel = Channel {
-        id: ChannelId(shard.next_id()),
+        id: owned_id(shard),
         name: format!("{low},{high}"),
         kind: ChannelKind::Direct,
         owner_id: first,
@@ -175,14 +175,23 @@ async fn find_or_make_direct(
     let id = channel.id;
     // The channel first, then the pair's index: a crash between leaves an
     // unused channel, never an index to a channel that does not exist.
-    let owner = shard.owner(id.0);
-    if owner == shard.id {
-        Box::pin(create(shard, channel, vec![first, second])).await?;
-    } else {
-        shard.router.call(owner, Call::Create { channel, members: vec![first, second] }).await?;
-    }
+    Box::pin(create(shard, channel, vec![first, second])).await?;
     shard.committer.commit(vec![WriteOp::Direct(shard.id, first, second, id)]).await.map_err(storage_failed)?;
     Ok(id)
+}
+
+/// A new channel id that this shard owns, so that the pair's owner makes
+/// the direct channel itself. Asking the id's owner instead meant holding a
+/// call permit while awaiting another shard's: under a burst of first
+/// direct messages, shards waited on each other for good.
+fn owned_id(shard: &Shard) -> ChannelId {
+    loop {
+        // One in `shard_count` ids is ours: a few tries on average.
+        let id = shard.next_id();
+        if shard.owner(id) == shard.id {
+            return ChannelId(id);
+        }
+    }
 }
 
 /// Writes a new channel with its members, then tells every shard so that

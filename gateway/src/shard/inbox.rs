@@ -5,13 +5,14 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use chatgw_idgen::ShardId;
 use glommio::channels::channel_mesh::Receivers;
 use glommio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::limits;
+use crate::limits::MESH_ANSWER_SWEEP;
 use crate::route::{Answer, Call, ChannelMsg, Control, OpsMsg, Routed};
 use crate::shard::channels::EarlyReply;
 use crate::shard::state::Shard;
@@ -140,7 +141,7 @@ fn on_ops(shard: &Shard, msg: OpsMsg) -> Answer {
 
 /// Starts the readers of the two meshes: control messages are handled as
 /// they come (never awaiting); calls each run as a task, at most
-/// `CALLS_IN_FLIGHT_PER_SHARD_MAX` at once (past it the readers wait,
+/// `calls_in_flight_per_shard_max` at once (past it the readers wait,
 /// and the callers' queues fill: backpressure).
 pub fn serve_mesh(shard: &Rc<Shard>, mut calls: Receivers<Routed<Call>>, mut controls: Receivers<Routed<Control>>) {
     for (_, stream) in controls.streams() {
@@ -153,7 +154,7 @@ pub fn serve_mesh(shard: &Rc<Shard>, mut calls: Receivers<Routed<Call>>, mut con
         })
         .detach();
     }
-    let permits = Rc::new(Semaphore::new(limits::CALLS_IN_FLIGHT_PER_SHARD_MAX as u64));
+    let permits = Rc::new(Semaphore::new(shard.config.calls_in_flight_per_shard_max.max(1) as u64));
     for (_, stream) in calls.streams() {
         let (shard, permits) = (shard.clone(), permits.clone());
         glommio::spawn_local(async move {
@@ -169,5 +170,17 @@ pub fn serve_mesh(shard: &Rc<Shard>, mut calls: Receivers<Routed<Call>>, mut con
             }
         })
         .detach();
+    }
+}
+
+/// Answers `overloaded` to this core's calls and asks past their deadline,
+/// every `MESH_ANSWER_SWEEP`, until the server stops.
+pub async fn expire_answers(shard: Rc<Shard>) {
+    while !shard.stopping.get() {
+        glommio::timer::sleep(MESH_ANSWER_SWEEP).await;
+        let expired = shard.router.expire(Instant::now());
+        if expired > 0 {
+            tracing::warn!(expired, shard = shard.id.0, "calls to other shards timed out");
+        }
     }
 }

@@ -32,6 +32,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         mesh_sent: shard.router.sent_counts(),
         mesh_received: shard.router.received_counts(),
         requests_pending: shard.router.pending() as u64,
+        mesh_timeouts: shard.router.timed_out(),
         commit_queue: shard.committer.queued() as u64,
         storage_write: shard.committer.timings.storage_write.snapshot(),
         group_commit: shard.committer.timings.group_commit.snapshot(),

@@ -269,6 +269,8 @@ fn metrics_are_prometheus_text_with_every_family() {
     assert_eq!(sample_sum(&scrape, "chatgw_messages_received_total"), 5.0);
     assert!(sample_sum(&scrape, "chatgw_messages_delivered_total") >= 15.0, "3 members × 5 messages");
     assert!(sample_sum(&scrape, "process_resident_memory_bytes") > 1e6);
+    assert!(scrape.samples.iter().any(|sample| sample.metric == "chatgw_mesh_timeouts_total"));
+    assert_eq!(sample_sum(&scrape, "chatgw_mesh_timeouts_total"), 0.0, "every cross-core ask was answered in time");
     let bad_requests = scrape
         .samples
         .iter()

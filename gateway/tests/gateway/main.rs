@@ -7,6 +7,7 @@ mod common;
 mod abuse;
 mod bad_input;
 mod cancel;
+mod direct_burst;
 mod heartbeat;
 mod http_api;
 mod large_channel;

@@ -142,6 +142,7 @@ async fn stats(shard: &Rc<Shard>) -> Result<Value, ApiError> {
                 "deliveries": stats.deliveries,
                 "inbound_queue_depth": inbound,
                 "requests_pending": stats.requests_pending,
+                "mesh_timeouts": stats.mesh_timeouts,
                 "commit_queue": stats.commit_queue,
                 "storage_sst_bytes": stats.storage_sst_bytes,
                 "storage_memtable_bytes": stats.storage_memtable_bytes,

@@ -143,6 +143,13 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
         shard_counter(registry, "slow_consumers", "Connections closed for not reading (1008)", all, |s| {
             s.slow_consumers
         });
+        shard_counter(
+            registry,
+            "mesh_timeouts",
+            "Calls and asks to other shards answered overloaded at their deadline",
+            all,
+            |s| s.mesh_timeouts,
+        );
         shard_gauge(registry, "requests_pending", "Requests to other shards awaiting answers", all, |s| {
             s.requests_pending
         });
