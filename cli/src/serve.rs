@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Message burst per user [default: 100].
     #[arg(long, env = "CHATGW_RATE_BURST")]
     rate_burst: Option<u32>,
+    /// A test aid: `POST /admin/v1/faults/panic` makes a shard panic (the
+    /// process aborts). Hidden; never for production.
+    #[arg(long, hide = true)]
+    fault_hooks: bool,
 }
 
 /// The `--config` file: the same settings, all optional.
@@ -131,6 +135,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(max_message_chars => max_message_chars);
     pick!(rate_limit => rate_limit_per_s);
     pick!(rate_burst => rate_burst);
+    config.fault_hooks = args.fault_hooks;
     if let Some(durability) = args.durability.or(file.durability) {
         config.durability = match durability {
             DurabilityArg::Wal => Durability::Wal,

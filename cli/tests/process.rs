@@ -234,6 +234,39 @@ fn sigkill_with_pushes_in_the_outbox_loses_none() {
 }
 
 #[test]
+fn a_panicking_shard_aborts_the_process_and_a_restart_keeps_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = serve_with(dir.path(), &["--rate-limit", "0", "--fault-hooks", "--admin-token", "operator-token"]);
+    let alice = signup(node.addr, "panic_alice");
+    signup(node.addr, "panic_bob");
+    let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
+    let reply =
+        call(&mut ws, json!({ "id": 1, "method": "send", "params": { "to_user": "panic_bob", "text": "before" } }));
+    assert!(reply.get("result").is_some(), "{reply}");
+    // Shard 1's thread panics: the whole process goes, not just the shard.
+    let _ = http()
+        .post(format!("http://{}/admin/v1/faults/panic", node.addr))
+        .header("Authorization", "Bearer operator-token")
+        .send_json(json!({ "shard": 1 }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the process outlived its shard's panic");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "aborted: {status:?}");
+    // A supervisor's restart: the acknowledged message is there.
+    let node = serve(dir.path());
+    let mut ws = connect(node.addr, &login(node.addr, "panic_alice"));
+    let channel = reply["result"]["channel_id"].clone();
+    let history = call(&mut ws, json!({ "id": 1, "method": "history", "params": { "channel_id": channel } }));
+    assert_eq!(history["result"]["messages"][0]["text"], "before", "{history}");
+}
+
+#[test]
 fn sigterm_closes_clients_with_1001_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = serve(dir.path());

@@ -54,6 +54,10 @@ pub struct Config {
     /// Calls from other shards one shard works on at once; past it its mesh
     /// readers wait and the callers' queues fill (backpressure).
     pub calls_in_flight_per_shard_max: usize,
+    /// A test aid, off by default: `POST /admin/v1/faults/panic` makes a
+    /// shard's thread panic (which aborts the process), so that tests can
+    /// check what a panic does. Never on in production.
+    pub fault_hooks: bool,
 }
 
 impl Default for Config {
@@ -79,6 +83,7 @@ impl Default for Config {
             pin_cores: true,
             token_ttl_s: 7 * 24 * 3600,
             calls_in_flight_per_shard_max: crate::limits::CALLS_IN_FLIGHT_PER_SHARD_MAX,
+            fault_hooks: false,
         }
     }
 }

@@ -196,6 +196,8 @@ pub enum OpsMsg {
     },
     /// Enforce this version of the banned words (if newer); answered with `Done`.
     BannedWords(Arc<BannedWords>),
+    /// Panic on the receiving shard's thread (`Config::fault_hooks` only).
+    Panic,
 }
 
 /// A connection's key in its core's registry (the admin API's paging cursor).

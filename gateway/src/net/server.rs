@@ -116,8 +116,32 @@ struct ShardStart {
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
+/// The name prefix of the shards' threads (glommio appends a number).
+const SHARD_THREAD_PREFIX: &str = "chatgw-shard-";
+
+/// Makes a panic on a shard's thread abort the whole process, after the
+/// usual report. A shard that died while the others served would look
+/// alive (`/readyz` 200) while every request that needs it failed; a
+/// supervisor restarts an aborted process, and nothing acknowledged is
+/// lost (as with kill -9). Panics on other threads (a test's) unwind as
+/// before. Installed once per process.
+fn abort_on_shard_panic() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            if std::thread::current().name().is_some_and(|name| name.starts_with(SHARD_THREAD_PREFIX)) {
+                eprintln!("chatgw: a shard panicked; aborting the process");
+                std::process::abort();
+            }
+        }));
+    });
+}
+
 /// Starts a server and returns once every shard listens.
 pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
+    abort_on_shard_panic();
     let shard_count = config.shard_count();
     check_layout(&config, shard_count)?;
     let mut store_config = StoreConfig::new(config.data_dir.join("db"), shard_count);
@@ -185,7 +209,7 @@ fn spawn_shards(shard_count: u16, addr: SocketAddr, parts: NodeParts) -> Result<
         };
         let placement = if pin { Placement::Fixed(usize::from(shard) % cpus) } else { Placement::Unbound };
         let executor = LocalExecutorBuilder::new(placement)
-            .name(&format!("chatgw-shard-{shard}"))
+            .name(&format!("{SHARD_THREAD_PREFIX}{shard}"))
             // Socket I/O does not use glommio's registered buffers: keep
             // locked memory small (8 MiB is the limit per process here).
             .io_memory(64 << 10)

@@ -136,6 +136,7 @@ fn on_ops(shard: &Shard, msg: OpsMsg) -> Answer {
             shard.set_banned(banned);
             Answer::Done
         }
+        OpsMsg::Panic => ops::panic_here(shard),
     }
 }
 

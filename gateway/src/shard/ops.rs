@@ -115,3 +115,21 @@ pub async fn change_banned(shard: &Rc<Shard>, change: BannedChange) -> Result<Ar
     }
     Ok(next)
 }
+
+/// Panics on this shard's thread, for `Config::fault_hooks`: the test of
+/// what a panic does (the process aborts; see `net::server`'s panic hook).
+pub fn panic_here(shard: &Shard) -> Answer {
+    if !shard.config.fault_hooks {
+        return Answer::Done;
+    }
+    panic!("a panic asked for by the fault hook, on shard {}", shard.id.0);
+}
+
+/// Makes shard `target` panic (`Config::fault_hooks` only).
+pub async fn panic_shard(shard: &Rc<Shard>, target: ShardId) -> Result<(), ApiError> {
+    if target == shard.id {
+        panic_here(shard);
+        return Ok(());
+    }
+    shard.router.ask(target, Control::Ops(OpsMsg::Panic)).await.map(|_| ())
+}

@@ -100,6 +100,17 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
                 all.iter().map(|stats| json!({ "shard": stats.shard, "depth": stats.outbox_depth })).collect();
             Ok(json!({ "depth": all.iter().map(|stats| stats.outbox_depth).sum::<u64>(), "shards": shards }))
         }
+        (Method::POST, ["faults", "panic"]) if shard.config.fault_hooks => {
+            let body = read_json(request).await?;
+            let target = body
+                .get("shard")
+                .and_then(Value::as_u64)
+                .and_then(|target| u16::try_from(target).ok())
+                .filter(|target| *target < shard.shard_count)
+                .ok_or_else(|| ApiError::bad_request("shard must be a shard's number"))?;
+            ops::panic_shard(shard, ShardId(target)).await?;
+            Ok(json!({}))
+        }
         _ => Err(ApiError::new(ErrorCode::NotFound, format!("no admin route for {path}"))),
     }
 }
