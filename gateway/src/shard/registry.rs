@@ -226,9 +226,20 @@ impl Registry {
         conn
     }
 
+    /// Whether `conn` is registered here now: its slot holds this very
+    /// connection, not one that reused the slot after it was removed.
+    pub fn holds(&self, conn: &Conn) -> bool {
+        self.conns.get(conn.key).is_some_and(|held| std::ptr::eq(&**held, conn))
+    }
+
     /// Puts a connection in a channel's local index. Returns true when it
     /// is the channel's first local connection (the core must subscribe).
+    /// A connection already removed joins nothing: a command can outlive
+    /// its connection, and its slot may hold another one by then.
     pub fn join_channel(&mut self, conn: &Conn, channel: ChannelId) -> bool {
+        if !self.holds(conn) {
+            return false;
+        }
         let mut channels = conn.channels.borrow_mut();
         if channels.contains(&channel) {
             return false;
@@ -254,7 +265,11 @@ impl Registry {
 
     /// Subscribes a connection to a user's presence. Returns true when it is
     /// the user's first local subscriber (the core must tell the owner).
+    /// A connection already removed subscribes to nothing (see `join_channel`).
     pub fn watch(&mut self, conn: &Conn, user: UserId) -> bool {
+        if !self.holds(conn) {
+            return false;
+        }
         let mut watching = conn.watching.borrow_mut();
         if watching.contains(&user) {
             return false;
@@ -286,7 +301,7 @@ impl Registry {
     /// Hands a presence event to every local subscriber of `user`.
     pub fn deliver_presence(&self, user: UserId, frame: &Bytes) -> usize {
         let Some(keys) = self.watchers.get(&user) else { return 0 };
-        keys.iter().filter(|key| self.conns[**key].push(frame.clone())).count()
+        keys.iter().filter_map(|key| self.conns.get(*key)).filter(|conn| conn.push(frame.clone())).count()
     }
 
     /// Removes a connection; returns the channels and watched users it was
@@ -311,7 +326,9 @@ impl Registry {
 
     /// The local connections of a user.
     pub fn user_conns(&self, user: UserId) -> Vec<Rc<Conn>> {
-        self.by_user.get(&user).map_or_else(Vec::new, |keys| keys.iter().map(|key| self.conns[*key].clone()).collect())
+        self.by_user
+            .get(&user)
+            .map_or_else(Vec::new, |keys| keys.iter().filter_map(|key| self.conns.get(*key).cloned()).collect())
     }
 
     /// Whether any local connection receives `channel`.
@@ -323,7 +340,7 @@ impl Registry {
     /// Returns how many connections it was queued to.
     pub fn deliver(&self, channel: ChannelId, frame: &Bytes) -> usize {
         let Some(keys) = self.by_channel.get(&channel) else { return 0 };
-        keys.iter().filter(|key| self.conns[**key].push(frame.clone())).count()
+        keys.iter().filter_map(|key| self.conns.get(*key)).filter(|conn| conn.push(frame.clone())).count()
     }
 
     /// Every connection (for shutdown and sweeps).
@@ -427,6 +444,24 @@ mod tests {
         assert_eq!(conn.queued_frames(), 0);
         assert!(conn.push(Bytes::from_static(b"j")), "the queue takes frames again");
         assert_eq!(conn.front().as_deref(), Some(&b"j"[..]));
+    }
+
+    #[test]
+    fn a_removed_connection_registers_nothing_for_the_one_that_reuses_its_slot() {
+        let mut registry = Registry::default();
+        let gone = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
+        registry.remove(&gone);
+        // The next connection takes the freed slot.
+        let next = registry.add(UserId(2), "b".into(), "d".into(), remote(), 0);
+        assert_eq!(next.key, gone.key, "the slab reuses the slot");
+        assert!(!registry.holds(&gone) && registry.holds(&next));
+        // A command of the gone connection runs late: it registers nothing.
+        assert!(!registry.watch(&gone, UserId(7)));
+        assert!(!registry.join_channel(&gone, ChannelId(9)));
+        assert_eq!(registry.deliver_presence(UserId(7), &Bytes::from_static(b"p")), 0);
+        assert_eq!(registry.deliver(ChannelId(9), &Bytes::from_static(b"m")), 0);
+        assert!(next.front().is_none(), "nothing reached the connection in the reused slot");
+        assert!(!registry.hosts_channel(ChannelId(9)));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod direct_burst;
 mod heartbeat;
 mod http_api;
 mod large_channel;
+mod lifecycle;
 mod messaging;
 mod presence;
 mod push;
