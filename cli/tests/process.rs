@@ -266,6 +266,62 @@ fn a_panicking_shard_aborts_the_process_and_a_restart_keeps_what_was_acknowledge
     assert_eq!(history["result"]["messages"][0]["text"], "before", "{history}");
 }
 
+/// SIGTERM, and waits for a clean exit.
+fn stop(node: &mut Node) {
+    let status = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_kind_of_id_lifts_its_issuers_high_water_mark() {
+    use chatgw_gateway::placement::{owner, username_owner};
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = serve_with(dir.path(), &["--rate-limit", "0", "--admin-token", "operator-token"]);
+    let alice = signup(node.addr, "mark_alice");
+    let bob = signup(node.addr, "mark_bob");
+    let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
+    let created = call(
+        &mut ws,
+        json!({ "id": 1, "method": "channel.create", "params": { "name": "marks", "members": ["mark_bob"] } }),
+    );
+    let channel: u64 = created["result"]["channel"]["id"].as_str().unwrap().parse().unwrap();
+    // Bob has no device: the message leaves a push in his owner's outbox.
+    let params = json!({ "channel_id": channel.to_string(), "text": "for the outbox" });
+    assert!(call(&mut ws, json!({ "id": 2, "method": "send", "params": params })).get("result").is_some());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut response = http()
+            .get(format!("http://{}/admin/v1/outbox", node.addr))
+            .header("Authorization", "Bearer operator-token")
+            .call()
+            .unwrap();
+        let outbox: Value = response.body_mut().read_json().unwrap();
+        if outbox["depth"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no push recorded: {outbox}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(&mut node);
+
+    let store = chatgw_storage::Store::open(&chatgw_storage::StoreConfig::new(dir.path().join("db"), 2)).unwrap();
+    let mark = |shard| store.high_water(shard).unwrap().map_or(0, |id| id.0);
+    for user in [&alice, &bob] {
+        let (name, id) = (user["username"].as_str().unwrap(), user["user_id"].as_str().unwrap().parse().unwrap());
+        assert!(mark(username_owner(name, 2)) >= id, "{name}'s id is above its issuer's mark");
+    }
+    assert!(mark(owner(channel, 2)) >= channel, "the channel's id is above its issuer's mark");
+    let bob_owner = owner(bob["user_id"].as_str().unwrap().parse().unwrap(), 2);
+    let pushes = store.outbox(bob_owner, 0, 10).unwrap();
+    assert_eq!(pushes.len(), 1);
+    assert!(mark(bob_owner) >= pushes[0].push_id, "the push's id is above its issuer's mark");
+}
+
 #[test]
 fn sigterm_closes_clients_with_1001_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,8 +30,10 @@ pub async fn create(
     if ids.len() > max {
         return Err(ApiError::new(ErrorCode::ChannelFull, format!("a channel holds at most {max} members")));
     }
+    // An id this core owns: the channel is made here, and the id's issuer
+    // is the shard that writes it (its high-water mark covers the id).
     let channel = Channel {
-        id: ChannelId(shard.next_id()),
+        id: ChannelId(shard.next_owned_id()),
         name,
         kind: ChannelKind::Group,
         owner_id: user.user_id,

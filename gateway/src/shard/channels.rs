@@ -165,7 +165,9 @@ async fn find_or_make_direct(
     }
     let (low, high) = if names.0 <= names.1 { (names.0, names.1) } else { (names.1, names.0) };
     let channel = Channel {
-        id: owned_id(shard),
+        // An id this shard owns: the pair's owner makes the channel itself,
+        // with no call to another owner while it holds a call permit.
+        id: ChannelId(shard.next_owned_id()),
         name: format!("{low},{high}"),
         kind: ChannelKind::Direct,
         owner_id: first,
@@ -178,20 +180,6 @@ async fn find_or_make_direct(
     Box::pin(create(shard, channel, vec![first, second])).await?;
     shard.committer.commit(vec![WriteOp::Direct(shard.id, first, second, id)]).await.map_err(storage_failed)?;
     Ok(id)
-}
-
-/// A new channel id that this shard owns, so that the pair's owner makes
-/// the direct channel itself. Asking the id's owner instead meant holding a
-/// call permit while awaiting another shard's: under a burst of first
-/// direct messages, shards waited on each other for good.
-fn owned_id(shard: &Shard) -> ChannelId {
-    loop {
-        // One in `shard_count` ids is ours: a few tries on average.
-        let id = shard.next_id();
-        if shard.owner(id) == shard.id {
-            return ChannelId(id);
-        }
-    }
 }
 
 /// Writes a new channel with its members, then tells every shard so that

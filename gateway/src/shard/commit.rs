@@ -80,17 +80,25 @@ pub struct Committer {
     pub timings: Rc<CommitTimings>,
 }
 
-fn apply(store: &Store, shard: ShardId, ops: &[&WriteOp]) -> Result<(), StorageError> {
+/// The id an op carries that this shard's generator issued (or an older
+/// one, for a record rewritten: the high-water mark only ever rises).
+fn issued_id(op: &WriteOp, shard: ShardId) -> Option<u64> {
+    match op {
+        WriteOp::Message(to, message) if *to == shard => Some(message.id.0),
+        WriteOp::Channel(_, channel) => Some(channel.id.0),
+        WriteOp::User(_, user) => Some(user.id.0),
+        WriteOp::Outbox(to, entry) if *to == shard => Some(entry.push_id),
+        _ => None,
+    }
+}
+
+/// Writes `ops` as one batch, with `high_water` (this shard's new
+/// high-water mark) when it rose.
+fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) -> Result<(), StorageError> {
     let mut batch = store.batch();
-    let mut high_water = None::<MessageId>;
     for op in ops {
         match op {
-            WriteOp::Message(to, message) => {
-                batch.put_message(*to, message)?;
-                if *to == shard {
-                    high_water = high_water.max(Some(message.id));
-                }
-            }
+            WriteOp::Message(to, message) => batch.put_message(*to, message)?,
             WriteOp::Inbox(to, user, message, channel) => batch.put_inbox(*to, *user, *message, *channel)?,
             WriteOp::Dedupe(to, sender, client_msg_id, entry) => {
                 batch.put_dedupe(*to, *sender, client_msg_id, entry)?
@@ -107,8 +115,8 @@ fn apply(store: &Store, shard: ShardId, ops: &[&WriteOp]) -> Result<(), StorageE
             WriteOp::DeleteOutbox(to, push_id) => batch.delete_outbox(*to, *push_id)?,
         }
     }
-    if let Some(id) = high_water {
-        batch.set_high_water(shard, id)?;
+    if let Some((shard, id)) = high_water {
+        batch.set_high_water(shard, MessageId(id))?;
     }
     store.write(batch)
 }
@@ -153,6 +161,13 @@ impl Committer {
     /// The commit loop: takes everything queued (up to a bound), writes it
     /// as one batch, completes every caller, and again.
     pub async fn run(self, store: Arc<Store>, shard: ShardId) {
+        let mut high_water = match store.high_water(shard) {
+            Ok(found) => found.map_or(0, |id| id.0),
+            Err(error) => {
+                tracing::error!(%error, shard = shard.0, "reading the id high-water mark");
+                0
+            }
+        };
         loop {
             let has_work = std::future::poll_fn(|cx| {
                 let mut queue = self.queue.borrow_mut();
@@ -191,6 +206,11 @@ impl Committer {
                 ops.push(writes);
                 dones.push((done, queued_at));
             }
+            // Every id this shard issued and now writes lifts its mark, so a
+            // restart resumes the generator above all of them, whatever the
+            // clock did meanwhile.
+            let issued = ops.iter().flatten().filter_map(|op| issued_id(op, shard)).max();
+            let rises = issued.filter(|id| *id > high_water).map(|id| (shard, id));
             let write_started = Instant::now();
             let result = if store.durability() == Durability::Fsync {
                 // An fsync takes milliseconds: off the core, so it keeps
@@ -199,13 +219,16 @@ impl Committer {
                 glommio::executor()
                     .spawn_blocking(move || {
                         let flat: Vec<&WriteOp> = ops.iter().flatten().collect();
-                        apply(&store, shard, &flat).map_err(|error| error.to_string())
+                        apply(&store, &flat, rises).map_err(|error| error.to_string())
                     })
                     .await
             } else {
                 let flat: Vec<&WriteOp> = ops.iter().flatten().collect();
-                apply(&store, shard, &flat).map_err(|error| error.to_string())
+                apply(&store, &flat, rises).map_err(|error| error.to_string())
             };
+            if let (Ok(()), Some((_, id))) = (&result, rises) {
+                high_water = id;
+            }
             self.timings.storage_write.record(write_started.elapsed());
             if let Err(error) = &result {
                 tracing::error!(%error, shard = shard.0, "group commit failed");
