@@ -106,8 +106,14 @@ pub enum Answer {
     Channel(ChannelId),
     /// A user id.
     User(UserId),
-    /// Whether the answering core now hosts a connection of the channel.
-    Subscribed(bool),
+    /// Whether the answering core now hosts a connection of the channel,
+    /// as of its subscription epoch `epoch`.
+    Subscribed {
+        /// It hosts one.
+        hosts: bool,
+        /// The answering core's subscription epoch when it answered.
+        epoch: u64,
+    },
     /// A core's figures.
     Stats(Box<ShardStats>),
     /// How many (connections kicked, say).
@@ -153,11 +159,22 @@ pub enum ChannelMsg {
         /// When the owner took the message (for the fan-out latency).
         taken_at: Instant,
     },
-    /// The sender hosts connections of this channel now (to the owner);
-    /// answered with `Done`.
-    Subscribe(ChannelId),
-    /// The sender hosts no connection of this channel any more (to the owner).
-    Unsubscribe(ChannelId),
+    /// The sender hosts connections of this channel now (to the owner), as
+    /// of its subscription epoch `epoch`; answered with `Done`.
+    Subscribe {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The sender's subscription epoch when it decided.
+        epoch: u64,
+    },
+    /// The sender hosts no connection of this channel any more (to the
+    /// owner), as of its subscription epoch `epoch`.
+    Unsubscribe {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The sender's subscription epoch when it decided.
+        epoch: u64,
+    },
     /// Members joined or left (to every core); answered with `Subscribed`.
     Membership {
         /// The channel.

@@ -18,7 +18,7 @@ use crate::placement;
 use crate::protocol::{frame, shapes};
 use crate::route::{Answer, ChannelMsg, Control};
 use crate::shard::commit::{WriteOp, storage_failed};
-use crate::shard::connections::on_membership;
+use crate::shard::connections::{on_membership, on_subscribe};
 use crate::shard::push::check_members;
 use crate::shard::state::Shard;
 use crate::single_flight::Turn;
@@ -217,14 +217,14 @@ async fn announce(
 ) -> Result<(), ApiError> {
     let added_frame = if added.is_empty() { None } else { Some(channel_event(shard, channel, "added")?) };
     let removed_frame = if removed.is_empty() { None } else { Some(channel_event(shard, channel, "removed")?) };
+    // Each core's answer is applied as it comes, by that core's epoch: a
+    // subscribe from a core that arrives meanwhile is newer and stays.
     let mut waits = Vec::new();
-    let mut mask = 0u128;
     for target in 0..shard.shard_count {
         let target = ShardId(target);
         if target == shard.id {
-            if on_membership(shard, channel, &added, &removed, added_frame.as_ref(), removed_frame.as_ref()) {
-                mask |= 1u128 << target.0;
-            }
+            let hosts = on_membership(shard, channel, &added, &removed, added_frame.as_ref(), removed_frame.as_ref());
+            on_subscribe(shard, target, channel, hosts, shard.next_subscription_epoch());
         } else {
             let membership = ChannelMsg::Membership {
                 channel_id: channel,
@@ -237,11 +237,12 @@ async fn announce(
         }
     }
     for (target, wait) in waits {
-        if let Ok(Answer::Subscribed(true)) = wait.await {
-            mask |= 1u128 << target.0;
+        match wait.await {
+            Ok(Answer::Subscribed { hosts, epoch }) => on_subscribe(shard, target, channel, hosts, epoch),
+            Ok(other) => tracing::warn!(?other, "membership answered"),
+            Err(error) => tracing::warn!(%error, core = target.0, "membership change not confirmed"),
         }
     }
-    shard.with_channel(channel, |state| state.cores_mask = mask)?;
     Ok(())
 }
 

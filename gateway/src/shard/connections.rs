@@ -55,10 +55,12 @@ async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
     let mut waits = Vec::new();
     for channel in channels {
         let owner = shard.owner(channel.0);
+        let epoch = shard.next_subscription_epoch();
         if owner == shard.id {
-            on_subscribe(shard, shard.id, *channel, true);
+            on_subscribe(shard, shard.id, *channel, true, epoch);
         } else {
-            waits.push(shard.router.ask(owner, Control::Channel(ChannelMsg::Subscribe(*channel))));
+            let subscribe = ChannelMsg::Subscribe { channel_id: *channel, epoch };
+            waits.push(shard.router.ask(owner, Control::Channel(subscribe)));
         }
     }
     for wait in waits {
@@ -80,25 +82,27 @@ pub async fn detach(shard: &Rc<Shard>, conn: &Conn) {
         tracing::warn!(%error, "ending presence subscriptions");
     }
     for channel in emptied.channels {
+        // A connection that came meanwhile (a reconnect) hosts it again:
+        // then there is nothing to take back.
+        if shard.registry.borrow().hosts_channel(channel) {
+            continue;
+        }
         let owner = shard.owner(channel.0);
+        let epoch = shard.next_subscription_epoch();
         if owner == shard.id {
-            on_subscribe(shard, shard.id, channel, false);
+            on_subscribe(shard, shard.id, channel, false, epoch);
         } else {
-            shard.router.send_control(owner, 0, Control::Channel(ChannelMsg::Unsubscribe(channel))).await;
+            let unsubscribe = ChannelMsg::Unsubscribe { channel_id: channel, epoch };
+            shard.router.send_control(owner, 0, Control::Channel(unsubscribe)).await;
         }
     }
 }
 
-/// Owner: a core (`from`) hosts or stops hosting connections of an owned channel.
-pub fn on_subscribe(shard: &Shard, from: ShardId, channel: ChannelId, hosts: bool) {
-    let bit = 1u128 << from.0;
-    let result = shard.with_channel(channel, |state| {
-        if hosts {
-            state.cores_mask |= bit;
-        } else {
-            state.cores_mask &= !bit;
-        }
-    });
+/// Owner: a core (`from`) hosts or stops hosting connections of an owned
+/// channel, as of its subscription epoch `epoch` (an older word from that
+/// core, arriving late, changes nothing).
+pub fn on_subscribe(shard: &Shard, from: ShardId, channel: ChannelId, hosts: bool, epoch: u64) {
+    let result = shard.with_channel(channel, |state| state.hosted_by(from, hosts, epoch));
     if let Err(error) = result {
         tracing::warn!(%error, channel = channel.0, "subscription to an unreadable channel");
     }

@@ -105,12 +105,12 @@ fn on_channel(shard: &Shard, from: ShardId, msg: ChannelMsg) -> Option<Result<An
             shard.deliver_local(channel_id, &frame, taken_at);
             None
         }
-        ChannelMsg::Subscribe(channel) => {
-            connections::on_subscribe(shard, from, channel, true);
+        ChannelMsg::Subscribe { channel_id, epoch } => {
+            connections::on_subscribe(shard, from, channel_id, true, epoch);
             Some(Ok(Answer::Done))
         }
-        ChannelMsg::Unsubscribe(channel) => {
-            connections::on_subscribe(shard, from, channel, false);
+        ChannelMsg::Unsubscribe { channel_id, epoch } => {
+            connections::on_subscribe(shard, from, channel_id, false, epoch);
             None
         }
         ChannelMsg::Membership { channel_id, added, removed, added_frame, removed_frame } => {
@@ -122,7 +122,7 @@ fn on_channel(shard: &Shard, from: ShardId, msg: ChannelMsg) -> Option<Result<An
                 added_frame.as_ref(),
                 removed_frame.as_ref(),
             );
-            Some(Ok(Answer::Subscribed(hosts)))
+            Some(Ok(Answer::Subscribed { hosts, epoch: shard.next_subscription_epoch() }))
         }
     }
 }

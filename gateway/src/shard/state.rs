@@ -38,6 +38,34 @@ pub struct ChannelState {
     pub members: HashSet<UserId>,
     /// Bit `i` set: core `i` hosts at least one connection of a member.
     pub cores_mask: u128,
+    /// The latest subscription epoch applied from each core (by shard
+    /// number): an older word from a core never overwrites a newer one.
+    pub epochs: HashMap<u16, u64>,
+}
+
+impl ChannelState {
+    /// A channel state no core hosts yet.
+    pub fn new(channel: Channel, members: HashSet<UserId>) -> Self {
+        ChannelState { channel, members, cores_mask: 0, epochs: HashMap::new() }
+    }
+
+    /// Core `from` says, as of its epoch `epoch`, whether it hosts a
+    /// connection of the channel; applied only if newer than what that
+    /// core said before. Returns whether it was applied.
+    pub fn hosted_by(&mut self, from: ShardId, hosts: bool, epoch: u64) -> bool {
+        let last = self.epochs.entry(from.0).or_insert(0);
+        if epoch <= *last {
+            return false;
+        }
+        *last = epoch;
+        let bit = 1u128 << from.0;
+        if hosts {
+            self.cores_mask |= bit;
+        } else {
+            self.cores_mask &= !bit;
+        }
+        true
+    }
 }
 
 /// What the node gives each shard it starts.
@@ -101,6 +129,10 @@ pub struct Shard {
     pub counters: Counters,
     /// Set when the server stops.
     pub stopping: Cell<bool>,
+    /// This core's subscription epoch: bumped each time it tells an owner
+    /// whether it hosts a channel, so that the owner can order what one
+    /// core said even when the words arrive by different paths.
+    pub subscription_epoch: Cell<u64>,
     /// Push records in this shard's outbox.
     pub outbox_depth: Cell<u64>,
     /// Presence of the users this shard owns.
@@ -156,6 +188,7 @@ impl Shard {
             committer: Committer::new(),
             counters: Counters::default(),
             stopping: Cell::new(false),
+            subscription_epoch: Cell::new(0),
             outbox_depth: Cell::new(outbox_depth),
             presence: RefCell::new(presence),
             presence_outbox: RefCell::new(PresenceOutbox::default()),
@@ -197,6 +230,13 @@ impl Shard {
         }
     }
 
+    /// The next subscription epoch of this core.
+    pub fn next_subscription_epoch(&self) -> u64 {
+        let epoch = self.subscription_epoch.get() + 1;
+        self.subscription_epoch.set(epoch);
+        epoch
+    }
+
     /// Every other shard of the node.
     pub fn others(&self) -> impl Iterator<Item = ShardId> + use<> {
         let own = self.id;
@@ -216,14 +256,14 @@ impl Shard {
         if !self.owned.borrow().contains_key(&id) {
             let Some(channel) = self.store.channel(self.id, id)? else { return Ok(None) };
             let members = self.store.members(self.id, id)?.into_iter().collect();
-            self.owned.borrow_mut().entry(id).or_insert(ChannelState { channel, members, cores_mask: 0 });
+            self.owned.borrow_mut().entry(id).or_insert(ChannelState::new(channel, members));
         }
         Ok(self.owned.borrow_mut().get_mut(&id).map(visit))
     }
 
     /// Records a channel just created by this owner.
     pub fn insert_channel(&self, channel: Channel, members: HashSet<UserId>) {
-        self.owned.borrow_mut().insert(channel.id, ChannelState { channel, members, cores_mask: 0 });
+        self.owned.borrow_mut().insert(channel.id, ChannelState::new(channel, members));
     }
 
     // ---- local fan-out ----
@@ -271,5 +311,43 @@ impl Shard {
         if banned.version > current.version {
             *current = banned;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chatgw_storage::ChannelKind;
+
+    use super::*;
+
+    fn state() -> ChannelState {
+        let channel = Channel {
+            id: ChannelId(1),
+            name: "c".into(),
+            kind: ChannelKind::Group,
+            owner_id: UserId(2),
+            created_at_ms: 0,
+            fan_out_on_read: false,
+        };
+        ChannelState::new(channel, HashSet::new())
+    }
+
+    #[test]
+    fn a_cores_older_word_never_overwrites_a_newer_one() {
+        let mut state = state();
+        // Core 3 subscribed (epoch 5); its older answer to a membership
+        // change (epoch 4, "not hosting") arrives after.
+        assert!(state.hosted_by(ShardId(3), true, 5));
+        assert!(!state.hosted_by(ShardId(3), false, 4));
+        assert_eq!(state.cores_mask, 1 << 3);
+        // A disconnect's late unsubscribe (epoch 6) against a reconnect's
+        // subscribe (epoch 7) that overtook it.
+        assert!(state.hosted_by(ShardId(3), true, 7));
+        assert!(!state.hosted_by(ShardId(3), false, 6));
+        assert_eq!(state.cores_mask, 1 << 3);
+        // Each core's epochs are its own.
+        assert!(state.hosted_by(ShardId(0), true, 1));
+        assert!(state.hosted_by(ShardId(3), false, 8));
+        assert_eq!(state.cores_mask, 1);
     }
 }

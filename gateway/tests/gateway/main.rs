@@ -15,4 +15,5 @@ mod lifecycle;
 mod messaging;
 mod presence;
 mod push;
+mod subscriptions;
 mod transcripts;
