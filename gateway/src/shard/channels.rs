@@ -51,19 +51,22 @@ pub async fn send(
             .map(|message| Answer::Sent { message: Box::new(message), duplicate: false });
     };
     // One send per (sender, client_msg_id) at a time: a retry that arrives
-    // while the first is being written gets the first's answer.
+    // while the first is being written gets the first's answer. The record
+    // is the sender's, kept by the sender's owner, so that the scope is the
+    // user's, whichever channel a retry names (protocol §2).
     let key = (sender_id, client_msg_id.clone());
+    let records = shard.owner(sender_id.0);
     match shard.sends_in_flight.start(&key) {
         Turn::Follow(first) => {
             let message = first.await.map_err(|_| ApiError::internal("first send vanished"))??;
             Ok(Answer::Sent { message: Box::new(message), duplicate: true })
         }
         Turn::Lead(lead) => {
-            let outcome = match shard.store.dedupe(shard.id, sender_id, &client_msg_id, now_ms()) {
+            let outcome = match shard.store.dedupe(records, sender_id, &client_msg_id, now_ms()) {
                 Err(error) => Err(error.into()),
                 Ok(Some(first)) => shard
                     .store
-                    .message(shard.id, first.channel_id, first.message_id)
+                    .message(shard.owner(first.channel_id.0), first.channel_id, first.message_id)
                     .map_err(ApiError::from)
                     .and_then(|found| found.ok_or_else(|| ApiError::internal("dedupe record without its message")))
                     .map(|message| (message, true)),
@@ -110,7 +113,7 @@ async fn store_and_fan_out(
     ops.push(WriteOp::Message(shard.id, message.clone()));
     if let Some(client_msg_id) = client_msg_id {
         let entry = DedupeEntry { channel_id, message_id: id, created_at_ms: now };
-        ops.push(WriteOp::Dedupe(shard.id, sender_id, client_msg_id, entry));
+        ops.push(WriteOp::Dedupe(shard.owner(sender_id.0), sender_id, client_msg_id, entry));
     }
     if !fan_out_on_read {
         for member in &members {

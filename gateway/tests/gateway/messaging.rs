@@ -259,3 +259,40 @@ fn channel_membership_commands_and_events() {
         "not_found"
     );
 }
+
+#[test]
+fn a_client_msg_id_is_the_users_whatever_channel_a_retry_names() {
+    let server = TestServer::start(2);
+    let people = users(&server, "scope", 2);
+    let (alice, bob) = (&people[0], &people[1]);
+    let mut ws = server.connect(alice, "d");
+    // Two channels whose owners differ (a channel is owned by the core
+    // that made it; HTTP connections land on either core).
+    let mut by_owner: std::collections::HashMap<u16, String> = std::collections::HashMap::new();
+    for attempt in 0..40 {
+        // A new HTTP connection each time: it may land on either core.
+        let created: serde_json::Value = ureq::post(server.url("/v1/rpc/channel.create"))
+            .header("Authorization", format!("Bearer {}", alice.token))
+            .header("Connection", "close")
+            .send_json(json!({ "name": format!("scope{attempt}"), "members": [bob.username] }))
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let id = created["result"]["channel"]["id"].as_str().unwrap().to_string();
+        by_owner.entry(chatgw_gateway::placement::owner(id.parse().unwrap(), 2).0).or_insert(id);
+        if by_owner.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(by_owner.len(), 2, "channels on both shards");
+    let (first, second) = (by_owner[&0].clone(), by_owner[&1].clone());
+    let sent = ws.result("send", json!({ "channel_id": first, "text": "once", "client_msg_id": "same-id" }));
+    assert_eq!(sent["duplicate"], false);
+    let again = ws.result("send", json!({ "channel_id": second, "text": "once", "client_msg_id": "same-id" }));
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["message_id"], sent["message_id"]);
+    assert_eq!(again["channel_id"], first.as_str(), "the first message's ids");
+    let history = ws.result("history", json!({ "channel_id": second }));
+    assert!(history["messages"].as_array().unwrap().is_empty(), "nothing new stored: {history}");
+}
