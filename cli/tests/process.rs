@@ -195,20 +195,7 @@ fn sigkill_with_pushes_in_the_outbox_loses_none() {
         expected.insert(format!("{}-{message_id}", user["user_id"].as_str().unwrap()));
     }
     // Every record is in the outbox (the webhook is down), then SIGKILL.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut response = http()
-            .get(format!("http://{}/admin/v1/outbox", node.addr))
-            .header("Authorization", "Bearer push-test-admin")
-            .call()
-            .unwrap();
-        let body: Value = response.body_mut().read_json().unwrap();
-        if body["depth"] == 10 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "records reached the outbox: {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_outbox(node.addr, "push-test-admin", 10, Duration::from_secs(20));
     node.child.kill().unwrap();
     node.child.wait().unwrap();
 
@@ -248,14 +235,7 @@ fn a_panicking_shard_aborts_the_process_and_a_restart_keeps_what_was_acknowledge
         .post(format!("http://{}/admin/v1/faults/panic", node.addr))
         .header("Authorization", "Bearer operator-token")
         .send_json(json!({ "shard": 1 }));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = node.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the process outlived its shard's panic");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(&mut node, Duration::from_secs(10), "the process outlived its shard's panic");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGABRT), "aborted: {status:?}");
     // A supervisor's restart: the acknowledged message is there.
@@ -270,9 +250,35 @@ fn a_panicking_shard_aborts_the_process_and_a_restart_keeps_what_was_acknowledge
 fn stop(node: &mut Node) {
     let status = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while node.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+    wait_for_exit(node, Duration::from_secs(20), "did not exit after SIGTERM");
+}
+
+/// Waits for the process to end within `within`; its exit status.
+fn wait_for_exit(node: &mut Node, within: Duration, failure: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{failure}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the push outbox holds `depth` records, asking the admin API.
+fn wait_for_outbox(addr: SocketAddr, admin_token: &str, depth: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut response = http()
+            .get(format!("http://{addr}/admin/v1/outbox"))
+            .header("Authorization", format!("Bearer {admin_token}"))
+            .call()
+            .unwrap();
+        let outbox: Value = response.body_mut().read_json().unwrap();
+        if outbox["depth"] == depth {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the outbox did not reach {depth} records: {outbox}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -293,20 +299,7 @@ fn every_kind_of_id_lifts_its_issuers_high_water_mark() {
     // Bob has no device: the message leaves a push in his owner's outbox.
     let params = json!({ "channel_id": channel.to_string(), "text": "for the outbox" });
     assert!(call(&mut ws, json!({ "id": 2, "method": "send", "params": params })).get("result").is_some());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut response = http()
-            .get(format!("http://{}/admin/v1/outbox", node.addr))
-            .header("Authorization", "Bearer operator-token")
-            .call()
-            .unwrap();
-        let outbox: Value = response.body_mut().read_json().unwrap();
-        if outbox["depth"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no push recorded: {outbox}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_outbox(node.addr, "operator-token", 1, Duration::from_secs(10));
     stop(&mut node);
 
     let store = chatgw_storage::Store::open(&chatgw_storage::StoreConfig::new(dir.path().join("db"), 2)).unwrap();
@@ -339,14 +332,7 @@ fn sigterm_closes_clients_with_1001_and_exits_zero() {
         }
     };
     assert_eq!(code, Some(1001));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = node.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = wait_for_exit(&mut node, Duration::from_secs(20), "did not exit after SIGTERM");
     assert_eq!(exit.code(), Some(0));
     // The data survives a clean stop: the account is still there.
     let node = serve(dir.path());
