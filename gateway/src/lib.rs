@@ -13,13 +13,14 @@
 //! - `services/`: presence, abuse, push, stats and banned words as plain
 //!   state machines;
 //! - the ground: `protocol/` (every wire shape and frame), limits, config,
-//!   errors, tokens, placement, the clock.
+//!   errors, tokens, placement, the clock, the commit frontiers.
 
 pub mod auth;
 pub mod clock;
 mod cmd;
 pub mod config;
 pub mod error;
+pub mod frontier;
 pub mod limits;
 mod net;
 pub mod node;

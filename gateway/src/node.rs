@@ -1,11 +1,17 @@
 //! What every shard of one server shares: readiness, the stop flag, the
-//! connection counts and the load that discovery reports. Not on the
-//! message path: each shard writes only its own connection count, when a
-//! connection comes or goes, and shard 0 writes the load once a second.
+//! connection counts and the load that discovery reports, and each shard's
+//! id source, whose commit frontier sync reads. Each shard writes only its
+//! own connection count, when a connection comes or goes, and shard 0 writes
+//! the load once a second; a shard's id source is locked by that shard once
+//! per id and by a sync once per shard (see [`crate::frontier`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
+
+use chatgw_idgen::{Generator, Layout, LayoutError, ShardId, WorkerId};
+
+use crate::frontier::{self, IdSource};
 
 /// What every core of one server shares.
 #[derive(Debug)]
@@ -20,18 +26,35 @@ pub struct Shared {
     load_bits: AtomicU64,
     /// When the server started.
     pub started: Instant,
+    /// Each shard's id generator with its unsettled message ids, by shard.
+    ids: Box<[IdSource]>,
 }
 
 impl Shared {
-    /// State for a server of `shard_count` shards.
-    pub fn new(shard_count: u16) -> Self {
-        Shared {
+    /// State for a server of `shard_count` shards on node `node_id`.
+    pub fn new(shard_count: u16, node_id: u16) -> Result<Self, LayoutError> {
+        let ids = (0..shard_count)
+            .map(|shard| Generator::new(Layout::default(), WorkerId { node: node_id, shard }).map(IdSource::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Shared {
             ready_shards: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
             connections: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             load_bits: AtomicU64::new(0f64.to_bits()),
             started: Instant::now(),
-        }
+            ids,
+        })
+    }
+
+    /// Shard `shard`'s id source.
+    pub fn ids(&self, shard: ShardId) -> &IdSource {
+        &self.ids[usize::from(shard.0)]
+    }
+
+    /// The node's commit frontier: every message at or below it that will
+    /// ever be stored is stored now.
+    pub fn frontier(&self) -> u64 {
+        frontier::frontier(&self.ids)
     }
 
     /// The shards' busy fraction (0 to 1) over the last second, from the

@@ -32,6 +32,8 @@ pub struct Generator<C: Clock = SystemClock> {
     /// Sequence of the last id made within `last_ms`.
     sequence: u64,
     last_id: u64,
+    /// The earliest millisecond a later id may carry (set by [`Generator::fence`]).
+    fenced_ms: u64,
 }
 
 impl Generator<SystemClock> {
@@ -52,6 +54,7 @@ impl<C: Clock> Generator<C> {
             // the first id is at a fresh millisecond.
             sequence: SEQUENCE_PER_MS - 1,
             last_id: 0,
+            fenced_ms: 0,
         })
     }
 
@@ -74,7 +77,7 @@ impl<C: Clock> Generator<C> {
     /// When the logical clock passes the format's last millisecond, in
     /// 2095: the id space is then used up.
     pub fn next_id(&mut self) -> u64 {
-        let now_ms = self.read_clock();
+        let now_ms = self.read_clock().max(self.fenced_ms);
         if now_ms > self.last_ms {
             self.last_ms = now_ms;
             self.sequence = 0;
@@ -89,6 +92,45 @@ impl<C: Clock> Generator<C> {
         debug_assert!(id > self.last_id, "ids only grow");
         self.last_id = id;
         id
+    }
+
+    /// The largest id this generator can promise never to make from now on:
+    /// every later id is greater. With the clock ahead of the last id this
+    /// is the id just below the current millisecond's first (and the
+    /// generator keeps to that millisecond or later, whatever the clock
+    /// does next); otherwise the last id made.
+    ///
+    /// A shard with nothing in flight answers this as its frontier: no id
+    /// at or below it can still appear.
+    pub fn fence(&mut self) -> u64 {
+        let now_ms = self.read_clock().max(self.fenced_ms);
+        if now_ms > self.last_ms {
+            self.fenced_ms = now_ms;
+            ((now_ms << (WORKER_BITS + SEQUENCE_BITS)) | self.worker_field) - 1
+        } else {
+            self.last_id
+        }
+    }
+
+    /// Like [`fence`](Self::fence), and at least `floor` (an id made by any
+    /// worker) where that costs at most a millisecond ahead of the clock:
+    /// the generator moves on to the millisecond after `floor`'s, if that is
+    /// no later than the clock's next one. A shard with nothing in flight
+    /// does this so that a message another shard just stored, in the
+    /// current millisecond, need not wait for the clock to tick before sync
+    /// may return it. The logical clock never runs more than one
+    /// millisecond ahead of the wall clock for it.
+    pub fn fence_above(&mut self, floor: u64) -> u64 {
+        let fence = self.fence();
+        if fence >= floor {
+            return fence;
+        }
+        let floor_ms = floor >> (WORKER_BITS + SEQUENCE_BITS);
+        let ms = (floor_ms + 1).min(self.read_clock() + 1).min(TIME_MAX_MS);
+        if ms > self.last_ms {
+            self.fenced_ms = self.fenced_ms.max(ms);
+        }
+        self.fence()
     }
 
     /// The last id this generator made or was resumed after.
@@ -226,6 +268,60 @@ mod tests {
             for _ in 0..count {
                 prop_assert!(seen.insert(first.next_id()));
                 prop_assert!(seen.insert(second.next_id()));
+            }
+        }
+
+        #[test]
+        fn no_id_after_a_fence_is_at_or_below_it(
+            readings in proptest::collection::vec(0u64..2_000, 1..300),
+            steps in proptest::collection::vec(0u8..4, 1..2_000),
+        ) {
+            let mut generator = Generator::with_clock(Layout::default(), worker(1, 3), scripted(readings)).unwrap();
+            let mut fence = 0;
+            let mut last = 0;
+            for step in steps {
+                if step == 0 {
+                    let next = generator.fence();
+                    prop_assert!(next >= last, "a fence {} below the last id {}", next, last);
+                    fence = fence.max(next);
+                } else {
+                    let id = generator.next_id();
+                    prop_assert!(id > fence, "{} at or below the fence {}", id, fence);
+                    prop_assert!(id > last);
+                    last = id;
+                }
+            }
+        }
+
+        #[test]
+        fn fence_above_reaches_a_floor_of_this_millisecond_and_no_later_id_is_below_it(
+            steps in proptest::collection::vec((0u8..4, 0u64..40), 1..2_000),
+        ) {
+            let layout = Layout::default();
+            let now = std::rc::Rc::new(std::cell::Cell::new(1_000u64));
+            let clock = now.clone();
+            let mut generator = Generator::with_clock(layout, worker(1, 3), move || EPOCH_MS + clock.get()).unwrap();
+            let mut fence = 0;
+            for (kind, value) in steps {
+                match kind {
+                    0 => {
+                        // A floor from this millisecond or an earlier one.
+                        let floor = max_id_at(EPOCH_MS + now.get().saturating_sub(value % 3));
+                        let fenced_before = generator.fenced_ms;
+                        let next = generator.fence_above(floor);
+                        if generator.last_ms <= now.get() {
+                            prop_assert!(next >= floor, "fence {} below a floor {} it could reach", next, floor);
+                        }
+                        prop_assert!(generator.fenced_ms <= fenced_before.max(now.get() + 1), "ran ahead");
+                        fence = fence.max(next);
+                    }
+                    1 => {
+                        let id = generator.next_id();
+                        prop_assert!(id > fence, "{} at or below the fence {}", id, fence);
+                    }
+                    2 => now.set(now.get() + value % 3),
+                    _ => now.set(now.get().saturating_sub(value % 4)),
+                }
             }
         }
 

@@ -73,27 +73,46 @@ pub fn history(
     Ok(json!({ "messages": messages_json(shard, &messages)? }))
 }
 
-/// `sync`: every message of the user's channels above `since`.
+/// `sync`: the messages of the user's channels above `since` and at or below
+/// the node's commit frontier, with the cursor to sync from next.
+///
+/// The frontier is taken before anything is read: every message at or below
+/// it that will ever be stored is stored by then, so the read sees all of
+/// them, and a larger id that is already stored waits for the next sync
+/// rather than letting the cursor pass a smaller one still being written
+/// (see `crate::frontier`). `next_since` is the last id returned when there
+/// is more, and otherwise the frontier itself (never below `since`).
 pub fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usize) -> Result<Value, ApiError> {
+    let frontier = MessageId(shard.shared.frontier());
     let user_shard = shard.owner(user.user_id.0);
     // One more than asked tells whether there is more.
     let wanted = limit + 1;
     let mut found: BTreeMap<MessageId, ChannelId> = BTreeMap::new();
-    for entry in shard.store.inbox_after(user_shard, user.user_id, since, wanted)? {
-        found.insert(entry.message_id, entry.channel_id);
+    if since < frontier {
+        for entry in shard.store.inbox_after(user_shard, user.user_id, since, wanted)? {
+            if entry.message_id <= frontier {
+                found.insert(entry.message_id, entry.channel_id);
+            }
+        }
     }
     let mut read: BTreeMap<MessageId, Message> = BTreeMap::new();
-    for joined in shard.store.user_channels(user_shard, user.user_id)? {
-        if !joined.fan_out_on_read {
-            continue;
-        }
-        for message in shard.store.after(shard.owner(joined.channel_id.0), joined.channel_id, since, wanted)? {
-            found.insert(message.id, message.channel_id);
-            read.insert(message.id, message);
+    if since < frontier {
+        for joined in shard.store.user_channels(user_shard, user.user_id)? {
+            if !joined.fan_out_on_read {
+                continue;
+            }
+            let owner = shard.owner(joined.channel_id.0);
+            for message in shard.store.after(owner, joined.channel_id, since, wanted)? {
+                if message.id <= frontier {
+                    found.insert(message.id, message.channel_id);
+                    read.insert(message.id, message);
+                }
+            }
         }
     }
     let mut has_more = found.len() > limit;
     let mut messages = Vec::with_capacity(found.len().min(limit));
+    let mut last = since;
     let mut text_bytes = 0;
     for (id, channel) in found.into_iter().take(limit) {
         let message = match read.remove(&id) {
@@ -108,6 +127,13 @@ pub fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usize) ->
             }
             messages.push(message);
         }
+        // An inbox entry whose message is gone is passed too.
+        last = id;
     }
-    Ok(json!({ "messages": messages_json(shard, &messages)?, "has_more": has_more }))
+    let next_since = if has_more { last } else { frontier.max(since) };
+    Ok(json!({
+        "messages": messages_json(shard, &messages)?,
+        "has_more": has_more,
+        "next_since": next_since.to_string(),
+    }))
 }

@@ -155,7 +155,8 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
         Some(public) => ws_url_from_public(public).map_err(ServeError::Config)?.into(),
         None => format!("ws://{addr}/v1/ws").into(),
     };
-    let shared = Arc::new(Shared::new(shard_count));
+    let shared =
+        Arc::new(Shared::new(shard_count, config.node_id).map_err(|error| ServeError::Config(error.to_string()))?);
     let parts = NodeParts {
         node: config.node_name().into(),
         config: Arc::new(config),
@@ -247,7 +248,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     let shared = parts.shared.clone();
     let store = parts.store.clone();
     let shard = Rc::new(Shard::open(id, shard_count, parts, router).map_err(|error| fail(error.to_string()))?);
-    let committer = glommio::spawn_local(shard.committer.clone().run(store, id));
+    let committer = glommio::spawn_local(shard.committer.clone().run(store));
     inbox::serve_mesh(&shard, call_receivers, control_receivers);
     spawn_background(&shard);
 

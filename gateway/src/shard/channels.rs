@@ -107,7 +107,7 @@ async fn store_and_fan_out(
         return Err(ApiError::new(ErrorCode::Forbidden, "not a member of this channel"));
     }
     let now = now_ms();
-    let id = MessageId(shard.next_id());
+    let id = MessageId(shard.next_message_id());
     let message = Message { id, channel_id, sender_id, created_at_ms: now, client_msg_id: client_msg_id.clone(), text };
     let mut ops = Vec::with_capacity(2 + if fan_out_on_read { 0 } else { members.len() });
     ops.push(WriteOp::Message(shard.id, message.clone()));

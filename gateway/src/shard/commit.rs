@@ -16,6 +16,7 @@ use futures_channel::oneshot;
 
 use crate::error::ApiError;
 use crate::limits;
+use crate::node::Shared;
 use crate::services::stats::Latency;
 
 /// One write, aimed at the shard that owns its key.
@@ -76,6 +77,9 @@ pub struct CommitTimings {
 #[derive(Clone)]
 pub struct Committer {
     queue: Rc<RefCell<Queue>>,
+    /// Where its shard's unsettled message ids are kept.
+    shared: Arc<Shared>,
+    shard: ShardId,
     /// Its timings.
     pub timings: Rc<CommitTimings>,
 }
@@ -90,6 +94,17 @@ fn issued_id(op: &WriteOp, shard: ShardId) -> Option<u64> {
         WriteOp::Outbox(to, entry) if *to == shard => Some(entry.push_id),
         _ => None,
     }
+}
+
+/// The message ids of this shard that `ops` write: the ids the commit
+/// settles, whatever its outcome.
+fn message_ids<'a>(ops: impl IntoIterator<Item = &'a WriteOp>, shard: ShardId) -> Vec<u64> {
+    ops.into_iter()
+        .filter_map(|op| match op {
+            WriteOp::Message(to, message) if *to == shard => Some(message.id.0),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Writes `ops` as one batch, with `high_water` (this shard's new
@@ -122,9 +137,15 @@ fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) ->
 }
 
 impl Committer {
-    /// A committer for `shard`; `run` must be spawned for it to make progress.
-    pub fn new() -> Self {
-        Committer { queue: Rc::new(RefCell::new(Queue::default())), timings: Rc::new(CommitTimings::default()) }
+    /// A committer for `shard`, settling its message ids in `shared`; `run`
+    /// must be spawned for it to make progress.
+    pub fn new(shared: Arc<Shared>, shard: ShardId) -> Self {
+        Committer {
+            queue: Rc::new(RefCell::new(Queue::default())),
+            shared,
+            shard,
+            timings: Rc::new(CommitTimings::default()),
+        }
     }
 
     /// Writes `ops` in the next group commit; resolves once they are durable.
@@ -134,6 +155,8 @@ impl Committer {
         {
             let mut queue = self.queue.borrow_mut();
             if queue.stopped {
+                // Never written: the frontier must not wait for them.
+                self.shared.ids(self.shard).settle(message_ids(&ops, self.shard));
                 return Err("the shard is shutting down".into());
             }
             queue.writes.push_back((ops, done, Instant::now()));
@@ -160,7 +183,8 @@ impl Committer {
 
     /// The commit loop: takes everything queued (up to a bound), writes it
     /// as one batch, completes every caller, and again.
-    pub async fn run(self, store: Arc<Store>, shard: ShardId) {
+    pub async fn run(self, store: Arc<Store>) {
+        let shard = self.shard;
         let mut high_water = match store.high_water(shard) {
             Ok(found) => found.map_or(0, |id| id.0),
             Err(error) => {
@@ -210,6 +234,7 @@ impl Committer {
             // restart resumes the generator above all of them, whatever the
             // clock did meanwhile.
             let issued = ops.iter().flatten().filter_map(|op| issued_id(op, shard)).max();
+            let settled = message_ids(ops.iter().flatten(), shard);
             let rises = issued.filter(|id| *id > high_water).map(|id| (shard, id));
             let write_started = Instant::now();
             let result = if store.durability() == Durability::Fsync {
@@ -229,6 +254,9 @@ impl Committer {
             if let (Ok(()), Some((_, id))) = (&result, rises) {
                 high_water = id;
             }
+            // Written, or failed for good (a caller answers the failure and
+            // never retries the same id): either way sync may pass them.
+            self.shared.ids(shard).settle(settled);
             self.timings.storage_write.record(write_started.elapsed());
             if let Err(error) = &result {
                 tracing::error!(%error, shard = shard.0, "group commit failed");
@@ -238,11 +266,5 @@ impl Committer {
                 let _ = done.send(result.clone());
             }
         }
-    }
-}
-
-impl Default for Committer {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use chatgw_idgen::{ChannelId, Generator, Layout, ShardId, UserId, WorkerId};
+use chatgw_idgen::{ChannelId, ShardId, UserId};
 use chatgw_storage::{Channel, Message, Store};
 
 use crate::auth::TokenKeys;
@@ -117,8 +117,6 @@ pub struct Shard {
     pub ws_url: Arc<str>,
     /// What all cores of the server share (readiness, the stop flag).
     pub shared: Arc<Shared>,
-    /// This shard's Snowflake generator.
-    pub ids: RefCell<Generator>,
     /// Cross-core messaging.
     pub router: Router,
     /// Local connections.
@@ -163,13 +161,12 @@ impl Shard {
     /// it stored, the banned words in force and its outbox counted.
     pub fn open(id: ShardId, shard_count: u16, parts: NodeParts, router: Router) -> Result<Self, ApiError> {
         let NodeParts { config, store, tokens, admin_token, node, ws_url, shared } = parts;
-        let mut ids = Generator::new(Layout::default(), WorkerId { node: config.node_id, shard: id.0 })
-            .map_err(|error| ApiError::internal(error.to_string()))?;
         if let Some(high_water) = store.high_water(id)? {
-            ids.resume_after(high_water.0);
+            shared.ids(id).resume_after(high_water.0);
         }
         let banned = banned::load(&store)?;
         let outbox_depth = store.outbox_len(id)?;
+        let committer = Committer::new(shared.clone(), id);
         let limiter = Limiter::new(config.rate_limit_per_s, config.rate_burst);
         let presence = Presence::new(config.presence_grace_ms);
         Ok(Shard {
@@ -182,10 +179,9 @@ impl Shard {
             node,
             ws_url,
             shared,
-            ids: RefCell::new(ids),
             router,
             registry: RefCell::new(Registry::default()),
-            committer: Committer::new(),
+            committer,
             counters: Counters::default(),
             stopping: Cell::new(false),
             subscription_epoch: Cell::new(0),
@@ -209,9 +205,16 @@ impl Shard {
         placement::owner(id, self.shard_count)
     }
 
-    /// The next Snowflake id of this shard.
+    /// The next Snowflake id of this shard, for a record sync does not read.
     pub fn next_id(&self) -> u64 {
-        self.ids.borrow_mut().next_id()
+        self.shared.ids(self.id).next_id()
+    }
+
+    /// The next message id of this shard: it holds the node's commit
+    /// frontier below it until the committer settles it, so it must go
+    /// into a `WriteOp::Message` of this shard committed at once.
+    pub fn next_message_id(&self) -> u64 {
+        self.shared.ids(self.id).next_message_id()
     }
 
     /// The next id of this shard's generator that this shard also owns

@@ -16,4 +16,5 @@ mod messaging;
 mod presence;
 mod push;
 mod subscriptions;
+mod sync_gap;
 mod transcripts;

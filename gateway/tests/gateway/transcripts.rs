@@ -249,9 +249,12 @@ fn history_and_sync_page_through_a_channel() {
 
         # Sync from the start, and from a cursor.
         bob> {"id":4,"method":"sync","params":{"since":"0","limit":2}}
-        bob< {"id":4,"result":{"has_more":true,"messages":[{"id":"$m1","channel_id":"$g","sender_id":"$alice","sender":"alice","text":"one","created_at":"$t1"},{"id":"$m2","channel_id":"$g","sender_id":"$alice","sender":"alice","text":"two","created_at":"$t2"}]}}
+        bob< {"id":4,"result":{"has_more":true,"next_since":"$m2","messages":[{"id":"$m1","channel_id":"$g","sender_id":"$alice","sender":"alice","text":"one","created_at":"$t1"},{"id":"$m2","channel_id":"$g","sender_id":"$alice","sender":"alice","text":"two","created_at":"$t2"}]}}
         bob> {"id":5,"method":"sync","params":{"since":"$m2"}}
-        bob< {"id":5,"result":{"has_more":false,"messages":[{"id":"$m3","channel_id":"$g","sender_id":"$alice","sender":"alice","text":"three","created_at":"$t3"}]}}
+        bob< {"id":5,"result":{"has_more":false,"next_since":"$cursor","messages":[{"id":"$m3","channel_id":"$g","sender_id":"$alice","sender":"alice","text":"three","created_at":"$t3"}]}}
+        # The cursor to keep is next_since: nothing more from it.
+        bob> {"id":8,"method":"sync","params":{"since":"$cursor"}}
+        bob< {"id":8,"result":{"has_more":false,"next_since":"*","messages":[]}}
 
         # Bad anchors and limits.
         bob> {"id":6,"method":"history","params":{"channel_id":"$g","limit":0}}
