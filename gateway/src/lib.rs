@@ -30,6 +30,7 @@ mod route;
 pub mod services;
 mod shard;
 mod single_flight;
+mod turnstile;
 
 pub use auth::TokenKeys;
 pub use config::{Config, Durability};

@@ -98,15 +98,19 @@ async fn store_and_fan_out(
             state.members.contains(&sender_id),
             state.channel.fan_out_on_read,
             state.members.iter().copied().collect::<Vec<_>>(),
+            state.fan_outs.clone(),
         )
     })?;
-    let Some((is_member, fan_out_on_read, members)) = found else {
+    let Some((is_member, fan_out_on_read, members, fan_outs)) = found else {
         return Err(ApiError::new(ErrorCode::NotFound, "no such channel"));
     };
     if !is_member {
         return Err(ApiError::new(ErrorCode::Forbidden, "not a member of this channel"));
     }
     let now = now_ms();
+    // The ticket and the id together, with no await between: the
+    // channel's fan-outs go in id order.
+    let ticket = fan_outs.ticket();
     let id = MessageId(shard.next_message_id());
     let message = Message { id, channel_id, sender_id, created_at_ms: now, client_msg_id: client_msg_id.clone(), text };
     let mut ops = Vec::with_capacity(2 + if fan_out_on_read { 0 } else { members.len() });
@@ -128,10 +132,15 @@ async fn store_and_fan_out(
         early.sent.set(true);
     }
 
-    // Encode once; every shard hosting a member gets the same bytes.
+    // Encode once; every shard hosting a member gets the same bytes. The
+    // answer to a remote sender above may have waited for room on its
+    // core while a later message of the channel was ready: the turn keeps
+    // deliveries in id order.
     let event = frame::text(&shapes::event_json("message", &shapes::message_json(&message, sender)));
+    ticket.turn().await;
     let cores = shard.with_channel(channel_id, |state| state.cores_mask)?.unwrap_or(0);
     shard.fan_out(channel_id, cores, event, taken_at).await;
+    drop(ticket);
     check_members(shard, channel_id, id, sender_id, &members).await;
     Ok(message)
 }

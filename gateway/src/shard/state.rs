@@ -28,6 +28,7 @@ use crate::services::stats::Counters;
 use crate::shard::commit::Committer;
 use crate::shard::registry::Registry;
 use crate::single_flight::SingleFlight;
+use crate::turnstile::Turnstile;
 
 /// A channel this shard owns, as held in memory.
 #[derive(Debug)]
@@ -41,12 +42,16 @@ pub struct ChannelState {
     /// The latest subscription epoch applied from each core (by shard
     /// number): an older word from a core never overwrites a newer one.
     pub epochs: HashMap<u16, u64>,
+    /// Its fan-outs' line: a message takes a ticket with its id and
+    /// delivers in its turn, so every connection gets the channel's
+    /// messages in id order.
+    pub fan_outs: Rc<Turnstile>,
 }
 
 impl ChannelState {
     /// A channel state no core hosts yet.
     pub fn new(channel: Channel, members: HashSet<UserId>) -> Self {
-        ChannelState { channel, members, cores_mask: 0, epochs: HashMap::new() }
+        ChannelState { channel, members, cores_mask: 0, epochs: HashMap::new(), fan_outs: Rc::default() }
     }
 
     /// Core `from` says, as of its epoch `epoch`, whether it hosts a

@@ -8,6 +8,7 @@ mod abuse;
 mod bad_input;
 mod cancel;
 mod direct_burst;
+mod event_order;
 mod heartbeat;
 mod http_api;
 mod large_channel;
