@@ -77,6 +77,11 @@ pub struct ServeArgs {
     /// process aborts). Hidden; never for production.
     #[arg(long, hide = true)]
     fault_hooks: bool,
+    /// Test aid: wait this long after a message's commit before recording
+    /// its pushes, so that a test can kill the process in between. Hidden;
+    /// never for production.
+    #[arg(long, hide = true, default_value_t = 0)]
+    fault_push_check_delay_ms: u64,
 }
 
 /// The `--config` file: the same settings, all optional.
@@ -136,6 +141,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(rate_limit => rate_limit_per_s);
     pick!(rate_burst => rate_burst);
     config.fault_hooks = args.fault_hooks;
+    config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;
     if let Some(durability) = args.durability.or(file.durability) {
         config.durability = match durability {
             DurabilityArg::Wal => Durability::Wal,

@@ -221,6 +221,33 @@ fn sigkill_with_pushes_in_the_outbox_loses_none() {
 }
 
 #[test]
+fn sigkill_between_a_message_and_its_push_records_loses_no_push() {
+    // The owner waits 5 s after each commit before the members' owners
+    // record pushes: the kill lands in between.
+    let dir = tempfile::tempdir().unwrap();
+    let admin = ["--admin-token", "push-gap-admin", "--rate-limit", "0"];
+    let mut flags = admin.to_vec();
+    flags.extend(["--fault-push-check-delay-ms", "5000"]);
+    let mut node = serve_with(dir.path(), &flags);
+    let alice = signup(node.addr, "gap_alice");
+    let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
+    assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
+    for n in 0..3 {
+        // Each user is offline: each message owes a push.
+        signup(node.addr, &format!("gap_user{n}"));
+        let send = json!({ "id": n, "method": "send", "params": { "to_user": format!("gap_user{n}"), "text": "hi" } });
+        let reply = call(&mut ws, send);
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    wait_for_outbox(node.addr, "push-gap-admin", 0, Duration::from_secs(1));
+    node.child.kill().unwrap(); // SIGKILL, before any push is recorded
+    node.child.wait().unwrap();
+    // The restart checks those messages again: every push is recorded.
+    let node = serve_with(dir.path(), &admin);
+    wait_for_outbox(node.addr, "push-gap-admin", 3, Duration::from_secs(20));
+}
+
+#[test]
 fn a_panicking_shard_aborts_the_process_and_a_restart_keeps_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = serve_with(dir.path(), &["--rate-limit", "0", "--fault-hooks", "--admin-token", "operator-token"]);

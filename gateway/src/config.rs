@@ -58,6 +58,11 @@ pub struct Config {
     /// shard's thread panic (which aborts the process), so that tests can
     /// check what a panic does. Never on in production.
     pub fault_hooks: bool,
+    /// Test aid: how long a channel's owner waits after a message's
+    /// commit before asking the members' owners to record its pushes (0:
+    /// not at all), so that a test can kill the process in between. Never
+    /// set in production.
+    pub fault_push_check_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -84,6 +89,7 @@ impl Default for Config {
             token_ttl_s: 7 * 24 * 3600,
             calls_in_flight_per_shard_max: crate::limits::CALLS_IN_FLIGHT_PER_SHARD_MAX,
             fault_hooks: false,
+            fault_push_check_delay_ms: 0,
         }
     }
 }

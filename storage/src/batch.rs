@@ -6,7 +6,7 @@ use rocksdb::{DB, WriteBatch};
 use crate::cf;
 use crate::error::Result;
 use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part};
-use crate::model::{Channel, ChannelKind, DedupeEntry, Message, OutboxEntry, User};
+use crate::model::{Channel, ChannelKind, DedupeEntry, Message, OutboxEntry, PushDue, User};
 use crate::record::{self, ChannelRecord, DedupeRecord, MessageRecord, OutboxRecord, UserRecord};
 
 /// Writes to any shards of one store, applied all together by
@@ -171,6 +171,19 @@ impl<'s> Batch<'s> {
             created_at_ms: entry.created_at_ms,
         })?;
         self.put(shard, &keys::outbox(entry.push_id), &value)
+    }
+
+    /// Records that a message's pushes are still to be recorded.
+    pub fn put_push_due(&mut self, shard: ShardId, due: &PushDue) -> Result<()> {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&due.channel_id.to_be_bytes());
+        value[8..].copy_from_slice(&due.sender_id.to_be_bytes());
+        self.put(shard, &keys::push_due(due.message_id), &value)
+    }
+
+    /// Removes a message's pending push check once done.
+    pub fn delete_push_due(&mut self, shard: ShardId, message: MessageId) -> Result<()> {
+        self.delete(shard, &keys::push_due(message))
     }
 
     /// Removes a push once delivered.

@@ -46,6 +46,9 @@ pub mod tag {
     pub const DEDUPE: u8 = b'd';
     /// `o | push id` → outbox record.
     pub const OUTBOX: u8 = b'o';
+    /// `p | message` → channel id, sender id (8 bytes BE each): a message
+    /// whose members' pushes are not all recorded yet.
+    pub const PUSH_DUE: u8 = b'p';
     /// `h` → the largest message id the shard has stored.
     pub const HIGH_WATER: u8 = b'h';
 }
@@ -120,6 +123,11 @@ pub fn dedupe(sender: UserId, client_msg_id: &str) -> Vec<u8> {
 /// An outbox record.
 pub fn outbox(push_id: u64) -> [u8; 9] {
     key2(tag::OUTBOX, push_id)
+}
+
+/// A message's pending push check.
+pub fn push_due(message: MessageId) -> [u8; 9] {
+    key2(tag::PUSH_DUE, message.0)
 }
 
 /// The shard's message high-water mark.

@@ -94,6 +94,18 @@ pub struct DedupeEntry {
     pub created_at_ms: u64,
 }
 
+/// A message whose members' pushes are still to be recorded: written with
+/// the message, removed once every member's owner has recorded its pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushDue {
+    /// The message.
+    pub message_id: MessageId,
+    /// Its channel.
+    pub channel_id: ChannelId,
+    /// Its sender (who gets no push for it).
+    pub sender_id: UserId,
+}
+
 /// A push notification owed to a user with no connected device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxEntry {

@@ -13,7 +13,7 @@ use crate::batch::Batch;
 use crate::cf;
 use crate::error::{Result, StorageError};
 use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part, tag};
-use crate::model::{Channel, ChannelKind, DedupeEntry, InboxEntry, Message, OutboxEntry, User, UserChannel};
+use crate::model::{Channel, ChannelKind, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel};
 use crate::record::{
     self, ArchivedChannelRecord, ArchivedDedupeRecord, ArchivedMessageRecord, ArchivedOutboxRecord, ArchivedUserRecord,
 };
@@ -600,6 +600,40 @@ impl Store {
         }
         iterator.status()?;
         Ok(entries)
+    }
+
+    /// A shard's pending push checks of messages above `after`, oldest
+    /// first, up to `limit`.
+    pub fn pushes_due(&self, shard: ShardId, after: MessageId, limit: usize) -> Result<Vec<PushDue>> {
+        Self::check_limit(limit)?;
+        let Some(start) = after.0.checked_add(1) else { return Ok(Vec::new()) };
+        let cf = self.shard_cf(shard)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(vec![tag::PUSH_DUE + 1]);
+        options.set_total_order_seek(true);
+        let mut iterator = self.db.raw_iterator_cf_opt(cf, options);
+        iterator.seek(keys::push_due(MessageId(start)));
+        let mut due = Vec::new();
+        while due.len() < limit && iterator.valid() {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            let corrupt = |reason: &str| StorageError::Corrupt {
+                what: "pending push check",
+                key_hex: keys::hex(key),
+                reason: reason.into(),
+            };
+            let message =
+                <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes).map_err(|_| corrupt("key not 9 bytes"))?;
+            let value = <[u8; 16]>::try_from(value).map_err(|_| corrupt("value not 16 bytes"))?;
+            let (channel, sender) = value.split_at(8);
+            due.push(PushDue {
+                message_id: MessageId(message),
+                channel_id: ChannelId(u64::from_be_bytes(channel.try_into().expect("8 bytes"))),
+                sender_id: UserId(u64::from_be_bytes(sender.try_into().expect("8 bytes"))),
+            });
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(due)
     }
 
     /// Outbox entries of a shard (counted by a scan of their keys).

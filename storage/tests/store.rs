@@ -2,7 +2,7 @@
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{
-    Channel, ChannelKind, DEDUPE_TTL_MS, DedupeEntry, Durability, Message, OutboxEntry, StorageError, Store,
+    Channel, ChannelKind, DEDUPE_TTL_MS, DedupeEntry, Durability, Message, OutboxEntry, PushDue, StorageError, Store,
     StoreConfig, User,
 };
 
@@ -183,6 +183,26 @@ fn inbox_channels_users_direct_dedupe_outbox() {
     assert_eq!(store.outbox(SHARD, 10, 10).unwrap().iter().map(|entry| entry.push_id).collect::<Vec<_>>(), [30]);
     assert_eq!(store.members(SHARD, group).unwrap(), [alice]);
     assert_eq!(store.user_channels(SHARD, alice).unwrap().len(), 1);
+}
+
+#[test]
+fn pending_push_checks_come_back_oldest_first_until_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let due = |message: u64| PushDue { message_id: MessageId(message), channel_id: ChannelId(7), sender_id: UserId(9) };
+    let mut batch = store.batch();
+    for message in [30, 10, 20] {
+        batch.put_push_due(SHARD, &due(message)).unwrap();
+    }
+    store.write(batch).unwrap();
+    assert_eq!(store.pushes_due(SHARD, MessageId(0), 10).unwrap(), [due(10), due(20), due(30)]);
+    assert_eq!(store.pushes_due(SHARD, MessageId(0), 2).unwrap(), [due(10), due(20)]);
+    assert_eq!(store.pushes_due(SHARD, MessageId(20), 2).unwrap(), [due(30)]);
+    let mut batch = store.batch();
+    batch.delete_push_due(SHARD, MessageId(10)).unwrap();
+    store.write(batch).unwrap();
+    assert_eq!(store.pushes_due(SHARD, MessageId(0), 10).unwrap(), [due(20), due(30)]);
+    assert!(store.outbox(SHARD, 0, 10).unwrap().is_empty(), "a separate key range from the outbox");
 }
 
 #[test]

@@ -285,6 +285,9 @@ fn spawn_background(shard: &Rc<Shard>) {
     glommio::spawn_local(inbox::expire_answers(shard.clone())).detach();
     glommio::spawn_local(stats::sample_rates(shard.clone())).detach();
     glommio::spawn_local(presence::report_activity(shard.clone())).detach();
+    // Pushes owed by messages stored just before the last stop.
+    let replaying = shard.clone();
+    glommio::spawn_local(async move { push::replay_due(&replaying).await }).detach();
     if let Some(webhook) = shard.config.push_webhook.clone() {
         glommio::spawn_local(push::run(shard.clone(), webhook)).detach();
     }

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
-use chatgw_storage::{Channel, ChannelKind, DedupeEntry, Message};
+use chatgw_storage::{Channel, ChannelKind, DedupeEntry, Message, PushDue};
 
 use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
@@ -19,7 +19,7 @@ use crate::protocol::{frame, shapes};
 use crate::route::{Answer, ChannelMsg, Control};
 use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::connections::{on_membership, on_subscribe};
-use crate::shard::push::check_members;
+use crate::shard::push::{owes_pushes, spawn_check};
 use crate::shard::state::Shard;
 use crate::single_flight::Turn;
 
@@ -124,6 +124,14 @@ async fn store_and_fan_out(
             ops.push(WriteOp::Inbox(shard.owner(member.0), *member, id, channel_id));
         }
     }
+    // The pushes this message owes are recorded by the members' owners
+    // after this commit; the pending check goes in the same batch as the
+    // message, so a kill in between loses no push (the next start checks
+    // again).
+    let due = owes_pushes(&members, sender_id).then_some(PushDue { message_id: id, channel_id, sender_id });
+    if let Some(due) = due {
+        ops.push(WriteOp::PushDue(shard.id, due));
+    }
     shard.committer.commit(ops).await.map_err(storage_failed)?;
     shard.counters.messages_stored.set(shard.counters.messages_stored.get() + 1);
     if let Some(early) = early {
@@ -141,7 +149,9 @@ async fn store_and_fan_out(
     let cores = shard.with_channel(channel_id, |state| state.cores_mask)?.unwrap_or(0);
     shard.fan_out(channel_id, cores, event, taken_at).await;
     drop(ticket);
-    check_members(shard, channel_id, id, sender_id, &members).await;
+    if let Some(due) = due {
+        spawn_check(shard, due, members);
+    }
     Ok(message)
 }
 

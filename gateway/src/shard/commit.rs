@@ -11,7 +11,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
-use chatgw_storage::{Channel, DedupeEntry, Durability, Message, OutboxEntry, StorageError, Store, User};
+use chatgw_storage::{Channel, DedupeEntry, Durability, Message, OutboxEntry, PushDue, StorageError, Store, User};
 use futures_channel::oneshot;
 
 use crate::error::ApiError;
@@ -48,6 +48,10 @@ pub enum WriteOp {
     Outbox(ShardId, OutboxEntry),
     /// A push delivered.
     DeleteOutbox(ShardId, u64),
+    /// A message whose members' pushes are still to be recorded.
+    PushDue(ShardId, PushDue),
+    /// A message's pushes all recorded.
+    PushChecked(ShardId, MessageId),
 }
 
 /// The error a caller answers when its writes failed.
@@ -128,6 +132,8 @@ fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) ->
             WriteOp::Username(to, name, user) => batch.put_username(*to, name, *user)?,
             WriteOp::Outbox(to, entry) => batch.put_outbox(*to, entry)?,
             WriteOp::DeleteOutbox(to, push_id) => batch.delete_outbox(*to, *push_id)?,
+            WriteOp::PushDue(to, due) => batch.put_push_due(*to, due)?,
+            WriteOp::PushChecked(to, message) => batch.delete_push_due(*to, *message)?,
         }
     }
     if let Some((shard, id)) = high_water {

@@ -79,7 +79,7 @@ fn handle_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Co
         Control::Presence(msg) => presence::on_msg(shard, from, msg).map(Ok),
         Control::Abuse(check) => Some(abuse::on_check(shard, check)),
         Control::Push(check) => {
-            push::on_check(shard, check);
+            push::on_check(shard, from, request_id, check);
             None
         }
         Control::Ops(msg) => Some(Ok(on_ops(shard, msg))),

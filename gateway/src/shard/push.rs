@@ -7,48 +7,74 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
-use chatgw_storage::OutboxEntry;
+use chatgw_idgen::{MessageId, ShardId, UserId};
+use chatgw_storage::{OutboxEntry, PushDue};
 use serde_json::Value;
 
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::limits;
 use crate::protocol::shapes;
-use crate::route::Control;
+use crate::route::{Answer, Control};
 use crate::services::push::{Check, Push, backoff, coalesce, idempotency_key};
-use crate::shard::commit::WriteOp;
+use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::state::Shard;
 
-/// Channel owner: after storing `message` in `channel`, asks each member's
-/// owner to record pushes for members with no connected device.
-pub async fn check_members(
-    shard: &Rc<Shard>,
-    channel: ChannelId,
-    message: MessageId,
-    sender: UserId,
-    members: &[UserId],
-) {
-    if members.len() > limits::PUSH_CHANNEL_MEMBERS_MAX {
-        return;
+/// Channel owner: whether a message from `sender` to `members` owes push
+/// checks, and so a pending-check record written with it.
+pub fn owes_pushes(members: &[UserId], sender: UserId) -> bool {
+    members.len() <= limits::PUSH_CHANNEL_MEMBERS_MAX && members.iter().any(|member| *member != sender)
+}
+
+/// Channel owner: once `due`'s message is stored (with its pending-check
+/// record) and fanned out, has each member's owner record pushes for the
+/// members with no connected device, as a task of its own.
+pub fn spawn_check(shard: &Rc<Shard>, due: PushDue, members: Vec<UserId>) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move { check_members(&shard, due, &members).await }).detach();
+}
+
+/// Asks each member's owner to record its pushes and waits until every one
+/// has them durable; then removes the message's pending-check record. Any
+/// failure leaves the record, and the next start checks again (a push is
+/// owed at least once; the webhook's `Idempotency-Key` names the user and
+/// message, so a repeat is recognisable).
+async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId]) {
+    let delay = shard.config.fault_push_check_delay_ms;
+    if delay > 0 {
+        glommio::timer::sleep(Duration::from_millis(delay)).await;
     }
     let mut by_owner: HashMap<ShardId, Vec<UserId>> = HashMap::new();
-    for member in members.iter().filter(|member| **member != sender) {
+    for member in members.iter().filter(|member| **member != due.sender_id) {
         by_owner.entry(shard.owner(member.0)).or_default().push(*member);
     }
+    let mut recorded = true;
+    let mut waits = Vec::new();
     for (owner, members) in by_owner {
-        let check = Check { channel_id: channel, message_id: message, members };
+        let check = Check { channel_id: due.channel_id, message_id: due.message_id, members };
         if owner == shard.id {
-            on_check(shard, check);
+            if let Err(error) = record(shard, check).await {
+                tracing::error!(%error, "recording pushes failed");
+                recorded = false;
+            }
         } else {
-            shard.router.send_control(owner, 0, Control::Push(check)).await;
+            waits.push((owner, shard.router.ask(owner, Control::Push(check))));
         }
+    }
+    for (owner, wait) in waits {
+        if let Err(error) = wait.await {
+            tracing::warn!(%error, core = owner.0, "pushes not confirmed; checked again at the next start");
+            recorded = false;
+        }
+    }
+    if recorded && let Err(error) = shard.committer.commit(vec![WriteOp::PushChecked(shard.id, due.message_id)]).await {
+        tracing::error!(%error, "removing a pending push check (checked again at the next start)");
     }
 }
 
 /// Members' owner: records a push for each member with no connected
-/// device, through the group commit. Never awaits (the commit is a task).
-pub fn on_check(shard: &Rc<Shard>, check: Check) {
+/// device, through the group commit; resolves once they are durable.
+async fn record(shard: &Rc<Shard>, check: Check) -> Result<(), String> {
     let now = now_ms();
     let ops: Vec<WriteOp> = {
         let presence = shard.presence.borrow();
@@ -69,17 +95,53 @@ pub fn on_check(shard: &Rc<Shard>, check: Check) {
             .collect()
     };
     if ops.is_empty() {
-        return;
+        return Ok(());
     }
+    let count = ops.len() as u64;
+    shard.committer.commit(ops).await?;
+    shard.outbox_depth.set(shard.outbox_depth.get() + count);
+    Ok(())
+}
+
+/// Members' owner, asked by core `from`: records the pushes in a task of
+/// its own (a control reader never awaits) and answers once they are
+/// durable.
+pub fn on_check(shard: &Rc<Shard>, from: ShardId, request_id: u64, check: Check) {
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        let count = ops.len() as u64;
-        match shard.committer.commit(ops).await {
-            Ok(()) => shard.outbox_depth.set(shard.outbox_depth.get() + count),
-            Err(error) => tracing::error!(%error, "recording pushes failed"),
+        let result = record(&shard, check).await.map(|()| Answer::Done).map_err(storage_failed);
+        if request_id != 0 {
+            shard.router.send_control(from, request_id, Control::Reply(result)).await;
         }
     })
     .detach();
+}
+
+/// At start: checks again every message whose pushes were not all recorded
+/// when the server stopped (a kill between a message's commit and its
+/// members' outbox records), against the channel's members now.
+pub async fn replay_due(shard: &Rc<Shard>) {
+    let mut after = MessageId(0);
+    loop {
+        let due = match shard.store.pushes_due(shard.id, after, limits::PUSH_BATCH_MAX) {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "reading pending push checks");
+                return;
+            }
+        };
+        let Some(last) = due.last() else { return };
+        after = last.message_id;
+        for due in due {
+            match shard.with_channel(due.channel_id, |state| state.members.iter().copied().collect::<Vec<_>>()) {
+                Ok(Some(members)) => check_members(shard, due, &members).await,
+                Ok(None) => {
+                    let _ = shard.committer.commit(vec![WriteOp::PushChecked(shard.id, due.message_id)]).await;
+                }
+                Err(error) => tracing::error!(%error, "loading a channel for its pending push check"),
+            }
+        }
+    }
 }
 
 /// The webhook body of one push; `None` if its message is gone.
