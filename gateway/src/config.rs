@@ -63,6 +63,10 @@ pub struct Config {
     /// not at all), so that a test can kill the process in between. Never
     /// set in production.
     pub fault_push_check_delay_ms: u64,
+    /// Test aid: how long an owner takes to apply a core's word that it
+    /// hosts a channel, or that a user's device connected there (0: at
+    /// once), as a busy owner core would. Never set in production.
+    pub fault_owner_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             calls_in_flight_per_shard_max: crate::limits::CALLS_IN_FLIGHT_PER_SHARD_MAX,
             fault_hooks: false,
             fault_push_check_delay_ms: 0,
+            fault_owner_delay_ms: 0,
         }
     }
 }

@@ -74,6 +74,15 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
         }
     }
 
+    /// Joins `key`'s work if someone is doing it: `None` if no one is.
+    pub fn join(&self, key: &K) -> Option<oneshot::Receiver<V>> {
+        let mut waiting = self.waiting.borrow_mut();
+        let followers = waiting.get_mut(key)?;
+        let (sender, receiver) = oneshot::channel();
+        followers.push(sender);
+        Some(receiver)
+    }
+
     /// Whether no key is in flight.
     #[cfg(test)]
     fn is_empty(&self) -> bool {

@@ -16,6 +16,7 @@ use crate::route::{ChannelMsg, Control};
 use crate::shard::presence;
 use crate::shard::registry::Conn;
 use crate::shard::state::Shard;
+use crate::single_flight::Turn;
 
 /// Registers a connection and subscribes this core to its channels;
 /// returns once every owner knows, so nothing sent after the `hello` can
@@ -37,23 +38,45 @@ pub async fn attach(
             return Err(error.into());
         }
     };
-    let first_local: Vec<ChannelId> = {
+    let mut first_local = Vec::new();
+    let mut others_in_flight = Vec::new();
+    {
         let mut registry = shard.registry.borrow_mut();
-        channels
-            .iter()
-            .filter(|joined| registry.join_channel(&conn, joined.channel_id))
-            .map(|joined| joined.channel_id)
-            .collect()
-    };
+        for joined in &channels {
+            if registry.join_channel(&conn, joined.channel_id) {
+                first_local.push(joined.channel_id);
+            } else if let Some(landing) = shard.subscribes_in_flight.join(&joined.channel_id) {
+                // Another connection here is still telling the owner.
+                others_in_flight.push(landing);
+            }
+        }
+    }
     subscribe(shard, &first_local).await;
+    for landing in others_in_flight {
+        // `Canceled` (the other connection's attach was dropped) frees the
+        // key, and its word was sent or never mattered: go on either way.
+        let _ = landing.await;
+    }
     presence::connected(shard, user.user_id).await;
     Ok(conn)
 }
 
-/// Tells the owners of `channels` that this core hosts them now.
+/// Tells the owners of `channels` that this core hosts them now, and
+/// returns once each has applied it. Each channel's claim in
+/// `subscribes_in_flight` is taken before the first await, so a connection
+/// that joins the channel here meanwhile waits for the same answer.
 async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
+    let mut leads = Vec::new();
+    let mut earlier = Vec::new();
     let mut waits = Vec::new();
     for channel in channels {
+        match shard.subscribes_in_flight.start(channel) {
+            Turn::Lead(lead) => leads.push(lead),
+            // A subscribe of this channel from here is already on its way
+            // (its connection went and this one came at once): this one is
+            // newer and goes too; wait for both.
+            Turn::Follow(landing) => earlier.push(landing),
+        }
         let owner = shard.owner(channel.0);
         let epoch = shard.next_subscription_epoch();
         if owner == shard.id {
@@ -67,6 +90,12 @@ async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
         if let Err(error) = wait.await {
             tracing::warn!(%error, "subscription failed");
         }
+    }
+    for landing in earlier {
+        let _ = landing.await;
+    }
+    for lead in leads {
+        lead.finish(&());
     }
 }
 

@@ -14,6 +14,7 @@ use glommio::sync::Semaphore;
 use crate::error::ApiError;
 use crate::limits::MESH_ANSWER_SWEEP;
 use crate::route::{Answer, Call, ChannelMsg, Control, OpsMsg, Routed};
+use crate::services::presence::Msg as PresenceMsg;
 use crate::shard::channels::EarlyReply;
 use crate::shard::state::Shard;
 use crate::shard::{abuse, accounts, channels, connections, ops, presence, push, stats};
@@ -70,6 +71,27 @@ async fn handle_remote_call(shard: &Rc<Shard>, from: ShardId, request_id: u64, c
 /// makes local calls to itself). Never awaits: replies go out at once, or
 /// from a task of their own when the queue back is full.
 fn handle_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Control) {
+    let delay = shard.config.fault_owner_delay_ms;
+    if delay > 0 && is_hosting_word(&control) {
+        // A test's slow owner: the word lands later, answered from a task.
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
+            apply_control(&shard, from, request_id, control);
+        })
+        .detach();
+        return;
+    }
+    apply_control(shard, from, request_id, control);
+}
+
+/// A core's word that it hosts a channel or a user's device: what
+/// `fault_owner_delay_ms` slows down.
+fn is_hosting_word(control: &Control) -> bool {
+    matches!(control, Control::Channel(ChannelMsg::Subscribe { .. }) | Control::Presence(PresenceMsg::Connected { .. }))
+}
+
+fn apply_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Control) {
     let reply = match control {
         Control::Reply(result) => {
             shard.router.complete(request_id, result);

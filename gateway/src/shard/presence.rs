@@ -19,9 +19,17 @@ use crate::shard::state::Shard;
 
 // ---- the side of the core that holds connections ----
 
-/// Tells `user`'s owner that one of its devices connected here.
+/// Tells `user`'s owner that one of its devices connected here, and waits
+/// until the owner has it: after the `hello`, the user is online for
+/// everyone who asks.
 pub async fn connected(shard: &Rc<Shard>, user: UserId) {
-    tell_owner(shard, user, Msg::Connected { user_id: user, at_ms: now_ms() }).await;
+    let connected = Msg::Connected { user_id: user, at_ms: now_ms() };
+    let owner = shard.owner(user.0);
+    if owner == shard.id {
+        on_msg(shard, shard.id, connected);
+    } else if let Err(error) = shard.router.ask(owner, Control::Presence(connected)).await {
+        tracing::warn!(%error, "presence owner did not confirm a connection");
+    }
 }
 
 /// Tells `user`'s owner that one of its devices here went.
@@ -122,7 +130,7 @@ pub fn on_msg(shard: &Rc<Shard>, from: ShardId, msg: Msg) -> Option<Answer> {
             if shard.presence.borrow_mut().connected(user_id, at_ms) {
                 publish(shard, user_id);
             }
-            None
+            Some(Answer::Done)
         }
         Msg::Disconnected { user_id, last_active_ms } => {
             let now = now_ms();

@@ -159,6 +159,10 @@ pub struct Shard {
     pub signups_in_flight: SingleFlight<String, Result<UserId, ApiError>>,
     /// Sends with a `client_msg_id` in progress, by sender and id.
     pub sends_in_flight: SingleFlight<(UserId, String), Result<Message, ApiError>>,
+    /// Channels whose owner this core is telling that it hosts them now: a
+    /// second connection in the channel waits for the first's word to land
+    /// before its `hello`.
+    pub subscribes_in_flight: SingleFlight<ChannelId, ()>,
 }
 
 impl Shard {
@@ -202,6 +206,7 @@ impl Shard {
             directs_in_flight: SingleFlight::new(),
             signups_in_flight: SingleFlight::new(),
             sends_in_flight: SingleFlight::new(),
+            subscribes_in_flight: SingleFlight::new(),
         })
     }
 

@@ -16,6 +16,7 @@ mod lifecycle;
 mod messaging;
 mod presence;
 mod push;
+mod slow_owner;
 mod subscriptions;
 mod sync_gap;
 mod transcripts;

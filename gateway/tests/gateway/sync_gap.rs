@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chatgw_gateway::Durability;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, User, users};
+use crate::common::{TestServer, User, create_channel_owned_by, users};
 
 const SENDERS: usize = 24;
 /// Members of each large channel besides the reader (above the inbox
@@ -25,28 +25,6 @@ fn rpc(server: &TestServer, user: &User, method: &str, params: Value) -> Value {
     let (status, body) = server.post_auth(&format!("/v1/rpc/{method}"), &user.token, &params);
     assert_eq!(status, 200, "{method}: {body}");
     body["result"].clone()
-}
-
-/// Creates a channel owned by shard `owner`: a channel is owned by the core
-/// that made it, which is the core that accepted the connection, so each
-/// try goes over a new connection until one lands there.
-fn create_owned_by(server: &TestServer, creator: &User, members: &[&str], owner: u16, shards: u16) -> String {
-    for _ in 0..200 {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut response = agent
-            .post(server.url("/v1/rpc/channel.create"))
-            .header("Authorization", format!("Bearer {}", creator.token))
-            .send_json(json!({ "name": "sync", "members": members }))
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        let body: Value = response.body_mut().read_json().unwrap();
-        let id = body["result"]["channel"]["id"].as_str().unwrap().to_string();
-        assert_eq!(body["result"]["channel"]["members"].as_array().unwrap().len(), members.len() + 1);
-        if chatgw_gateway::placement::owner(id.parse().unwrap(), shards).0 == owner {
-            return id;
-        }
-    }
-    panic!("no connection landed on shard {owner}");
 }
 
 /// How a device moves its cursor after a sync.
@@ -110,7 +88,7 @@ fn run(shards: u16, durability: Durability) {
     let small: Vec<String> = senders
         .iter()
         .enumerate()
-        .map(|(n, sender)| create_owned_by(&server, sender, &[&reader.username], n as u16 % shards, shards))
+        .map(|(n, sender)| create_channel_owned_by(&server, sender, &[&reader.username], n as u16 % shards, shards))
         .collect();
     let large: Vec<String> = [&senders[..LARGE_SENDERS], &senders[LARGE_SENDERS..2 * LARGE_SENDERS]]
         .iter()
@@ -118,7 +96,7 @@ fn run(shards: u16, durability: Durability) {
         .map(|(n, group)| {
             let mut members: Vec<&str> = group[1..].iter().map(|user| user.username.as_str()).collect();
             members.push(&reader.username);
-            create_owned_by(&server, &group[0], &members, (n as u16 + 1) % shards, shards)
+            create_channel_owned_by(&server, &group[0], &members, (n as u16 + 1) % shards, shards)
         })
         .collect();
 

@@ -311,11 +311,10 @@ fn channels_are_created_changed_and_left() {
 
 #[test]
 fn presence_is_asked_subscribed_and_published() {
-    // One shard: a connection's core tells the user's owner of it with a
-    // one-way message, so on two shards a query from another core right
-    // after the `hello` may still find the user offline (tests/presence.rs
-    // covers presence across cores, waiting for it).
-    let server = TestServer::start_with(1, |config| config.presence_grace_ms = 100);
+    // Four shards: a `hello` goes out only once the user's owner has the
+    // connection, so a query from any core right after it finds the user
+    // online.
+    let server = TestServer::start_with(4, |config| config.presence_grace_ms = 100);
     check(
         &server,
         &["alice", "bob"],

@@ -305,3 +305,38 @@ pub fn users(server: &TestServer, prefix: &str, count: usize) -> Vec<User> {
 pub fn owner(user: &User, shards: u16) -> u16 {
     chatgw_gateway::placement::owner(user.user_id.parse().unwrap(), shards).0
 }
+
+/// Creates a channel owned by shard `owner` with `members` (besides its
+/// creator): a channel is owned by the core that made it, which is the core
+/// that accepted the connection, so each try goes over a new connection
+/// until one lands there; the members are added to that one only.
+pub fn create_channel_owned_by(
+    server: &TestServer,
+    creator: &User,
+    members: &[&str],
+    owner: u16,
+    shards: u16,
+) -> String {
+    for _ in 0..200 {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut response = agent
+            .post(server.url("/v1/rpc/channel.create"))
+            .header("Authorization", format!("Bearer {}", creator.token))
+            .send_json(json!({ "name": "owned", "members": [] }))
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let body: Value = response.body_mut().read_json().unwrap();
+        let id = body["result"]["channel"]["id"].as_str().unwrap().to_string();
+        if chatgw_gateway::placement::owner(id.parse().unwrap(), shards).0 == owner {
+            let (status, body) = server.post_auth(
+                "/v1/rpc/channel.add_members",
+                &creator.token,
+                &json!({ "channel_id": id, "members": members }),
+            );
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["result"]["channel"]["members"].as_array().unwrap().len(), members.len() + 1);
+            return id;
+        }
+    }
+    panic!("no connection landed on shard {owner}");
+}
