@@ -67,6 +67,10 @@ pub struct Config {
     /// hosts a channel, or that a user's device connected there (0: at
     /// once), as a busy owner core would. Never set in production.
     pub fault_owner_delay_ms: u64,
+    /// Test aid: how long a channel's owner waits before it answers a
+    /// sender on another core (0: at once), as a full queue back to that
+    /// core would make it. Never set in production.
+    pub fault_early_reply_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             fault_hooks: false,
             fault_push_check_delay_ms: 0,
             fault_owner_delay_ms: 0,
+            fault_early_reply_delay_ms: 0,
         }
     }
 }

@@ -135,6 +135,10 @@ async fn store_and_fan_out(
     shard.committer.commit(ops).await.map_err(storage_failed)?;
     shard.counters.messages_stored.set(shard.counters.messages_stored.get() + 1);
     if let Some(early) = early {
+        let delay = shard.config.fault_early_reply_delay_ms;
+        if delay > 0 {
+            glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         let reply = Answer::Sent { message: Box::new(message.clone()), duplicate: false };
         shard.router.send_control(early.to, early.request_id, Control::Reply(Ok(reply))).await;
         early.sent.set(true);

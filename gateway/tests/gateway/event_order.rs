@@ -76,3 +76,64 @@ fn every_connection_gets_each_channels_messages_in_id_order() {
         }
     });
 }
+
+/// The connections of `user`, by device, with the shard each is on.
+fn shards_of(server: &TestServer, user: &crate::common::User) -> HashMap<String, u16> {
+    let token = server.handle.as_ref().unwrap().admin_token.clone();
+    let mut response = server
+        .http
+        .get(server.url("/admin/v1/connections?limit=1000"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    let page: serde_json::Value = response.body_mut().read_json().unwrap();
+    page["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|conn| conn["username"] == user.username.as_str())
+        .map(|conn| (conn["device"].as_str().unwrap().to_string(), conn["shard"].as_u64().unwrap() as u16))
+        .collect()
+}
+
+#[test]
+fn a_send_whose_answer_waits_does_not_let_a_later_message_of_the_channel_deliver_first() {
+    // The owner takes 1 s to answer a sender on another core (as a full
+    // queue back would make it): a later message sent on the owner's own
+    // core, ready meanwhile, must still be delivered after it.
+    let shards = 2;
+    let server = TestServer::start_with(shards, |config| config.fault_early_reply_delay_ms = 1_000);
+    let people = users(&server, "turn", 3);
+    let (remote, local, reader) = (&people[0], &people[1], &people[2]);
+    let home = 1;
+    let channel =
+        crate::common::create_channel_owned_by(&server, remote, &[&local.username, &reader.username], home, shards);
+    // A device of each sender on the core it needs: the remote sender's on
+    // the other core, the local sender's on the owner's.
+    let pick = |user: &crate::common::User, wanted: u16| {
+        let mut kept = Vec::new();
+        for n in 0..24 {
+            let device = format!("d{n}");
+            let client = server.connect(user, &device);
+            if shards_of(&server, user).get(&device) == Some(&wanted) {
+                return (client, kept);
+            }
+            kept.push(client);
+        }
+        panic!("no connection of {} landed on shard {wanted}", user.username);
+    };
+    let (mut far, _far_others) = pick(remote, 1 - home);
+    let (mut near, _near_others) = pick(local, home);
+    let mut watcher = server.connect(reader, "watcher");
+    far.send_command("send", json!({ "channel_id": channel, "text": "first" }));
+    std::thread::sleep(Duration::from_millis(300));
+    near.send_command("send", json!({ "channel_id": channel, "text": "second" }));
+    let first = watcher.next_event_within("message", Duration::from_secs(10)).expect("a message");
+    let second = watcher.next_event_within("message", Duration::from_secs(10)).expect("another message");
+    assert_eq!((first["text"].as_str(), second["text"].as_str()), (Some("first"), Some("second")));
+    assert!(
+        first["id"].as_str().unwrap().parse::<u64>().unwrap() < second["id"].as_str().unwrap().parse::<u64>().unwrap()
+    );
+    assert!(far.next_reply().get("result").is_some());
+    assert!(near.next_reply().get("result").is_some());
+}
