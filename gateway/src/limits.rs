@@ -96,8 +96,11 @@ pub const LOOKUP_CACHE_ENTRIES_MAX: usize = 100_000;
 pub const FLOOD_REPEATS_MAX: u32 = 5;
 /// The window of the flood check.
 pub const FLOOD_WINDOW: Duration = Duration::from_secs(30);
-/// Distinct recent texts tracked per user.
-pub const FLOOD_TEXTS_MAX: usize = 4;
+/// Sends per user the flood check remembers within `FLOOD_WINDOW` (16
+/// bytes each, for users who sent in the last window only): a text more
+/// than `FLOOD_REPEATS_MAX` times among them is a flood, whatever else was
+/// sent in between.
+pub const FLOOD_LOG_MAX: usize = 64;
 
 /// Banned-word entries the list may hold.
 pub const BANNED_ENTRIES_MAX: usize = 10_000;

@@ -1,5 +1,6 @@
-//! `send`: checked on the sender's core (text, banned words, the sender's
-//! rate at its owner), then stored and fanned out by the channel's owner.
+//! `send`: checked on the sender's core (text length, the sender's rate at
+//! its owner, banned words), then stored and fanned out by the channel's
+//! owner.
 //! A `to_user` send finds or makes the pair's direct channel first.
 
 use std::rc::Rc;
@@ -25,9 +26,11 @@ pub async fn send(
     text: String,
     client_msg_id: Option<String>,
 ) -> Result<Value, ApiError> {
+    // Cheap checks first: the length, the sender's rate, and only then the
+    // scan of the whole text for banned words.
     check_text(&text, shard.config.max_message_chars)?;
-    shard.banned().check(&text)?;
     abuse::check_send(shard, user.user_id, &text, client_msg_id.as_deref()).await?;
+    shard.banned().check(&text)?;
     let channel_id = match target {
         SendTarget::Channel(channel) => channel,
         SendTarget::User(username) => direct_channel(shard, user, &username).await?,

@@ -8,20 +8,23 @@
 //!   `--rate-burst`; a send takes one, and with none left is refused with
 //!   `rate_limited` and `retry_after_ms` (when the next token comes).
 //! - Flooding: a user's same text more than `FLOOD_REPEATS_MAX` times within
-//!   `FLOOD_WINDOW` is refused with `rate_limited` until the window ends. The
-//!   last `FLOOD_TEXTS_MAX` distinct texts of a user are tracked. A retry of one
-//!   send (same text, same `client_msg_id`) is not a repeat: it gets its
+//!   `FLOOD_WINDOW` is refused with `rate_limited` until the oldest of them
+//!   leaves the window. The check counts over the user's last
+//!   `FLOOD_LOG_MAX` sends in the window, whatever they were, so rotating
+//!   among a few texts counts each of them (tracking a handful of distinct
+//!   texts let a rotation of one more than that pass forever). A retry of
+//!   one send (same text, same `client_msg_id`) is not a repeat: it gets its
 //!   `duplicate` answer.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
 use chatgw_idgen::UserId;
 
 use crate::error::ApiError;
-use crate::limits::{FLOOD_REPEATS_MAX, FLOOD_TEXTS_MAX, FLOOD_WINDOW};
+use crate::limits::{FLOOD_LOG_MAX, FLOOD_REPEATS_MAX, FLOOD_WINDOW};
 
 /// May this user (owned by the receiver) send a text of this hash now?
 /// Answered with `Done` or `rate_limited`.
@@ -35,21 +38,23 @@ pub struct Check {
     pub client_msg_id_hash: Option<u64>,
 }
 
+/// One send in a user's flood log.
 #[derive(Debug, Clone, Copy)]
-struct Repeat {
+struct Sent {
     hash: u64,
-    first: Instant,
-    count: u32,
-    /// The `client_msg_id` (hashed) of the last send of this text: a retry
-    /// of the same send is not a repeat.
-    last_id: Option<u64>,
+    at: Instant,
+    /// Its `client_msg_id` (hashed): a retry of the same send is not a
+    /// repeat.
+    id: Option<u64>,
 }
 
 #[derive(Debug)]
 struct Sender {
     tokens: f64,
     refilled: Instant,
-    recent: Vec<Repeat>,
+    /// The last sends within `FLOOD_WINDOW`, oldest first, at most
+    /// `FLOOD_LOG_MAX`.
+    recent: VecDeque<Sent>,
 }
 
 /// One core's limiter.
@@ -78,8 +83,11 @@ impl Limiter {
     /// with a `client_msg_id` of hash `id`, at `now`, or says why not.
     pub fn check(&self, user: UserId, hash: u64, id: Option<u64>, now: Instant) -> Result<(), ApiError> {
         let mut senders = self.senders.borrow_mut();
-        let sender =
-            senders.entry(user).or_insert_with(|| Sender { tokens: self.burst, refilled: now, recent: Vec::new() });
+        let sender = senders.entry(user).or_insert_with(|| Sender {
+            tokens: self.burst,
+            refilled: now,
+            recent: VecDeque::new(),
+        });
         if self.per_s > 0.0 {
             let elapsed = now.saturating_duration_since(sender.refilled).as_secs_f64();
             sender.tokens = (sender.tokens + elapsed * self.per_s).min(self.burst);
@@ -92,27 +100,25 @@ impl Limiter {
                 ));
             }
         }
-        sender.recent.retain(|repeat| now.saturating_duration_since(repeat.first) < FLOOD_WINDOW);
-        match sender.recent.iter_mut().find(|repeat| repeat.hash == hash) {
-            Some(repeat) if id.is_some() && repeat.last_id == id => {}
-            Some(repeat) if repeat.count >= FLOOD_REPEATS_MAX => {
-                let ends = repeat.first + FLOOD_WINDOW;
+        while sender.recent.front().is_some_and(|sent| now.saturating_duration_since(sent.at) >= FLOOD_WINDOW) {
+            sender.recent.pop_front();
+        }
+        let retry = id.is_some() && sender.recent.iter().any(|sent| sent.hash == hash && sent.id == id);
+        if !retry {
+            let mut same = sender.recent.iter().filter(|sent| sent.hash == hash);
+            if let Some(oldest) = same.next()
+                && same.count() + 1 >= FLOOD_REPEATS_MAX as usize
+            {
+                let ends = oldest.at + FLOOD_WINDOW;
                 return Err(ApiError::rate_limited(
                     format!("the same text at most {FLOOD_REPEATS_MAX} times in {} s", FLOOD_WINDOW.as_secs()),
                     ends.saturating_duration_since(now).as_millis() as u64,
                 ));
             }
-            Some(repeat) => {
-                repeat.count += 1;
-                repeat.last_id = id;
+            if sender.recent.len() == FLOOD_LOG_MAX {
+                sender.recent.pop_front();
             }
-            None => {
-                if sender.recent.len() == FLOOD_TEXTS_MAX {
-                    let oldest = (0..sender.recent.len()).min_by_key(|index| sender.recent[*index].first).unwrap_or(0);
-                    sender.recent.swap_remove(oldest);
-                }
-                sender.recent.push(Repeat { hash, first: now, count: 1, last_id: id });
-            }
+            sender.recent.push_back(Sent { hash, at: now, id });
         }
         if self.per_s > 0.0 {
             sender.tokens -= 1.0;
@@ -127,8 +133,7 @@ impl Limiter {
             let full = self.per_s <= 0.0
                 || sender.tokens + now.saturating_duration_since(sender.refilled).as_secs_f64() * self.per_s
                     >= self.burst;
-            let flooding =
-                sender.recent.iter().any(|repeat| now.saturating_duration_since(repeat.first) < FLOOD_WINDOW);
+            let flooding = sender.recent.iter().any(|sent| now.saturating_duration_since(sent.at) < FLOOD_WINDOW);
             !full || flooding
         });
     }
@@ -181,6 +186,25 @@ mod tests {
             limiter.check(user, text_hash("retried"), retry, start + FLOOD_WINDOW).unwrap();
         }
         assert!(limiter.check(user, text_hash("retried"), Some(text_hash("c-2")), start + FLOOD_WINDOW).is_ok());
+    }
+
+    #[test]
+    fn rotating_among_a_few_texts_is_a_flood_too() {
+        let limiter = Limiter::new(0, 1);
+        let start = Instant::now();
+        let user = UserId(1);
+        let texts: Vec<u64> = (0..5).map(|n| text_hash(&format!("ad {n}"))).collect();
+        let mut sent = 0;
+        let refused = loop {
+            let at = start + Duration::from_millis(sent * 100);
+            match limiter.check(user, texts[sent as usize % texts.len()], None, at) {
+                Ok(()) => sent += 1,
+                Err(error) => break error,
+            }
+            assert!(sent < 100, "a rotation of five texts was never flagged");
+        };
+        assert_eq!(refused.code, ErrorCode::RateLimited);
+        assert_eq!(sent, 5 * u64::from(FLOOD_REPEATS_MAX), "each text of the rotation counts");
     }
 
     #[test]
