@@ -18,8 +18,15 @@ const SENDERS: usize = 24;
 /// Members of each large channel besides the reader (above the inbox
 /// fan-out bound of 8, so it is read per channel at sync).
 const LARGE_SENDERS: usize = 10;
-const SEND_FOR: Duration = Duration::from_secs(4);
-const SENDS_PER_SENDER_MAX: usize = 400;
+/// How long the senders send, and how many sends each makes at most: 4 s
+/// and 400 in the suite; `CHATGW_SYNC_GAP_SECS` sets a longer run for a
+/// measurement (with no cap on sends).
+fn send_for() -> (Duration, usize) {
+    match std::env::var("CHATGW_SYNC_GAP_SECS").ok().and_then(|secs| secs.parse().ok()) {
+        Some(secs) => (Duration::from_secs(secs), usize::MAX),
+        None => (Duration::from_secs(4), 400),
+    }
+}
 
 fn rpc(server: &TestServer, user: &User, method: &str, params: Value) -> Value {
     let (status, body) = server.post_auth(&format!("/v1/rpc/{method}"), &user.token, &params);
@@ -56,7 +63,7 @@ fn read_from_cursor(server: &TestServer, reader: &User, style: Cursor, done: &At
     let mut cursor = "0".to_string();
     let mut received = Vec::new();
     let mut quiet_rounds = 0;
-    let deadline = Instant::now() + SEND_FOR + Duration::from_secs(60);
+    let deadline = Instant::now() + send_for().0 + Duration::from_secs(60);
     while Instant::now() < deadline {
         let finished = done.load(Ordering::Acquire);
         let (ids, has_more, next) = sync_once(server, reader, &cursor, style);
@@ -117,8 +124,9 @@ fn run(shards: u16, durability: Durability) {
                 scope.spawn(move || {
                     let started = Instant::now();
                     let mut acked = Vec::new();
-                    for round in 0..SENDS_PER_SENDER_MAX {
-                        if started.elapsed() > SEND_FOR {
+                    let (send_for, sends_max) = send_for();
+                    for round in 0..sends_max {
+                        if started.elapsed() > send_for {
                             break;
                         }
                         let channel = match n / LARGE_SENDERS {
