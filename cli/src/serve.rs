@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Offline grace after the last device goes, ms [default: 5000].
     #[arg(long, env = "CHATGW_PRESENCE_GRACE_MS")]
     presence_grace_ms: Option<u64>,
+    /// How long an HTTP request's whole body may take to arrive, ms
+    /// [default: 10000].
+    #[arg(long, env = "CHATGW_HTTP_BODY_TIMEOUT_MS")]
+    http_body_timeout_ms: Option<u64>,
     /// Members per channel [default: 100].
     #[arg(long, env = "CHATGW_MAX_CHANNEL_MEMBERS")]
     max_channel_members: Option<usize>,
@@ -99,6 +103,7 @@ struct FileConfig {
     push_webhook: Option<String>,
     heartbeat_ms: Option<u64>,
     presence_grace_ms: Option<u64>,
+    http_body_timeout_ms: Option<u64>,
     max_channel_members: Option<usize>,
     max_message_chars: Option<usize>,
     rate_limit: Option<u32>,
@@ -136,6 +141,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(push_webhook => some push_webhook);
     pick!(heartbeat_ms => heartbeat_ms);
     pick!(presence_grace_ms => presence_grace_ms);
+    pick!(http_body_timeout_ms => http_body_timeout_ms);
     pick!(max_channel_members => max_channel_members);
     pick!(max_message_chars => max_message_chars);
     pick!(rate_limit => rate_limit_per_s);
@@ -151,6 +157,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(config.max_message_chars >= 1, "max-message-chars must be at least 1");
     anyhow::ensure!(config.max_channel_members >= 2, "max-channel-members must be at least 2");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
+    anyhow::ensure!(config.http_body_timeout_ms >= 100, "http-body-timeout-ms must be at least 100");
     Ok(config)
 }
 

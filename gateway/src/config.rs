@@ -34,6 +34,10 @@ pub struct Config {
     pub push_webhook: Option<String>,
     /// The heartbeat clients are told to keep; 2 × this of silence closes.
     pub heartbeat_ms: u64,
+    /// How long an HTTP request's whole body may take to arrive, ms: each
+    /// byte resets the idle timer, so without this a body trickled a byte
+    /// at a time would hold the connection for good.
+    pub http_body_timeout_ms: u64,
     /// How long a user stays online after the last device goes.
     pub presence_grace_ms: u64,
     /// Members a channel may hold.
@@ -87,6 +91,7 @@ impl Default for Config {
             durability: Durability::Wal,
             push_webhook: None,
             heartbeat_ms: 15_000,
+            http_body_timeout_ms: 10_000,
             presence_grace_ms: 5_000,
             max_channel_members: 100,
             max_message_chars: 100_000,

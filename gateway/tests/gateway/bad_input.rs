@@ -222,3 +222,35 @@ fn health_and_readiness_and_unknown_paths() {
     assert_eq!(status, 200);
     assert_eq!(body["gateway"]["ws_url"], format!("ws://{}/v1/ws", server.addr()));
 }
+
+#[test]
+fn a_request_body_trickled_byte_by_byte_meets_its_deadline() {
+    let server = TestServer::start_with(1, |config| config.http_body_timeout_ms = 1_500);
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let head =
+        "POST /v1/login HTTP/1.1\r\nHost: chatgw\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    // A byte every 300 ms: each one would reset an idle timer.
+    while started.elapsed() < Duration::from_secs(8) {
+        if stream.write_all(b" ").is_err() {
+            break;
+        }
+        let mut buffer = [0u8; 4096];
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(count) => answer.extend_from_slice(&buffer[..count]),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::WouldBlock || error.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "answered: {answer:?}");
+    assert!(answer.contains("did not arrive within 1500 ms"), "{answer}");
+    assert!(elapsed < Duration::from_secs(6), "the connection stayed open {elapsed:?}");
+}

@@ -61,7 +61,7 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
             connections(shard, cursor, limit).await
         }
         (Method::POST, ["kick"]) => {
-            let body = read_json(request).await?;
+            let body = read_json(shard, request).await?;
             let username = body
                 .get("username")
                 .and_then(Value::as_str)
@@ -84,12 +84,12 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
         }
         (Method::GET, ["banned-words"]) => Ok(shard.banned().to_json()),
         (Method::PUT, ["banned-words"]) => {
-            let body = read_json(request).await?;
+            let body = read_json(shard, request).await?;
             let words = string_list(&body, "words")?.ok_or_else(|| ApiError::bad_request("words must be given"))?;
             change_banned(shard, BannedChange::Replace(words)).await
         }
         (Method::PATCH, ["banned-words"]) => {
-            let body = read_json(request).await?;
+            let body = read_json(shard, request).await?;
             let add = string_list(&body, "add")?.unwrap_or_default();
             let remove = string_list(&body, "remove")?.unwrap_or_default();
             change_banned(shard, BannedChange::Patch { add, remove }).await
@@ -101,7 +101,7 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
             Ok(json!({ "depth": all.iter().map(|stats| stats.outbox_depth).sum::<u64>(), "shards": shards }))
         }
         (Method::POST, ["faults", "panic"]) if shard.config.fault_hooks => {
-            let body = read_json(request).await?;
+            let body = read_json(shard, request).await?;
             let target = body
                 .get("shard")
                 .and_then(Value::as_u64)

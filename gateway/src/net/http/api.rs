@@ -32,7 +32,7 @@ pub fn user(shard: &Shard, request: &Request<Incoming>, username: &str) -> Resul
 /// body is `{}`); the answer is `{result}`.
 pub async fn rpc(shard: &Rc<Shard>, request: Request<Incoming>, method: &str) -> Result<Value, ApiError> {
     let user = authenticate(shard, &request)?;
-    let params = read_json_or_empty(request).await?;
+    let params = read_json_or_empty(shard, request).await?;
     let command = parse_command(method, params)?;
     let result = dispatch(shard, &user, None, command).await?;
     Ok(json!({ "result": result }))

@@ -2,6 +2,8 @@
 //! request bodies, query parameters, and the bearer token with the user it
 //! names.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -39,15 +41,20 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
     response
 }
 
-/// A request body of at most `HTTP_BODY_BYTES_MAX` bytes.
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
-    Ok(Limited::new(request.into_body(), limits::HTTP_BODY_BYTES_MAX)
-        .collect()
-        .await
-        .map_err(|_| {
+/// A request body of at most `HTTP_BODY_BYTES_MAX` bytes, whole within
+/// `--http-body-timeout-ms`.
+async fn read_body(shard: &Shard, request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let timeout_ms = shard.config.http_body_timeout_ms;
+    let collect = async {
+        Limited::new(request.into_body(), limits::HTTP_BODY_BYTES_MAX).collect().await.map_err(|_| {
             ApiError::new(ErrorCode::MessageTooLong, format!("body above {} bytes", limits::HTTP_BODY_BYTES_MAX))
-        })?
-        .to_bytes())
+        })
+    };
+    let deadline = async {
+        glommio::timer::sleep(Duration::from_millis(timeout_ms)).await;
+        Err(ApiError::bad_request(format!("the request body did not arrive within {timeout_ms} ms")))
+    };
+    Ok(futures_lite::future::or(collect, deadline).await?.to_bytes())
 }
 
 fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
@@ -60,13 +67,13 @@ fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// A request body that must be a JSON object.
-pub async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
-    parse_object(&read_body(request).await?)
+pub async fn read_json(shard: &Shard, request: Request<Incoming>) -> Result<Value, ApiError> {
+    parse_object(&read_body(shard, request).await?)
 }
 
 /// A request body that must be a JSON object, or empty (read as `{}`).
-pub async fn read_json_or_empty(request: Request<Incoming>) -> Result<Value, ApiError> {
-    let body = read_body(request).await?;
+pub async fn read_json_or_empty(shard: &Shard, request: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = read_body(shard, request).await?;
     if body.iter().all(u8::is_ascii_whitespace) { Ok(json!({})) } else { parse_object(&body) }
 }
 

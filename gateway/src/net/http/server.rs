@@ -193,11 +193,11 @@ async fn handle(
         (&Method::GET, "/v1/ws") => websocket_upgrade(shard, request, upgrade),
         (&Method::GET, "/v1/discovery") => Ok(json_response(200, &api::discovery(shard))),
         (&Method::POST, "/v1/signup") => {
-            let body = read_json(request).await?;
+            let body = read_json(shard, request).await?;
             Ok(json_response(201, &accounts::signup(shard, &body).await?))
         }
         (&Method::POST, "/v1/login") => {
-            let body = read_json(request).await?;
+            let body = read_json(shard, request).await?;
             Ok(json_response(200, &accounts::login(shard, &body).await?))
         }
         (&Method::GET, _) if path.starts_with("/v1/users/") => {
