@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "CHATGW_HTTP_BODY_TIMEOUT_MS")]
     http_body_timeout_ms: Option<u64>,
+    /// Threads that hash passwords, node-wide [default: a quarter of the
+    /// cores, at least 1].
+    #[arg(long, env = "CHATGW_HASH_THREADS")]
+    hash_threads: Option<usize>,
     /// Members per channel [default: 100].
     #[arg(long, env = "CHATGW_MAX_CHANNEL_MEMBERS")]
     max_channel_members: Option<usize>,
@@ -104,6 +108,7 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     presence_grace_ms: Option<u64>,
     http_body_timeout_ms: Option<u64>,
+    hash_threads: Option<usize>,
     max_channel_members: Option<usize>,
     max_message_chars: Option<usize>,
     rate_limit: Option<u32>,
@@ -142,6 +147,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(heartbeat_ms => heartbeat_ms);
     pick!(presence_grace_ms => presence_grace_ms);
     pick!(http_body_timeout_ms => http_body_timeout_ms);
+    pick!(hash_threads => hash_threads);
     pick!(max_channel_members => max_channel_members);
     pick!(max_message_chars => max_message_chars);
     pick!(rate_limit => rate_limit_per_s);
@@ -158,6 +164,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(config.max_channel_members >= 2, "max-channel-members must be at least 2");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
     anyhow::ensure!(config.http_body_timeout_ms >= 100, "http-body-timeout-ms must be at least 100");
+    anyhow::ensure!((1..=64).contains(&config.hash_threads), "hash-threads must be 1 to 64");
     Ok(config)
 }
 

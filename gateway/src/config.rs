@@ -38,6 +38,9 @@ pub struct Config {
     /// byte resets the idle timer, so without this a body trickled a byte
     /// at a time would hold the connection for good.
     pub http_body_timeout_ms: u64,
+    /// Threads that hash passwords (Argon2id), node-wide: each can take a
+    /// whole core while it hashes, so few, and never the shards' own.
+    pub hash_threads: usize,
     /// How long a user stays online after the last device goes.
     pub presence_grace_ms: u64,
     /// Members a channel may hold.
@@ -92,6 +95,7 @@ impl Default for Config {
             push_webhook: None,
             heartbeat_ms: 15_000,
             http_body_timeout_ms: 10_000,
+            hash_threads: (std::thread::available_parallelism().map_or(1, |cores| cores.get()) / 4).max(1),
             presence_grace_ms: 5_000,
             max_channel_members: 100,
             max_message_chars: 100_000,

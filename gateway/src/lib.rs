@@ -21,6 +21,7 @@ mod cmd;
 pub mod config;
 pub mod error;
 pub mod frontier;
+mod hashing;
 pub mod limits;
 mod net;
 pub mod node;
@@ -30,6 +31,7 @@ mod route;
 pub mod services;
 mod shard;
 mod single_flight;
+mod throttle;
 mod turnstile;
 
 pub use auth::TokenKeys;

@@ -147,3 +147,18 @@ pub const PUSH_BACKOFF_FIRST: Duration = Duration::from_millis(200);
 pub const PUSH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long one webhook POST may take.
 pub const PUSH_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Failed logins an account may have before each further try waits.
+pub const LOGIN_FAILURES_FREE_PER_ACCOUNT: u32 = 5;
+/// Failed logins one client IP may have (over any accounts) before each
+/// further try waits.
+pub const LOGIN_FAILURES_FREE_PER_IP: u32 = 20;
+/// The first wait past the allowance; each further failure doubles it.
+pub const LOGIN_BACKOFF_FIRST_MS: u64 = 1_000;
+/// The longest wait, and how long a quiet key is remembered.
+pub const LOGIN_BACKOFF_MAX_MS: u64 = 15 * 60 * 1_000;
+/// Accounts and IPs the login throttle tracks at most (about 100 bytes each).
+pub const LOGIN_THROTTLE_KEYS_MAX: usize = 100_000;
+/// Password hashes waiting for a hashing thread at most; past it a signup or
+/// login is answered `overloaded`.
+pub const HASH_QUEUE_MAX: usize = 64;

@@ -9,9 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use chatgw_idgen::{Generator, Layout, LayoutError, ShardId, WorkerId};
+use std::sync::{Mutex, MutexGuard};
 
+use chatgw_idgen::{Generator, Layout, ShardId, WorkerId};
+
+use crate::error::ServeError;
 use crate::frontier::{self, IdSource};
+use crate::hashing::HashPool;
+use crate::limits::HASH_QUEUE_MAX;
+use crate::throttle::LoginThrottle;
 
 /// What every core of one server shares.
 #[derive(Debug)]
@@ -28,14 +34,20 @@ pub struct Shared {
     pub started: Instant,
     /// Each shard's id generator with its unsettled message ids, by shard.
     ids: Box<[IdSource]>,
+    /// The password-hashing threads.
+    pub hashing: HashPool,
+    login_throttle: Mutex<LoginThrottle>,
 }
 
 impl Shared {
-    /// State for a server of `shard_count` shards on node `node_id`.
-    pub fn new(shard_count: u16, node_id: u16) -> Result<Self, LayoutError> {
+    /// State for a server of `shard_count` shards on node `node_id`, with
+    /// `hash_threads` password-hashing threads.
+    pub fn new(shard_count: u16, node_id: u16, hash_threads: usize) -> Result<Self, ServeError> {
         let ids = (0..shard_count)
             .map(|shard| Generator::new(Layout::default(), WorkerId { node: node_id, shard }).map(IdSource::new))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .map_err(|error| ServeError::Config(error.to_string()))?;
+        let hashing = HashPool::new(hash_threads, HASH_QUEUE_MAX)?;
         Ok(Shared {
             ready_shards: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
@@ -43,7 +55,14 @@ impl Shared {
             load_bits: AtomicU64::new(0f64.to_bits()),
             started: Instant::now(),
             ids,
+            hashing,
+            login_throttle: Mutex::new(LoginThrottle::default()),
         })
+    }
+
+    /// The node's login throttle (held for a lookup or an update only).
+    pub fn login_throttle(&self) -> MutexGuard<'_, LoginThrottle> {
+        self.login_throttle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Shard `shard`'s id source.

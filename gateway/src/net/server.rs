@@ -155,8 +155,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
         Some(public) => ws_url_from_public(public).map_err(ServeError::Config)?.into(),
         None => format!("ws://{addr}/v1/ws").into(),
     };
-    let shared =
-        Arc::new(Shared::new(shard_count, config.node_id).map_err(|error| ServeError::Config(error.to_string()))?);
+    let shared = Arc::new(Shared::new(shard_count, config.node_id, config.hash_threads)?);
     let parts = NodeParts {
         node: config.node_name().into(),
         config: Arc::new(config),

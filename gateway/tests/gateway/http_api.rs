@@ -452,3 +452,37 @@ fn a_request_head_trickled_too_slowly_is_cut_off() {
     assert!(started.elapsed() >= chatgw_gateway::limits::HTTP_HEAD_TIMEOUT - Duration::from_secs(1));
     assert_eq!(server.get("/healthz").0, 200, "the server still serves");
 }
+
+#[test]
+fn failed_logins_are_throttled_per_account_and_unknown_users_look_the_same() {
+    let server = TestServer::start(2);
+    server.signup("guarded");
+    let login = |username: &str, password: &str| {
+        server.post("/v1/login", &json!({ "username": username, "password": password }))
+    };
+    // An unknown user and a wrong password answer alike.
+    let (unknown_status, unknown) = login("nobody_here", "wrong password");
+    let (wrong_status, wrong) = login("guarded", "wrong password");
+    assert_eq!((unknown_status, wrong_status), (401, 401));
+    assert_eq!(unknown["error"], wrong["error"]);
+    // Four more failures are free; the next one must wait, and so must a
+    // right password meanwhile.
+    for _ in 0..4 {
+        assert_eq!(login("guarded", "wrong password").0, 401);
+    }
+    assert_eq!(login("guarded", "wrong password").0, 401, "the sixth failure is counted");
+    let (status, body) = login("guarded", "correct horse");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let wait = body["error"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=1_000).contains(&wait), "{wait}");
+    std::thread::sleep(Duration::from_millis(wait + 50));
+    let (status, body) = login("guarded", "correct horse");
+    assert_eq!(status, 200, "{body}");
+    // A good login cleared the account's count.
+    assert_eq!(login("guarded", "wrong password").0, 401);
+    assert_eq!(login("guarded", "correct horse").0, 200);
+    // The length bound holds at login too.
+    let (status, body) = login("guarded", &"x".repeat(1_025));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+}

@@ -1,14 +1,16 @@
 //! The HTTP side of accounts: signup and login, with Argon2id hashing on
-//! the executor's blocking thread (a hash takes tens of milliseconds). The
-//! rules are `protocol::validate`'s; the account is written by the
-//! username's owner (`shard::accounts`).
+//! the node's hashing threads (`crate::hashing`: a hash takes tens of
+//! milliseconds of a core) and logins throttled per account and per client
+//! IP (`crate::throttle`). The rules are `protocol::validate`'s; the account
+//! is written by the username's owner (`shard::accounts`).
 
+use std::net::IpAddr;
 use std::rc::Rc;
 
-use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde_json::{Value, json};
+
+use crate::clock::now_ms;
+use crate::limits;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::placement;
@@ -16,28 +18,6 @@ use crate::protocol::validate::{check_display_name, check_password, valid_userna
 use crate::route::{Answer, Call};
 use crate::shard::inbox;
 use crate::shard::state::Shard;
-
-/// Hashes a password with Argon2id off the shard.
-async fn hash_password(password: String) -> Result<String, ApiError> {
-    glommio::executor()
-        .spawn_blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            Argon2::default().hash_password(password.as_bytes(), &salt).map(|hash| hash.to_string())
-        })
-        .await
-        .map_err(ApiError::internal)
-}
-
-/// Checks a password against a stored PHC string off the shard.
-async fn verify_password(password: String, stored: String) -> bool {
-    glommio::executor()
-        .spawn_blocking(move || {
-            PasswordHash::new(&stored)
-                .map(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-}
 
 fn field<'a>(body: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     body.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(format!("{name} must be a string")))
@@ -60,7 +40,7 @@ pub async fn signup(shard: &Rc<Shard>, body: &Value) -> Result<Value, ApiError> 
             name.to_string()
         }
     };
-    let password_hash = hash_password(password.to_string()).await?;
+    let password_hash = shard.shared.hashing.hash(password.to_string()).await?;
     let owner = placement::username_owner(username, shard.shard_count);
     let request = Call::Signup { username: username.to_string(), display_name, password_hash };
     let user_id = match inbox::call(shard, owner, request).await? {
@@ -71,16 +51,32 @@ pub async fn signup(shard: &Rc<Shard>, body: &Value) -> Result<Value, ApiError> 
     Ok(json!({ "user_id": user_id.to_string(), "username": username, "token": token, "expires_at": expires_at }))
 }
 
-/// `POST /v1/login`: `{username, password}`.
-pub async fn login(shard: &Rc<Shard>, body: &Value) -> Result<Value, ApiError> {
+/// `POST /v1/login`: `{username, password}`, from `ip`.
+///
+/// An unknown or disabled user costs what a wrong password costs (the
+/// password is checked against a dummy hash), and answers the same.
+pub async fn login(shard: &Rc<Shard>, body: &Value, ip: IpAddr) -> Result<Value, ApiError> {
     let refused = || ApiError::new(ErrorCode::Unauthorized, "wrong username or password");
     let username = field(body, "username")?;
     let password = field(body, "password")?;
-    let Some(user_id) = shard.user_id(username)? else { return Err(refused()) };
-    let Some(user) = shard.store.user(shard.owner(user_id.0), user_id)? else { return Err(refused()) };
-    if user.disabled || !verify_password(password.to_string(), user.password_hash).await {
-        return Err(refused());
+    if password.len() > limits::PASSWORD_BYTES_MAX {
+        return Err(ApiError::bad_request(format!("password above {} bytes", limits::PASSWORD_BYTES_MAX)));
     }
+    if let Err(wait_ms) = shard.shared.login_throttle().check(ip, username, now_ms()) {
+        return Err(ApiError::rate_limited("too many failed logins; wait before trying again", wait_ms));
+    }
+    let user = match shard.user_id(username)? {
+        Some(user_id) => shard.store.user(shard.owner(user_id.0), user_id)?.filter(|user| !user.disabled),
+        None => None,
+    };
+    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    let good = shard.shared.hashing.verify(password.to_string(), stored).await?;
+    let Some(user) = user.filter(|_| good) else {
+        shard.shared.login_throttle().failed(ip, username, now_ms());
+        return Err(refused());
+    };
+    shard.shared.login_throttle().succeeded(username);
+    let user_id = user.id;
     let (token, expires_at) = shard.tokens.mint(user_id, username, shard.config.token_ttl_s);
     Ok(json!({
         "user_id": user_id.to_string(),

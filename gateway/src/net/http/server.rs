@@ -128,7 +128,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             let (shard, upgrade, phase) = (shard.clone(), upgrade.clone(), phase.clone());
             phase.set(Phase::Serving);
             async move {
-                let response = route(&shard, request, &upgrade).await;
+                let response = route(&shard, request, &upgrade, remote).await;
                 phase.set(Phase::Idle);
                 Ok::<_, Infallible>(response)
             }
@@ -160,10 +160,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
 }
 
-async fn route(shard: &Rc<Shard>, request: Request<Incoming>, upgrade: &Upgrade) -> Response<Body> {
+async fn route(shard: &Rc<Shard>, request: Request<Incoming>, upgrade: &Upgrade, remote: SocketAddr) -> Response<Body> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
-    match handle(shard, request, &method, &path, upgrade).await {
+    match handle(shard, request, &method, &path, upgrade, remote).await {
         Ok(response) => response,
         Err(error) => {
             shard.counters.error(error.code);
@@ -178,6 +178,7 @@ async fn handle(
     method: &Method,
     path: &str,
     upgrade: &Upgrade,
+    remote: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     match (method, path) {
         (&Method::GET, "/healthz") => Ok(json_response(200, &json!({ "status": "ok" }))),
@@ -198,7 +199,7 @@ async fn handle(
         }
         (&Method::POST, "/v1/login") => {
             let body = read_json(shard, request).await?;
-            Ok(json_response(200, &accounts::login(shard, &body).await?))
+            Ok(json_response(200, &accounts::login(shard, &body, remote.ip()).await?))
         }
         (&Method::GET, _) if path.starts_with("/v1/users/") => {
             Ok(json_response(200, &api::user(shard, &request, &path["/v1/users/".len()..])?))
