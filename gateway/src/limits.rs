@@ -162,3 +162,9 @@ pub const LOGIN_THROTTLE_KEYS_MAX: usize = 100_000;
 /// Password hashes waiting for a hashing thread at most; past it a signup or
 /// login is answered `overloaded`.
 pub const HASH_QUEUE_MAX: usize = 64;
+
+/// Channels in one `channel.list` page when the client names no `limit`.
+pub const CHANNEL_LIST_DEFAULT: usize = 500;
+/// Channels in one `channel.list` page at most.
+pub const CHANNEL_LIST_MAX: usize = 1_000;
+const _: () = assert!(CHANNEL_LIST_MAX < chatgw_storage::READ_LIMIT_MAX, "one more than a page is read");

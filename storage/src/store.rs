@@ -506,6 +506,34 @@ impl Store {
         Ok(channels)
     }
 
+    /// At most `limit` of a user's channels with ids above `after`, in id
+    /// order.
+    pub fn user_channels_after(
+        &self,
+        shard: ShardId,
+        user: UserId,
+        after: ChannelId,
+        limit: usize,
+    ) -> Result<Vec<UserChannel>> {
+        Self::check_limit(limit)?;
+        let Some(start) = after.0.checked_add(1) else { return Ok(Vec::new()) };
+        let mut iterator = self.range_iterator(shard, tag::USER_CHANNEL, user.0)?;
+        iterator.seek(keys::user_channel(user, ChannelId(start)));
+        let mut channels = Vec::new();
+        while channels.len() < limit && iterator.valid() {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            let channel = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
+                what: "user channel key",
+                key_hex: keys::hex(key),
+                reason: "not 17 bytes".into(),
+            })?;
+            channels.push(UserChannel { channel_id: ChannelId(channel), fan_out_on_read: value.first() == Some(&1) });
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(channels)
+    }
+
     /// The direct channel of a pair of users, in either order.
     pub fn direct_channel(&self, shard: ShardId, first: UserId, second: UserId) -> Result<Option<ChannelId>> {
         self.get_id(shard, &keys::direct(first, second), "direct channel").map(|id| id.map(ChannelId))

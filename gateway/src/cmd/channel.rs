@@ -79,11 +79,20 @@ pub fn info(shard: &Shard, user: &AuthedUser, channel_id: ChannelId) -> Result<V
     Ok(json!({ "channel": shard.channel_view(channel_id)? }))
 }
 
-/// `channel.list`.
-pub fn list(shard: &Shard, user: &AuthedUser) -> Result<Value, ApiError> {
-    let joined = shard.store.user_channels(shard.owner(user.user_id.0), user.user_id)?;
+/// `channel.list`: the caller's channels above `after`, at most `limit`,
+/// in id order; `has_more` and `next_after` say where the next page starts.
+pub fn list(shard: &Shard, user: &AuthedUser, after: Option<ChannelId>, limit: usize) -> Result<Value, ApiError> {
+    let owner = shard.owner(user.user_id.0);
+    // One more than asked tells whether there is more.
+    let mut joined = shard.store.user_channels_after(owner, user.user_id, after.unwrap_or(ChannelId(0)), limit + 1)?;
+    let has_more = joined.len() > limit;
+    joined.truncate(limit);
     let channels = joined.iter().map(|entry| shard.channel_view(entry.channel_id)).collect::<Result<Vec<_>, _>>()?;
-    Ok(json!({ "channels": channels }))
+    let mut reply = json!({ "channels": channels, "has_more": has_more });
+    if has_more && let Some(last) = joined.last() {
+        reply["next_after"] = json!(last.channel_id.to_string());
+    }
+    Ok(reply)
 }
 
 /// Asks the owner to change a channel's members; answers the channel as it

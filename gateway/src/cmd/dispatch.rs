@@ -34,7 +34,7 @@ pub async fn dispatch(
         }
         Command::ChannelLeave { channel_id } => channel::leave(shard, user, channel_id).await,
         Command::ChannelInfo { channel_id } => channel::info(shard, user, channel_id),
-        Command::ChannelList => channel::list(shard, user),
+        Command::ChannelList { after, limit } => channel::list(shard, user, after, limit),
         Command::Heartbeat => Ok(json!({})),
         Command::PresenceQuery { users } => presence::query(shard, &users).await,
         Command::PresenceSubscribe { users } => presence::subscribe(shard, conn, &users).await,

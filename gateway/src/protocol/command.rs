@@ -99,8 +99,13 @@ pub enum Command {
         /// The channel.
         channel_id: ChannelId,
     },
-    /// `channel.list`.
-    ChannelList,
+    /// `channel.list`: a page of the caller's channels, in id order.
+    ChannelList {
+        /// Only channels with ids above this one.
+        after: Option<ChannelId>,
+        /// At most this many.
+        limit: usize,
+    },
     /// `heartbeat`.
     Heartbeat,
     /// `presence.subscribe`.
@@ -173,6 +178,13 @@ struct MembersParams {
 #[derive(Deserialize)]
 struct ChannelParams {
     channel_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    after: Option<String>,
+    limit: Option<i64>,
 }
 
 fn params<T: for<'de> Deserialize<'de>>(method: &str, params: Value) -> Result<T, ApiError> {
@@ -301,7 +313,13 @@ fn parse_channel(method: &str, raw: Value) -> Result<Command, ApiError> {
             let raw: ChannelParams = params(method, raw)?;
             Command::ChannelInfo { channel_id: channel_id(&raw.channel_id)? }
         }
-        _ => Command::ChannelList,
+        _ => {
+            let raw: ListParams = params(method, raw)?;
+            Command::ChannelList {
+                after: raw.after.as_deref().map(channel_id).transpose()?,
+                limit: limit(raw.limit, limits::CHANNEL_LIST_DEFAULT, limits::CHANNEL_LIST_MAX)?,
+            }
+        }
     })
 }
 
@@ -363,7 +381,10 @@ mod tests {
         );
         let sync = parse_frame(r#"{"id":2,"method":"sync","params":{"since":"0"}}"#);
         assert_eq!(sync.command.unwrap(), Command::Sync { since: MessageId(0), limit: 500 });
-        assert_eq!(parse_frame(r#"{"id":3,"method":"channel.list"}"#).command.unwrap(), Command::ChannelList);
+        assert_eq!(
+            parse_frame(r#"{"id":3,"method":"channel.list"}"#).command.unwrap(),
+            Command::ChannelList { after: None, limit: limits::CHANNEL_LIST_DEFAULT }
+        );
     }
 
     #[test]

@@ -297,3 +297,43 @@ fn a_client_msg_id_is_the_users_whatever_channel_a_retry_names() {
     let history = ws.result("history", json!({ "channel_id": second }));
     assert!(history["messages"].as_array().unwrap().is_empty(), "nothing new stored: {history}");
 }
+
+#[test]
+fn channel_list_pages_through_many_channels_in_id_order() {
+    let server = TestServer::start(2);
+    let people = users(&server, "pager", 2);
+    let mut owner_ws = server.connect(&people[0], "phone");
+    let mut made: Vec<u64> = (0..7)
+        .map(|n| {
+            let created =
+                owner_ws.result("channel.create", json!({ "name": format!("c{n}"), "members": [people[1].username] }));
+            created["channel"]["id"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    made.sort_unstable();
+    let mut member_ws = server.connect(&people[1], "phone");
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let params = match &after {
+            Some(after) => json!({ "limit": 3, "after": after }),
+            None => json!({ "limit": 3 }),
+        };
+        let page = member_ws.result("channel.list", params);
+        let ids: Vec<u64> =
+            page["channels"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().parse().unwrap()).collect();
+        assert!(ids.len() <= 3);
+        seen.extend(ids);
+        if page["has_more"] == false {
+            assert!(page.get("next_after").is_none());
+            break;
+        }
+        after = Some(page["next_after"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen, made, "every channel once, in id order");
+    // No params: one page of up to 500, as before paging.
+    let all = member_ws.result("channel.list", json!({}));
+    assert_eq!((all["channels"].as_array().unwrap().len(), all["has_more"].as_bool()), (7, Some(false)));
+    assert_eq!(member_ws.error_code("channel.list", json!({ "limit": 0 })), "bad_request");
+    assert_eq!(member_ws.error_code("channel.list", json!({ "after": "x" })), "bad_request");
+}

@@ -285,7 +285,7 @@ fn channels_are_created_changed_and_left() {
         carol> {"id":1,"method":"channel.info","params":{"channel_id":"$c"}}
         carol< {"id":1,"result":{"channel":{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob","carol"],"created_at":"$at"}}}
         carol> {"id":2,"method":"channel.list"}
-        carol< {"id":2,"result":{"channels":[{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob","carol"],"created_at":"$at"}]}}
+        carol< {"id":2,"result":{"has_more":false,"channels":[{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob","carol"],"created_at":"$at"}]}}
 
         # Only the owner changes members; a member may leave.
         bob> {"id":1,"method":"channel.remove_members","params":{"channel_id":"$c","members":["carol"]}}
