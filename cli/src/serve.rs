@@ -65,6 +65,20 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "CHATGW_HTTP_BODY_TIMEOUT_MS")]
     http_body_timeout_ms: Option<u64>,
+    /// Live WebSocket connections at most [default: the open-file limit
+    /// less 1,024; 0: no cap].
+    #[arg(long, env = "CHATGW_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Live connections from one client IP at most [default: 5000; 0: no cap].
+    #[arg(long, env = "CHATGW_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<u32>,
+    /// New connections per second from one client IP, in bursts of twice
+    /// that [default: 1000; 0: no cap].
+    #[arg(long, env = "CHATGW_MAX_NEW_CONNECTIONS_PER_IP_PER_S")]
+    max_new_connections_per_ip_per_s: Option<u32>,
+    /// Devices connected per user at most [default: 32; 0: no cap].
+    #[arg(long, env = "CHATGW_MAX_DEVICES_PER_USER")]
+    max_devices_per_user: Option<u32>,
     /// Threads that hash passwords, node-wide [default: a quarter of the
     /// cores, at least 1].
     #[arg(long, env = "CHATGW_HASH_THREADS")]
@@ -109,6 +123,10 @@ struct FileConfig {
     presence_grace_ms: Option<u64>,
     http_body_timeout_ms: Option<u64>,
     hash_threads: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<u32>,
+    max_new_connections_per_ip_per_s: Option<u32>,
+    max_devices_per_user: Option<u32>,
     max_channel_members: Option<usize>,
     max_message_chars: Option<usize>,
     rate_limit: Option<u32>,
@@ -148,6 +166,10 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(presence_grace_ms => presence_grace_ms);
     pick!(http_body_timeout_ms => http_body_timeout_ms);
     pick!(hash_threads => hash_threads);
+    pick!(max_connections => some max_connections);
+    pick!(max_connections_per_ip => max_connections_per_ip);
+    pick!(max_new_connections_per_ip_per_s => max_new_connections_per_ip_per_s);
+    pick!(max_devices_per_user => max_devices_per_user);
     pick!(max_channel_members => max_channel_members);
     pick!(max_message_chars => max_message_chars);
     pick!(rate_limit => rate_limit_per_s);

@@ -41,6 +41,17 @@ pub struct Config {
     /// Threads that hash passwords (Argon2id), node-wide: each can take a
     /// whole core while it hashes, so few, and never the shards' own.
     pub hash_threads: usize,
+    /// Live WebSocket connections in the process at most (0: none); `None`:
+    /// the open-file limit less 1,024 descriptors kept for storage, HTTP
+    /// and the admin API.
+    pub max_connections: Option<usize>,
+    /// Live connections from one client IP at most (0: no cap).
+    pub max_connections_per_ip: u32,
+    /// New connections from one client IP per second, in bursts of twice
+    /// that (0: no cap).
+    pub max_new_connections_per_ip_per_s: u32,
+    /// Devices (live connections) of one user at most (0: no cap).
+    pub max_devices_per_user: u32,
     /// How long a user stays online after the last device goes.
     pub presence_grace_ms: u64,
     /// Members a channel may hold.
@@ -95,6 +106,10 @@ impl Default for Config {
             push_webhook: None,
             heartbeat_ms: 15_000,
             http_body_timeout_ms: 10_000,
+            max_connections: None,
+            max_connections_per_ip: 5_000,
+            max_new_connections_per_ip_per_s: 1_000,
+            max_devices_per_user: 32,
             hash_threads: (std::thread::available_parallelism().map_or(1, |cores| cores.get()) / 4).max(1),
             presence_grace_ms: 5_000,
             max_channel_members: 100,

@@ -15,6 +15,7 @@
 //! - the ground: `protocol/` (every wire shape and frame), limits, config,
 //!   errors, tokens, placement, the clock, the commit frontiers.
 
+pub mod admission;
 pub mod auth;
 pub mod clock;
 mod cmd;

@@ -13,7 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use chatgw_idgen::{Generator, Layout, ShardId, WorkerId};
 
-use crate::error::ServeError;
+use crate::admission::{Admission, Caps};
+use crate::error::{ApiError, ServeError};
 use crate::frontier::{self, IdSource};
 use crate::hashing::HashPool;
 use crate::limits::HASH_QUEUE_MAX;
@@ -37,12 +38,28 @@ pub struct Shared {
     /// The password-hashing threads.
     pub hashing: HashPool,
     login_throttle: Mutex<LoginThrottle>,
+    admission: Mutex<Admission>,
+}
+
+/// A WebSocket connection [`Shared::admit`] let in; dropping it (when the
+/// connection ends, or its upgrade fails) makes its room again.
+#[derive(Debug)]
+pub struct Admitted {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+    user: chatgw_idgen::UserId,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.admission().release(self.ip, self.user);
+    }
 }
 
 impl Shared {
     /// State for a server of `shard_count` shards on node `node_id`, with
     /// `hash_threads` password-hashing threads.
-    pub fn new(shard_count: u16, node_id: u16, hash_threads: usize) -> Result<Self, ServeError> {
+    pub fn new(shard_count: u16, node_id: u16, hash_threads: usize, caps: Caps) -> Result<Self, ServeError> {
         let ids = (0..shard_count)
             .map(|shard| Generator::new(Layout::default(), WorkerId { node: node_id, shard }).map(IdSource::new))
             .collect::<Result<_, _>>()
@@ -57,7 +74,29 @@ impl Shared {
             ids,
             hashing,
             login_throttle: Mutex::new(LoginThrottle::default()),
+            admission: Mutex::new(Admission::new(caps)),
         })
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Admits a WebSocket connection from `ip` for `user` under the
+    /// connection caps, or says which one it meets.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        user: chatgw_idgen::UserId,
+        now_ms: u64,
+    ) -> Result<Admitted, ApiError> {
+        self.admission().admit(ip, user, now_ms)?;
+        Ok(Admitted { shared: self.clone(), ip, user })
+    }
+
+    /// WebSocket connections admitted and not yet ended.
+    pub fn admitted(&self) -> usize {
+        self.admission().live()
     }
 
     /// The node's login throttle (held for a lookup or an update only).

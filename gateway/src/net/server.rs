@@ -14,6 +14,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
+use crate::admission::Caps;
 use crate::auth::{TokenKeys, generate_secret};
 use crate::config::Config;
 use crate::error::ServeError;
@@ -155,7 +156,13 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
         Some(public) => ws_url_from_public(public).map_err(ServeError::Config)?.into(),
         None => format!("ws://{addr}/v1/ws").into(),
     };
-    let shared = Arc::new(Shared::new(shard_count, config.node_id, config.hash_threads)?);
+    let caps = Caps {
+        connections: config.max_connections.unwrap_or_else(default_max_connections),
+        per_ip: config.max_connections_per_ip,
+        new_per_ip_per_s: config.max_new_connections_per_ip_per_s,
+        per_user: config.max_devices_per_user,
+    };
+    let shared = Arc::new(Shared::new(shard_count, config.node_id, config.hash_threads, caps)?);
     let parts = NodeParts {
         node: config.node_name().into(),
         config: Arc::new(config),
@@ -170,6 +177,30 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
     // Every executor listens on the port now; the reservation can go.
     drop(reservation);
     Ok(ServerHandle { addr, shared, executors, admin_token, admin_token_generated, jwt_secret, shards: shard_count })
+}
+
+/// Descriptors kept for storage, HTTP and the admin API when the connection
+/// cap comes from the open-file limit.
+const RESERVED_DESCRIPTORS: u64 = 1_024;
+
+/// The process's open-file limit, raised to its hard limit first (a
+/// gateway holds a descriptor per connection), less the descriptors kept
+/// back (at least 64 connections).
+fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 4_096;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads the struct it is given; raising the soft
+        // limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    limit.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS).clamp(64, 1 << 30) as usize
 }
 
 /// Refuses a shard count or node id the Snowflake layout cannot carry.

@@ -20,6 +20,7 @@ use crate::clock::now_ms;
 use crate::cmd::dispatch::dispatch;
 use crate::error::ApiError;
 use crate::limits;
+use crate::node::Admitted;
 use crate::protocol::close::CloseReason;
 use crate::protocol::command::parse_frame;
 use crate::protocol::frame::{self, FrameReader, Incoming};
@@ -53,7 +54,10 @@ pub async fn run(
     user: AuthedUser,
     device: Box<str>,
     remote: SocketAddr,
+    admitted: Admitted,
 ) {
+    // Held for the connection's life: its room under the caps.
+    let _admitted = admitted;
     let user = Rc::new(user);
     let Some((conn, mut reader)) = Box::pin(start(&shard, &mut stream, early, &user, device, remote)).await else {
         return;

@@ -7,6 +7,7 @@ mod common;
 mod abuse;
 mod bad_input;
 mod cancel;
+mod connection_caps;
 mod direct_burst;
 mod event_order;
 mod heartbeat;

@@ -24,11 +24,13 @@ use hyper::{Method, Request, Response};
 use serde_json::json;
 
 use crate::auth::{AuthedUser, generate_secret};
+use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::net::http::body::{Body, bearer, error_response, json_response, query_param, read_json, user_of_token};
 use crate::net::http::{accounts, admin, api, metrics};
 use crate::net::session;
+use crate::node::Admitted;
 use crate::protocol::validate::valid_device;
 use crate::shard::state::Shard;
 
@@ -113,7 +115,7 @@ impl hyper::rt::Write for HyperIo {
     }
 }
 
-type Upgrade = Rc<RefCell<Option<(AuthedUser, Box<str>)>>>;
+type Upgrade = Rc<RefCell<Option<(AuthedUser, Box<str>, Admitted)>>>;
 
 /// Serves one accepted connection: HTTP until it closes, or a WebSocket
 /// session once upgraded.
@@ -142,7 +144,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     match connection.without_shutdown().await {
         Ok(parts) => {
             let taken = upgrade.borrow_mut().take();
-            if let Some((user, device)) = taken {
+            if let Some((user, device, admitted)) = taken {
                 // Bytes the client sent after its request head (usually
                 // none): copied out, so hyper's read buffer is freed here
                 // rather than kept for the connection's life.
@@ -153,7 +155,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 drop(parts.read_buf);
                 // A task of its own, sized for the session alone: this task's
                 // future is sized for hyper's connection state, and ends here.
-                glommio::spawn_local(session::run(shard, stream, early, user, device, remote)).detach();
+                glommio::spawn_local(session::run(shard, stream, early, user, device, remote, admitted)).detach();
             }
         }
         Err(error) => tracing::debug!(%error, "http connection ended"),
@@ -191,7 +193,7 @@ async fn handle(
             }
         }
         (&Method::GET, "/metrics") => metrics::scrape(shard).await,
-        (&Method::GET, "/v1/ws") => websocket_upgrade(shard, request, upgrade),
+        (&Method::GET, "/v1/ws") => websocket_upgrade(shard, request, upgrade, remote),
         (&Method::GET, "/v1/discovery") => Ok(json_response(200, &api::discovery(shard))),
         (&Method::POST, "/v1/signup") => {
             let body = read_json(shard, request).await?;
@@ -216,6 +218,7 @@ fn websocket_upgrade(
     shard: &Rc<Shard>,
     request: Request<Incoming>,
     upgrade: &Upgrade,
+    remote: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     // Browsers cannot set headers on a WebSocket: `?token=` as well.
     let token = bearer(&request).map(str::to_string).or_else(|| query_param(&request, "token"));
@@ -227,6 +230,8 @@ fn websocket_upgrade(
     };
     let response = tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new()))
         .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))?;
-    *upgrade.borrow_mut() = Some((user, device.into_boxed_str()));
+    // The caps last: a request that is not an upgrade takes no room.
+    let admitted = shard.shared.admit(remote.ip(), user.user_id, now_ms())?;
+    *upgrade.borrow_mut() = Some((user, device.into_boxed_str(), admitted));
     Ok(response)
 }

@@ -1,0 +1,173 @@
+//! Who may open a WebSocket now: the caps checked at the upgrade, before
+//! the `101`, so that a refused client gets an HTTP status it can read.
+//!
+//! - connections per process, below the open-file limit, so that
+//!   `/healthz`, the admin API and storage still have descriptors;
+//! - live connections per client IP;
+//! - new connections per client IP per second (a token bucket);
+//! - live connections (devices) per user.
+//!
+//! A cap of 0 is off. A plain state machine, the time an argument; the node
+//! keeps one under a lock, taken once when a connection opens and once when
+//! it ends (off the message path). Across nodes each node caps its own.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use chatgw_idgen::UserId;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// The caps (0: no cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Live WebSocket connections in the process.
+    pub connections: usize,
+    /// Live connections from one client IP.
+    pub per_ip: u32,
+    /// New connections from one client IP per second, in bursts of twice
+    /// that.
+    pub new_per_ip_per_s: u32,
+    /// Live connections of one user.
+    pub per_user: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FromIp {
+    live: u32,
+    tokens: f64,
+    refilled_ms: u64,
+}
+
+/// The live connections the node admitted, by IP and by user.
+#[derive(Debug)]
+pub struct Admission {
+    caps: Caps,
+    live: usize,
+    by_ip: HashMap<IpAddr, FromIp>,
+    by_user: HashMap<UserId, u32>,
+}
+
+/// IPs with no live connection kept at most for their token buckets.
+const QUIET_IPS_MAX: usize = 100_000;
+
+impl Admission {
+    /// An empty admission under `caps`.
+    pub fn new(caps: Caps) -> Self {
+        Admission { caps, live: 0, by_ip: HashMap::new(), by_user: HashMap::new() }
+    }
+
+    /// Admits a connection from `ip` for `user` at `now_ms`, or says which
+    /// cap it meets. An admitted connection must be [`release`](Self::release)d.
+    pub fn admit(&mut self, ip: IpAddr, user: UserId, now_ms: u64) -> Result<(), ApiError> {
+        let caps = self.caps;
+        if caps.connections > 0 && self.live >= caps.connections {
+            return Err(ApiError::new(
+                ErrorCode::Overloaded,
+                format!("the server holds its most connections ({}); try another node or later", caps.connections),
+            ));
+        }
+        if self.by_ip.len() >= QUIET_IPS_MAX {
+            self.by_ip.retain(|_, from| from.live > 0);
+        }
+        let burst = f64::from(caps.new_per_ip_per_s) * 2.0;
+        let from = self.by_ip.entry(ip).or_insert(FromIp { live: 0, tokens: burst, refilled_ms: now_ms });
+        if caps.per_ip > 0 && from.live >= caps.per_ip {
+            return Err(ApiError::rate_limited(format!("at most {} connections from one address", caps.per_ip), 1_000));
+        }
+        if caps.new_per_ip_per_s > 0 {
+            let rate = f64::from(caps.new_per_ip_per_s);
+            let elapsed_s = now_ms.saturating_sub(from.refilled_ms) as f64 / 1_000.0;
+            from.tokens = (from.tokens + elapsed_s * rate).min(burst);
+            from.refilled_ms = now_ms;
+            if from.tokens < 1.0 {
+                let wait_ms = ((1.0 - from.tokens) / rate * 1_000.0).ceil() as u64;
+                return Err(ApiError::rate_limited(
+                    format!("at most {} new connections a second from one address", caps.new_per_ip_per_s),
+                    wait_ms.max(1),
+                ));
+            }
+        }
+        let devices = self.by_user.get(&user).copied().unwrap_or(0);
+        if caps.per_user > 0 && devices >= caps.per_user {
+            return Err(ApiError::rate_limited(format!("at most {} devices connected per user", caps.per_user), 1_000));
+        }
+        if caps.new_per_ip_per_s > 0 {
+            from.tokens -= 1.0;
+        }
+        from.live += 1;
+        *self.by_user.entry(user).or_insert(0) += 1;
+        self.live += 1;
+        Ok(())
+    }
+
+    /// Ends a connection [`admit`](Self::admit) let in.
+    pub fn release(&mut self, ip: IpAddr, user: UserId) {
+        self.live = self.live.saturating_sub(1);
+        if let Some(from) = self.by_ip.get_mut(&ip) {
+            from.live = from.live.saturating_sub(1);
+            if from.live == 0 && self.caps.new_per_ip_per_s == 0 {
+                self.by_ip.remove(&ip);
+            }
+        }
+        if let Some(devices) = self.by_user.get_mut(&user) {
+            *devices -= 1;
+            if *devices == 0 {
+                self.by_user.remove(&user);
+            }
+        }
+    }
+
+    /// Live connections admitted.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    fn caps() -> Caps {
+        Caps { connections: 0, per_ip: 0, new_per_ip_per_s: 0, per_user: 0 }
+    }
+
+    #[test]
+    fn each_cap_refuses_and_a_release_makes_room() {
+        let mut process = Admission::new(Caps { connections: 2, ..caps() });
+        process.admit(A, UserId(1), 0).unwrap();
+        process.admit(B, UserId(2), 0).unwrap();
+        assert_eq!(process.admit(A, UserId(3), 0).unwrap_err().code, ErrorCode::Overloaded);
+        process.release(A, UserId(1));
+        process.admit(A, UserId(3), 0).unwrap();
+
+        let mut per_ip = Admission::new(Caps { per_ip: 1, ..caps() });
+        per_ip.admit(A, UserId(1), 0).unwrap();
+        assert_eq!(per_ip.admit(A, UserId(2), 0).unwrap_err().code, ErrorCode::RateLimited);
+        per_ip.admit(B, UserId(2), 0).unwrap();
+
+        let mut per_user = Admission::new(Caps { per_user: 2, ..caps() });
+        per_user.admit(A, UserId(1), 0).unwrap();
+        per_user.admit(B, UserId(1), 0).unwrap();
+        let refused = per_user.admit(A, UserId(1), 0).unwrap_err();
+        assert!(refused.message.contains("devices"), "{refused:?}");
+        per_user.release(B, UserId(1));
+        per_user.admit(B, UserId(1), 0).unwrap();
+        assert_eq!(per_user.live(), 2);
+    }
+
+    #[test]
+    fn new_connections_per_ip_come_at_the_rate_after_a_burst() {
+        let mut admission = Admission::new(Caps { new_per_ip_per_s: 10, ..caps() });
+        for user in 0..20 {
+            admission.admit(A, UserId(user), 1_000).unwrap();
+        }
+        let refused = admission.admit(A, UserId(99), 1_000).unwrap_err();
+        assert_eq!((refused.code, refused.retry_after_ms), (ErrorCode::RateLimited, Some(100)));
+        admission.admit(B, UserId(99), 1_000).unwrap();
+        admission.admit(A, UserId(99), 1_100).unwrap();
+    }
+}
