@@ -44,8 +44,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CHATGW_PUBLIC_URL")]
     public_url: Option<String>,
     /// Admin token [default: generated at first start, kept in the data dir].
-    #[arg(long, env = "CHATGW_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "CHATGW_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
     admin_token: Option<String>,
+    /// A file holding the admin token (kept out of `ps`; a trailing
+    /// newline is dropped).
+    #[arg(long, env = "CHATGW_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// JWT secret [default: generated at first start, kept in the data dir].
     #[arg(long, env = "CHATGW_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -160,6 +164,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(node => some node);
     pick!(public_url => some public_url);
     pick!(admin_token => some admin_token);
+    if let Some(path) = &args.admin_token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the admin token file {}", path.display()))?;
+        config.admin_token = Some(token.trim_end_matches(['\n', '\r']).to_string());
+    }
     pick!(jwt_secret => some jwt_secret);
     pick!(push_webhook => some push_webhook);
     pick!(heartbeat_ms => heartbeat_ms);
@@ -193,6 +202,9 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
 /// Runs a node until SIGTERM or SIGINT, then stops gracefully and exits 0.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = resolve(args)?;
+    // Files the server makes (the store, its secrets) are its owner's only.
+    // SAFETY: umask only sets the process's file-mode mask.
+    unsafe { libc::umask(0o077) };
     let handle = chatgw_gateway::start(config).context("starting the server")?;
     if handle.admin_token_generated {
         // Printed once, at the start that generated it.

@@ -177,7 +177,7 @@ fn sigkill_with_pushes_in_the_outbox_loses_none() {
     // The webhook's port refuses connections until the receiver starts.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let webhook = format!("http://127.0.0.1:{port}/push");
-    let flags = ["--push-webhook", webhook.as_str(), "--admin-token", "push-test-admin", "--rate-limit", "0"];
+    let flags = ["--push-webhook", webhook.as_str(), "--admin-token", "push-test-admin-token", "--rate-limit", "0"];
     let dir = tempfile::tempdir().unwrap();
     let mut node = serve_with(dir.path(), &flags);
     let alice = signup(node.addr, "push_alice");
@@ -195,7 +195,7 @@ fn sigkill_with_pushes_in_the_outbox_loses_none() {
         expected.insert(format!("{}-{message_id}", user["user_id"].as_str().unwrap()));
     }
     // Every record is in the outbox (the webhook is down), then SIGKILL.
-    wait_for_outbox(node.addr, "push-test-admin", 10, Duration::from_secs(20));
+    wait_for_outbox(node.addr, "push-test-admin-token", 10, Duration::from_secs(20));
     node.child.kill().unwrap();
     node.child.wait().unwrap();
 
@@ -225,7 +225,7 @@ fn sigkill_between_a_message_and_its_push_records_loses_no_push() {
     // The owner waits 5 s after each commit before the members' owners
     // record pushes: the kill lands in between.
     let dir = tempfile::tempdir().unwrap();
-    let admin = ["--admin-token", "push-gap-admin", "--rate-limit", "0"];
+    let admin = ["--admin-token", "push-gap-admin-token", "--rate-limit", "0"];
     let mut flags = admin.to_vec();
     flags.extend(["--fault-push-check-delay-ms", "5000"]);
     let mut node = serve_with(dir.path(), &flags);
@@ -239,18 +239,19 @@ fn sigkill_between_a_message_and_its_push_records_loses_no_push() {
         let reply = call(&mut ws, send);
         assert!(reply.get("result").is_some(), "{reply}");
     }
-    wait_for_outbox(node.addr, "push-gap-admin", 0, Duration::from_secs(1));
+    wait_for_outbox(node.addr, "push-gap-admin-token", 0, Duration::from_secs(1));
     node.child.kill().unwrap(); // SIGKILL, before any push is recorded
     node.child.wait().unwrap();
     // The restart checks those messages again: every push is recorded.
     let node = serve_with(dir.path(), &admin);
-    wait_for_outbox(node.addr, "push-gap-admin", 3, Duration::from_secs(20));
+    wait_for_outbox(node.addr, "push-gap-admin-token", 3, Duration::from_secs(20));
 }
 
 #[test]
 fn a_panicking_shard_aborts_the_process_and_a_restart_keeps_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = serve_with(dir.path(), &["--rate-limit", "0", "--fault-hooks", "--admin-token", "operator-token"]);
+    let mut node =
+        serve_with(dir.path(), &["--rate-limit", "0", "--fault-hooks", "--admin-token", "operator-admin-token"]);
     let alice = signup(node.addr, "panic_alice");
     signup(node.addr, "panic_bob");
     let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
@@ -260,7 +261,7 @@ fn a_panicking_shard_aborts_the_process_and_a_restart_keeps_what_was_acknowledge
     // Shard 1's thread panics: the whole process goes, not just the shard.
     let _ = http()
         .post(format!("http://{}/admin/v1/faults/panic", node.addr))
-        .header("Authorization", "Bearer operator-token")
+        .header("Authorization", "Bearer operator-admin-token")
         .send_json(json!({ "shard": 1 }));
     let status = wait_for_exit(&mut node, Duration::from_secs(10), "the process outlived its shard's panic");
     use std::os::unix::process::ExitStatusExt;
@@ -314,7 +315,7 @@ fn wait_for_outbox(addr: SocketAddr, admin_token: &str, depth: u64, within: Dura
 fn every_kind_of_id_lifts_its_issuers_high_water_mark() {
     use chatgw_gateway::placement::{owner, username_owner};
     let dir = tempfile::tempdir().unwrap();
-    let mut node = serve_with(dir.path(), &["--rate-limit", "0", "--admin-token", "operator-token"]);
+    let mut node = serve_with(dir.path(), &["--rate-limit", "0", "--admin-token", "operator-admin-token"]);
     let alice = signup(node.addr, "mark_alice");
     let bob = signup(node.addr, "mark_bob");
     let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
@@ -326,7 +327,7 @@ fn every_kind_of_id_lifts_its_issuers_high_water_mark() {
     // Bob has no device: the message leaves a push in his owner's outbox.
     let params = json!({ "channel_id": channel.to_string(), "text": "for the outbox" });
     assert!(call(&mut ws, json!({ "id": 2, "method": "send", "params": params })).get("result").is_some());
-    wait_for_outbox(node.addr, "operator-token", 1, Duration::from_secs(10));
+    wait_for_outbox(node.addr, "operator-admin-token", 1, Duration::from_secs(10));
     stop(&mut node);
 
     let store = chatgw_storage::Store::open(&chatgw_storage::StoreConfig::new(dir.path().join("db"), 2)).unwrap();
@@ -601,14 +602,14 @@ fn admin(addr: &str, token: &str, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn admin_commands_work_and_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let node = serve_with(dir.path(), &["--admin-token", "admin-cli-token", "--rate-limit", "0"]);
+    let node = serve_with(dir.path(), &["--admin-token", "admin-cli-test-token", "--rate-limit", "0"]);
     let url = format!("http://{}", node.addr);
     let alice = signup(node.addr, "cli_alice");
     signup(node.addr, "cli_bob");
     let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
     assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
     let ok = |args: &[&str]| {
-        let (code, stdout, stderr) = admin(&url, "admin-cli-token", args);
+        let (code, stdout, stderr) = admin(&url, "admin-cli-test-token", args);
         assert_eq!(code, 0, "{args:?}: {stderr}");
         stdout
     };
@@ -650,11 +651,11 @@ fn admin_commands_work_and_fail_clearly() {
     let (code, _, stderr) = admin(&url, &user_token, &["stats"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("not the admin token"), "{stderr}");
-    let (code, _, stderr) = admin(&url, "admin-cli-token", &["kick", "nobody_at_all"]);
+    let (code, _, stderr) = admin(&url, "admin-cli-test-token", &["kick", "nobody_at_all"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("404 not_found"), "{stderr}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let (code, _, stderr) = admin(&format!("http://{closed}"), "admin-cli-token", &["stats"]);
+    let (code, _, stderr) = admin(&format!("http://{closed}"), "admin-cli-test-token", &["stats"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("cannot reach the server") && !stderr.contains("panicked"), "{stderr}");
 }
@@ -729,4 +730,39 @@ fn loadgen_writes_histograms_and_plots_and_report_compares_them() {
     let missing = Command::new(env!("CARGO_BIN_EXE_chatgw")).args(["report", "/no/such.hgrm"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("reading /no/such.hgrm"));
+}
+
+#[test]
+fn secrets_stay_private_short_ones_are_refused_and_the_token_file_is_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Too short a token: a clear error, no server.
+    let refused = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", "short", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("admin token must be at least 16 bytes"), "{stderr}");
+    // The token from a file (with its newline), the store private.
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "a-token-from-a-file-1234\n").unwrap();
+    let mut node = serve_with(&data, &["--admin-token-file", token_file.to_str().unwrap()]);
+    let mut response = http()
+        .get(format!("http://{}/admin/v1/stats", node.addr))
+        .header("Authorization", "Bearer a-token-from-a-file-1234")
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{}", response.body_mut().read_to_string().unwrap());
+    stop(&mut node);
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path) & 0o077, 0, "{} is readable by others: {:o}", path.display(), mode(&path));
+        }
+    }
 }

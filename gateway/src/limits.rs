@@ -168,3 +168,8 @@ pub const CHANNEL_LIST_DEFAULT: usize = 500;
 /// Channels in one `channel.list` page at most.
 pub const CHANNEL_LIST_MAX: usize = 1_000;
 const _: () = assert!(CHANNEL_LIST_MAX < chatgw_storage::READ_LIMIT_MAX, "one more than a page is read");
+
+/// A configured JWT secret's shortest length (HS256 wants 256 bits).
+pub const JWT_SECRET_BYTES_MIN: usize = 32;
+/// A configured admin token's shortest length.
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 16;

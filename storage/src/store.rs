@@ -146,6 +146,14 @@ impl Store {
         }
         std::fs::create_dir_all(&config.path)
             .map_err(|error| StorageError::Engine(format!("creating {}: {error}", config.path.display())))?;
+        // The store holds the token secrets and every message: its owner
+        // only, whatever the umask made of it.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.path, std::fs::Permissions::from_mode(0o700)).map_err(|error| {
+                StorageError::Engine(format!("making {} private (0700): {error}", config.path.display()))
+            })?;
+        }
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
         let mut db_options = Options::default();
         // Compaction runs at the lowest CPU and I/O priority: on a machine

@@ -145,6 +145,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
     abort_on_shard_panic();
     let shard_count = config.shard_count();
     check_layout(&config, shard_count)?;
+    check_secrets(&config)?;
     let mut store_config = StoreConfig::new(config.data_dir.join("db"), shard_count);
     store_config.durability = config.durability;
     store_config.block_cache_bytes = config.block_cache_bytes;
@@ -201,6 +202,28 @@ fn default_max_connections() -> usize {
         }
     }
     limit.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS).clamp(64, 1 << 30) as usize
+}
+
+/// Refuses a configured token secret or admin token too short to resist
+/// guessing (generated ones are 256 bits).
+fn check_secrets(config: &Config) -> Result<(), ServeError> {
+    if let Some(secret) = &config.jwt_secret
+        && secret.len() < limits::JWT_SECRET_BYTES_MIN
+    {
+        return Err(ServeError::Config(format!(
+            "the JWT secret must be at least {} bytes",
+            limits::JWT_SECRET_BYTES_MIN
+        )));
+    }
+    if let Some(token) = &config.admin_token
+        && token.len() < limits::ADMIN_TOKEN_BYTES_MIN
+    {
+        return Err(ServeError::Config(format!(
+            "the admin token must be at least {} bytes",
+            limits::ADMIN_TOKEN_BYTES_MIN
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a shard count or node id the Snowflake layout cannot carry.
