@@ -89,6 +89,9 @@ pub struct Config {
     /// sender on another core (0: at once), as a full queue back to that
     /// core would make it. Never set in production.
     pub fault_early_reply_delay_ms: u64,
+    /// Test aid: how long each group commit waits before it writes (0: not
+    /// at all), as a slow disk would make it. Never set in production.
+    pub fault_commit_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -124,6 +127,7 @@ impl Default for Config {
             fault_push_check_delay_ms: 0,
             fault_owner_delay_ms: 0,
             fault_early_reply_delay_ms: 0,
+            fault_commit_delay_ms: 0,
         }
     }
 }

@@ -237,6 +237,8 @@ pub struct ConnInfo {
     pub connected_at_ms: u64,
     /// When a frame last came, ms since the Unix epoch.
     pub last_active_ms: u64,
+    /// Its commands being worked on now.
+    pub commands_in_flight: usize,
 }
 
 /// A mesh message: who sent it and which of its requests it answers.

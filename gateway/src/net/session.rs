@@ -180,6 +180,15 @@ fn poll_session(
             conn.set_waker(cx.waker());
             return Poll::Pending;
         }
+        if reader.is_paused() {
+            // Frames read earlier wait their turn before any more are read.
+            let outcome =
+                reader.feed(&mut [], limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(shard, conn, user, incoming));
+            if let Err(reason) = outcome {
+                conn.close(reason);
+            }
+            continue;
+        }
         let read = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
@@ -215,7 +224,10 @@ fn poll_session(
     Poll::Pending
 }
 
-fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, incoming: Incoming<'_>) {
+/// Handles one complete frame; answers whether the connection may start
+/// another command now (the cap on commands in flight holds per frame,
+/// whatever one read brought).
+fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, incoming: Incoming<'_>) -> bool {
     match incoming {
         Incoming::Text(text) => on_command(shard, conn, user, text),
         Incoming::Binary(bytes) => match std::str::from_utf8(bytes) {
@@ -232,6 +244,7 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, incoming:
         Incoming::Pong => {}
         Incoming::Close(_) => conn.close(CloseReason::Normal),
     }
+    conn.in_flight.get() < limits::COMMANDS_IN_FLIGHT_PER_CONNECTION_MAX
 }
 
 fn on_command(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &str) {

@@ -40,6 +40,8 @@ pub struct FrameReader {
     /// The kind of the fragmented message in progress.
     fragment_kind: Option<Data>,
     closed: bool,
+    /// The sink asked to stop: complete frames may wait in `pending`.
+    paused: bool,
 }
 
 enum Step {
@@ -55,23 +57,32 @@ impl FrameReader {
         self.pending.is_empty() && self.fragments.is_empty()
     }
 
+    /// Whether the sink stopped it with complete frames still waiting.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// Bytes held for partial frames and messages.
     pub fn buffered_bytes(&self) -> usize {
         self.pending.capacity() + self.fragments.capacity()
     }
 
     /// Feeds bytes just read (in the scratch buffer, unmasked in place) and
-    /// hands each complete message to `sink`. Stops after a close frame.
-    /// An error is the close the server must send.
+    /// hands each complete message to `sink`. Stops after a close frame, or
+    /// when `sink` answers false (the connection has as many commands in
+    /// flight as it may): the rest waits, and `feed` with no bytes goes on
+    /// from there ([`is_paused`](Self::is_paused) says whether to). An
+    /// error is the close the server must send.
     pub fn feed(
         &mut self,
         input: &mut [u8],
         max_bytes: usize,
-        sink: &mut dyn FnMut(Incoming<'_>),
+        sink: &mut dyn FnMut(Incoming<'_>) -> bool,
     ) -> Result<(), CloseReason> {
         if self.closed {
             return Ok(());
         }
+        self.paused = false;
         if self.pending.is_empty() {
             let consumed = self.parse_all(input, max_bytes, sink)?;
             if consumed < input.len() && !self.closed {
@@ -93,10 +104,10 @@ impl FrameReader {
         &mut self,
         buffer: &mut [u8],
         max_bytes: usize,
-        sink: &mut dyn FnMut(Incoming<'_>),
+        sink: &mut dyn FnMut(Incoming<'_>) -> bool,
     ) -> Result<usize, CloseReason> {
         let mut offset = 0;
-        while offset < buffer.len() && !self.closed {
+        while offset < buffer.len() && !self.closed && !self.paused {
             match self.parse_one(&mut buffer[offset..], max_bytes, sink)? {
                 Step::Consumed(bytes) => offset += bytes,
                 Step::Incomplete => break,
@@ -109,7 +120,7 @@ impl FrameReader {
         &mut self,
         buffer: &mut [u8],
         max_bytes: usize,
-        sink: &mut dyn FnMut(Incoming<'_>),
+        sink: &mut dyn FnMut(Incoming<'_>) -> bool,
     ) -> Result<Step, CloseReason> {
         let mut cursor = Cursor::new(&*buffer);
         let (header, length) = match FrameHeader::parse(&mut cursor) {
@@ -140,7 +151,7 @@ impl FrameReader {
                 if header.is_final {
                     let message = std::mem::take(&mut self.fragments);
                     self.fragment_kind = None;
-                    deliver(kind, &message, sink)?;
+                    self.paused = !deliver(kind, &message, sink)?;
                 }
             }
             OpCode::Data(kind @ (Data::Text | Data::Binary)) => {
@@ -148,14 +159,14 @@ impl FrameReader {
                     return Err(CloseReason::ProtocolError);
                 }
                 if header.is_final {
-                    deliver(kind, frame, sink)?;
+                    self.paused = !deliver(kind, frame, sink)?;
                 } else {
                     self.fragment_kind = Some(kind);
                     self.fragments.extend_from_slice(frame);
                 }
             }
-            OpCode::Control(Control::Ping) => sink(Incoming::Ping(frame)),
-            OpCode::Control(Control::Pong) => sink(Incoming::Pong),
+            OpCode::Control(Control::Ping) => self.paused = !sink(Incoming::Ping(frame)),
+            OpCode::Control(Control::Pong) => self.paused = !sink(Incoming::Pong),
             OpCode::Control(Control::Close) => {
                 let code = match frame.len() {
                     0 => None,
@@ -173,12 +184,12 @@ impl FrameReader {
     }
 }
 
-fn deliver(kind: Data, payload: &[u8], sink: &mut dyn FnMut(Incoming<'_>)) -> Result<(), CloseReason> {
-    match kind {
+/// Hands a complete message to `sink`; its answer: whether to go on.
+fn deliver(kind: Data, payload: &[u8], sink: &mut dyn FnMut(Incoming<'_>) -> bool) -> Result<bool, CloseReason> {
+    Ok(match kind {
         Data::Text => sink(Incoming::Text(std::str::from_utf8(payload).map_err(|_| CloseReason::InvalidPayload)?)),
         _ => sink(Incoming::Binary(payload)),
-    }
-    Ok(())
+    })
 }
 
 /// XORs a client frame's payload with its mask.
@@ -245,8 +256,40 @@ mod tests {
     fn collect(reader: &mut FrameReader, input: &[u8]) -> Result<Vec<String>, CloseReason> {
         let mut seen = Vec::new();
         let mut input = input.to_vec();
-        reader.feed(&mut input, 1 << 20, &mut |incoming| seen.push(format!("{incoming:?}")))?;
+        reader.feed(&mut input, 1 << 20, &mut |incoming| {
+            seen.push(format!("{incoming:?}"));
+            true
+        })?;
         Ok(seen)
+    }
+
+    #[test]
+    fn a_sink_that_says_stop_leaves_the_rest_for_later() {
+        let mut stream = Vec::new();
+        for n in 0..5 {
+            stream.extend(client_frame(1, true, format!("m{n}").as_bytes()));
+        }
+        let mut reader = FrameReader::default();
+        let mut seen = Vec::new();
+        // Room for two at a time.
+        let mut take_two = |reader: &mut FrameReader, input: &mut [u8], seen: &mut Vec<String>| {
+            let mut room = 2;
+            reader
+                .feed(input, 1 << 20, &mut |incoming| {
+                    seen.push(format!("{incoming:?}"));
+                    room -= 1;
+                    room > 0
+                })
+                .unwrap();
+        };
+        take_two(&mut reader, &mut stream, &mut seen);
+        assert_eq!(seen.len(), 2);
+        assert!(reader.is_paused());
+        take_two(&mut reader, &mut [], &mut seen);
+        take_two(&mut reader, &mut [], &mut seen);
+        assert_eq!(seen, ["Text(\"m0\")", "Text(\"m1\")", "Text(\"m2\")", "Text(\"m3\")", "Text(\"m4\")"]);
+        assert!(!reader.is_paused());
+        assert!(reader.is_idle());
     }
 
     #[test]

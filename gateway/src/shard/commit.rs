@@ -84,6 +84,8 @@ pub struct Committer {
     /// Where its shard's unsettled message ids are kept.
     shared: Arc<Shared>,
     shard: ShardId,
+    /// A test's slow disk: each batch waits this long first.
+    delay: std::time::Duration,
     /// Its timings.
     pub timings: Rc<CommitTimings>,
 }
@@ -143,13 +145,15 @@ fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) ->
 }
 
 impl Committer {
-    /// A committer for `shard`, settling its message ids in `shared`; `run`
+    /// A committer for `shard`, settling its message ids in `shared`, each
+    /// batch waiting `delay_ms` first (a test aid; 0 in production); `run`
     /// must be spawned for it to make progress.
-    pub fn new(shared: Arc<Shared>, shard: ShardId) -> Self {
+    pub fn new(shared: Arc<Shared>, shard: ShardId, delay_ms: u64) -> Self {
         Committer {
             queue: Rc::new(RefCell::new(Queue::default())),
             shared,
             shard,
+            delay: std::time::Duration::from_millis(delay_ms),
             timings: Rc::new(CommitTimings::default()),
         }
     }
@@ -217,6 +221,9 @@ impl Committer {
             // Let the core's other ready tasks add their writes first: that
             // is what makes a group of them.
             futures_lite::future::yield_now().await;
+            if !self.delay.is_zero() {
+                glommio::timer::sleep(self.delay).await;
+            }
             let taken: Vec<(Vec<WriteOp>, Done, Instant)> = {
                 let mut queue = self.queue.borrow_mut();
                 let mut ops = 0;

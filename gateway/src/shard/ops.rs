@@ -61,6 +61,7 @@ pub fn connections_here(shard: &Shard, after: Option<ConnKey>, limit: usize) -> 
             remote: conn.remote,
             connected_at_ms: conn.connected_at_ms,
             last_active_ms: conn.last_active_ms.get(),
+            commands_in_flight: conn.in_flight.get(),
         })
         .collect()
 }

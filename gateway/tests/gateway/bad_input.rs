@@ -254,3 +254,45 @@ fn a_request_body_trickled_byte_by_byte_meets_its_deadline() {
     assert!(answer.contains("did not arrive within 1500 ms"), "{answer}");
     assert!(elapsed < Duration::from_secs(6), "the connection stayed open {elapsed:?}");
 }
+
+#[test]
+fn one_read_of_many_frames_starts_at_most_64_commands() {
+    // A slow disk: each group commit waits 300 ms, so sends pile up.
+    let server = TestServer::start_with(1, |config| config.fault_commit_delay_ms = 300);
+    let admin = server.handle.as_ref().unwrap().admin_token.clone();
+    let people = users(&server, "piled", 2);
+    let mut ws = server.connect(&people[0], "phone");
+    let channel = ws.result("send", json!({ "to_user": people[1].username, "text": "first" }))["channel_id"].clone();
+    // 200 sends in one write: one read on the server's side.
+    for n in 0..200 {
+        let frame =
+            json!({ "id": 1_000 + n, "method": "send", "params": { "channel_id": channel, "text": format!("m{n}") } });
+        ws.ws.write(Message::text(frame.to_string())).unwrap();
+    }
+    ws.ws.flush().unwrap();
+    let mut peak = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1_500) {
+        let mut response = server
+            .http
+            .get(server.url("/admin/v1/connections"))
+            .header("Authorization", format!("Bearer {admin}"))
+            .call()
+            .unwrap();
+        let page: serde_json::Value = response.body_mut().read_json().unwrap();
+        for conn in page["connections"].as_array().unwrap() {
+            if conn["username"] == people[0].username.as_str() {
+                peak = peak.max(conn["commands_in_flight"].as_u64().unwrap());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(peak <= 64, "{peak} commands in flight at once");
+    assert!(peak >= 32, "the sends did pile up: {peak}");
+    let mut answered = 0;
+    while answered < 200 {
+        let reply = ws.next_reply();
+        assert!(reply.get("result").is_some(), "{reply}");
+        answered += 1;
+    }
+}

@@ -201,6 +201,7 @@ fn connection_json(at: u16, info: &ConnInfo) -> Value {
         "remote_addr": info.remote.to_string(),
         "connected_at": info.connected_at_ms,
         "last_active_at": info.last_active_ms,
+        "commands_in_flight": info.commands_in_flight,
     })
 }
 
