@@ -272,7 +272,7 @@ mod tests {
         let mut reader = FrameReader::default();
         let mut seen = Vec::new();
         // Room for two at a time.
-        let mut take_two = |reader: &mut FrameReader, input: &mut [u8], seen: &mut Vec<String>| {
+        let take_two = |reader: &mut FrameReader, input: &mut [u8], seen: &mut Vec<String>| {
             let mut room = 2;
             reader
                 .feed(input, 1 << 20, &mut |incoming| {
