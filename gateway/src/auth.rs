@@ -18,6 +18,11 @@ pub struct Claims {
     pub exp: u64,
     /// Issued at, seconds since the Unix epoch.
     pub iat: u64,
+    /// The user's token version when it was minted: raising the version
+    /// (logout, a password change) revokes every token minted before. A
+    /// token from before versions existed reads as 0.
+    #[serde(default)]
+    pub ver: u64,
 }
 
 /// A verified token's user.
@@ -27,6 +32,10 @@ pub struct AuthedUser {
     pub user_id: UserId,
     /// Their username.
     pub username: String,
+    /// The token's version (see [`Claims::ver`]).
+    pub token_version: u64,
+    /// When the token expires, ms since the Unix epoch.
+    pub expires_at_ms: u64,
 }
 
 /// Signs and checks tokens with one secret.
@@ -58,9 +67,9 @@ impl TokenKeys {
 
     /// A token for `user` valid for `ttl_s` seconds; returns it and its
     /// expiry in ms since the Unix epoch.
-    pub fn mint(&self, user: UserId, username: &str, ttl_s: u64) -> (String, u64) {
+    pub fn mint(&self, user: UserId, username: &str, ttl_s: u64, version: u64) -> (String, u64) {
         let iat = now_s();
-        let claims = Claims { sub: user.to_string(), name: username.to_string(), exp: iat + ttl_s, iat };
+        let claims = Claims { sub: user.to_string(), name: username.to_string(), exp: iat + ttl_s, iat, ver: version };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of a small claim set cannot fail");
         (token, claims.exp * 1000)
@@ -70,7 +79,12 @@ impl TokenKeys {
     pub fn verify(&self, token: &str) -> Option<AuthedUser> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         let user_id = UserId::parse(&data.claims.sub).ok()?;
-        Some(AuthedUser { user_id, username: data.claims.name })
+        Some(AuthedUser {
+            user_id,
+            username: data.claims.name,
+            token_version: data.claims.ver,
+            expires_at_ms: data.claims.exp.saturating_mul(1000),
+        })
     }
 }
 
@@ -88,13 +102,14 @@ mod tests {
     #[test]
     fn tokens_verify_only_with_their_secret_and_before_expiry() {
         let keys = TokenKeys::new(b"secret-one");
-        let (token, expires_at_ms) = keys.mint(UserId(42), "alice", 60);
+        let (token, expires_at_ms) = keys.mint(UserId(42), "alice", 60, 3);
         assert!(expires_at_ms > now_s() * 1000);
-        assert_eq!(keys.verify(&token), Some(AuthedUser { user_id: UserId(42), username: "alice".into() }));
+        let user = AuthedUser { user_id: UserId(42), username: "alice".into(), token_version: 3, expires_at_ms };
+        assert_eq!(keys.verify(&token), Some(user));
         assert_eq!(TokenKeys::new(b"secret-two").verify(&token), None, "forged");
         assert_eq!(keys.verify("not.a.token"), None);
         assert_eq!(keys.verify(""), None);
-        let claims = Claims { sub: "42".into(), name: "alice".into(), exp: now_s() - 10, iat: now_s() - 100 };
+        let claims = Claims { sub: "42".into(), name: "alice".into(), exp: now_s() - 10, iat: now_s() - 100, ver: 0 };
         let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         assert_eq!(keys.verify(&expired), None, "expired");
         assert_eq!(generate_secret().len(), 64);

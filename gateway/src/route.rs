@@ -88,6 +88,15 @@ pub enum Call {
         /// Disabled from now on, or enabled.
         disabled: bool,
     },
+    /// Revoke every token of a user (raise its token version), setting a
+    /// new password hash first if given; answers the new version
+    /// (`Count`).
+    RevokeTokens {
+        /// The user.
+        user_id: UserId,
+        /// A new Argon2id PHC string.
+        password_hash: Option<String>,
+    },
     /// Change the banned words (to shard 0, which numbers the versions).
     BannedWords(BannedChange),
 }

@@ -173,6 +173,11 @@ impl<'s> Batch<'s> {
         self.put(shard, &keys::outbox(entry.push_id), &value)
     }
 
+    /// Sets a user's token version.
+    pub fn put_token_version(&mut self, shard: ShardId, user: UserId, version: u64) -> Result<()> {
+        self.put(shard, &keys::token_version(user), &version.to_be_bytes())
+    }
+
     /// Records that a message's pushes are still to be recorded.
     pub fn put_push_due(&mut self, shard: ShardId, due: &PushDue) -> Result<()> {
         let mut value = [0u8; 16];

@@ -49,6 +49,9 @@ pub mod tag {
     /// `p | message` → channel id, sender id (8 bytes BE each): a message
     /// whose members' pushes are not all recorded yet.
     pub const PUSH_DUE: u8 = b'p';
+    /// `v | user` → the user's token version (8 bytes BE): tokens minted
+    /// before it was raised are revoked.
+    pub const TOKEN_VERSION: u8 = b'v';
     /// `h` → the largest message id the shard has stored.
     pub const HIGH_WATER: u8 = b'h';
 }
@@ -123,6 +126,11 @@ pub fn dedupe(sender: UserId, client_msg_id: &str) -> Vec<u8> {
 /// An outbox record.
 pub fn outbox(push_id: u64) -> [u8; 9] {
     key2(tag::OUTBOX, push_id)
+}
+
+/// A user's token version.
+pub fn token_version(user: UserId) -> [u8; 9] {
+    key2(tag::TOKEN_VERSION, user.0)
 }
 
 /// A message's pending push check.

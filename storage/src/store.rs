@@ -542,6 +542,11 @@ impl Store {
         Ok(channels)
     }
 
+    /// A user's token version (0 until first raised).
+    pub fn token_version(&self, shard: ShardId, user: UserId) -> Result<u64> {
+        Ok(self.get_id(shard, &keys::token_version(user), "token version")?.unwrap_or(0))
+    }
+
     /// The direct channel of a pair of users, in either order.
     pub fn direct_channel(&self, shard: ShardId, first: UserId, second: UserId) -> Result<Option<ChannelId>> {
         self.get_id(shard, &keys::direct(first, second), "direct channel").map(|id| id.map(ChannelId))

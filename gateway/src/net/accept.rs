@@ -40,5 +40,9 @@ pub async fn close_silent_connections(shard: Rc<Shard>) {
         for conn in silent {
             conn.close(CloseReason::HeartbeatTimeout);
         }
+        let expired = shard.registry.borrow().tokens_expired(now_ms());
+        for conn in expired {
+            conn.close(CloseReason::TokenExpired);
+        }
     }
 }

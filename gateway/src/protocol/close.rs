@@ -32,6 +32,8 @@ pub enum CloseReason {
     Internal,
     /// 4000: no frame for 2 × heartbeat.
     HeartbeatTimeout,
+    /// 4001: the connection's token expired.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -46,6 +48,7 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::Internal => 1011,
             CloseReason::HeartbeatTimeout => 4000,
+            CloseReason::TokenExpired => 4001,
         }
     }
 
@@ -61,6 +64,7 @@ impl CloseReason {
             CloseReason::TooBig => "too_big",
             CloseReason::Internal => "internal",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 }

@@ -54,9 +54,32 @@ pub async fn signup(
     }
 }
 
+/// Raises a user's token version, revoking every token minted before, and
+/// sets a new password hash first if one is given; at the user's owner.
+/// Answers the new version.
+pub async fn revoke_tokens(
+    shard: &Rc<Shard>,
+    user_id: UserId,
+    password_hash: Option<String>,
+) -> Result<Answer, ApiError> {
+    debug_assert_eq!(shard.owner(user_id.0), shard.id);
+    let _turn = shard.account_writes.acquire_permit(1).await.map_err(|_| ApiError::internal("shutting down"))?;
+    let mut user =
+        shard.store.user(shard.id, user_id)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such user"))?;
+    let version = shard.store.token_version(shard.id, user_id)? + 1;
+    let mut ops = vec![WriteOp::TokenVersion(shard.id, user_id, version)];
+    if let Some(password_hash) = password_hash {
+        user.password_hash = password_hash;
+        ops.push(WriteOp::User(shard.id, user));
+    }
+    shard.committer.commit(ops).await.map_err(storage_failed)?;
+    Ok(Answer::Count(version))
+}
+
 /// Disables or enables an account, at the user's owner.
 pub async fn set_disabled(shard: &Rc<Shard>, user_id: UserId, disabled: bool) -> Result<Answer, ApiError> {
     debug_assert_eq!(shard.owner(user_id.0), shard.id);
+    let _turn = shard.account_writes.acquire_permit(1).await.map_err(|_| ApiError::internal("shutting down"))?;
     let mut user =
         shard.store.user(shard.id, user_id)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such user"))?;
     if user.disabled != disabled {

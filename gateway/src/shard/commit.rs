@@ -52,6 +52,8 @@ pub enum WriteOp {
     PushDue(ShardId, PushDue),
     /// A message's pushes all recorded.
     PushChecked(ShardId, MessageId),
+    /// A user's token version.
+    TokenVersion(ShardId, UserId, u64),
 }
 
 /// The error a caller answers when its writes failed.
@@ -136,6 +138,7 @@ fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) ->
             WriteOp::DeleteOutbox(to, push_id) => batch.delete_outbox(*to, *push_id)?,
             WriteOp::PushDue(to, due) => batch.put_push_due(*to, due)?,
             WriteOp::PushChecked(to, message) => batch.delete_push_due(*to, *message)?,
+            WriteOp::TokenVersion(to, user, version) => batch.put_token_version(*to, *user, *version)?,
         }
     }
     if let Some((shard, id)) = high_water {

@@ -29,6 +29,7 @@ pub async fn attach(
 ) -> Result<Rc<Conn>, ApiError> {
     let username: Rc<str> = user.username.as_str().into();
     let conn = shard.registry.borrow_mut().add(user.user_id, username, device, remote, now_ms());
+    conn.token_expires_ms.set(user.expires_at_ms);
     shard.count_connections();
     let channels = match shard.store.user_channels(shard.owner(user.user_id.0), user.user_id) {
         Ok(channels) => channels,

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use chatgw_idgen::{ChannelId, UserId};
 use serde_json::Value;
 
+use crate::auth::AuthedUser;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::LOOKUP_CACHE_ENTRIES_MAX;
 use crate::placement;
@@ -80,9 +81,16 @@ impl Shard {
         Ok(found)
     }
 
-    /// Whether a user exists and may connect.
-    pub fn may_connect(&self, user: UserId) -> Result<bool, ApiError> {
-        Ok(self.store.user(self.owner(user.0), user)?.is_some_and(|record| !record.disabled))
+    /// Whether a token's user exists and is enabled, and the token is not
+    /// revoked.
+    pub fn may_connect(&self, user: &AuthedUser) -> Result<bool, ApiError> {
+        let owner = self.owner(user.user_id.0);
+        if self.store.user(owner, user.user_id)?.is_none_or(|record| record.disabled) {
+            return Ok(false);
+        }
+        // A token minted before the user's last logout or password change
+        // is revoked.
+        Ok(user.token_version >= self.store.token_version(owner, user.user_id)?)
     }
 
     /// A channel's `Channel` shape, read from storage.

@@ -52,6 +52,9 @@ pub struct Conn {
     pub in_flight: Cell<usize>,
     /// When a frame last arrived, ms since the Unix epoch.
     pub last_active_ms: Cell<u64>,
+    /// When its token expires, ms since the Unix epoch (the connection is
+    /// closed then).
+    pub token_expires_ms: Cell<u64>,
     outbound: RefCell<Outbound>,
 }
 
@@ -219,6 +222,7 @@ impl Registry {
             watching: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
             last_active_ms: Cell::new(now_ms),
+            token_expires_ms: Cell::new(u64::MAX),
             outbound: RefCell::new(Outbound::default()),
         });
         entry.insert(conn.clone());
@@ -354,6 +358,16 @@ impl Registry {
         self.conns
             .iter()
             .filter(|(_, conn)| conn.last_active_ms.get() < cutoff_ms && conn.closing().is_none())
+            .map(|(_, conn)| conn.clone())
+            .collect()
+    }
+
+    /// Connections whose token expired by `now_ms` and are not closing
+    /// already.
+    pub fn tokens_expired(&self, now_ms: u64) -> Vec<Rc<Conn>> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| conn.token_expires_ms.get() <= now_ms && conn.closing().is_none())
             .map(|(_, conn)| conn.clone())
             .collect()
     }

@@ -163,6 +163,9 @@ pub struct Shard {
     /// second connection in the channel waits for the first's word to land
     /// before its `hello`.
     pub subscribes_in_flight: SingleFlight<ChannelId, ()>,
+    /// One rewrite of a user record at a time on this owner: each reads the
+    /// record, then writes it whole, across an await.
+    pub account_writes: glommio::sync::Semaphore,
 }
 
 impl Shard {
@@ -207,6 +210,7 @@ impl Shard {
             signups_in_flight: SingleFlight::new(),
             sends_in_flight: SingleFlight::new(),
             subscribes_in_flight: SingleFlight::new(),
+            account_writes: glommio::sync::Semaphore::new(1),
         })
     }
 

@@ -96,11 +96,11 @@ fn upgrades_without_a_valid_token_get_401_before_the_upgrade() {
     assert_eq!(server.try_connect(None, "d").err(), Some(401));
     assert_eq!(server.try_connect(Some("garbage"), "d").err(), Some(401));
     let forged =
-        chatgw_gateway::TokenKeys::new(b"another secret").mint(alice.user_id.parse().unwrap(), "tok_alice", 60).0;
+        chatgw_gateway::TokenKeys::new(b"another secret").mint(alice.user_id.parse().unwrap(), "tok_alice", 60, 0).0;
     assert_eq!(server.try_connect(Some(&forged), "d").err(), Some(401));
     // A token of the server's own secret for a user that does not exist.
     let secret = server.handle.as_ref().unwrap().jwt_secret.clone();
-    let ghost = chatgw_gateway::TokenKeys::new(secret.as_bytes()).mint(chatgw_idgen::UserId(12345), "ghost", 60).0;
+    let ghost = chatgw_gateway::TokenKeys::new(secret.as_bytes()).mint(chatgw_idgen::UserId(12345), "ghost", 60, 0).0;
     assert_eq!(server.try_connect(Some(&ghost), "d").err(), Some(401));
     assert_eq!(server.try_connect(Some(&alice.token), "bad/device").err(), Some(400));
     // The token in the query string works too (browsers).

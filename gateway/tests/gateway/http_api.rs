@@ -125,7 +125,7 @@ fn expired_and_forged_tokens_are_refused() {
         )
         .unwrap()
     };
-    let claims = |exp: u64| Claims { sub: alice.user_id.clone(), name: "alice".into(), exp, iat: now - 100 };
+    let claims = |exp: u64| Claims { sub: alice.user_id.clone(), name: "alice".into(), exp, iat: now - 100, ver: 0 };
     let expired = sign(&claims(now - 5), &secret);
     let forged = sign(&claims(now + 3600), "another secret");
     let valid = sign(&claims(now + 3600), &secret);
@@ -485,4 +485,69 @@ fn failed_logins_are_throttled_per_account_and_unknown_users_look_the_same() {
     // The length bound holds at login too.
     let (status, body) = login("guarded", &"x".repeat(1_025));
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+}
+
+#[test]
+fn logout_revokes_every_token_of_the_user_and_closes_its_connections() {
+    let server = TestServer::start(2);
+    let alice = server.signup("leaving");
+    let (status, login) = server.post("/v1/login", &json!({ "username": "leaving", "password": "correct horse" }));
+    assert_eq!(status, 200, "{login}");
+    let second = User { token: login["token"].as_str().unwrap().to_string(), ..alice.clone() };
+    let mut ws = server.connect(&second, "phone");
+    let (status, body) = call(&server, "POST", "/v1/logout", Some(&alice.token), None);
+    assert_eq!((status, &body), (200, &json!({})));
+    assert_eq!(ws.close_code(), Some(1008), "its connections close");
+    for token in [&alice.token, &second.token] {
+        assert_eq!(rpc(&server, &User { token: token.clone(), ..alice.clone() }, "channel.list", json!({})).0, 401);
+        assert_eq!(server.try_connect(Some(token), "again").err(), Some(401));
+    }
+    // A new login gets a token that works.
+    let (_, login) = server.post("/v1/login", &json!({ "username": "leaving", "password": "correct horse" }));
+    let fresh = User { token: login["token"].as_str().unwrap().to_string(), ..alice.clone() };
+    assert_eq!(rpc(&server, &fresh, "channel.list", json!({})).0, 200);
+}
+
+#[test]
+fn a_password_change_needs_the_old_one_and_revokes_old_tokens() {
+    let server = TestServer::start(2);
+    let alice = server.signup("changer");
+    let body = |old: &str, new: &str| json!({ "old_password": old, "new_password": new });
+    let (status, refused) =
+        call(&server, "POST", "/v1/password", Some(&alice.token), Some(&body("wrong one!", "new password 1")));
+    assert_eq!((status, refused["error"]["code"].as_str()), (401, Some("unauthorized")), "{refused}");
+    let (status, refused) =
+        call(&server, "POST", "/v1/password", Some(&alice.token), Some(&body("correct horse", "short")));
+    assert_eq!(status, 400, "{refused}");
+    let (status, changed) =
+        call(&server, "POST", "/v1/password", Some(&alice.token), Some(&body("correct horse", "new password 1")));
+    assert_eq!(status, 200, "{changed}");
+    let fresh = User { token: changed["token"].as_str().unwrap().to_string(), ..alice.clone() };
+    assert_eq!(rpc(&server, &alice, "channel.list", json!({})).0, 401, "the old token is revoked");
+    assert_eq!(rpc(&server, &fresh, "channel.list", json!({})).0, 200);
+    let login = |password: &str| server.post("/v1/login", &json!({ "username": "changer", "password": password })).0;
+    assert_eq!(login("correct horse"), 401);
+    assert_eq!(login("new password 1"), 200);
+}
+
+#[test]
+fn a_connection_closes_when_its_token_expires() {
+    let server = TestServer::start_with(1, |config| {
+        config.token_ttl_s = 1;
+        config.heartbeat_ms = 1_000;
+    });
+    let alice = server.signup("expiring");
+    let mut ws = server.connect(&alice, "phone");
+    let started = Instant::now();
+    // Heartbeats keep it alive; the token's end closes it with 4001.
+    let code = loop {
+        assert!(started.elapsed() < Duration::from_secs(8), "still open");
+        ws.send_command("heartbeat", json!({}));
+        match ws.ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|frame| u16::from(frame.code)),
+            Ok(_) => std::thread::sleep(Duration::from_millis(200)),
+            Err(error) => panic!("{error}"),
+        }
+    };
+    assert_eq!(code, Some(4001));
 }

@@ -9,7 +9,7 @@ use chatgw_storage::{Channel, ChannelKind, Store, StoreConfig, User};
 use serde_json::json;
 
 const SHARDS: u16 = 2;
-const SECRET: &str = "large-channel-test-secret";
+const SECRET: &str = "a test secret of thirty-two bytes!";
 const MEMBERS: u64 = 100_000;
 
 fn user(id: u64, name: &str) -> User {
@@ -68,7 +68,7 @@ fn a_channel_of_100_000_members_delivers_and_syncs() {
     });
     let keys = chatgw_gateway::TokenKeys::new(SECRET.as_bytes());
     let connect = |server: &TestServer, (id, name): (u64, &str)| {
-        let token = keys.mint(UserId(id), name, 600).0;
+        let token = keys.mint(UserId(id), name, 600, 0).0;
         server.connect(&crate::common::User { username: name.into(), user_id: id.to_string(), token }, "d")
     };
     let mut alice = connect(&server, real[0]);

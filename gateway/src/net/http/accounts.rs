@@ -12,12 +12,13 @@ use serde_json::{Value, json};
 use crate::clock::now_ms;
 use crate::limits;
 
+use crate::auth::AuthedUser;
 use crate::error::{ApiError, ErrorCode};
 use crate::placement;
 use crate::protocol::validate::{check_display_name, check_password, valid_username};
 use crate::route::{Answer, Call};
-use crate::shard::inbox;
 use crate::shard::state::Shard;
+use crate::shard::{inbox, ops};
 
 fn field<'a>(body: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     body.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(format!("{name} must be a string")))
@@ -47,7 +48,7 @@ pub async fn signup(shard: &Rc<Shard>, body: &Value) -> Result<Value, ApiError> 
         Answer::User(id) => id,
         other => return Err(ApiError::internal(format!("signup answered {other:?}"))),
     };
-    let (token, expires_at) = shard.tokens.mint(user_id, username, shard.config.token_ttl_s);
+    let (token, expires_at) = shard.tokens.mint(user_id, username, shard.config.token_ttl_s, 0);
     Ok(json!({ "user_id": user_id.to_string(), "username": username, "token": token, "expires_at": expires_at }))
 }
 
@@ -77,11 +78,62 @@ pub async fn login(shard: &Rc<Shard>, body: &Value, ip: IpAddr) -> Result<Value,
     };
     shard.shared.login_throttle().succeeded(username);
     let user_id = user.id;
-    let (token, expires_at) = shard.tokens.mint(user_id, username, shard.config.token_ttl_s);
+    let version = shard.store.token_version(shard.owner(user_id.0), user_id)?;
+    let (token, expires_at) = shard.tokens.mint(user_id, username, shard.config.token_ttl_s, version);
     Ok(json!({
         "user_id": user_id.to_string(),
         "token": token,
         "expires_at": expires_at,
         "gateway": { "node": &*shard.node, "ws_url": &*shard.ws_url },
     }))
+}
+
+/// Revokes every token of `user` (with a new password hash, if given) at
+/// its owner, and closes its connections on every core; answers the new
+/// token version.
+async fn revoke(shard: &Rc<Shard>, user: &AuthedUser, password_hash: Option<String>) -> Result<u64, ApiError> {
+    let call = Call::RevokeTokens { user_id: user.user_id, password_hash };
+    let version = match inbox::call(shard, shard.owner(user.user_id.0), call).await? {
+        Answer::Count(version) => version,
+        other => return Err(ApiError::internal(format!("revoke answered {other:?}"))),
+    };
+    ops::kick(shard, user.user_id, None).await?;
+    Ok(version)
+}
+
+/// `POST /v1/logout`: revokes every token of the caller (all its devices)
+/// and closes its connections.
+pub async fn logout(shard: &Rc<Shard>, user: &AuthedUser) -> Result<Value, ApiError> {
+    revoke(shard, user, None).await?;
+    Ok(json!({}))
+}
+
+/// `POST /v1/password`: `{old_password, new_password}`, from `ip`. Sets the
+/// new password, revokes every token of the caller and closes its
+/// connections; answers a fresh token. A wrong old password counts as a
+/// failed login.
+pub async fn change_password(
+    shard: &Rc<Shard>,
+    user: &AuthedUser,
+    body: &Value,
+    ip: IpAddr,
+) -> Result<Value, ApiError> {
+    let old_password = field(body, "old_password")?;
+    let new_password = field(body, "new_password")?;
+    if old_password.len() > limits::PASSWORD_BYTES_MAX {
+        return Err(ApiError::bad_request(format!("password above {} bytes", limits::PASSWORD_BYTES_MAX)));
+    }
+    check_password(new_password)?;
+    if let Err(wait_ms) = shard.shared.login_throttle().check(ip, &user.username, now_ms()) {
+        return Err(ApiError::rate_limited("too many failed logins; wait before trying again", wait_ms));
+    }
+    let stored = shard.store.user(shard.owner(user.user_id.0), user.user_id)?.map(|record| record.password_hash);
+    if !shard.shared.hashing.verify(old_password.to_string(), stored).await? {
+        shard.shared.login_throttle().failed(ip, &user.username, now_ms());
+        return Err(ApiError::new(ErrorCode::Unauthorized, "wrong password"));
+    }
+    let password_hash = shard.shared.hashing.hash(new_password.to_string()).await?;
+    let version = revoke(shard, user, Some(password_hash)).await?;
+    let (token, expires_at) = shard.tokens.mint(user.user_id, &user.username, shard.config.token_ttl_s, version);
+    Ok(json!({ "user_id": user.user_id.to_string(), "token": token, "expires_at": expires_at }))
 }

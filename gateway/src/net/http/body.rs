@@ -98,7 +98,7 @@ pub fn bearer(request: &Request<Incoming>) -> Option<&str> {
 pub fn user_of_token(shard: &Shard, token: Option<&str>) -> Result<AuthedUser, ApiError> {
     let unauthorized = || ApiError::new(ErrorCode::Unauthorized, "a valid token is required");
     let user = token.and_then(|token| shard.tokens.verify(token)).ok_or_else(unauthorized)?;
-    if shard.may_connect(user.user_id)? { Ok(user) } else { Err(unauthorized()) }
+    if shard.may_connect(&user)? { Ok(user) } else { Err(unauthorized()) }
 }
 
 /// The user a request's bearer token names (see `user_of_token`).

@@ -27,7 +27,9 @@ use crate::auth::{AuthedUser, generate_secret};
 use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
-use crate::net::http::body::{Body, bearer, error_response, json_response, query_param, read_json, user_of_token};
+use crate::net::http::body::{
+    Body, authenticate, bearer, error_response, json_response, query_param, read_json, user_of_token,
+};
 use crate::net::http::{accounts, admin, api, metrics};
 use crate::net::session;
 use crate::node::Admitted;
@@ -202,6 +204,15 @@ async fn handle(
         (&Method::POST, "/v1/login") => {
             let body = read_json(shard, request).await?;
             Ok(json_response(200, &accounts::login(shard, &body, remote.ip()).await?))
+        }
+        (&Method::POST, "/v1/logout") => {
+            let user = authenticate(shard, &request)?;
+            Ok(json_response(200, &accounts::logout(shard, &user).await?))
+        }
+        (&Method::POST, "/v1/password") => {
+            let user = authenticate(shard, &request)?;
+            let body = read_json(shard, request).await?;
+            Ok(json_response(200, &accounts::change_password(shard, &user, &body, remote.ip()).await?))
         }
         (&Method::GET, _) if path.starts_with("/v1/users/") => {
             Ok(json_response(200, &api::user(shard, &request, &path["/v1/users/".len()..])?))
