@@ -7,6 +7,10 @@
 //! - new connections per client IP per second (a token bucket);
 //! - live connections (devices) per user.
 //!
+//! It also knows where each (user, device) is connected, so that a second
+//! connection with the same device id replaces the first (which the
+//! caller closes), and does not count against the devices cap.
+//!
 //! A cap of 0 is off. A plain state machine, the time an argument; the node
 //! keeps one under a lock, taken once when a connection opens and once when
 //! it ends (off the message path). Across nodes each node caps its own.
@@ -46,6 +50,8 @@ pub struct Admission {
     live: usize,
     by_ip: HashMap<IpAddr, FromIp>,
     by_user: HashMap<UserId, u32>,
+    /// Where each connected device is: its shard and registry key.
+    devices: HashMap<(UserId, Box<str>), (u16, usize)>,
 }
 
 /// IPs with no live connection kept at most for their token buckets.
@@ -54,12 +60,14 @@ const QUIET_IPS_MAX: usize = 100_000;
 impl Admission {
     /// An empty admission under `caps`.
     pub fn new(caps: Caps) -> Self {
-        Admission { caps, live: 0, by_ip: HashMap::new(), by_user: HashMap::new() }
+        Admission { caps, live: 0, by_ip: HashMap::new(), by_user: HashMap::new(), devices: HashMap::new() }
     }
 
-    /// Admits a connection from `ip` for `user` at `now_ms`, or says which
-    /// cap it meets. An admitted connection must be [`release`](Self::release)d.
-    pub fn admit(&mut self, ip: IpAddr, user: UserId, now_ms: u64) -> Result<(), ApiError> {
+    /// Admits a connection from `ip` for `user`'s `device` at `now_ms`, or
+    /// says which cap it meets. A device already connected is let in past
+    /// the devices cap: it replaces its older connection. An admitted
+    /// connection must be [`release`](Self::release)d.
+    pub fn admit(&mut self, ip: IpAddr, user: UserId, device: &str, now_ms: u64) -> Result<(), ApiError> {
         let caps = self.caps;
         if caps.connections > 0 && self.live >= caps.connections {
             return Err(ApiError::new(
@@ -89,7 +97,8 @@ impl Admission {
             }
         }
         let devices = self.by_user.get(&user).copied().unwrap_or(0);
-        if caps.per_user > 0 && devices >= caps.per_user {
+        let replaces = self.devices.contains_key(&(user, device.into()));
+        if caps.per_user > 0 && devices >= caps.per_user && !replaces {
             return Err(ApiError::rate_limited(format!("at most {} devices connected per user", caps.per_user), 1_000));
         }
         if caps.new_per_ip_per_s > 0 {
@@ -118,6 +127,22 @@ impl Admission {
         }
     }
 
+    /// Records that `user`'s `device` is now connected at (`shard`, `key`);
+    /// returns where it was connected before, if it was (the connection the
+    /// caller must close).
+    pub fn claim_device(&mut self, user: UserId, device: &str, at: (u16, usize)) -> Option<(u16, usize)> {
+        self.devices.insert((user, device.into()), at).filter(|before| *before != at)
+    }
+
+    /// Forgets `user`'s `device` at `at`, unless a newer connection of it
+    /// claimed it since.
+    pub fn release_device(&mut self, user: UserId, device: &str, at: (u16, usize)) {
+        let key = (user, Box::<str>::from(device));
+        if self.devices.get(&key) == Some(&at) {
+            self.devices.remove(&key);
+        }
+    }
+
     /// Live connections admitted.
     pub fn live(&self) -> usize {
         self.live
@@ -138,36 +163,52 @@ mod tests {
     #[test]
     fn each_cap_refuses_and_a_release_makes_room() {
         let mut process = Admission::new(Caps { connections: 2, ..caps() });
-        process.admit(A, UserId(1), 0).unwrap();
-        process.admit(B, UserId(2), 0).unwrap();
-        assert_eq!(process.admit(A, UserId(3), 0).unwrap_err().code, ErrorCode::Overloaded);
+        process.admit(A, UserId(1), "a", 0).unwrap();
+        process.admit(B, UserId(2), "b", 0).unwrap();
+        assert_eq!(process.admit(A, UserId(3), "a", 0).unwrap_err().code, ErrorCode::Overloaded);
         process.release(A, UserId(1));
-        process.admit(A, UserId(3), 0).unwrap();
+        process.admit(A, UserId(3), "a", 0).unwrap();
 
         let mut per_ip = Admission::new(Caps { per_ip: 1, ..caps() });
-        per_ip.admit(A, UserId(1), 0).unwrap();
-        assert_eq!(per_ip.admit(A, UserId(2), 0).unwrap_err().code, ErrorCode::RateLimited);
-        per_ip.admit(B, UserId(2), 0).unwrap();
+        per_ip.admit(A, UserId(1), "a", 0).unwrap();
+        assert_eq!(per_ip.admit(A, UserId(2), "a", 0).unwrap_err().code, ErrorCode::RateLimited);
+        per_ip.admit(B, UserId(2), "b", 0).unwrap();
 
         let mut per_user = Admission::new(Caps { per_user: 2, ..caps() });
-        per_user.admit(A, UserId(1), 0).unwrap();
-        per_user.admit(B, UserId(1), 0).unwrap();
-        let refused = per_user.admit(A, UserId(1), 0).unwrap_err();
+        per_user.admit(A, UserId(1), "a", 0).unwrap();
+        per_user.admit(B, UserId(1), "b", 0).unwrap();
+        let refused = per_user.admit(A, UserId(1), "a", 0).unwrap_err();
         assert!(refused.message.contains("devices"), "{refused:?}");
         per_user.release(B, UserId(1));
-        per_user.admit(B, UserId(1), 0).unwrap();
+        per_user.admit(B, UserId(1), "b", 0).unwrap();
         assert_eq!(per_user.live(), 2);
+    }
+
+    #[test]
+    fn a_device_connecting_again_replaces_its_older_connection() {
+        let mut admission = Admission::new(Caps { per_user: 1, ..caps() });
+        admission.admit(A, UserId(1), "phone", 0).unwrap();
+        assert_eq!(admission.claim_device(UserId(1), "phone", (0, 7)), None);
+        // At the cap, yet the same device comes in: it replaces.
+        admission.admit(B, UserId(1), "phone", 0).unwrap();
+        assert_eq!(admission.claim_device(UserId(1), "phone", (1, 3)), Some((0, 7)));
+        assert!(admission.admit(B, UserId(1), "laptop", 0).is_err(), "another device meets the cap");
+        // The older one's end leaves the newer one's claim.
+        admission.release_device(UserId(1), "phone", (0, 7));
+        assert_eq!(admission.claim_device(UserId(1), "phone", (1, 3)), None);
+        admission.release_device(UserId(1), "phone", (1, 3));
+        assert_eq!(admission.claim_device(UserId(1), "phone", (2, 1)), None);
     }
 
     #[test]
     fn new_connections_per_ip_come_at_the_rate_after_a_burst() {
         let mut admission = Admission::new(Caps { new_per_ip_per_s: 10, ..caps() });
         for user in 0..20 {
-            admission.admit(A, UserId(user), 1_000).unwrap();
+            admission.admit(A, UserId(user), "a", 1_000).unwrap();
         }
-        let refused = admission.admit(A, UserId(99), 1_000).unwrap_err();
+        let refused = admission.admit(A, UserId(99), "a", 1_000).unwrap_err();
         assert_eq!((refused.code, refused.retry_after_ms), (ErrorCode::RateLimited, Some(100)));
-        admission.admit(B, UserId(99), 1_000).unwrap();
-        admission.admit(A, UserId(99), 1_100).unwrap();
+        admission.admit(B, UserId(99), "b", 1_000).unwrap();
+        admission.admit(A, UserId(99), "a", 1_100).unwrap();
     }
 }

@@ -88,10 +88,22 @@ impl Shared {
         self: &Arc<Self>,
         ip: std::net::IpAddr,
         user: chatgw_idgen::UserId,
+        device: &str,
         now_ms: u64,
     ) -> Result<Admitted, ApiError> {
-        self.admission().admit(ip, user, now_ms)?;
+        self.admission().admit(ip, user, device, now_ms)?;
         Ok(Admitted { shared: self.clone(), ip, user })
+    }
+
+    /// Records where `user`'s `device` is connected now (shard, registry
+    /// key); returns its older connection's place, to be closed.
+    pub fn claim_device(&self, user: chatgw_idgen::UserId, device: &str, at: (u16, usize)) -> Option<(u16, usize)> {
+        self.admission().claim_device(user, device, at)
+    }
+
+    /// Forgets a device's connection at `at` as it ends (unless replaced).
+    pub fn release_device(&self, user: chatgw_idgen::UserId, device: &str, at: (u16, usize)) {
+        self.admission().release_device(user, device, at);
     }
 
     /// WebSocket connections admitted and not yet ended.

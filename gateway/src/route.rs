@@ -212,6 +212,16 @@ pub enum OpsMsg {
         /// Only this device.
         device: Option<Box<str>>,
     },
+    /// Close the connection at this registry key with 4002, if it is still
+    /// that user's device: a newer connection of the device replaced it.
+    Replace {
+        /// The user.
+        user_id: UserId,
+        /// The device.
+        device: Box<str>,
+        /// Its registry key here.
+        key: ConnKey,
+    },
     /// A page of this core's connections after a registry key; answered
     /// with `Connections`.
     Connections {

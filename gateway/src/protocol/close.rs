@@ -34,6 +34,8 @@ pub enum CloseReason {
     HeartbeatTimeout,
     /// 4001: the connection's token expired.
     TokenExpired,
+    /// 4002: a newer connection of the same device replaced this one.
+    Replaced,
 }
 
 impl CloseReason {
@@ -49,6 +51,7 @@ impl CloseReason {
             CloseReason::Internal => 1011,
             CloseReason::HeartbeatTimeout => 4000,
             CloseReason::TokenExpired => 4001,
+            CloseReason::Replaced => 4002,
         }
     }
 
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::Internal => "internal",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::Replaced => "replaced",
         }
     }
 }

@@ -12,7 +12,8 @@ use chatgw_idgen::{ChannelId, ShardId, UserId};
 use crate::auth::AuthedUser;
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::route::{ChannelMsg, Control};
+use crate::route::{ChannelMsg, Control, OpsMsg};
+use crate::shard::ops::replace_here;
 use crate::shard::presence;
 use crate::shard::registry::Conn;
 use crate::shard::state::Shard;
@@ -30,11 +31,13 @@ pub async fn attach(
     let username: Rc<str> = user.username.as_str().into();
     let conn = shard.registry.borrow_mut().add(user.user_id, username, device, remote, now_ms());
     conn.token_expires_ms.set(user.expires_at_ms);
+    replace_older(shard, &conn);
     shard.count_connections();
     let channels = match shard.store.user_channels(shard.owner(user.user_id.0), user.user_id) {
         Ok(channels) => channels,
         Err(error) => {
             shard.registry.borrow_mut().remove(&conn);
+            shard.shared.release_device(conn.user_id, &conn.device, (shard.id.0, conn.key));
             shard.count_connections();
             return Err(error.into());
         }
@@ -60,6 +63,27 @@ pub async fn attach(
     }
     presence::connected(shard, user.user_id).await;
     Ok(conn)
+}
+
+/// Closes the older connection of this connection's device, wherever it is
+/// (4002): one device, one connection.
+fn replace_older(shard: &Rc<Shard>, conn: &Conn) {
+    let Some((at, key)) = shard.shared.claim_device(conn.user_id, &conn.device, (shard.id.0, conn.key)) else {
+        return;
+    };
+    if at == shard.id.0 {
+        replace_here(shard, conn.user_id, &conn.device, key);
+    } else {
+        let replace = OpsMsg::Replace { user_id: conn.user_id, device: conn.device.clone(), key };
+        if let Err(Control::Ops(replace)) = shard.router.try_send_control(ShardId(at), 0, Control::Ops(replace)) {
+            // A full queue: a task waits for room.
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                shard.router.send_control(ShardId(at), 0, Control::Ops(replace)).await;
+            })
+            .detach();
+        }
+    }
 }
 
 /// Tells the owners of `channels` that this core hosts them now, and
@@ -104,6 +128,8 @@ async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
 /// last local connection of, and tells the user's owner it went.
 pub async fn detach(shard: &Rc<Shard>, conn: &Conn) {
     let emptied = shard.registry.borrow_mut().remove(conn);
+    // With its registry key freed: a later claim of the key is another's.
+    shard.shared.release_device(conn.user_id, &conn.device, (shard.id.0, conn.key));
     shard.count_connections();
     presence::disconnected(shard, conn.user_id, conn.last_active_ms.get()).await;
     if !emptied.watched.is_empty()

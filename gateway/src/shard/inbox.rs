@@ -154,6 +154,7 @@ fn on_ops(shard: &Shard, msg: OpsMsg) -> Answer {
     match msg {
         OpsMsg::Stats => Answer::Stats(Box::new(stats::snapshot(shard))),
         OpsMsg::Kick { user_id, device } => Answer::Count(ops::kick_here(shard, user_id, device.as_deref())),
+        OpsMsg::Replace { user_id, device, key } => Answer::Count(ops::replace_here(shard, user_id, &device, key)),
         OpsMsg::Connections { after, limit } => Answer::Connections(ops::connections_here(shard, after, limit)),
         OpsMsg::BannedWords(banned) => {
             shard.set_banned(banned);

@@ -27,6 +27,20 @@ pub fn kick_here(shard: &Shard, user: UserId, device: Option<&str>) -> u64 {
     kicked
 }
 
+/// Closes this core's connection at `key` with 4002 if it is still
+/// `user`'s `device` (a newer connection of the device replaced it);
+/// returns 1 if it did.
+pub fn replace_here(shard: &Shard, user: UserId, device: &str, key: ConnKey) -> u64 {
+    let conns = shard.registry.borrow().user_conns(user);
+    match conns.iter().find(|conn| conn.key == key && *conn.device == *device && conn.closing().is_none()) {
+        Some(conn) => {
+            conn.close(CloseReason::Replaced);
+            1
+        }
+        None => 0,
+    }
+}
+
 /// Closes a user's connections (or one device's) on every core with 1008;
 /// returns how many.
 pub async fn kick(shard: &Rc<Shard>, user_id: UserId, device: Option<&str>) -> Result<u64, ApiError> {

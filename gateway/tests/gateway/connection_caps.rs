@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::common::{Client, TestServer, User, users};
 
 /// Connects, retrying for a while: a closed connection's room comes back
@@ -69,4 +71,22 @@ fn the_process_cap_refuses_with_503_and_health_still_answers() {
     let _open: Vec<Client> = people[..2].iter().map(|user| server.connect(user, "d")).collect();
     assert_eq!(server.try_connect(Some(&people[2].token), "d").err(), Some(503));
     assert_eq!(server.get("/healthz").0, 200);
+}
+
+#[test]
+fn a_second_connection_of_a_device_replaces_the_first_wherever_it_is() {
+    let server = TestServer::start_with(2, |config| config.max_devices_per_user = 1);
+    let user = server.signup("replaced");
+    // Several rounds, so that the two land on the same core and on
+    // different ones.
+    let mut current = server.connect(&user, "phone");
+    for round in 0..6 {
+        let mut newer = server.connect(&user, "phone");
+        assert_eq!(current.close_code(), Some(4002), "round {round}: the older one is replaced");
+        // The newer one works, and the cap of one device let it in.
+        newer.result("heartbeat", json!({}));
+        current = newer;
+    }
+    // Another device still meets the cap.
+    assert_eq!(server.try_connect(Some(&user.token), "laptop").err(), Some(429));
 }

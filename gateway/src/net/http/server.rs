@@ -242,7 +242,7 @@ fn websocket_upgrade(
     let response = tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new()))
         .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))?;
     // The caps last: a request that is not an upgrade takes no room.
-    let admitted = shard.shared.admit(remote.ip(), user.user_id, now_ms())?;
+    let admitted = shard.shared.admit(remote.ip(), user.user_id, &device, now_ms())?;
     *upgrade.borrow_mut() = Some((user, device.into_boxed_str(), admitted));
     Ok(response)
 }
