@@ -62,8 +62,12 @@ enum AdminCommand {
         #[command(subcommand)]
         action: BannedAction,
     },
-    /// Push records waiting in each shard's outbox.
-    Outbox,
+    /// Push records waiting in each shard's outbox; `dead` lists those the
+    /// webhook refused for good, `retry` puts them back.
+    Outbox {
+        #[command(subcommand)]
+        action: Option<OutboxAction>,
+    },
     /// Live figures, redrawn every second until interrupted.
     Top {
         /// Stop after this many redraws.
@@ -73,6 +77,18 @@ enum AdminCommand {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxAction {
+    /// Pushes the webhook refused for good (a 4xx), per shard.
+    Dead {
+        /// At most this many per shard (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Puts the dead pushes back into the outbox, to be sent again.
+    Retry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,7 +235,28 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 )
             });
         }
-        AdminCommand::Outbox => {
+        AdminCommand::Outbox { action: Some(OutboxAction::Dead { limit }) } => {
+            let answer = client.call("GET", &format!("outbox/dead?limit={limit}"), None)?;
+            print(json, &answer, || {
+                let mut table = table(&["shard", "push", "user", "message", "status", "failed at"]);
+                for dead in answer["dead"].as_array().into_iter().flatten() {
+                    table.add_row(vec![
+                        dead["shard"].to_string(),
+                        text(&dead["push_id"]),
+                        text(&dead["username"]),
+                        text(&dead["message_id"]),
+                        dead["status"].to_string(),
+                        dead["failed_at"].to_string(),
+                    ]);
+                }
+                format!("{table}\n{} dead push(es)", answer["dead"].as_array().map_or(0, Vec::len))
+            });
+        }
+        AdminCommand::Outbox { action: Some(OutboxAction::Retry) } => {
+            let answer = client.call("POST", "outbox/dead/retry", None)?;
+            print(json, &answer, || format!("{} dead push(es) back in the outbox", answer["retried"]));
+        }
+        AdminCommand::Outbox { action: None } => {
             let answer = client.call("GET", "outbox", None)?;
             print(json, &answer, || {
                 let mut table = table(&["shard", "waiting pushes"]);
@@ -246,6 +283,10 @@ fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
     table
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_string)
 }
 
 fn mib(bytes: &Value) -> String {

@@ -630,6 +630,8 @@ fn admin_commands_work_and_fail_clearly() {
     let listed: Value = serde_json::from_str(ok(&["banned-words", "list", "--json"]).trim()).unwrap();
     assert_eq!(listed["words"], json!(["buy now", "scam"]));
     assert!(ok(&["outbox"]).contains("total: 0"));
+    assert!(ok(&["outbox", "dead"]).contains("0 dead push(es)"));
+    assert!(ok(&["outbox", "retry"]).contains("0 dead push(es) back in the outbox"));
     let top = ok(&["top", "--iterations", "2", "--interval-ms", "100"]);
     assert_eq!(top.matches("chatgw top:").count(), 2, "{top}");
 

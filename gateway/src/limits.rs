@@ -140,6 +140,9 @@ pub const PUSH_CHANNEL_MEMBERS_MAX: usize = 1_000;
 pub const PUSH_COALESCE: Duration = Duration::from_secs(1);
 /// Outbox records a push worker reads at a time.
 pub const PUSH_BATCH_MAX: usize = 512;
+/// Pages of the outbox one round of the push worker reads at most (a
+/// failing user's records are skipped, not waited on).
+pub const PUSH_PAGES_PER_ROUND: usize = 16;
 /// Retry backoff after a failed push: doubled per failure from the first,
 /// up to the cap, each with jitter (half to all of it).
 pub const PUSH_BACKOFF_FIRST: Duration = Duration::from_millis(200);
@@ -173,3 +176,6 @@ const _: () = assert!(CHANNEL_LIST_MAX < chatgw_storage::READ_LIMIT_MAX, "one mo
 pub const JWT_SECRET_BYTES_MIN: usize = 32;
 /// A configured admin token's shortest length.
 pub const ADMIN_TOKEN_BYTES_MIN: usize = 16;
+
+/// Dead pushes one admin retry moves back into each shard's outbox at most.
+pub const DEAD_PUSH_RETRY_MAX: usize = 10_000;

@@ -88,6 +88,9 @@ pub enum Call {
         /// Disabled from now on, or enabled.
         disabled: bool,
     },
+    /// Move dead pushes back into this shard's outbox; answers how many
+    /// (`Count`).
+    RetryDeadPushes,
     /// Revoke every token of a user (raise its token version), setting a
     /// new password hash first if given; answers the new version
     /// (`Count`).

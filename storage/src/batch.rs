@@ -6,8 +6,8 @@ use rocksdb::{DB, WriteBatch};
 use crate::cf;
 use crate::error::Result;
 use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part};
-use crate::model::{Channel, ChannelKind, DedupeEntry, Message, OutboxEntry, PushDue, User};
-use crate::record::{self, ChannelRecord, DedupeRecord, MessageRecord, OutboxRecord, UserRecord};
+use crate::model::{Channel, ChannelKind, DeadPush, DedupeEntry, Message, OutboxEntry, PushDue, User};
+use crate::record::{self, ChannelRecord, DeadPushRecord, DedupeRecord, MessageRecord, OutboxRecord, UserRecord};
 
 /// Writes to any shards of one store, applied all together by
 /// `Store::write`. Each method names the shard whose column family gets
@@ -189,6 +189,24 @@ impl<'s> Batch<'s> {
     /// Removes a message's pending push check once done.
     pub fn delete_push_due(&mut self, shard: ShardId, message: MessageId) -> Result<()> {
         self.delete(shard, &keys::push_due(message))
+    }
+
+    /// Keeps a push the webhook refused for good.
+    pub fn put_dead_push(&mut self, shard: ShardId, dead: &DeadPush) -> Result<()> {
+        let value = record::encode(&DeadPushRecord {
+            user_id: dead.entry.user_id.0,
+            channel_id: dead.entry.channel_id.0,
+            message_id: dead.entry.message_id.0,
+            created_at_ms: dead.entry.created_at_ms,
+            failed_at_ms: dead.failed_at_ms,
+            status: dead.status,
+        })?;
+        self.put(shard, &keys::dead_push(dead.entry.push_id), &value)
+    }
+
+    /// Removes a dead push (retried, or dropped by the operator).
+    pub fn delete_dead_push(&mut self, shard: ShardId, push_id: u64) -> Result<()> {
+        self.delete(shard, &keys::dead_push(push_id))
     }
 
     /// Removes a push once delivered.

@@ -52,6 +52,8 @@ pub mod tag {
     /// `v | user` → the user's token version (8 bytes BE): tokens minted
     /// before it was raised are revoked.
     pub const TOKEN_VERSION: u8 = b'v';
+    /// `x | push id` → dead push record: one the webhook refused for good.
+    pub const DEAD_PUSH: u8 = b'x';
     /// `h` → the largest message id the shard has stored.
     pub const HIGH_WATER: u8 = b'h';
 }
@@ -126,6 +128,11 @@ pub fn dedupe(sender: UserId, client_msg_id: &str) -> Vec<u8> {
 /// An outbox record.
 pub fn outbox(push_id: u64) -> [u8; 9] {
     key2(tag::OUTBOX, push_id)
+}
+
+/// A dead push record.
+pub fn dead_push(push_id: u64) -> [u8; 9] {
+    key2(tag::DEAD_PUSH, push_id)
 }
 
 /// A user's token version.

@@ -24,5 +24,7 @@ mod store;
 pub use batch::Batch;
 pub use error::{Result, StorageError};
 pub use keys::{CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX};
-pub use model::{Channel, ChannelKind, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel};
+pub use model::{
+    Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel,
+};
 pub use store::{DEDUPE_TTL_MS, Durability, READ_LIMIT_MAX, Store, StoreConfig};

@@ -106,6 +106,18 @@ pub struct PushDue {
     pub sender_id: UserId,
 }
 
+/// A push the webhook refused for good, kept for the operator to see and
+/// retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadPush {
+    /// The record as it was in the outbox.
+    pub entry: OutboxEntry,
+    /// When the webhook refused it, ms since the Unix epoch.
+    pub failed_at_ms: u64,
+    /// The HTTP status it answered.
+    pub status: u16,
+}
+
 /// A push notification owed to a user with no connected device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxEntry {

@@ -67,6 +67,17 @@ pub struct OutboxRecord {
     pub created_at_ms: u64,
 }
 
+/// A push the webhook refused for good (a 4xx other than 408 and 429).
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+pub struct DeadPushRecord {
+    pub user_id: u64,
+    pub channel_id: u64,
+    pub message_id: u64,
+    pub created_at_ms: u64,
+    pub failed_at_ms: u64,
+    pub status: u16,
+}
+
 /// Serializes `value` behind the version byte.
 pub fn encode<T>(value: &T) -> Result<Vec<u8>>
 where

@@ -13,9 +13,12 @@ use crate::batch::Batch;
 use crate::cf;
 use crate::error::{Result, StorageError};
 use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part, tag};
-use crate::model::{Channel, ChannelKind, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel};
+use crate::model::{
+    Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel,
+};
 use crate::record::{
-    self, ArchivedChannelRecord, ArchivedDedupeRecord, ArchivedMessageRecord, ArchivedOutboxRecord, ArchivedUserRecord,
+    self, ArchivedChannelRecord, ArchivedDeadPushRecord, ArchivedDedupeRecord, ArchivedMessageRecord,
+    ArchivedOutboxRecord, ArchivedUserRecord,
 };
 
 /// The most items one read returns; larger limits are refused.
@@ -641,6 +644,40 @@ impl Store {
         }
         iterator.status()?;
         Ok(entries)
+    }
+
+    /// Dead pushes with push ids above `after`, in order, up to `limit`.
+    pub fn dead_pushes(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<DeadPush>> {
+        Self::check_limit(limit)?;
+        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+        let cf = self.shard_cf(shard)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(vec![tag::DEAD_PUSH + 1]);
+        options.set_total_order_seek(true);
+        let mut iterator = self.db.raw_iterator_cf_opt(cf, options);
+        iterator.seek(keys::dead_push(start));
+        let mut dead = Vec::new();
+        while dead.len() < limit && iterator.valid() {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            let push_id = <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes).map_err(|_| {
+                StorageError::Corrupt { what: "dead push key", key_hex: keys::hex(key), reason: "not 9 bytes".into() }
+            })?;
+            let archived = record::access::<ArchivedDeadPushRecord>("dead push", key, value)?;
+            dead.push(DeadPush {
+                entry: OutboxEntry {
+                    push_id,
+                    user_id: UserId(archived.user_id.to_native()),
+                    channel_id: ChannelId(archived.channel_id.to_native()),
+                    message_id: MessageId(archived.message_id.to_native()),
+                    created_at_ms: archived.created_at_ms.to_native(),
+                },
+                failed_at_ms: archived.failed_at_ms.to_native(),
+                status: archived.status.to_native(),
+            });
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(dead)
     }
 
     /// A shard's pending push checks of messages above `after`, oldest

@@ -121,6 +121,8 @@ pub struct Counters {
     pub deliveries: Cell<u64>,
     /// Connections closed as slow consumers.
     pub slow_consumers: Cell<u64>,
+    /// Push records the webhook refused for good (moved to the dead pushes).
+    pub pushes_dead: Cell<u64>,
     /// Error replies and responses, by `ERROR_CODES` index.
     pub errors: [Cell<u64>; ERROR_CODES.len()],
     /// From the owner taking a message until its frame is queued to the
@@ -160,6 +162,8 @@ pub struct ShardStats {
     pub deliveries_per_s: f64,
     /// Connections closed as slow consumers.
     pub slow_consumers: u64,
+    /// Push records moved to the dead pushes.
+    pub pushes_dead: u64,
     /// Error replies by `ERROR_CODES` index.
     pub errors: Vec<u64>,
     /// Cross-core messages this core sent, by receiving shard.

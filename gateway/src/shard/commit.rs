@@ -11,7 +11,9 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
-use chatgw_storage::{Channel, DedupeEntry, Durability, Message, OutboxEntry, PushDue, StorageError, Store, User};
+use chatgw_storage::{
+    Channel, DeadPush, DedupeEntry, Durability, Message, OutboxEntry, PushDue, StorageError, Store, User,
+};
 use futures_channel::oneshot;
 
 use crate::error::ApiError;
@@ -54,6 +56,10 @@ pub enum WriteOp {
     PushChecked(ShardId, MessageId),
     /// A user's token version.
     TokenVersion(ShardId, UserId, u64),
+    /// A push the webhook refused for good.
+    DeadPush(ShardId, DeadPush),
+    /// A dead push retried or dropped.
+    DeleteDeadPush(ShardId, u64),
 }
 
 /// The error a caller answers when its writes failed.
@@ -139,6 +145,8 @@ fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) ->
             WriteOp::PushDue(to, due) => batch.put_push_due(*to, due)?,
             WriteOp::PushChecked(to, message) => batch.delete_push_due(*to, *message)?,
             WriteOp::TokenVersion(to, user, version) => batch.put_token_version(*to, *user, *version)?,
+            WriteOp::DeadPush(to, dead) => batch.put_dead_push(*to, dead)?,
+            WriteOp::DeleteDeadPush(to, push_id) => batch.delete_dead_push(*to, *push_id)?,
         }
     }
     if let Some((shard, id)) = high_water {

@@ -12,7 +12,7 @@ use glommio::channels::channel_mesh::Receivers;
 use glommio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::limits::MESH_ANSWER_SWEEP;
+use crate::limits::{self, MESH_ANSWER_SWEEP};
 use crate::route::{Answer, Call, ChannelMsg, Control, OpsMsg, Routed};
 use crate::services::presence::Msg as PresenceMsg;
 use crate::shard::channels::EarlyReply;
@@ -52,6 +52,7 @@ async fn handle_call(shard: &Rc<Shard>, call: Call, early: Option<&EarlyReply>) 
         }
         Call::SetDisabled { user_id, disabled } => accounts::set_disabled(shard, user_id, disabled).await,
         Call::RevokeTokens { user_id, password_hash } => accounts::revoke_tokens(shard, user_id, password_hash).await,
+        Call::RetryDeadPushes => push::retry_dead(shard, limits::DEAD_PUSH_RETRY_MAX).await,
         Call::BannedWords(change) => ops::change_banned(shard, change).await.map(Answer::Banned),
     }
 }

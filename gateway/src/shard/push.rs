@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use chatgw_idgen::{MessageId, ShardId, UserId};
-use chatgw_storage::{OutboxEntry, PushDue};
+use chatgw_storage::{DeadPush, OutboxEntry, PushDue};
 use serde_json::Value;
 
 use crate::clock::now_ms;
@@ -155,49 +155,91 @@ fn body(shard: &Shard, push: &Push) -> Result<Option<Value>, ApiError> {
     Ok(Some(shapes::push_json(push.user_id, &shard.username(push.user_id)?, &message, push.push_ids.len())))
 }
 
-/// POSTs one push off the core; true on a 2xx.
-async fn post(agent: &ureq::Agent, webhook: &str, key: String, body: Value) -> bool {
+/// What the webhook made of one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A 2xx: the records go.
+    Sent,
+    /// Unreachable, a timeout, a 5xx, 408 or 429: try again later (this
+    /// user only).
+    Retry,
+    /// Any other 4xx: the webhook will never take it; it goes to the dead
+    /// pushes.
+    Refused(u16),
+}
+
+/// POSTs one push off the core.
+async fn post(agent: &ureq::Agent, webhook: &str, key: String, body: Value) -> Outcome {
     let (agent, webhook) = (agent.clone(), webhook.to_string());
     glommio::executor()
         .spawn_blocking(move || match agent.post(&webhook).header("Idempotency-Key", &key).send_json(&body) {
-            Ok(response) if response.status().is_success() => true,
+            Ok(response) if response.status().is_success() => Outcome::Sent,
             Ok(response) => {
-                tracing::warn!(status = response.status().as_u16(), %key, "push refused by the webhook");
-                false
+                let status = response.status().as_u16();
+                tracing::warn!(status, %key, "push refused by the webhook");
+                if (400..500).contains(&status) && status != 408 && status != 429 {
+                    Outcome::Refused(status)
+                } else {
+                    Outcome::Retry
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, %key, "push webhook unreachable");
-                false
+                Outcome::Retry
             }
         })
         .await
 }
 
-/// Sends one push and deletes its records after a 2xx; false if it failed.
-async fn send_one(shard: &Shard, agent: &ureq::Agent, webhook: &str, push: &Push) -> bool {
-    let sent = match body(shard, push) {
+/// Sends one push; deletes its records after a 2xx, and moves them to the
+/// dead pushes after a permanent refusal.
+async fn send_one(
+    shard: &Shard,
+    agent: &ureq::Agent,
+    webhook: &str,
+    push: &Push,
+    entries: &HashMap<u64, OutboxEntry>,
+) -> Outcome {
+    let outcome = match body(shard, push) {
         Ok(Some(body)) => post(agent, webhook, idempotency_key(push), body).await,
         // The message is gone (it never is, short of corruption): nothing
         // to send, drop the records.
-        Ok(None) => true,
+        Ok(None) => Outcome::Sent,
         Err(error) => {
             tracing::error!(%error, "building a push");
-            false
+            Outcome::Retry
         }
     };
-    if !sent {
-        return false;
+    let mut ops: Vec<WriteOp> = push.push_ids.iter().map(|id| WriteOp::DeleteOutbox(shard.id, *id)).collect();
+    match outcome {
+        Outcome::Retry => return outcome,
+        Outcome::Sent => {}
+        Outcome::Refused(status) => {
+            let failed_at_ms = now_ms();
+            ops.extend(
+                push.push_ids
+                    .iter()
+                    .filter_map(|id| entries.get(id))
+                    .map(|entry| WriteOp::DeadPush(shard.id, DeadPush { entry: *entry, failed_at_ms, status })),
+            );
+        }
     }
-    let deletes = push.push_ids.iter().map(|id| WriteOp::DeleteOutbox(shard.id, *id)).collect();
-    match shard.committer.commit(deletes).await {
-        Ok(()) => shard.outbox_depth.set(shard.outbox_depth.get().saturating_sub(push.push_ids.len() as u64)),
-        Err(error) => tracing::error!(%error, "deleting sent pushes (they will be sent again)"),
+    match shard.committer.commit(ops).await {
+        Ok(()) => {
+            let count = push.push_ids.len() as u64;
+            shard.outbox_depth.set(shard.outbox_depth.get().saturating_sub(count));
+            if matches!(outcome, Outcome::Refused(_)) {
+                shard.counters.pushes_dead.set(shard.counters.pushes_dead.get() + count);
+            }
+        }
+        Err(error) => tracing::error!(%error, "removing pushes from the outbox (they will be tried again)"),
     }
-    true
+    outcome
 }
 
 /// The shard's push worker: sends what its outbox holds to `webhook`, until
-/// the server stops.
+/// the server stops. Each round reads the outbox a page at a time; a user
+/// whose push failed waits out its own backoff while everyone else's go on.
 pub async fn run(shard: Rc<Shard>, webhook: String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -205,36 +247,64 @@ pub async fn run(shard: Rc<Shard>, webhook: String) {
         .build()
         .into();
     let window_ms = limits::PUSH_COALESCE.as_millis() as u64;
-    let mut failures = 0u32;
+    // User → (failures in a row, no try before this, ms).
+    let mut waiting: HashMap<UserId, (u32, u64)> = HashMap::new();
     while !shard.stopping.get() {
-        let entries = match shard.store.outbox(shard.id, 0, limits::PUSH_BATCH_MAX) {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::error!(%error, "reading the push outbox");
-                Vec::new()
-            }
-        };
-        let pushes = coalesce(&entries, now_ms(), window_ms);
-        let mut failed = false;
-        for push in &pushes {
-            if shard.stopping.get() {
-                return;
-            }
-            if !send_one(&shard, &agent, &webhook, push).await {
-                failed = true;
-                break;
+        let now = now_ms();
+        let mut after = 0;
+        let mut progressed = false;
+        for _ in 0..limits::PUSH_PAGES_PER_ROUND {
+            let entries = match shard.store.outbox(shard.id, after, limits::PUSH_BATCH_MAX) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::error!(%error, "reading the push outbox");
+                    Vec::new()
+                }
+            };
+            let Some(last) = entries.last() else { break };
+            after = last.push_id;
+            let by_id: HashMap<u64, OutboxEntry> = entries.iter().map(|entry| (entry.push_id, *entry)).collect();
+            for push in coalesce(&entries, now, window_ms) {
+                if shard.stopping.get() {
+                    return;
+                }
+                if waiting.get(&push.user_id).is_some_and(|(_, next)| *next > now) {
+                    continue;
+                }
+                match send_one(&shard, &agent, &webhook, &push, &by_id).await {
+                    Outcome::Sent | Outcome::Refused(_) => {
+                        waiting.remove(&push.user_id);
+                        progressed = true;
+                    }
+                    Outcome::Retry => {
+                        let failures = waiting.get(&push.user_id).map_or(0, |(failures, _)| *failures) + 1;
+                        let next = now_ms() + backoff(failures).as_millis() as u64;
+                        waiting.insert(push.user_id, (failures, next));
+                    }
+                }
             }
         }
-        let wait = if failed {
-            failures += 1;
-            backoff(failures)
-        } else {
-            failures = 0;
-            // Nothing due, or a batch done: look again soon.
-            if pushes.is_empty() { Duration::from_millis(100) } else { Duration::ZERO }
-        };
-        if !wait.is_zero() {
-            glommio::timer::sleep(wait).await;
+        // Users whose backoff ended long ago and who had nothing since.
+        waiting.retain(|_, (_, next)| *next + limits::PUSH_BACKOFF_MAX.as_millis() as u64 > now);
+        if !progressed {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Owner of the records: moves up to `limit` dead pushes back into the
+/// outbox (the operator fixed the webhook); answers how many.
+pub async fn retry_dead(shard: &Rc<Shard>, limit: usize) -> Result<Answer, ApiError> {
+    let dead = shard.store.dead_pushes(shard.id, 0, limit)?;
+    if dead.is_empty() {
+        return Ok(Answer::Count(0));
+    }
+    let mut ops = Vec::with_capacity(2 * dead.len());
+    for push in &dead {
+        ops.push(WriteOp::DeleteDeadPush(shard.id, push.entry.push_id));
+        ops.push(WriteOp::Outbox(shard.id, push.entry));
+    }
+    shard.committer.commit(ops).await.map_err(storage_failed)?;
+    shard.outbox_depth.set(shard.outbox_depth.get() + dead.len() as u64);
+    Ok(Answer::Count(dead.len() as u64))
 }

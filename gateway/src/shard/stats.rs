@@ -28,6 +28,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         messages_per_s: counters.messages_per_s.get(),
         deliveries_per_s: counters.deliveries_per_s.get(),
         slow_consumers: counters.slow_consumers.get(),
+        pushes_dead: counters.pushes_dead.get(),
         errors: counters.errors.iter().map(Cell::get).collect(),
         mesh_sent: shard.router.sent_counts(),
         mesh_received: shard.router.received_counts(),

@@ -140,3 +140,65 @@ fn without_a_webhook_pushes_wait_in_the_outbox() {
     alice_ws.result("send", json!({ "to_user": "carol", "text": "two" }));
     wait_for("two records", || outbox_depth(&server) == 2);
 }
+
+/// A webhook that answers 400 to pushes for `refused_user` while `refusing`
+/// is set, and 200 to everything else.
+fn picky_receiver(refused_user: String, refusing: Arc<std::sync::atomic::AtomicBool>) -> (String, Received) {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/push", server.server_addr().to_ip().unwrap());
+    let received: Received = Arc::default();
+    let log = received.clone();
+    std::thread::spawn(move || {
+        for mut request in server.incoming_requests() {
+            let mut body = String::new();
+            request.as_reader().read_to_string(&mut body).unwrap();
+            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let refuse =
+                refusing.load(std::sync::atomic::Ordering::SeqCst) && body["username"] == refused_user.as_str();
+            let status = if refuse { 400 } else { 200 };
+            if !refuse {
+                log.lock().unwrap().push((String::new(), body));
+            }
+            let _ = request.respond(tiny_http::Response::empty(status));
+        }
+    });
+    (url, received)
+}
+
+fn admin(server: &TestServer, method: &str, path: &str) -> Value {
+    let admin = server.handle.as_ref().unwrap().admin_token.clone();
+    let request = match method {
+        "GET" => server.http.get(server.url(path)).header("Authorization", format!("Bearer {admin}")).call(),
+        _ => server.http.post(server.url(path)).header("Authorization", format!("Bearer {admin}")).send_empty(),
+    };
+    request.unwrap().body_mut().read_json().unwrap()
+}
+
+#[test]
+fn a_push_refused_for_good_goes_to_the_dead_pushes_without_holding_up_the_others() {
+    let refusing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (url, received) = picky_receiver("refused".into(), refusing.clone());
+    // One shard: both pushes come from the same worker, in one round.
+    let server = TestServer::start_with(1, |config| config.push_webhook = Some(url));
+    let alice = server.signup("alice");
+    server.signup("refused");
+    server.signup("welcome");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let refused_first = alice_ws.result("send", json!({ "to_user": "refused", "text": "first" }));
+    alice_ws.result("send", json!({ "to_user": "welcome", "text": "second" }));
+    // The 400 for one user does not stop the other's push.
+    wait_for("welcome's push", || received.lock().unwrap().iter().any(|(_, body)| body["username"] == "welcome"));
+    wait_for("the refused push among the dead", || {
+        admin(&server, "GET", "/admin/v1/outbox/dead")["dead"].as_array().unwrap().len() == 1
+    });
+    let dead = admin(&server, "GET", "/admin/v1/outbox/dead");
+    let entry = &dead["dead"][0];
+    assert_eq!((entry["username"].as_str(), entry["status"].as_u64()), (Some("refused"), Some(400)), "{dead}");
+    assert_eq!(entry["message_id"], refused_first["message_id"]);
+    assert_eq!(outbox_depth(&server), 0, "nothing waits in the outbox");
+    // The operator fixes the webhook and retries: the push goes.
+    refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(admin(&server, "POST", "/admin/v1/outbox/dead/retry")["retried"], 1);
+    wait_for("the retried push", || received.lock().unwrap().iter().any(|(_, body)| body["username"] == "refused"));
+    assert!(admin(&server, "GET", "/admin/v1/outbox/dead")["dead"].as_array().unwrap().is_empty());
+}

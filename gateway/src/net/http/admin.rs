@@ -100,6 +100,31 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
                 all.iter().map(|stats| json!({ "shard": stats.shard, "depth": stats.outbox_depth })).collect();
             Ok(json!({ "depth": all.iter().map(|stats| stats.outbox_depth).sum::<u64>(), "shards": shards }))
         }
+        (Method::GET, ["outbox", "dead"]) => {
+            let limit =
+                match query_param(&request, "limit") {
+                    None => CONNECTIONS_PAGE_DEFAULT,
+                    Some(limit) => limit
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|limit| (1..=CONNECTIONS_PAGE_MAX).contains(limit))
+                        .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {CONNECTIONS_PAGE_MAX}")))?,
+                };
+            dead_pushes(shard, limit)
+        }
+        (Method::POST, ["outbox", "dead", "retry"]) => {
+            let mut waits = Vec::new();
+            for target in 0..shard.shard_count {
+                waits.push(inbox::call(shard, ShardId(target), Call::RetryDeadPushes));
+            }
+            let mut retried = 0;
+            for wait in waits {
+                if let Answer::Count(count) = wait.await? {
+                    retried += count;
+                }
+            }
+            Ok(json!({ "retried": retried }))
+        }
         (Method::POST, ["faults", "panic"]) if shard.config.fault_hooks => {
             let body = read_json(shard, request).await?;
             let target = body
@@ -190,6 +215,28 @@ async fn connections(shard: &Rc<Shard>, cursor: Option<(u16, ConnKey)>, limit: u
     let connections: Vec<Value> = page.iter().map(|(at, info)| connection_json(*at, info)).collect();
     let next_cursor = next.map(|(at, key)| format!("{at}.{key}"));
     Ok(json!({ "connections": connections, "next_cursor": next_cursor }))
+}
+
+/// Up to `limit` dead pushes of each shard (read from any core: reads may
+/// cross shards), oldest first per shard.
+fn dead_pushes(shard: &Shard, limit: usize) -> Result<Value, ApiError> {
+    let mut dead = Vec::new();
+    for target in 0..shard.shard_count {
+        for push in shard.store.dead_pushes(ShardId(target), 0, limit)? {
+            dead.push(json!({
+                "shard": target,
+                "push_id": push.entry.push_id.to_string(),
+                "user_id": push.entry.user_id.to_string(),
+                "username": &*shard.username(push.entry.user_id)?,
+                "channel_id": push.entry.channel_id.to_string(),
+                "message_id": push.entry.message_id.to_string(),
+                "created_at": push.entry.created_at_ms,
+                "failed_at": push.failed_at_ms,
+                "status": push.status,
+            }));
+        }
+    }
+    Ok(json!({ "dead": dead }))
 }
 
 fn connection_json(at: u16, info: &ConnInfo) -> Value {

@@ -140,6 +140,9 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
             s.messages_stored
         });
         shard_counter(registry, "messages_delivered", "Message frames queued to connections", all, |s| s.deliveries);
+        shard_counter(registry, "pushes_dead", "Push records the webhook refused for good (4xx)", all, |s| {
+            s.pushes_dead
+        });
         shard_counter(registry, "slow_consumers", "Connections closed for not reading (1008)", all, |s| {
             s.slow_consumers
         });
