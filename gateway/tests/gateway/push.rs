@@ -202,3 +202,21 @@ fn a_push_refused_for_good_goes_to_the_dead_pushes_without_holding_up_the_others
     wait_for("the retried push", || received.lock().unwrap().iter().any(|(_, body)| body["username"] == "refused"));
     assert!(admin(&server, "GET", "/admin/v1/outbox/dead")["dead"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_webhook_that_is_not_an_http_url_is_refused_at_start() {
+    for bad in ["ftp://example.com/push", "not a url", "http://", "/push"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::common::config(dir.path(), 1);
+        config.push_webhook = Some(bad.into());
+        let error = chatgw_gateway::start(config).err().unwrap_or_else(|| panic!("{bad:?} was taken"));
+        assert!(error.to_string().contains("--push-webhook"), "{bad:?}: {error}");
+    }
+    // https is built in (rustls with the webpki roots).
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::config(dir.path(), 1);
+    config.push_webhook = Some("https://127.0.0.1:9/hook".into());
+    let handle = chatgw_gateway::start(config).expect("an https webhook is taken");
+    handle.stop();
+    handle.join().unwrap();
+}
