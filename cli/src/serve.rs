@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Devices connected per user at most [default: 32; 0: no cap].
     #[arg(long, env = "CHATGW_MAX_DEVICES_PER_USER")]
     max_devices_per_user: Option<u32>,
+    /// Signups per minute from one client IP, in bursts of as many
+    /// [default: 30; 0: no limit].
+    #[arg(long, env = "CHATGW_MAX_SIGNUPS_PER_IP_PER_MIN")]
+    max_signups_per_ip_per_min: Option<u32>,
     /// Threads that hash passwords, node-wide [default: a quarter of the
     /// cores, at least 1].
     #[arg(long, env = "CHATGW_HASH_THREADS")]
@@ -131,6 +135,7 @@ struct FileConfig {
     max_connections_per_ip: Option<u32>,
     max_new_connections_per_ip_per_s: Option<u32>,
     max_devices_per_user: Option<u32>,
+    max_signups_per_ip_per_min: Option<u32>,
     max_channel_members: Option<usize>,
     max_message_chars: Option<usize>,
     rate_limit: Option<u32>,
@@ -179,6 +184,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(max_connections_per_ip => max_connections_per_ip);
     pick!(max_new_connections_per_ip_per_s => max_new_connections_per_ip_per_s);
     pick!(max_devices_per_user => max_devices_per_user);
+    pick!(max_signups_per_ip_per_min => max_signups_per_ip_per_min);
     pick!(max_channel_members => max_channel_members);
     pick!(max_message_chars => max_message_chars);
     pick!(rate_limit => rate_limit_per_s);

@@ -52,6 +52,9 @@ pub struct Config {
     pub max_new_connections_per_ip_per_s: u32,
     /// Devices (live connections) of one user at most (0: no cap).
     pub max_devices_per_user: u32,
+    /// Signups from one client IP per minute, in bursts of as many (0: no
+    /// limit).
+    pub max_signups_per_ip_per_min: u32,
     /// How long a user stays online after the last device goes.
     pub presence_grace_ms: u64,
     /// Members a channel may hold.
@@ -113,6 +116,7 @@ impl Default for Config {
             max_connections_per_ip: 5_000,
             max_new_connections_per_ip_per_s: 1_000,
             max_devices_per_user: 32,
+            max_signups_per_ip_per_min: 30,
             hash_threads: (std::thread::available_parallelism().map_or(1, |cores| cores.get()) / 4).max(1),
             presence_grace_ms: 5_000,
             max_channel_members: 100,

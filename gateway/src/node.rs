@@ -18,7 +18,7 @@ use crate::error::{ApiError, ServeError};
 use crate::frontier::{self, IdSource};
 use crate::hashing::HashPool;
 use crate::limits::HASH_QUEUE_MAX;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, SignupThrottle};
 
 /// What every core of one server shares.
 #[derive(Debug)]
@@ -38,6 +38,7 @@ pub struct Shared {
     /// The password-hashing threads.
     pub hashing: HashPool,
     login_throttle: Mutex<LoginThrottle>,
+    signup_throttle: Mutex<SignupThrottle>,
     admission: Mutex<Admission>,
 }
 
@@ -59,7 +60,13 @@ impl Drop for Admitted {
 impl Shared {
     /// State for a server of `shard_count` shards on node `node_id`, with
     /// `hash_threads` password-hashing threads.
-    pub fn new(shard_count: u16, node_id: u16, hash_threads: usize, caps: Caps) -> Result<Self, ServeError> {
+    pub fn new(
+        shard_count: u16,
+        node_id: u16,
+        hash_threads: usize,
+        caps: Caps,
+        signups_per_ip_per_min: u32,
+    ) -> Result<Self, ServeError> {
         let ids = (0..shard_count)
             .map(|shard| Generator::new(Layout::default(), WorkerId { node: node_id, shard }).map(IdSource::new))
             .collect::<Result<_, _>>()
@@ -74,6 +81,7 @@ impl Shared {
             ids,
             hashing,
             login_throttle: Mutex::new(LoginThrottle::default()),
+            signup_throttle: Mutex::new(SignupThrottle::new(signups_per_ip_per_min)),
             admission: Mutex::new(Admission::new(caps)),
         })
     }
@@ -109,6 +117,11 @@ impl Shared {
     /// WebSocket connections admitted and not yet ended.
     pub fn admitted(&self) -> usize {
         self.admission().live()
+    }
+
+    /// The node's signup throttle (held for one take only).
+    pub fn signup_throttle(&self) -> MutexGuard<'_, SignupThrottle> {
+        self.signup_throttle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The node's login throttle (held for a lookup or an update only).

@@ -101,6 +101,41 @@ impl LoginThrottle {
     }
 }
 
+/// Signups per client IP: a token bucket of `per_minute` tokens, refilled
+/// at that rate (0: no limit). Keys with a full bucket are forgotten.
+#[derive(Debug)]
+pub struct SignupThrottle {
+    per_minute: u32,
+    buckets: HashMap<IpAddr, (f64, u64)>,
+}
+
+impl SignupThrottle {
+    /// A throttle of `per_minute` signups per IP (0: none).
+    pub fn new(per_minute: u32) -> Self {
+        SignupThrottle { per_minute, buckets: HashMap::new() }
+    }
+
+    /// Takes a signup from `ip` at `now_ms`, or answers how long to wait.
+    pub fn take(&mut self, ip: IpAddr, now_ms: u64) -> Result<(), u64> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let burst = f64::from(self.per_minute);
+        let per_ms = burst / 60_000.0;
+        if self.buckets.len() >= LOGIN_THROTTLE_KEYS_MAX {
+            self.buckets.retain(|_, (tokens, at)| *tokens + now_ms.saturating_sub(*at) as f64 * per_ms < burst);
+        }
+        let (tokens, at) = self.buckets.entry(ip).or_insert((burst, now_ms));
+        *tokens = (*tokens + now_ms.saturating_sub(*at) as f64 * per_ms).min(burst);
+        *at = now_ms;
+        if *tokens < 1.0 {
+            return Err(((1.0 - *tokens) / per_ms).ceil() as u64);
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +174,21 @@ mod tests {
         }
         assert_eq!(throttle.check(IP, "someone", now), Err(LOGIN_BACKOFF_FIRST_MS));
         assert_eq!(backoff_ms(1_000, 0), LOGIN_BACKOFF_MAX_MS);
+    }
+
+    #[test]
+    fn signups_per_ip_come_at_their_rate_after_a_burst() {
+        let mut throttle = SignupThrottle::new(6);
+        for _ in 0..6 {
+            throttle.take(IP, 0).unwrap();
+        }
+        assert_eq!(throttle.take(IP, 0), Err(10_000), "one every 10 s");
+        throttle.take(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9)), 0).unwrap();
+        throttle.take(IP, 10_000).unwrap();
+        let mut off = SignupThrottle::new(0);
+        for _ in 0..1_000 {
+            off.take(IP, 0).unwrap();
+        }
     }
 
     #[test]

@@ -166,7 +166,13 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
         new_per_ip_per_s: config.max_new_connections_per_ip_per_s,
         per_user: config.max_devices_per_user,
     };
-    let shared = Arc::new(Shared::new(shard_count, config.node_id, config.hash_threads, caps)?);
+    let shared = Arc::new(Shared::new(
+        shard_count,
+        config.node_id,
+        config.hash_threads,
+        caps,
+        config.max_signups_per_ip_per_min,
+    )?);
     let parts = NodeParts {
         node: config.node_name().into(),
         config: Arc::new(config),

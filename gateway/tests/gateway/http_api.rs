@@ -551,3 +551,16 @@ fn a_connection_closes_when_its_token_expires() {
     };
     assert_eq!(code, Some(4001));
 }
+
+#[test]
+fn signups_from_one_address_are_throttled() {
+    let server = TestServer::start_with(1, |config| config.max_signups_per_ip_per_min = 3);
+    for n in 0..3 {
+        server.signup(&format!("early{n}"));
+    }
+    let (status, body) = server.post("/v1/signup", &json!({ "username": "one_too_many", "password": "correct horse" }));
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let wait = body["error"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=20_000).contains(&wait), "one every 20 s: {wait}");
+}

@@ -24,8 +24,12 @@ fn field<'a>(body: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     body.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(format!("{name} must be a string")))
 }
 
-/// `POST /v1/signup`: `{username, password, display_name?}`.
-pub async fn signup(shard: &Rc<Shard>, body: &Value) -> Result<Value, ApiError> {
+/// `POST /v1/signup`: `{username, password, display_name?}`, from `ip`
+/// (throttled per IP: `--max-signups-per-ip-per-min`).
+pub async fn signup(shard: &Rc<Shard>, body: &Value, ip: IpAddr) -> Result<Value, ApiError> {
+    if let Err(wait_ms) = shard.shared.signup_throttle().take(ip, now_ms()) {
+        return Err(ApiError::rate_limited("too many signups from this address; wait before the next", wait_ms));
+    }
     let username = field(body, "username")?;
     let password = field(body, "password")?;
     if !valid_username(username) {

@@ -199,7 +199,7 @@ async fn handle(
         (&Method::GET, "/v1/discovery") => Ok(json_response(200, &api::discovery(shard))),
         (&Method::POST, "/v1/signup") => {
             let body = read_json(shard, request).await?;
-            Ok(json_response(201, &accounts::signup(shard, &body).await?))
+            Ok(json_response(201, &accounts::signup(shard, &body, remote.ip()).await?))
         }
         (&Method::POST, "/v1/login") => {
             let body = read_json(shard, request).await?;

@@ -33,6 +33,8 @@ pub fn config(dir: &std::path::Path, shards: u16) -> Config {
         block_cache_bytes: 8 << 20,
         // Tests send faster than a person may; tests/abuse.rs sets limits.
         rate_limit_per_s: 0,
+        // And sign up more users from one address than anyone may.
+        max_signups_per_ip_per_min: 0,
         ..Config::default()
     }
 }
