@@ -474,11 +474,29 @@ impl Store {
         shard: ShardId,
         tag: u8,
         id: u64,
+        visit: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.for_each_suffix_from(shard, tag, id, 0, usize::MAX, visit)
+    }
+
+    /// Walks at most `limit` of the 17-byte keys under (tag, id) whose
+    /// trailing id is at least `from`, as `for_each_suffix` does.
+    fn for_each_suffix_from(
+        &self,
+        shard: ShardId,
+        tag: u8,
+        id: u64,
+        from: u64,
+        limit: usize,
         mut visit: impl FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let mut iterator = self.range_iterator(shard, tag, id)?;
-        iterator.seek(keys::prefix(tag, id));
-        while iterator.valid() {
+        let mut start = keys::prefix(tag, id).to_vec();
+        start.extend_from_slice(&from.to_be_bytes());
+        iterator.seek(start);
+        let mut visited = 0;
+        while visited < limit && iterator.valid() {
+            visited += 1;
             let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
             let suffix = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
                 what: "index key",
@@ -509,39 +527,31 @@ impl Store {
 
     /// Every channel of a user, in channel id order.
     pub fn user_channels(&self, shard: ShardId, user: UserId) -> Result<Vec<UserChannel>> {
-        let mut channels = Vec::new();
-        self.for_each_suffix(shard, tag::USER_CHANNEL, user.0, |channel, flags| {
-            channels.push(UserChannel { channel_id: ChannelId(channel), fan_out_on_read: flags.first() == Some(&1) });
-            Ok(())
-        })?;
-        Ok(channels)
+        self.user_channels_from(shard, user, 0, usize::MAX)
     }
 
-    /// At most `limit` of a user's channels with ids above `after`, in id
-    /// order.
+    /// At most `limit` of a user's channels with ids above `after` (all of
+    /// them from the first with `None`), in id order.
     pub fn user_channels_after(
         &self,
         shard: ShardId,
         user: UserId,
-        after: ChannelId,
+        after: Option<ChannelId>,
         limit: usize,
     ) -> Result<Vec<UserChannel>> {
         Self::check_limit(limit)?;
-        let Some(start) = after.0.checked_add(1) else { return Ok(Vec::new()) };
-        let mut iterator = self.range_iterator(shard, tag::USER_CHANNEL, user.0)?;
-        iterator.seek(keys::user_channel(user, ChannelId(start)));
-        let mut channels = Vec::new();
-        while channels.len() < limit && iterator.valid() {
-            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
-            let channel = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
-                what: "user channel key",
-                key_hex: keys::hex(key),
-                reason: "not 17 bytes".into(),
-            })?;
-            channels.push(UserChannel { channel_id: ChannelId(channel), fan_out_on_read: value.first() == Some(&1) });
-            iterator.next();
+        match after.map_or(Some(0), |after| after.0.checked_add(1)) {
+            Some(from) => self.user_channels_from(shard, user, from, limit),
+            None => Ok(Vec::new()),
         }
-        iterator.status()?;
+    }
+
+    fn user_channels_from(&self, shard: ShardId, user: UserId, from: u64, limit: usize) -> Result<Vec<UserChannel>> {
+        let mut channels = Vec::new();
+        self.for_each_suffix_from(shard, tag::USER_CHANNEL, user.0, from, limit, |channel, flags| {
+            channels.push(UserChannel { channel_id: ChannelId(channel), fan_out_on_read: flags.first() == Some(&1) });
+            Ok(())
+        })?;
         Ok(channels)
     }
 
@@ -616,54 +626,60 @@ impl Store {
 
     // ---- outbox ----
 
-    /// Outbox entries with push ids above `after`, in order, up to `limit`.
-    pub fn outbox(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+    /// Reads at most `limit` of the 9-byte keys `tag | id` with ids above
+    /// `after`, in id order, each made into a `T` by `decode` (its id, key
+    /// and value).
+    fn read_ids_after<T>(
+        &self,
+        shard: ShardId,
+        tag: u8,
+        what: &'static str,
+        after: u64,
+        limit: usize,
+        mut decode: impl FnMut(u64, &[u8], &[u8]) -> Result<T>,
+    ) -> Result<Vec<T>> {
         Self::check_limit(limit)?;
         let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
         let cf = self.shard_cf(shard)?;
         let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(vec![tag::OUTBOX + 1]);
+        options.set_iterate_upper_bound(vec![tag + 1]);
         options.set_total_order_seek(true);
         let mut iterator = self.db.raw_iterator_cf_opt(cf, options);
-        iterator.seek(keys::outbox(start));
-        let mut entries = Vec::new();
-        while entries.len() < limit && iterator.valid() {
+        iterator.seek(keys::prefix(tag, start));
+        let mut found = Vec::new();
+        while found.len() < limit && iterator.valid() {
             let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
-            let push_id = <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes).map_err(|_| {
-                StorageError::Corrupt { what: "outbox key", key_hex: keys::hex(key), reason: "not 9 bytes".into() }
+            let id = <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes).map_err(|_| StorageError::Corrupt {
+                what,
+                key_hex: keys::hex(key),
+                reason: "not 9 bytes".into(),
             })?;
+            found.push(decode(id, key, value)?);
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(found)
+    }
+
+    /// Outbox entries with push ids above `after`, in order, up to `limit`.
+    pub fn outbox(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        self.read_ids_after(shard, tag::OUTBOX, "outbox key", after, limit, |push_id, key, value| {
             let archived = record::access::<ArchivedOutboxRecord>("outbox", key, value)?;
-            entries.push(OutboxEntry {
+            Ok(OutboxEntry {
                 push_id,
                 user_id: UserId(archived.user_id.to_native()),
                 channel_id: ChannelId(archived.channel_id.to_native()),
                 message_id: MessageId(archived.message_id.to_native()),
                 created_at_ms: archived.created_at_ms.to_native(),
-            });
-            iterator.next();
-        }
-        iterator.status()?;
-        Ok(entries)
+            })
+        })
     }
 
     /// Dead pushes with push ids above `after`, in order, up to `limit`.
     pub fn dead_pushes(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<DeadPush>> {
-        Self::check_limit(limit)?;
-        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
-        let cf = self.shard_cf(shard)?;
-        let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(vec![tag::DEAD_PUSH + 1]);
-        options.set_total_order_seek(true);
-        let mut iterator = self.db.raw_iterator_cf_opt(cf, options);
-        iterator.seek(keys::dead_push(start));
-        let mut dead = Vec::new();
-        while dead.len() < limit && iterator.valid() {
-            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
-            let push_id = <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes).map_err(|_| {
-                StorageError::Corrupt { what: "dead push key", key_hex: keys::hex(key), reason: "not 9 bytes".into() }
-            })?;
+        self.read_ids_after(shard, tag::DEAD_PUSH, "dead push key", after, limit, |push_id, key, value| {
             let archived = record::access::<ArchivedDeadPushRecord>("dead push", key, value)?;
-            dead.push(DeadPush {
+            Ok(DeadPush {
                 entry: OutboxEntry {
                     push_id,
                     user_id: UserId(archived.user_id.to_native()),
@@ -673,45 +689,26 @@ impl Store {
                 },
                 failed_at_ms: archived.failed_at_ms.to_native(),
                 status: archived.status.to_native(),
-            });
-            iterator.next();
-        }
-        iterator.status()?;
-        Ok(dead)
+            })
+        })
     }
 
     /// A shard's pending push checks of messages above `after`, oldest
     /// first, up to `limit`.
     pub fn pushes_due(&self, shard: ShardId, after: MessageId, limit: usize) -> Result<Vec<PushDue>> {
-        Self::check_limit(limit)?;
-        let Some(start) = after.0.checked_add(1) else { return Ok(Vec::new()) };
-        let cf = self.shard_cf(shard)?;
-        let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(vec![tag::PUSH_DUE + 1]);
-        options.set_total_order_seek(true);
-        let mut iterator = self.db.raw_iterator_cf_opt(cf, options);
-        iterator.seek(keys::push_due(MessageId(start)));
-        let mut due = Vec::new();
-        while due.len() < limit && iterator.valid() {
-            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
-            let corrupt = |reason: &str| StorageError::Corrupt {
+        self.read_ids_after(shard, tag::PUSH_DUE, "pending push check key", after.0, limit, |message, key, value| {
+            let value = <[u8; 16]>::try_from(value).map_err(|_| StorageError::Corrupt {
                 what: "pending push check",
                 key_hex: keys::hex(key),
-                reason: reason.into(),
-            };
-            let message =
-                <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes).map_err(|_| corrupt("key not 9 bytes"))?;
-            let value = <[u8; 16]>::try_from(value).map_err(|_| corrupt("value not 16 bytes"))?;
+                reason: "value not 16 bytes".into(),
+            })?;
             let (channel, sender) = value.split_at(8);
-            due.push(PushDue {
+            Ok(PushDue {
                 message_id: MessageId(message),
                 channel_id: ChannelId(u64::from_be_bytes(channel.try_into().expect("8 bytes"))),
                 sender_id: UserId(u64::from_be_bytes(sender.try_into().expect("8 bytes"))),
-            });
-            iterator.next();
-        }
-        iterator.status()?;
-        Ok(due)
+            })
+        })
     }
 
     /// Outbox entries of a shard (counted by a scan of their keys).

@@ -84,7 +84,7 @@ pub fn info(shard: &Shard, user: &AuthedUser, channel_id: ChannelId) -> Result<V
 pub fn list(shard: &Shard, user: &AuthedUser, after: Option<ChannelId>, limit: usize) -> Result<Value, ApiError> {
     let owner = shard.owner(user.user_id.0);
     // One more than asked tells whether there is more.
-    let mut joined = shard.store.user_channels_after(owner, user.user_id, after.unwrap_or(ChannelId(0)), limit + 1)?;
+    let mut joined = shard.store.user_channels_after(owner, user.user_id, after, limit + 1)?;
     let has_more = joined.len() > limit;
     joined.truncate(limit);
     let channels = joined.iter().map(|entry| shard.channel_view(entry.channel_id)).collect::<Result<Vec<_>, _>>()?;
