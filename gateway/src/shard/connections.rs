@@ -75,14 +75,7 @@ fn replace_older(shard: &Rc<Shard>, conn: &Conn) {
         replace_here(shard, conn.user_id, &conn.device, key);
     } else {
         let replace = OpsMsg::Replace { user_id: conn.user_id, device: conn.device.clone(), key };
-        if let Err(Control::Ops(replace)) = shard.router.try_send_control(ShardId(at), 0, Control::Ops(replace)) {
-            // A full queue: a task waits for room.
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                shard.router.send_control(ShardId(at), 0, Control::Ops(replace)).await;
-            })
-            .detach();
-        }
+        shard.send_control_soon(ShardId(at), 0, Control::Ops(replace));
     }
 }
 

@@ -113,13 +113,7 @@ fn apply_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Con
     {
         // Most replies fit the queue at once; only a full queue costs a
         // task that waits for room.
-        if let Err(reply) = shard.router.try_send_control(from, request_id, Control::Reply(result)) {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                shard.router.send_control(from, request_id, reply).await;
-            })
-            .detach();
-        }
+        shard.send_control_soon(from, request_id, Control::Reply(result));
     }
 }
 

@@ -254,6 +254,18 @@ impl Shard {
         epoch
     }
 
+    /// Sends a control message to core `to` without awaiting: at once when
+    /// its queue has room (most times), else from a task that waits for it.
+    pub fn send_control_soon(self: &Rc<Self>, to: ShardId, request_id: u64, control: Control) {
+        if let Err(control) = self.router.try_send_control(to, request_id, control) {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                shard.router.send_control(to, request_id, control).await;
+            })
+            .detach();
+        }
+    }
+
     /// Every other shard of the node.
     pub fn others(&self) -> impl Iterator<Item = ShardId> + use<> {
         let own = self.id;
