@@ -24,6 +24,24 @@ fn field<'a>(body: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     body.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(format!("{name} must be a string")))
 }
 
+/// A password to check against a stored hash: the length bound of signup
+/// holds here too, before any hashing.
+fn check_password_bytes(password: &str) -> Result<(), ApiError> {
+    if password.len() > limits::PASSWORD_BYTES_MAX {
+        return Err(ApiError::bad_request(format!("password above {} bytes", limits::PASSWORD_BYTES_MAX)));
+    }
+    Ok(())
+}
+
+/// `rate_limited` while `username` or `ip` must wait after failed logins.
+fn check_throttle(shard: &Shard, ip: IpAddr, username: &str) -> Result<(), ApiError> {
+    shard
+        .shared
+        .login_throttle()
+        .check(ip, username, now_ms())
+        .map_err(|wait_ms| ApiError::rate_limited("too many failed logins; wait before trying again", wait_ms))
+}
+
 /// `POST /v1/signup`: `{username, password, display_name?}`, from `ip`
 /// (throttled per IP: `--max-signups-per-ip-per-min`).
 pub async fn signup(shard: &Rc<Shard>, body: &Value, ip: IpAddr) -> Result<Value, ApiError> {
@@ -64,12 +82,8 @@ pub async fn login(shard: &Rc<Shard>, body: &Value, ip: IpAddr) -> Result<Value,
     let refused = || ApiError::new(ErrorCode::Unauthorized, "wrong username or password");
     let username = field(body, "username")?;
     let password = field(body, "password")?;
-    if password.len() > limits::PASSWORD_BYTES_MAX {
-        return Err(ApiError::bad_request(format!("password above {} bytes", limits::PASSWORD_BYTES_MAX)));
-    }
-    if let Err(wait_ms) = shard.shared.login_throttle().check(ip, username, now_ms()) {
-        return Err(ApiError::rate_limited("too many failed logins; wait before trying again", wait_ms));
-    }
+    check_password_bytes(password)?;
+    check_throttle(shard, ip, username)?;
     let user = match shard.user_id(username)? {
         Some(user_id) => shard.store.user(shard.owner(user_id.0), user_id)?.filter(|user| !user.disabled),
         None => None,
@@ -124,13 +138,9 @@ pub async fn change_password(
 ) -> Result<Value, ApiError> {
     let old_password = field(body, "old_password")?;
     let new_password = field(body, "new_password")?;
-    if old_password.len() > limits::PASSWORD_BYTES_MAX {
-        return Err(ApiError::bad_request(format!("password above {} bytes", limits::PASSWORD_BYTES_MAX)));
-    }
+    check_password_bytes(old_password)?;
     check_password(new_password)?;
-    if let Err(wait_ms) = shard.shared.login_throttle().check(ip, &user.username, now_ms()) {
-        return Err(ApiError::rate_limited("too many failed logins; wait before trying again", wait_ms));
-    }
+    check_throttle(shard, ip, &user.username)?;
     let stored = shard.store.user(shard.owner(user.user_id.0), user.user_id)?.map(|record| record.password_hash);
     if !shard.shared.hashing.verify(old_password.to_string(), stored).await? {
         shard.shared.login_throttle().failed(ip, &user.username, now_ms());
