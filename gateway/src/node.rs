@@ -3,7 +3,8 @@
 //! id source, whose commit frontier sync reads. Each shard writes only its
 //! own connection count, when a connection comes or goes, and shard 0 writes
 //! the load once a second; a shard's id source is locked by that shard once
-//! per id and by a sync once per shard (see [`crate::frontier`]).
+//! per id and per commit, and by a sync twice per shard (see
+//! [`crate::frontier`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use chatgw_idgen::{Generator, Layout, ShardId, WorkerId};
 
 use crate::admission::{Admission, Caps};
+use crate::config::Config;
 use crate::error::{ApiError, ServeError};
 use crate::frontier::{self, IdSource};
 use crate::hashing::HashPool;
@@ -58,20 +60,21 @@ impl Drop for Admitted {
 }
 
 impl Shared {
-    /// State for a server of `shard_count` shards on node `node_id`, with
-    /// `hash_threads` password-hashing threads.
-    pub fn new(
-        shard_count: u16,
-        node_id: u16,
-        hash_threads: usize,
-        caps: Caps,
-        signups_per_ip_per_min: u32,
-    ) -> Result<Self, ServeError> {
+    /// State for a server of `shard_count` shards as `config` says, taking
+    /// at most `connections_max` WebSocket connections (0: no cap).
+    pub fn new(shard_count: u16, config: &Config, connections_max: usize) -> Result<Self, ServeError> {
+        let node_id = config.node_id;
+        let caps = Caps {
+            connections: connections_max,
+            per_ip: config.max_connections_per_ip,
+            new_per_ip_per_s: config.max_new_connections_per_ip_per_s,
+            per_user: config.max_devices_per_user,
+        };
         let ids = (0..shard_count)
             .map(|shard| Generator::new(Layout::default(), WorkerId { node: node_id, shard }).map(IdSource::new))
             .collect::<Result<_, _>>()
             .map_err(|error| ServeError::Config(error.to_string()))?;
-        let hashing = HashPool::new(hash_threads, HASH_QUEUE_MAX)?;
+        let hashing = HashPool::new(config.hash_threads, HASH_QUEUE_MAX)?;
         Ok(Shared {
             ready_shards: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
@@ -81,7 +84,7 @@ impl Shared {
             ids,
             hashing,
             login_throttle: Mutex::new(LoginThrottle::default()),
-            signup_throttle: Mutex::new(SignupThrottle::new(signups_per_ip_per_min)),
+            signup_throttle: Mutex::new(SignupThrottle::new(config.max_signups_per_ip_per_min)),
             admission: Mutex::new(Admission::new(caps)),
         })
     }

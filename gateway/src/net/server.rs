@@ -14,7 +14,6 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use crate::admission::Caps;
 use crate::auth::{TokenKeys, generate_secret};
 use crate::config::Config;
 use crate::error::ServeError;
@@ -160,19 +159,8 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
         Some(public) => ws_url_from_public(public).map_err(ServeError::Config)?.into(),
         None => format!("ws://{addr}/v1/ws").into(),
     };
-    let caps = Caps {
-        connections: config.max_connections.unwrap_or_else(default_max_connections),
-        per_ip: config.max_connections_per_ip,
-        new_per_ip_per_s: config.max_new_connections_per_ip_per_s,
-        per_user: config.max_devices_per_user,
-    };
-    let shared = Arc::new(Shared::new(
-        shard_count,
-        config.node_id,
-        config.hash_threads,
-        caps,
-        config.max_signups_per_ip_per_min,
-    )?);
+    let connections_max = config.max_connections.unwrap_or_else(default_max_connections);
+    let shared = Arc::new(Shared::new(shard_count, &config, connections_max)?);
     let parts = NodeParts {
         node: config.node_name().into(),
         config: Arc::new(config),
