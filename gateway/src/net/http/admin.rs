@@ -48,15 +48,7 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
     match (method, segments.as_slice()) {
         (Method::GET, ["stats"]) => stats(shard).await,
         (Method::GET, ["connections"]) => {
-            let limit =
-                match query_param(&request, "limit") {
-                    Some(limit) => limit
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|limit| (1..=CONNECTIONS_PAGE_MAX).contains(limit))
-                        .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {CONNECTIONS_PAGE_MAX}")))?,
-                    None => CONNECTIONS_PAGE_DEFAULT,
-                };
+            let limit = page_limit(&request)?;
             let cursor = query_param(&request, "cursor").map(|cursor| parse_cursor(&cursor)).transpose()?;
             connections(shard, cursor, limit).await
         }
@@ -100,18 +92,7 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
                 all.iter().map(|stats| json!({ "shard": stats.shard, "depth": stats.outbox_depth })).collect();
             Ok(json!({ "depth": all.iter().map(|stats| stats.outbox_depth).sum::<u64>(), "shards": shards }))
         }
-        (Method::GET, ["outbox", "dead"]) => {
-            let limit =
-                match query_param(&request, "limit") {
-                    None => CONNECTIONS_PAGE_DEFAULT,
-                    Some(limit) => limit
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|limit| (1..=CONNECTIONS_PAGE_MAX).contains(limit))
-                        .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {CONNECTIONS_PAGE_MAX}")))?,
-                };
-            dead_pushes(shard, limit)
-        }
+        (Method::GET, ["outbox", "dead"]) => dead_pushes(shard, page_limit(&request)?),
         (Method::POST, ["outbox", "dead", "retry"]) => {
             let mut waits = Vec::new();
             for target in 0..shard.shard_count {
@@ -215,6 +196,19 @@ async fn connections(shard: &Rc<Shard>, cursor: Option<(u16, ConnKey)>, limit: u
     let connections: Vec<Value> = page.iter().map(|(at, info)| connection_json(*at, info)).collect();
     let next_cursor = next.map(|(at, key)| format!("{at}.{key}"));
     Ok(json!({ "connections": connections, "next_cursor": next_cursor }))
+}
+
+/// A page's `?limit=`: 1 to `CONNECTIONS_PAGE_MAX`, by default
+/// `CONNECTIONS_PAGE_DEFAULT`.
+fn page_limit(request: &Request<Incoming>) -> Result<usize, ApiError> {
+    match query_param(request, "limit") {
+        None => Ok(CONNECTIONS_PAGE_DEFAULT),
+        Some(limit) => limit
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=CONNECTIONS_PAGE_MAX).contains(limit))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {CONNECTIONS_PAGE_MAX}"))),
+    }
 }
 
 /// Up to `limit` dead pushes of each shard (read from any core: reads may
