@@ -18,8 +18,9 @@
 //! Issuing an id and marking it unsettled happen under one lock, and so do
 //! reading the pending set and fencing the generator: a reader on another
 //! core cannot fall between a shard taking an id and recording it.
-//! The lock is held for a few instructions, taken once per message by its
-//! shard and once per shard by each sync.
+//! The lock is held for a few instructions, taken by its shard once per
+//! message id and once per commit, and twice per shard by each sync (the
+//! largest id issued anywhere, then each shard's frontier above it).
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};

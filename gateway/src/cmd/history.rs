@@ -88,15 +88,13 @@ pub fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usize) ->
     // One more than asked tells whether there is more.
     let wanted = limit + 1;
     let mut found: BTreeMap<MessageId, ChannelId> = BTreeMap::new();
+    let mut read: BTreeMap<MessageId, Message> = BTreeMap::new();
     if since < frontier {
         for entry in shard.store.inbox_after(user_shard, user.user_id, since, wanted)? {
             if entry.message_id <= frontier {
                 found.insert(entry.message_id, entry.channel_id);
             }
         }
-    }
-    let mut read: BTreeMap<MessageId, Message> = BTreeMap::new();
-    if since < frontier {
         for joined in shard.store.user_channels(user_shard, user.user_id)? {
             if !joined.fan_out_on_read {
                 continue;
