@@ -1,7 +1,7 @@
 //! Messaging against a real server: direct and group delivery across
 //! shards, devices, history, sync, dedupe.
 
-use crate::common::{TestServer, owner, users};
+use crate::common::{TestServer, owner, users, users_on_every_shard};
 use serde_json::{Value, json};
 
 fn ids(messages: &Value) -> Vec<String> {
@@ -11,8 +11,7 @@ fn ids(messages: &Value) -> Vec<String> {
 #[test]
 fn a_direct_message_crosses_shards_and_reaches_both_sides() {
     let server = TestServer::start(2);
-    // Enough users that both shards own some (each is a coin toss).
-    let people = users(&server, "dm", 24);
+    let people = users_on_every_shard(&server, "dm", 2, 2);
     // Two users owned by different shards.
     let alice = &people[0];
     let bob = people.iter().find(|user| owner(user, 2) != owner(alice, 2)).expect("users on both shards");

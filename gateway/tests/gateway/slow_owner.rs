@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{TestServer, create_channel_owned_by, owner, users};
+use crate::common::{TestServer, create_channel_owned_by, owner, users, users_on_every_shard};
 
 const DELAY_MS: u64 = 1_500;
 
@@ -29,7 +29,7 @@ fn right_after_hello_a_user_is_online_for_a_query_from_any_core() {
 fn a_second_device_on_a_core_gets_its_hello_only_once_the_owner_knows_the_core() {
     let shards = 2;
     let server = TestServer::start_with(shards, |config| config.fault_owner_delay_ms = DELAY_MS);
-    let people = users(&server, "second", 8);
+    let people = users_on_every_shard(&server, "second", 8, shards);
     // The member and the channel are owned by the same shard, so a device
     // on the other core waits on that one owner for both words.
     let member = &people[0];

@@ -303,6 +303,19 @@ pub fn users(server: &TestServer, prefix: &str, count: usize) -> Vec<User> {
     (0..count).map(|n| server.signup(&format!("{prefix}{n}"))).collect()
 }
 
+/// Signs up at least `count` users named `{prefix}{n}`, and more until each
+/// of `shards` owns one of them: ownership is a hash of a time-based id, so
+/// a fixed few can all land on one shard.
+pub fn users_on_every_shard(server: &TestServer, prefix: &str, count: usize, shards: u16) -> Vec<User> {
+    let mut people = users(server, prefix, count);
+    while (0..shards).any(|shard| !people.iter().any(|user| owner(user, shards) == shard)) {
+        assert!(people.len() < count + 256, "no user landed on some shard after {} signups", people.len());
+        let next = server.signup(&format!("{prefix}{}", people.len()));
+        people.push(next);
+    }
+    people
+}
+
 /// The shard that owns a user, by the gateway's own function.
 pub fn owner(user: &User, shards: u16) -> u16 {
     chatgw_gateway::placement::owner(user.user_id.parse().unwrap(), shards).0
