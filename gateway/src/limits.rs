@@ -64,9 +64,25 @@ pub const HISTORY_LIMIT_DEFAULT: usize = 50;
 pub const SYNC_LIMIT_MAX: usize = 1000;
 /// Default `sync` limit.
 pub const SYNC_LIMIT_DEFAULT: usize = 500;
-/// Text bytes one `history` or `sync` reply carries at most (at least one
-/// message always): past it the reply is cut short and the client pages on.
-pub const REPLY_TEXT_BYTES_MAX: usize = 4 << 20;
+/// Encoded JSON bytes of the messages one `history` or `sync` reply
+/// carries at most (at least one message always; one of the longest texts
+/// in the costliest escaping is 600 KB): past it the reply is cut short
+/// (`has_more` for `sync`) and the client pages on. It leaves room for the
+/// envelope, so a reply frame stays under `FRAME_BYTES_MAX`, the limit
+/// clients are told to accept. A read loads its messages one at a time
+/// and stops once this is spent, so it never loads more than it returns
+/// (plus the one that did not fit).
+pub const READ_REPLY_BYTES_MAX: usize = FRAME_BYTES_MAX - (64 << 10);
+/// A read yields to the other tasks of its core after this many message
+/// bytes loaded...
+pub const READ_CHUNK_BYTES: usize = 256 << 10;
+/// ...or this many messages (or, for `sync`, large channels' key scans).
+pub const READ_CHUNK_ITEMS: usize = 64;
+/// How long a read pauses between chunks: a timer, so the read is not
+/// ready again until the core has polled its sockets (and the frames of
+/// its other connections have run).
+pub const READ_PAUSE: Duration = Duration::from_micros(50);
+
 /// How long a closing session waits for the client's close or EOF.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Members named in one channel command.

@@ -38,6 +38,11 @@ impl Turnstile {
         Ticket { turnstile: self.clone(), number }
     }
 
+    /// Whether every ticket taken is done: no one is in line.
+    pub fn is_idle(&self) -> bool {
+        self.serving.get() == self.next_ticket.get()
+    }
+
     /// Tickets taken and not yet done.
     #[cfg(test)]
     fn waiting(&self) -> u64 {

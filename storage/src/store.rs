@@ -360,20 +360,80 @@ impl Store {
     /// them older than it, the rest from it on (itself included if it
     /// exists); a short side is made up from the other.
     pub fn around(&self, shard: ShardId, channel: ChannelId, around: MessageId, limit: usize) -> Result<Vec<Message>> {
+        let ids = self.ids_around(shard, channel, around, limit)?;
+        match (ids.first(), ids.len()) {
+            (Some(first), count) => self.walk_messages(shard, channel, first.0, true, count),
+            (None, _) => Ok(Vec::new()),
+        }
+    }
+
+    /// The ids `around` returns, ascending, chosen from keys alone (so only
+    /// the chosen messages are loaded): up to half of `limit` older than
+    /// `around`, the rest from it on; a short side is made up from the other.
+    pub fn ids_around(
+        &self,
+        shard: ShardId,
+        channel: ChannelId,
+        around: MessageId,
+        limit: usize,
+    ) -> Result<Vec<MessageId>> {
         Self::check_limit(limit)?;
         let older_wanted = limit / 2;
         let older = match around.0.checked_sub(1) {
-            Some(start) => self.walk_messages(shard, channel, start, false, limit)?,
+            Some(start) => self.message_ids(shard, channel, MessageId(start), MessageId(0), limit)?,
             None => Vec::new(),
         };
-        let newer = self.walk_messages(shard, channel, around.0, true, limit)?;
+        let newer = self.message_ids(shard, channel, around, MessageId(u64::MAX), limit)?;
         // Take `older_wanted` from the older side unless the newer side is short.
         let take_newer = newer.len().min(limit - older_wanted.min(older.len()));
         let take_older = older.len().min(limit - take_newer);
-        let mut messages: Vec<Message> = older.into_iter().take(take_older).collect();
-        messages.reverse();
-        messages.extend(newer.into_iter().take(take_newer));
-        Ok(messages)
+        let mut ids: Vec<MessageId> = older.into_iter().take(take_older).collect();
+        ids.reverse();
+        ids.extend(newer.into_iter().take(take_newer));
+        Ok(ids)
+    }
+
+    /// Ids of up to `limit` messages of `channel` from `start` to `end`
+    /// (both inclusive), read from the keys alone: no value is decoded or
+    /// copied, so a reader can choose what it will load before it loads it.
+    /// Ascending when `start <= end`, else descending.
+    pub fn message_ids(
+        &self,
+        shard: ShardId,
+        channel: ChannelId,
+        start: MessageId,
+        end: MessageId,
+        limit: usize,
+    ) -> Result<Vec<MessageId>> {
+        Self::check_limit(limit)?;
+        let forward = start <= end;
+        let mut iterator = self.range_iterator(shard, tag::MESSAGE, channel.0)?;
+        let start_key = keys::message(channel, start);
+        if forward {
+            iterator.seek(start_key);
+        } else {
+            iterator.seek_for_prev(start_key);
+        }
+        let mut ids = Vec::with_capacity(limit.min(256));
+        while ids.len() < limit && iterator.valid() {
+            let Some(key) = iterator.key() else { break };
+            let id = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
+                what: "message key",
+                key_hex: keys::hex(key),
+                reason: "not 17 bytes".into(),
+            })?;
+            if (forward && id > end.0) || (!forward && id < end.0) {
+                break;
+            }
+            ids.push(MessageId(id));
+            if forward {
+                iterator.next();
+            } else {
+                iterator.prev();
+            }
+        }
+        iterator.status()?;
+        Ok(ids)
     }
 
     /// One message, if stored.

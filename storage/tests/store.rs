@@ -87,6 +87,23 @@ fn history_range_edges() {
     assert_eq!(ids(&store.around(SHARD, channel, MessageId(100), 4).unwrap()), [70, 80, 90, 100]);
     assert_eq!(ids(&store.around(SHARD, channel, MessageId(100), 1).unwrap()), [100]);
     assert_eq!(ids(&store.around(SHARD, channel, MessageId(50), 200).unwrap()).len(), 10);
+    // Ids from keys alone, either way, bounded at both ends and by the limit.
+    let key_ids = |start: u64, end: u64, limit: usize| -> Vec<u64> {
+        store
+            .message_ids(SHARD, channel, MessageId(start), MessageId(end), limit)
+            .unwrap()
+            .iter()
+            .map(|id| id.0)
+            .collect()
+    };
+    assert_eq!(key_ids(25, 60, 10), [30, 40, 50, 60]);
+    assert_eq!(key_ids(25, 60, 2), [30, 40]);
+    assert_eq!(key_ids(60, 25, 10), [60, 50, 40, 30]);
+    assert_eq!(key_ids(u64::MAX, 0, 3), [100, 90, 80]);
+    assert_eq!(key_ids(0, u64::MAX, 3), [10, 20, 30]);
+    assert_eq!(key_ids(101, u64::MAX, 3), Vec::<u64>::new(), "past the last, the next channel's keys are not read");
+    assert_eq!(key_ids(9, 0, 3), Vec::<u64>::new(), "below the first");
+    assert_eq!(key_ids(50, 50, 3), [50]);
 }
 
 #[test]

@@ -23,8 +23,10 @@ pub async fn dispatch(
 ) -> Result<Value, ApiError> {
     match command {
         Command::Send { target, text, client_msg_id } => send::send(shard, user, target, text, client_msg_id).await,
-        Command::History { channel_id, anchor, limit } => history::history(shard, user, channel_id, anchor, limit),
-        Command::Sync { since, limit } => history::sync(shard, user, since, limit),
+        Command::History { channel_id, anchor, limit } => {
+            history::history(shard, user, channel_id, anchor, limit).await
+        }
+        Command::Sync { since, limit } => history::sync(shard, user, since, limit).await,
         Command::ChannelCreate { name, members } => channel::create(shard, user, name, members).await,
         Command::ChannelAddMembers { channel_id, members } => {
             channel::add_members(shard, user, channel_id, &members).await

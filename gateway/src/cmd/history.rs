@@ -2,10 +2,16 @@
 //! storage. History reads one channel; sync merges the user's inbox (small
 //! channels, fan-out on write) with a per-channel read of each large
 //! channel (fan-out on read), in id order.
+//!
+//! A read has a budget before it loads: it picks its message ids from keys
+//! alone (inbox entries, message keys), then loads messages one at a time,
+//! nearest its anchor first, until the reply's encoded size would pass
+//! `limits::READ_REPLY_BYTES_MAX`. Every chunk of work it yields, so a
+//! large read never holds the other connections of its core.
 
 use std::collections::BTreeMap;
 
-use chatgw_idgen::{ChannelId, MessageId};
+use chatgw_idgen::{ChannelId, MessageId, ShardId};
 use chatgw_storage::Message;
 use serde_json::{Value, json};
 
@@ -28,25 +34,80 @@ pub fn readable(shard: &Shard, user: &AuthedUser, channel: ChannelId) -> Result<
     Err(ApiError::new(ErrorCode::Forbidden, "not a member of this channel"))
 }
 
-/// How many of `messages`, from the first, fit one reply's text bytes (at
-/// least one).
-fn within_reply_bytes(messages: &[Message]) -> usize {
-    let mut bytes = 0;
-    messages
-        .iter()
-        .position(|message| {
-            bytes += message.text.len();
-            bytes > limits::REPLY_TEXT_BYTES_MAX
-        })
-        .map_or(messages.len(), |over| over.max(1))
+/// The size of `value` as the reply will encode it.
+fn encoded_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
-fn messages_json(shard: &Shard, messages: &[Message]) -> Result<Vec<Value>, ApiError> {
-    messages.iter().map(|message| Ok(shapes::message_json(message, &shard.username(message.sender_id)?))).collect()
+/// Where a read stands against its budget: the messages taken (as JSON),
+/// their encoded bytes, and the work done since it last yielded.
+#[derive(Default)]
+struct Budget {
+    messages: Vec<Value>,
+    bytes: usize,
+    chunk_bytes: usize,
+    chunk_items: usize,
+}
+
+impl Budget {
+    /// Loads message `id` and takes it if it fits the reply (the first
+    /// always does). `Ok(None)`: it is not stored (passed over);
+    /// `Ok(Some(false))`: the budget is spent and nothing was taken.
+    async fn load(
+        &mut self,
+        shard: &Shard,
+        owner: ShardId,
+        channel: ChannelId,
+        id: MessageId,
+    ) -> Result<Option<bool>, ApiError> {
+        let Some(message) = shard.store.message(owner, channel, id)? else { return Ok(None) };
+        let taken = self.take(shard, &message)?;
+        self.chunk_bytes += message.text.len();
+        self.worked(1).await;
+        Ok(Some(taken))
+    }
+
+    fn take(&mut self, shard: &Shard, message: &Message) -> Result<bool, ApiError> {
+        let value = shapes::message_json(message, &shard.username(message.sender_id)?);
+        // The comma between messages counts too.
+        let size = encoded_len(&value) + 1;
+        if !self.messages.is_empty() && self.bytes + size > limits::READ_REPLY_BYTES_MAX {
+            return Ok(false);
+        }
+        self.bytes += size;
+        self.messages.push(value);
+        Ok(true)
+    }
+
+    /// Counts `items` of work; once a chunk is done, pauses until the core
+    /// has polled its sockets again. (A plain yield would not do: glommio
+    /// polls sockets only when no task is ready or its preemption timer,
+    /// 100 ms, fires, and a yielded task is ready at once.)
+    async fn worked(&mut self, items: usize) {
+        self.chunk_items += items;
+        if self.chunk_items >= limits::READ_CHUNK_ITEMS || self.chunk_bytes >= limits::READ_CHUNK_BYTES {
+            self.chunk_items = 0;
+            self.chunk_bytes = 0;
+            glommio::timer::sleep(limits::READ_PAUSE).await;
+        }
+    }
 }
 
 /// `history`.
-pub fn history(
+pub async fn history(
     shard: &Shard,
     user: &AuthedUser,
     channel: ChannelId,
@@ -55,22 +116,33 @@ pub fn history(
 ) -> Result<Value, ApiError> {
     readable(shard, user, channel)?;
     let owner = shard.owner(channel.0);
-    let mut messages = match anchor {
-        HistoryAnchor::Latest => shard.store.latest(owner, channel, limit)?,
-        HistoryAnchor::Before(id) => shard.store.before(owner, channel, id, limit)?,
-        HistoryAnchor::After(id) => shard.store.after(owner, channel, id, limit)?,
-        HistoryAnchor::Around(id) => shard.store.around(owner, channel, id, limit)?,
+    let (first, last) = (MessageId(0), MessageId(u64::MAX));
+    // The ids, nearest the anchor first: the newest for latest and before
+    // (read downward), the oldest for after and around. A reply cut short
+    // keeps the nearest.
+    let (ids, downward) = match anchor {
+        HistoryAnchor::Latest => (shard.store.message_ids(owner, channel, last, first, limit)?, true),
+        HistoryAnchor::Before(id) => match id.0.checked_sub(1) {
+            Some(start) => (shard.store.message_ids(owner, channel, MessageId(start), first, limit)?, true),
+            None => (Vec::new(), true),
+        },
+        HistoryAnchor::After(id) => match id.0.checked_add(1) {
+            Some(start) => (shard.store.message_ids(owner, channel, MessageId(start), last, limit)?, false),
+            None => (Vec::new(), false),
+        },
+        HistoryAnchor::Around(id) => (shard.store.ids_around(owner, channel, id, limit)?, false),
     };
-    // Bound the reply: keep the messages nearest the anchor (the newest for
-    // latest and before, the oldest for after and around).
-    if matches!(anchor, HistoryAnchor::Latest | HistoryAnchor::Before(_)) {
-        messages.reverse();
-        messages.truncate(within_reply_bytes(&messages));
-        messages.reverse();
-    } else {
-        messages.truncate(within_reply_bytes(&messages));
+    let mut budget = Budget::default();
+    for id in ids {
+        if budget.load(shard, owner, channel, id).await? == Some(false) {
+            break;
+        }
     }
-    Ok(json!({ "messages": messages_json(shard, &messages)? }))
+    let mut messages = budget.messages;
+    if downward {
+        messages.reverse();
+    }
+    Ok(json!({ "messages": messages }))
 }
 
 /// `sync`: the messages of the user's channels above `since` and at or below
@@ -82,13 +154,15 @@ pub fn history(
 /// rather than letting the cursor pass a smaller one still being written
 /// (see `crate::frontier`). `next_since` is the last id returned when there
 /// is more, and otherwise the frontier itself (never below `since`).
-pub fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usize) -> Result<Value, ApiError> {
+pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usize) -> Result<Value, ApiError> {
     let frontier = MessageId(shard.shared.frontier());
     let user_shard = shard.owner(user.user_id.0);
     // One more than asked tells whether there is more.
     let wanted = limit + 1;
+    let mut budget = Budget::default();
+    // The `wanted` smallest ids above `since` and at or below the frontier,
+    // from keys alone.
     let mut found: BTreeMap<MessageId, ChannelId> = BTreeMap::new();
-    let mut read: BTreeMap<MessageId, Message> = BTreeMap::new();
     if since < frontier {
         for entry in shard.store.inbox_after(user_shard, user.user_id, since, wanted)? {
             if entry.message_id <= frontier {
@@ -99,38 +173,37 @@ pub fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usize) ->
             if !joined.fan_out_on_read {
                 continue;
             }
+            // Once `wanted` ids are found, only smaller ones can make the page.
+            let bound = match found.last_key_value() {
+                Some((largest, _)) if found.len() >= wanted => MessageId(largest.0 - 1).min(frontier),
+                _ => frontier,
+            };
+            let start = MessageId(since.0 + 1);
+            if start > bound {
+                continue;
+            }
             let owner = shard.owner(joined.channel_id.0);
-            for message in shard.store.after(owner, joined.channel_id, since, wanted)? {
-                if message.id <= frontier {
-                    found.insert(message.id, message.channel_id);
-                    read.insert(message.id, message);
-                }
+            let ids = shard.store.message_ids(owner, joined.channel_id, start, bound, wanted)?;
+            budget.worked(1 + ids.len() / 256).await;
+            found.extend(ids.into_iter().map(|id| (id, joined.channel_id)));
+            while found.len() > wanted {
+                found.pop_last();
             }
         }
     }
     let mut has_more = found.len() > limit;
-    let mut messages = Vec::with_capacity(found.len().min(limit));
     let mut last = since;
-    let mut text_bytes = 0;
     for (id, channel) in found.into_iter().take(limit) {
-        let message = match read.remove(&id) {
-            Some(message) => Some(message),
-            None => shard.store.message(shard.owner(channel.0), channel, id)?,
-        };
-        if let Some(message) = message {
-            text_bytes += message.text.len();
-            if text_bytes > limits::REPLY_TEXT_BYTES_MAX && !messages.is_empty() {
-                has_more = true;
-                break;
-            }
-            messages.push(message);
+        if budget.load(shard, shard.owner(channel.0), channel, id).await? == Some(false) {
+            has_more = true;
+            break;
         }
         // An inbox entry whose message is gone is passed too.
         last = id;
     }
     let next_since = if has_more { last } else { frontier.max(since) };
     Ok(json!({
-        "messages": messages_json(shard, &messages)?,
+        "messages": budget.messages,
         "has_more": has_more,
         "next_since": next_since.to_string(),
     }))

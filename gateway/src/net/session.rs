@@ -25,9 +25,11 @@ use crate::protocol::close::CloseReason;
 use crate::protocol::command::parse_frame;
 use crate::protocol::frame::{self, FrameReader, Incoming};
 use crate::protocol::shapes::{self, Hello};
+use crate::route::ConnKey;
 use crate::shard::connections::{attach, detach};
 use crate::shard::registry::Conn;
 use crate::shard::state::Shard;
+use crate::turnstile::Turnstile;
 
 thread_local! {
     /// The core's read buffer, borrowed only inside one `poll`.
@@ -259,14 +261,44 @@ fn on_command(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &
     };
     conn.in_flight.set(conn.in_flight.get() + 1);
     let (shard, conn, user, id) = (shard.clone(), conn.clone(), user.clone(), envelope.id);
+    // A read takes its place in the connection's line now, in the order
+    // the commands came.
+    let read_ticket = command.is_read().then(|| read_line(&shard, conn.key).ticket());
     glommio::spawn_local(async move {
-        let result = dispatch(&shard, &user, Some(&conn), command).await;
-        if let Err(error) = &result {
-            shard.counters.error(error.code);
+        let mut answer = true;
+        if let Some(ticket) = &read_ticket {
+            // One read of the connection at a time, started once its
+            // reply fits the queue: a client that pipelines reads and is
+            // slow to take their replies is held back, not closed.
+            ticket.turn().await;
+            answer = conn.room_for(limits::FRAME_BYTES_MAX).await;
         }
-        conn.push(frame::text(&shapes::reply_json(&id, &result)));
+        if answer {
+            let result = dispatch(&shard, &user, Some(&conn), command).await;
+            if let Err(error) = &result {
+                shard.counters.error(error.code);
+            }
+            conn.push(frame::text(&shapes::reply_json(&id, &result)));
+        }
+        if read_ticket.is_some() {
+            drop(read_ticket);
+            release_read_line(&shard, conn.key);
+        }
         conn.in_flight.set(conn.in_flight.get() - 1);
         conn.wake();
     })
     .detach();
+}
+
+/// The line of a connection's reads (made when it has none in flight).
+fn read_line(shard: &Shard, key: ConnKey) -> Rc<Turnstile> {
+    shard.read_lines.borrow_mut().entry(key).or_default().clone()
+}
+
+/// Forgets a connection's read line once no read is in it.
+fn release_read_line(shard: &Shard, key: ConnKey) {
+    let mut lines = shard.read_lines.borrow_mut();
+    if lines.get(&key).is_some_and(|line| line.is_idle()) {
+        lines.remove(&key);
+    }
 }

@@ -125,6 +125,14 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether it reads history (`history`, `sync`): a read's reply can be
+    /// as large as a frame, so a connection's reads run one at a time.
+    pub fn is_read(&self) -> bool {
+        matches!(self, Command::History { .. } | Command::Sync { .. })
+    }
+}
+
 #[derive(Deserialize)]
 struct UsersParams {
     users: Vec<String>,

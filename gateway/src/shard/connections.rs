@@ -120,6 +120,7 @@ async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
 /// Removes a connection, unsubscribes channels and presence it was the
 /// last local connection of, and tells the user's owner it went.
 pub async fn detach(shard: &Rc<Shard>, conn: &Conn) {
+    conn.end();
     let emptied = shard.registry.borrow_mut().remove(conn);
     // With its registry key freed: a later claim of the key is another's.
     shard.shared.release_device(conn.user_id, &conn.device, (shard.id.0, conn.key));

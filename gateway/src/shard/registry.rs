@@ -26,7 +26,11 @@ struct Outbound {
     queued_bytes: usize,
     /// Set once a close frame is queued: nothing more goes out after it.
     closing: Option<CloseReason>,
+    /// Set once the session ended: nothing will be written any more.
+    ended: bool,
     waker: Option<Waker>,
+    /// A reply waiting for room in the queue (one read at a time).
+    room_waker: Option<Waker>,
 }
 
 /// One WebSocket connection, as the rest of its core sees it.
@@ -101,6 +105,37 @@ impl Conn {
         if let Some(waker) = outbound.waker.take() {
             waker.wake();
         }
+        if let Some(waker) = outbound.room_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Marks the session ended (its socket is gone): a reply waiting for
+    /// room stops waiting.
+    pub fn end(&self) {
+        let mut outbound = self.outbound.borrow_mut();
+        outbound.ended = true;
+        if let Some(waker) = outbound.room_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits until `bytes` more fit under the queue's bound (or the queue
+    /// is empty), so that a reply the client asked for never makes it a
+    /// slow consumer; false once the connection is closing or ended.
+    pub async fn room_for(&self, bytes: usize) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut outbound = self.outbound.borrow_mut();
+            if outbound.closing.is_some() || outbound.ended {
+                return std::task::Poll::Ready(false);
+            }
+            if outbound.queue.is_empty() || outbound.queued_bytes + bytes <= limits::OUTBOUND_QUEUE_BYTES_MAX {
+                return std::task::Poll::Ready(true);
+            }
+            outbound.room_waker = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// Why the connection is closing, if it is.
@@ -172,6 +207,9 @@ impl Conn {
         if outbound.queue.is_empty() {
             // Release the ring's memory: idle connections hold none.
             outbound.queue = VecDeque::new();
+        }
+        if let Some(waker) = outbound.room_waker.take() {
+            waker.wake();
         }
     }
 

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::node::Shared;
 use crate::placement;
-use crate::route::{ChannelMsg, Control, Router};
+use crate::route::{ChannelMsg, ConnKey, Control, Router};
 use crate::services::abuse::Limiter;
 use crate::services::banned::{self, BannedWords};
 use crate::services::presence::Presence;
@@ -166,6 +166,9 @@ pub struct Shard {
     /// One rewrite of a user record at a time on this owner: each reads the
     /// record, then writes it whole, across an await.
     pub account_writes: glommio::sync::Semaphore,
+    /// The line of `history` and `sync` reads of each connection that has
+    /// one in flight: they run one at a time, in the order they came.
+    pub read_lines: RefCell<HashMap<ConnKey, Rc<Turnstile>>>,
 }
 
 impl Shard {
@@ -211,6 +214,7 @@ impl Shard {
             sends_in_flight: SingleFlight::new(),
             subscribes_in_flight: SingleFlight::new(),
             account_writes: glommio::sync::Semaphore::new(1),
+            read_lines: RefCell::new(HashMap::new()),
         })
     }
 

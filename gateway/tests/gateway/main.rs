@@ -17,6 +17,7 @@ mod lifecycle;
 mod messaging;
 mod presence;
 mod push;
+mod read_budget;
 mod slow_owner;
 mod subscriptions;
 mod sync_gap;

@@ -111,7 +111,7 @@ impl TestServer {
         let stream = TcpStream::connect(self.addr()).unwrap();
         stream.set_read_timeout(Some(FRAME_WAIT)).unwrap();
         match tungstenite::client(request, stream) {
-            Ok((ws, _)) => Ok(Client { ws, next_id: 1, events: VecDeque::new() }),
+            Ok((ws, _)) => Ok(Client { ws, next_id: 1, events: VecDeque::new(), last_frame_bytes: 0 }),
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
                 Err(response.status().as_u16())
             }
@@ -149,13 +149,18 @@ pub struct Client {
     pub ws: WebSocket<TcpStream>,
     next_id: u64,
     events: VecDeque<Value>,
+    /// The size of the last text frame read, in bytes.
+    pub last_frame_bytes: usize,
 }
 
 impl Client {
     fn read_json(&mut self) -> Value {
         loop {
             match self.ws.read() {
-                Ok(Message::Text(text)) => return serde_json::from_str(&text).unwrap(),
+                Ok(Message::Text(text)) => {
+                    self.last_frame_bytes = text.len();
+                    return serde_json::from_str(&text).unwrap();
+                }
                 Ok(Message::Close(frame)) => panic!("closed: {frame:?}"),
                 Ok(_) => continue,
                 Err(error) => panic!("read: {error}"),
