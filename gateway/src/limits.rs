@@ -43,6 +43,10 @@ pub const CALLS_IN_FLIGHT_PER_SHARD_MAX: usize = 4096;
 pub const MESH_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a core looks for calls and asks past their deadline.
 pub const MESH_ANSWER_SWEEP: Duration = Duration::from_millis(100);
+/// Channels one subscribe word to an owner carries at most: a connection
+/// whose user is in more channels than this sends its owner several
+/// words, all at once (so the owner's work per word stays bounded).
+pub const SUBSCRIBES_PER_WORD_MAX: usize = 1024;
 /// Writes one group commit takes at most; the rest wait for the next.
 pub const GROUP_COMMIT_WRITES_MAX: usize = 4096;
 

@@ -171,11 +171,13 @@ pub enum ChannelMsg {
         /// When the owner took the message (for the fan-out latency).
         taken_at: Instant,
     },
-    /// The sender hosts connections of this channel now (to the owner), as
-    /// of its subscription epoch `epoch`; answered with `Done`.
+    /// The sender hosts connections of these channels now (to their owner),
+    /// as of its subscription epoch `epoch`; answered with `Done`. One word
+    /// carries every channel of a connection that the owner owns (up to
+    /// `limits::SUBSCRIBES_PER_WORD_MAX`).
     Subscribe {
-        /// The channel.
-        channel_id: ChannelId,
+        /// The channels.
+        channel_ids: Vec<ChannelId>,
         /// The sender's subscription epoch when it decided.
         epoch: u64,
     },

@@ -3,6 +3,7 @@
 //! `hello`, so nothing sent after can miss it), telling the user's owner
 //! for presence; and, at an owner, which cores host each channel.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -12,6 +13,7 @@ use chatgw_idgen::{ChannelId, ShardId, UserId};
 use crate::auth::AuthedUser;
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::limits;
 use crate::route::{ChannelMsg, Control, OpsMsg};
 use crate::shard::ops::replace_here;
 use crate::shard::presence;
@@ -80,13 +82,15 @@ fn replace_older(shard: &Rc<Shard>, conn: &Conn) {
 }
 
 /// Tells the owners of `channels` that this core hosts them now, and
-/// returns once each has applied it. Each channel's claim in
-/// `subscribes_in_flight` is taken before the first await, so a connection
-/// that joins the channel here meanwhile waits for the same answer.
+/// returns once each has applied it: one word per owner (per
+/// `limits::SUBSCRIBES_PER_WORD_MAX` channels), all in flight at once.
+/// Each channel's claim in `subscribes_in_flight` is taken before the
+/// first await, so a connection that joins the channel here meanwhile
+/// waits for the same answer.
 async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
     let mut leads = Vec::new();
     let mut earlier = Vec::new();
-    let mut waits = Vec::new();
+    let mut by_owner: HashMap<ShardId, Vec<ChannelId>> = HashMap::new();
     for channel in channels {
         match shard.subscribes_in_flight.start(channel) {
             Turn::Lead(lead) => leads.push(lead),
@@ -95,12 +99,21 @@ async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
             // newer and goes too; wait for both.
             Turn::Follow(landing) => earlier.push(landing),
         }
-        let owner = shard.owner(channel.0);
-        let epoch = shard.next_subscription_epoch();
-        if owner == shard.id {
-            on_subscribe(shard, shard.id, *channel, true, epoch);
-        } else {
-            let subscribe = ChannelMsg::Subscribe { channel_id: *channel, epoch };
+        by_owner.entry(shard.owner(channel.0)).or_default().push(*channel);
+    }
+    let mut waits = Vec::new();
+    for (owner, owned) in by_owner {
+        for word in owned.chunks(limits::SUBSCRIBES_PER_WORD_MAX) {
+            // One epoch for the word: every later word about any of its
+            // channels has a larger one.
+            let epoch = shard.next_subscription_epoch();
+            if owner == shard.id {
+                for channel in word {
+                    on_subscribe(shard, shard.id, *channel, true, epoch);
+                }
+                continue;
+            }
+            let subscribe = ChannelMsg::Subscribe { channel_ids: word.to_vec(), epoch };
             waits.push(shard.router.ask(owner, Control::Channel(subscribe)));
         }
     }

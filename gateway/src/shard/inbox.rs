@@ -123,8 +123,10 @@ fn on_channel(shard: &Shard, from: ShardId, msg: ChannelMsg) -> Option<Result<An
             shard.deliver_local(channel_id, &frame, taken_at);
             None
         }
-        ChannelMsg::Subscribe { channel_id, epoch } => {
-            connections::on_subscribe(shard, from, channel_id, true, epoch);
+        ChannelMsg::Subscribe { channel_ids, epoch } => {
+            for channel_id in channel_ids {
+                connections::on_subscribe(shard, from, channel_id, true, epoch);
+            }
             Some(Ok(Answer::Done))
         }
         ChannelMsg::Unsubscribe { channel_id, epoch } => {

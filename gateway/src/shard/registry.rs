@@ -1,9 +1,17 @@
 //! The connections of one core: their outbound queues, and the local index
 //! of which connections belong to which users and channels. Deliveries
-//! arrive here as one shared frame per channel and cost O(local members).
+//! arrive here as one shared frame per channel and cost O(local members);
+//! every change to the indexes (a join, a leave, a watch) is O(1), so a
+//! user in 10,000 channels costs O(10,000) at connect, not O(n²).
+//!
+//! The sets hash with fixed SipHash keys and no per-set random state (8
+//! bytes less per connection): their keys (channel, user and connection
+//! ids) are made by the server, never chosen by a client.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Waker;
@@ -16,6 +24,10 @@ use crate::limits;
 use crate::protocol::close::CloseReason;
 use crate::protocol::frame;
 use crate::route::ConnKey;
+
+/// A set of server-made ids: a hasher without state, so an empty set is
+/// 32 bytes and allocates nothing.
+pub type IdSet<T> = HashSet<T, BuildHasherDefault<DefaultHasher>>;
 
 /// What a connection still has to write.
 #[derive(Debug, Default)]
@@ -49,9 +61,9 @@ pub struct Conn {
     /// When it connected, ms since the Unix epoch.
     pub connected_at_ms: u64,
     /// Channels this connection receives (the local index's other side).
-    pub channels: RefCell<Vec<ChannelId>>,
+    pub channels: RefCell<IdSet<ChannelId>>,
     /// Users whose presence this connection subscribed to.
-    pub watching: RefCell<Vec<UserId>>,
+    pub watching: RefCell<IdSet<UserId>>,
     /// Commands being worked on.
     pub in_flight: Cell<usize>,
     /// When a frame last arrived, ms since the Unix epoch.
@@ -224,9 +236,9 @@ impl Conn {
 pub struct Registry {
     conns: Slab<Rc<Conn>>,
     by_user: HashMap<UserId, Vec<ConnKey>>,
-    by_channel: HashMap<ChannelId, Vec<ConnKey>>,
+    by_channel: HashMap<ChannelId, IdSet<ConnKey>>,
     /// Presence subscriptions: watched user → subscribed connections.
-    watchers: HashMap<UserId, Vec<ConnKey>>,
+    watchers: HashMap<UserId, IdSet<ConnKey>>,
 }
 
 /// What removing a connection leaves without a local connection.
@@ -256,8 +268,8 @@ impl Registry {
             device,
             remote,
             connected_at_ms: now_ms,
-            channels: RefCell::new(Vec::new()),
-            watching: RefCell::new(Vec::new()),
+            channels: RefCell::new(IdSet::default()),
+            watching: RefCell::new(IdSet::default()),
             in_flight: Cell::new(0),
             last_active_ms: Cell::new(now_ms),
             token_expires_ms: Cell::new(u64::MAX),
@@ -282,22 +294,22 @@ impl Registry {
         if !self.holds(conn) {
             return false;
         }
-        let mut channels = conn.channels.borrow_mut();
-        if channels.contains(&channel) {
+        if !conn.channels.borrow_mut().insert(channel) {
             return false;
         }
-        channels.push(channel);
         let keys = self.by_channel.entry(channel).or_default();
-        keys.push(conn.key);
+        keys.insert(conn.key);
         keys.len() == 1
     }
 
     /// Takes a connection out of a channel's index. Returns true when it
     /// was the channel's last local connection (the core may unsubscribe).
     pub fn leave_channel(&mut self, conn: &Conn, channel: ChannelId) -> bool {
-        conn.channels.borrow_mut().retain(|joined| *joined != channel);
+        if !conn.channels.borrow_mut().remove(&channel) {
+            return false;
+        }
         let Some(keys) = self.by_channel.get_mut(&channel) else { return false };
-        keys.retain(|key| *key != conn.key);
+        keys.remove(&conn.key);
         if keys.is_empty() {
             self.by_channel.remove(&channel);
             return true;
@@ -312,27 +324,22 @@ impl Registry {
         if !self.holds(conn) {
             return false;
         }
-        let mut watching = conn.watching.borrow_mut();
-        if watching.contains(&user) {
+        if !conn.watching.borrow_mut().insert(user) {
             return false;
         }
-        watching.push(user);
         let keys = self.watchers.entry(user).or_default();
-        keys.push(conn.key);
+        keys.insert(conn.key);
         keys.len() == 1
     }
 
     /// Ends a presence subscription. Returns true when it was the user's
     /// last local subscriber (the core may tell the owner).
     pub fn unwatch(&mut self, conn: &Conn, user: UserId) -> bool {
-        let mut watching = conn.watching.borrow_mut();
-        let before = watching.len();
-        watching.retain(|watched| *watched != user);
-        if watching.len() == before {
+        if !conn.watching.borrow_mut().remove(&user) {
             return false;
         }
         let Some(keys) = self.watchers.get_mut(&user) else { return false };
-        keys.retain(|key| *key != conn.key);
+        keys.remove(&conn.key);
         if keys.is_empty() {
             self.watchers.remove(&user);
             return true;
@@ -349,9 +356,9 @@ impl Registry {
     /// Removes a connection; returns the channels and watched users it was
     /// the last local connection of.
     pub fn remove(&mut self, conn: &Conn) -> Emptied {
-        let channels = conn.channels.borrow().clone();
+        let channels: Vec<ChannelId> = conn.channels.borrow().iter().copied().collect();
         let channels = channels.into_iter().filter(|channel| self.leave_channel(conn, *channel)).collect();
-        let watching = conn.watching.borrow().clone();
+        let watching: Vec<UserId> = conn.watching.borrow().iter().copied().collect();
         let watched = watching.into_iter().filter(|user| self.unwatch(conn, *user)).collect();
         let emptied = Emptied { channels, watched };
         if let Some(keys) = self.by_user.get_mut(&conn.user_id) {

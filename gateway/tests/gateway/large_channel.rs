@@ -9,6 +9,7 @@ use chatgw_storage::{Channel, ChannelKind, Store, StoreConfig, User};
 use serde_json::json;
 
 const SHARDS: u16 = 2;
+
 const SECRET: &str = "a test secret of thirty-two bytes!";
 const MEMBERS: u64 = 100_000;
 
@@ -93,5 +94,98 @@ fn a_channel_of_100_000_members_delivers_and_syncs() {
     let next = alice.result("send", json!({ "channel_id": channel_id, "text": "one fewer" }));
     assert_eq!(bob.next_event("message")["id"], next["message_id"]);
     assert_eq!(carol.error_code("history", json!({ "channel_id": channel_id })), "forbidden");
+    server.stop();
+}
+
+/// Cross-core messages every shard sent so far (admin stats).
+fn mesh_sent(server: &TestServer) -> u64 {
+    let token = server.handle.as_ref().unwrap().admin_token.clone();
+    let mut response = server
+        .http
+        .get(server.url("/admin/v1/stats"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    let stats: serde_json::Value = response.body_mut().read_json().unwrap();
+    stats["shards"].as_array().unwrap().iter().map(|shard| shard["mesh_sent"].as_u64().unwrap()).sum()
+}
+
+#[test]
+fn a_user_in_10_000_channels_connects_with_a_few_words_to_each_owner() {
+    const CHANNELS: u64 = 10_000;
+    const SHARDS: u16 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = dir.path().to_path_buf();
+    let (me, other) = ((2_001u64, "many_me"), (2_002u64, "many_other"));
+    let first_channel = 8_000_000u64;
+    {
+        let store = Store::open(&StoreConfig::new(dir_path.join("db"), SHARDS)).unwrap();
+        let mut batch = store.batch();
+        for (id, name) in [me, other] {
+            batch.put_user(owner(id, SHARDS), &user(id, name)).unwrap();
+            batch.put_username(username_owner(name, SHARDS), name, UserId(id)).unwrap();
+        }
+        for id in first_channel..first_channel + CHANNELS {
+            let channel = ChannelId(id);
+            let channel_shard = owner(id, SHARDS);
+            let record = Channel {
+                id: channel,
+                name: format!("c{id}"),
+                kind: ChannelKind::Group,
+                owner_id: UserId(other.0),
+                created_at_ms: 1,
+                fan_out_on_read: false,
+            };
+            batch.put_channel(channel_shard, &record).unwrap();
+            for member in [me.0, other.0] {
+                batch.add_member(channel_shard, channel, UserId(member)).unwrap();
+                batch.put_user_channel(owner(member, SHARDS), UserId(member), channel, false).unwrap();
+            }
+        }
+        store.write(batch).unwrap();
+    }
+    let mut server = TestServer::start_with(SHARDS, |config| {
+        config.data_dir = dir_path.clone();
+        config.jwt_secret = Some(SECRET.into());
+    });
+    let keys = chatgw_gateway::TokenKeys::new(SECRET.as_bytes());
+    let login = |(id, name): (u64, &str)| crate::common::User {
+        username: name.into(),
+        user_id: id.to_string(),
+        token: keys.mint(UserId(id), name, 600, 0).0,
+    };
+    let (me, other) = (login(me), login(other));
+
+    let before = mesh_sent(&server);
+    let started = std::time::Instant::now();
+    let mut device = server.connect(&me, "phone");
+    let hello_after = started.elapsed();
+    let words = mesh_sent(&server) - before;
+    eprintln!("hello after {hello_after:?} for a user in {CHANNELS} channels; {words} cross-core messages");
+    // Three quarters of the channels have another owner than the core the
+    // connection landed on: one word per 1,024 of them and its answer, the
+    // presence word and its answer, the stats asks. One word per channel
+    // was 7,500 and as many answers.
+    assert!(words < 100, "{words} cross-core messages for one connect");
+
+    // Every channel was subscribed: a message to the last one, and to the
+    // first, arrives.
+    for id in [first_channel + CHANNELS - 1, first_channel] {
+        let (status, body) =
+            server.post_auth("/v1/rpc/send", &other.token, &json!({ "channel_id": id.to_string(), "text": "hi" }));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(device.next_event("message")["channel_id"], id.to_string());
+    }
+    // And the connection leaves them all when it goes: a second device
+    // comes and goes on the same terms.
+    device.close();
+    let mut again = server.connect(&me, "laptop");
+    let (status, _) = server.post_auth(
+        "/v1/rpc/send",
+        &other.token,
+        &json!({ "channel_id": first_channel.to_string(), "text": "back" }),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(again.next_event("message")["text"], "back");
     server.stop();
 }

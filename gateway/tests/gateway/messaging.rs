@@ -11,7 +11,7 @@ fn ids(messages: &Value) -> Vec<String> {
 #[test]
 fn a_direct_message_crosses_shards_and_reaches_both_sides() {
     let server = TestServer::start(2);
-    let people = users_on_every_shard(&server, "dm", 2, 2);
+    let people = users_on_every_shard(&server, "dm", 3, 2);
     // Two users owned by different shards.
     let alice = &people[0];
     let bob = people.iter().find(|user| owner(user, 2) != owner(alice, 2)).expect("users on both shards");

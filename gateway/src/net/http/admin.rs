@@ -165,6 +165,7 @@ async fn stats(shard: &Rc<Shard>) -> Result<Value, ApiError> {
                 "storage_memtable_bytes": stats.storage_memtable_bytes,
                 "outbox_depth": stats.outbox_depth,
                 "slow_consumers": stats.slow_consumers,
+                "mesh_sent": stats.mesh_sent.iter().sum::<u64>(),
             })
         })
         .collect();
