@@ -49,7 +49,7 @@ start_server() {
     stop_server
     # One load generator on one address: the per-address caps are off.
     "$bin" serve --listen "$addr" --data-dir "$work/data" --rate-limit 0 \
-        --max-connections-per-ip 0 --max-new-connections-per-ip-per-s 0 --max-signups-per-ip-per-min 0 \
+        --max-connections-per-ip 0 --max-new-connections-per-ip-per-s 0 --max-signups-per-ip-per-min 0 --channel-changes-per-min 0 \
         >"$work/server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do

@@ -103,6 +103,13 @@ pub struct ServeArgs {
     /// Message burst per user [default: 100].
     #[arg(long, env = "CHATGW_RATE_BURST")]
     rate_burst: Option<u32>,
+    /// Channel creations and member additions per user a minute, in bursts
+    /// of as many; 0 for no limit [default: 60].
+    #[arg(long, env = "CHATGW_CHANNEL_CHANGES_PER_MIN")]
+    channel_changes_per_min: Option<u32>,
+    /// Channels a user may be in [default: 10000].
+    #[arg(long, env = "CHATGW_MAX_CHANNELS_PER_USER")]
+    max_channels_per_user: Option<usize>,
     /// A test aid: `POST /admin/v1/faults/panic` makes a shard panic (the
     /// process aborts). Hidden; never for production.
     #[arg(long, hide = true)]
@@ -140,6 +147,8 @@ struct FileConfig {
     max_message_chars: Option<usize>,
     rate_limit: Option<u32>,
     rate_burst: Option<u32>,
+    channel_changes_per_min: Option<u32>,
+    max_channels_per_user: Option<usize>,
 }
 
 fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
@@ -189,6 +198,8 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(max_message_chars => max_message_chars);
     pick!(rate_limit => rate_limit_per_s);
     pick!(rate_burst => rate_burst);
+    pick!(channel_changes_per_min => channel_changes_per_min);
+    pick!(max_channels_per_user => max_channels_per_user);
     config.fault_hooks = args.fault_hooks;
     config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;
     if let Some(durability) = args.durability.or(file.durability) {

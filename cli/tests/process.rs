@@ -27,7 +27,18 @@ fn serve(data_dir: &Path) -> Node {
 /// `serve` with more flags.
 fn serve_with(data_dir: &Path, extra: &[&str]) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatgw"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--max-signups-per-ip-per-min", "0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--max-signups-per-ip-per-min",
+            "0",
+            "--channel-changes-per-min",
+            "0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .args(extra)
         .env("CHATGW_LOG", "info")

@@ -65,6 +65,11 @@ pub struct Config {
     pub rate_limit_per_s: u32,
     /// Burst of messages per user.
     pub rate_burst: u32,
+    /// Channel creations and member additions per user a minute, in bursts
+    /// of as many (0: no limit).
+    pub channel_changes_per_min: u32,
+    /// Channels a user may be in; creating or adding past it is refused.
+    pub max_channels_per_user: usize,
     /// The block cache RocksDB shares across shards, in bytes.
     pub block_cache_bytes: usize,
     /// Pin each shard's executor to a core (off in tests that run several
@@ -123,6 +128,8 @@ impl Default for Config {
             max_message_chars: 100_000,
             rate_limit_per_s: 20,
             rate_burst: 100,
+            channel_changes_per_min: 60,
+            max_channels_per_user: 10_000,
             block_cache_bytes: 256 << 20,
             pin_cores: true,
             token_ttl_s: 7 * 24 * 3600,

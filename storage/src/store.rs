@@ -606,6 +606,17 @@ impl Store {
         }
     }
 
+    /// How many channels the user is in, counted up to `up_to` (a key scan
+    /// that stops there: enough to tell whether a cap is reached).
+    pub fn user_channel_count(&self, shard: ShardId, user: UserId, up_to: usize) -> Result<usize> {
+        let mut count = 0;
+        self.for_each_suffix_from(shard, tag::USER_CHANNEL, user.0, 0, up_to, |_, _| {
+            count += 1;
+            Ok(())
+        })?;
+        Ok(count)
+    }
+
     fn user_channels_from(&self, shard: ShardId, user: UserId, from: u64, limit: usize) -> Result<Vec<UserChannel>> {
         let mut channels = Vec::new();
         self.for_each_suffix_from(shard, tag::USER_CHANNEL, user.0, from, limit, |channel, flags| {

@@ -12,6 +12,7 @@ use crate::clock::now_ms;
 use crate::cmd::history::readable;
 use crate::error::{ApiError, ErrorCode};
 use crate::route::Call;
+use crate::shard::abuse::check_channel_change;
 use crate::shard::inbox;
 use crate::shard::state::Shard;
 
@@ -22,6 +23,8 @@ pub async fn create(
     name: String,
     members: Vec<String>,
 ) -> Result<Value, ApiError> {
+    // Cheap checks first: the rate, the size, then each member's channels.
+    check_channel_change(shard, user.user_id).await?;
     let mut ids = shard.known_users(&members)?;
     ids.push(user.user_id);
     ids.sort();
@@ -30,6 +33,7 @@ pub async fn create(
     if ids.len() > max {
         return Err(ApiError::new(ErrorCode::ChannelFull, format!("a channel holds at most {max} members")));
     }
+    room_for_a_channel(shard, &ids)?;
     // An id this core owns: the channel is made here, and the id's issuer
     // is the shard that writes it (its high-water mark covers the id).
     let channel = Channel {
@@ -52,8 +56,35 @@ pub async fn add_members(
     channel_id: ChannelId,
     members: &[String],
 ) -> Result<Value, ApiError> {
+    check_channel_change(shard, user.user_id).await?;
     let add = shard.known_users(members)?;
+    let owner = shard.owner(channel_id.0);
+    let mut joining = Vec::with_capacity(add.len());
+    for member in &add {
+        if !shard.store.is_member(owner, channel_id, *member)? {
+            joining.push(*member);
+        }
+    }
+    room_for_a_channel(shard, &joining)?;
     change_members(shard, user, channel_id, add, Vec::new()).await
+}
+
+/// Checks that each of `users` may join one more channel
+/// (`max_channels_per_user`). Read here, before the owner's write: two
+/// additions of one user racing at two owners can pass the cap by one
+/// each.
+fn room_for_a_channel(shard: &Shard, users: &[UserId]) -> Result<(), ApiError> {
+    let max = shard.config.max_channels_per_user;
+    for user in users {
+        if shard.store.user_channel_count(shard.owner(user.0), *user, max)? >= max {
+            let name = shard.username(*user)?;
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("{name} is in {max} channels, the most a user may be in"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `channel.remove_members`.

@@ -1,8 +1,14 @@
-//! Rate limits and flood control for `send` (protocol §5), kept by each
+//! Rate limits and flood control for `send` (protocol §5), and the rate of
+//! channel changes (`channel.create`, `channel.add_members`), kept by each
 //! user's owner shard, so that they hold across the user's devices and the
-//! HTTP API whichever cores those land on. A send from another core costs
-//! one control round trip to the owner before it goes on (`Check`, moved by
-//! `shard::abuse`). The limiter takes the time as an argument.
+//! HTTP API whichever cores those land on. A send or change from another
+//! core costs one control round trip to the owner before it goes on
+//! (`Check`, moved by `shard::abuse`). The limiter takes the time as an
+//! argument.
+//!
+//! - Channel changes: a token bucket per user of `--channel-changes-per-min`
+//!   a minute, bursts of as many; past it `rate_limited` with
+//!   `retry_after_ms`.
 //!
 //! - A token bucket per user: `--rate-limit` tokens a second up to
 //!   `--rate-burst`; a send takes one, and with none left is refused with
@@ -25,17 +31,26 @@ use chatgw_idgen::UserId;
 
 use crate::error::ApiError;
 use crate::limits::{FLOOD_LOG_MAX, FLOOD_REPEATS_MAX, FLOOD_WINDOW};
+use crate::services::bucket::{Bucket, Rate};
 
-/// May this user (owned by the receiver) send a text of this hash now?
-/// Answered with `Done` or `rate_limited`.
+/// What a user (owned by the receiver) asks to do now; answered with
+/// `Done` or `rate_limited`.
 #[derive(Debug, Clone, Copy)]
-pub struct Check {
-    /// The sender.
-    pub user_id: UserId,
-    /// `text_hash` of the text.
-    pub text_hash: u64,
-    /// `text_hash` of its `client_msg_id`, if any.
-    pub client_msg_id_hash: Option<u64>,
+pub enum Check {
+    /// Send a text of this hash.
+    Send {
+        /// The sender.
+        user_id: UserId,
+        /// `text_hash` of the text.
+        text_hash: u64,
+        /// `text_hash` of its `client_msg_id`, if any.
+        client_msg_id_hash: Option<u64>,
+    },
+    /// Create a channel or add members to one.
+    ChannelChange {
+        /// Who asks.
+        user_id: UserId,
+    },
 }
 
 /// One send in a user's flood log.
@@ -50,8 +65,7 @@ struct Sent {
 
 #[derive(Debug)]
 struct Sender {
-    tokens: f64,
-    refilled: Instant,
+    bucket: Bucket,
     /// The last sends within `FLOOD_WINDOW`, oldest first, at most
     /// `FLOOD_LOG_MAX`.
     recent: VecDeque<Sent>,
@@ -60,9 +74,10 @@ struct Sender {
 /// One core's limiter.
 #[derive(Debug)]
 pub struct Limiter {
-    per_s: f64,
-    burst: f64,
+    sends: Rate,
     senders: RefCell<HashMap<UserId, Sender>>,
+    changes: Rate,
+    changers: RefCell<HashMap<UserId, Bucket>>,
 }
 
 /// The hash the flood check compares texts by.
@@ -76,29 +91,49 @@ impl Limiter {
     /// A limiter of `per_s` sends a second with bursts of `burst`; a rate
     /// of 0 turns the bucket off (the flood check stays).
     pub fn new(per_s: u32, burst: u32) -> Self {
-        Limiter { per_s: f64::from(per_s), burst: f64::from(burst.max(1)), senders: RefCell::new(HashMap::new()) }
+        Limiter {
+            sends: Rate::new(f64::from(per_s), f64::from(burst)),
+            senders: RefCell::new(HashMap::new()),
+            changes: Rate::new(0.0, 1.0),
+            changers: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The same, with channel changes limited to `per_min` a minute (bursts
+    /// of as many; 0 for no limit).
+    pub fn with_channel_changes(mut self, per_min: u32) -> Self {
+        self.changes = Rate::new(f64::from(per_min) / 60.0, f64::from(per_min));
+        self
+    }
+
+    /// Takes a token for `user` creating a channel or adding members at
+    /// `now`, or says why not.
+    pub fn check_channel_change(&self, user: UserId, now: Instant) -> Result<(), ApiError> {
+        let rate = self.changes;
+        let mut changers = self.changers.borrow_mut();
+        let bucket = changers.entry(user).or_insert_with(|| Bucket::full(rate, now));
+        if let Err(wait_ms) = bucket.ready(rate, now) {
+            return Err(ApiError::rate_limited(
+                format!("at most {} channel creations and member additions a minute", rate.burst),
+                wait_ms,
+            ));
+        }
+        bucket.take(rate);
+        Ok(())
     }
 
     /// Takes a token for `user` sending a text of hash `hash` (`text_hash`),
     /// with a `client_msg_id` of hash `id`, at `now`, or says why not.
     pub fn check(&self, user: UserId, hash: u64, id: Option<u64>, now: Instant) -> Result<(), ApiError> {
         let mut senders = self.senders.borrow_mut();
-        let sender = senders.entry(user).or_insert_with(|| Sender {
-            tokens: self.burst,
-            refilled: now,
-            recent: VecDeque::new(),
-        });
-        if self.per_s > 0.0 {
-            let elapsed = now.saturating_duration_since(sender.refilled).as_secs_f64();
-            sender.tokens = (sender.tokens + elapsed * self.per_s).min(self.burst);
-            sender.refilled = now;
-            if sender.tokens < 1.0 {
-                let wait_ms = ((1.0 - sender.tokens) / self.per_s * 1000.0).ceil() as u64;
-                return Err(ApiError::rate_limited(
-                    format!("at most {} messages a second (bursts of {})", self.per_s, self.burst),
-                    wait_ms,
-                ));
-            }
+        let rate = self.sends;
+        let sender =
+            senders.entry(user).or_insert_with(|| Sender { bucket: Bucket::full(rate, now), recent: VecDeque::new() });
+        if let Err(wait_ms) = sender.bucket.ready(rate, now) {
+            return Err(ApiError::rate_limited(
+                format!("at most {} messages a second (bursts of {})", rate.per_s, rate.burst),
+                wait_ms,
+            ));
         }
         while sender.recent.front().is_some_and(|sent| now.saturating_duration_since(sent.at) >= FLOOD_WINDOW) {
             sender.recent.pop_front();
@@ -120,19 +155,16 @@ impl Limiter {
             }
             sender.recent.push_back(Sent { hash, at: now, id });
         }
-        if self.per_s > 0.0 {
-            sender.tokens -= 1.0;
-        }
+        sender.bucket.take(rate);
         Ok(())
     }
 
     /// Forgets users whose bucket is full again and who have no text in a
     /// flood window (so the map holds recent senders only).
     pub fn prune(&self, now: Instant) {
+        self.changers.borrow_mut().retain(|_, bucket| !bucket.is_full(self.changes, now));
         self.senders.borrow_mut().retain(|_, sender| {
-            let full = self.per_s <= 0.0
-                || sender.tokens + now.saturating_duration_since(sender.refilled).as_secs_f64() * self.per_s
-                    >= self.burst;
+            let full = sender.bucket.is_full(self.sends, now);
             let flooding = sender.recent.iter().any(|sent| now.saturating_duration_since(sent.at) < FLOOD_WINDOW);
             !full || flooding
         });
@@ -140,7 +172,7 @@ impl Limiter {
 
     /// Users tracked now.
     pub fn tracked(&self) -> usize {
-        self.senders.borrow().len()
+        self.senders.borrow().len() + self.changers.borrow().len()
     }
 }
 
@@ -205,6 +237,24 @@ mod tests {
         };
         assert_eq!(refused.code, ErrorCode::RateLimited);
         assert_eq!(sent, 5 * u64::from(FLOOD_REPEATS_MAX), "each text of the rotation counts");
+    }
+
+    #[test]
+    fn channel_changes_have_a_bucket_of_their_own() {
+        let limiter = Limiter::new(0, 1).with_channel_changes(6);
+        let start = Instant::now();
+        let user = UserId(1);
+        for _ in 0..6 {
+            limiter.check_channel_change(user, start).unwrap();
+        }
+        let refused = limiter.check_channel_change(user, start).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited);
+        assert_eq!(refused.retry_after_ms, Some(10_000), "six a minute: one every 10 s");
+        limiter.check(user, text_hash("sends are counted apart"), None, start).unwrap();
+        limiter.check_channel_change(UserId(2), start).unwrap();
+        limiter.check_channel_change(user, start + Duration::from_secs(10)).unwrap();
+        limiter.prune(start + Duration::from_secs(120));
+        assert_eq!(limiter.tracked(), 0, "full buckets and quiet senders are forgotten");
     }
 
     #[test]

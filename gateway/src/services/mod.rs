@@ -4,6 +4,7 @@
 
 pub mod abuse;
 pub mod banned;
+pub mod bucket;
 pub mod presence;
 pub mod push;
 pub mod stats;

@@ -18,7 +18,18 @@ pub async fn check_send(
     text: &str,
     client_msg_id: Option<&str>,
 ) -> Result<(), ApiError> {
-    let check = Check { user_id: user, text_hash: text_hash(text), client_msg_id_hash: client_msg_id.map(text_hash) };
+    let check =
+        Check::Send { user_id: user, text_hash: text_hash(text), client_msg_id_hash: client_msg_id.map(text_hash) };
+    ask_owner(shard, user, check).await
+}
+
+/// Checks that `user` may create a channel or add members now, at the
+/// user's owner.
+pub async fn check_channel_change(shard: &Rc<Shard>, user: UserId) -> Result<(), ApiError> {
+    ask_owner(shard, user, Check::ChannelChange { user_id: user }).await
+}
+
+async fn ask_owner(shard: &Rc<Shard>, user: UserId, check: Check) -> Result<(), ApiError> {
     let owner = shard.owner(user.0);
     if owner == shard.id {
         return on_check(shard, check).map(|_| ());
@@ -31,5 +42,12 @@ pub async fn check_send(
 
 /// The owner's side: takes a token for the send, or says why not.
 pub fn on_check(shard: &Shard, check: Check) -> Result<Answer, ApiError> {
-    shard.limiter.check(check.user_id, check.text_hash, check.client_msg_id_hash, Instant::now()).map(|()| Answer::Done)
+    let now = Instant::now();
+    match check {
+        Check::Send { user_id, text_hash, client_msg_id_hash } => {
+            shard.limiter.check(user_id, text_hash, client_msg_id_hash, now)
+        }
+        Check::ChannelChange { user_id } => shard.limiter.check_channel_change(user_id, now),
+    }
+    .map(|()| Answer::Done)
 }

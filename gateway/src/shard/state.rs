@@ -182,7 +182,8 @@ impl Shard {
         let banned = banned::load(&store)?;
         let outbox_depth = store.outbox_len(id)?;
         let committer = Committer::new(shared.clone(), id, config.fault_commit_delay_ms);
-        let limiter = Limiter::new(config.rate_limit_per_s, config.rate_burst);
+        let limiter = Limiter::new(config.rate_limit_per_s, config.rate_burst)
+            .with_channel_changes(config.channel_changes_per_min);
         let presence = Presence::new(config.presence_grace_ms);
         Ok(Shard {
             id,

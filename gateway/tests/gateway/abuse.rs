@@ -96,3 +96,69 @@ fn thousands_of_banned_phrases_are_matched_in_a_long_text() {
     let near_miss = format!("{} forbidden phrase number 99999", &clean[..1000]);
     ws.result("send", json!({ "to_user": "bob", "text": near_miss }));
 }
+
+#[test]
+fn channel_creations_and_additions_past_the_rate_are_refused_from_any_device() {
+    let server = TestServer::start_with(2, |config| config.channel_changes_per_min = 4);
+    let alice = server.signup("alice");
+    for name in ["bob", "carol", "dave"] {
+        server.signup(name);
+    }
+    // Two devices (whichever cores they land on) share the user's bucket.
+    let mut phone = server.connect(&alice, "phone");
+    let mut laptop = server.connect(&alice, "laptop");
+    let first = phone.result("channel.create", json!({ "name": "one", "members": ["bob"] }))["channel"]["id"].clone();
+    laptop.result("channel.create", json!({ "name": "two", "members": [] }));
+    phone.result("channel.add_members", json!({ "channel_id": first, "members": ["carol"] }));
+    laptop.result("channel.create", json!({ "name": "three", "members": [] }));
+    for (device, method, params) in [
+        (&mut phone, "channel.create", json!({ "name": "four", "members": [] })),
+        (&mut laptop, "channel.add_members", json!({ "channel_id": first, "members": ["dave"] })),
+    ] {
+        let reply = device.call(method, params);
+        assert_eq!(reply["error"]["code"], "rate_limited", "{method}: {reply}");
+        let retry_after_ms = reply["error"]["retry_after_ms"].as_u64().unwrap();
+        assert!((1..=15_000).contains(&retry_after_ms), "four a minute: one every 15 s, {retry_after_ms}");
+    }
+    // Nothing half-done: dave was not added.
+    let info = phone.result("channel.info", json!({ "channel_id": first }));
+    assert_eq!(info["channel"]["members"].as_array().unwrap().len(), 3, "{info}");
+    // Sends and other users are not limited by it.
+    phone.result("send", json!({ "channel_id": first, "text": "still talking" }));
+    let bob = server.signup("bob2");
+    let mut bob_ws = server.connect(&bob, "phone");
+    bob_ws.result("channel.create", json!({ "name": "bob's", "members": [] }));
+}
+
+#[test]
+fn a_user_in_the_most_channels_allowed_joins_no_more() {
+    let server = TestServer::start_with(2, |config| config.max_channels_per_user = 3);
+    let alice = server.signup("alice");
+    let bob = server.signup("bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let mut bob_ws = server.connect(&bob, "phone");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            alice_ws.result("channel.create", json!({ "name": format!("c{n}"), "members": [] }))["channel"]["id"]
+                .clone(),
+        );
+    }
+    // Alice is in three: she can neither make a fourth nor be added to one.
+    let reply = alice_ws.call("channel.create", json!({ "name": "c3", "members": [] }));
+    assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("alice"), "{reply}");
+    let bobs = bob_ws.result("channel.create", json!({ "name": "bob's", "members": [] }))["channel"]["id"].clone();
+    let reply = bob_ws.call("channel.add_members", json!({ "channel_id": bobs, "members": ["alice"] }));
+    assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
+    let reply = bob_ws.call("channel.create", json!({ "name": "with alice", "members": ["alice"] }));
+    assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
+    // Adding her where she is already a member is no change, and allowed.
+    alice_ws.result("channel.add_members", json!({ "channel_id": ids[0], "members": ["bob"] }));
+    alice_ws.result("channel.add_members", json!({ "channel_id": ids[0], "members": ["alice"] }));
+    // Once she leaves one, there is room again.
+    alice_ws.result("channel.leave", json!({ "channel_id": ids[1] }));
+    bob_ws.result("channel.add_members", json!({ "channel_id": bobs, "members": ["alice"] }));
+    let list = alice_ws.result("channel.list", json!({}));
+    assert_eq!(list["channels"].as_array().unwrap().len(), 3, "{list}");
+}
