@@ -5,8 +5,7 @@
 //! queue's bound a request is refused at once (`overloaded`) rather than
 //! queued without end.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -14,13 +13,12 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use futures_channel::oneshot;
 
 use crate::error::{ApiError, ErrorCode};
-
-type Job = Box<dyn FnOnce() + Send>;
+use crate::workers::{Refused, WorkerPool};
 
 /// The pool: `threads` hashing threads fed by one queue of `queue_max` jobs.
 #[derive(Debug)]
 pub struct HashPool {
-    jobs: SyncSender<Job>,
+    workers: WorkerPool,
     queue_max: usize,
     /// A stored hash of a password no one knows, made on first use: a login
     /// of an unknown or disabled user verifies against it, so that it costs
@@ -32,13 +30,8 @@ impl HashPool {
     /// Starts `threads` threads (at least one) behind a queue of
     /// `queue_max` jobs. They end when the pool is dropped.
     pub fn new(threads: usize, queue_max: usize) -> std::io::Result<Self> {
-        let (jobs, queue) = sync_channel::<Job>(queue_max);
-        let queue = Arc::new(Mutex::new(queue));
-        for n in 0..threads.max(1) {
-            let queue = queue.clone();
-            std::thread::Builder::new().name(format!("chatgw-hash-{n}")).spawn(move || work(&queue))?;
-        }
-        Ok(HashPool { jobs, queue_max, dummy: Arc::new(OnceLock::new()) })
+        let workers = WorkerPool::new("chatgw-hash", threads, queue_max)?;
+        Ok(HashPool { workers, queue_max, dummy: Arc::new(OnceLock::new()) })
     }
 
     /// Queues `job` now; `overloaded` if the queue is full. The receiver
@@ -47,18 +40,13 @@ impl HashPool {
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<oneshot::Receiver<T>, ApiError> {
-        let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = done.send(job());
-        });
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(result),
-            Err(TrySendError::Full(_)) => Err(ApiError::new(
+        self.workers.submit(job).map_err(|refused| match refused {
+            Refused::Full => ApiError::new(
                 ErrorCode::Overloaded,
                 format!("{} password checks are queued already; try again shortly", self.queue_max),
-            )),
-            Err(TrySendError::Disconnected(_)) => Err(ApiError::internal("the hashing pool stopped")),
-        }
+            ),
+            Refused::Stopped => ApiError::internal("the hashing pool stopped"),
+        })
     }
 
     /// Runs `job` on the pool; `overloaded` if its queue is full.
@@ -93,20 +81,6 @@ impl HashPool {
 fn hash_now(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default().hash_password(password.as_bytes(), &salt).map(|hash| hash.to_string()).map_err(|e| e.to_string())
-}
-
-fn work(queue: &Mutex<Receiver<Job>>) {
-    loop {
-        // The lock is held only while waiting for the next job.
-        let job = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(poisoned) => poisoned.into_inner().recv(),
-        };
-        match job {
-            Ok(job) => job(),
-            Err(_) => return,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ mod shard;
 mod single_flight;
 mod throttle;
 mod turnstile;
+mod workers;
 
 pub use auth::TokenKeys;
 pub use config::{Config, Durability};

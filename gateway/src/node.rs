@@ -21,6 +21,7 @@ use crate::frontier::{self, IdSource};
 use crate::hashing::HashPool;
 use crate::limits::HASH_QUEUE_MAX;
 use crate::throttle::{LoginThrottle, SignupThrottle};
+use crate::workers::WorkerPool;
 
 /// What every core of one server shares.
 #[derive(Debug)]
@@ -39,6 +40,10 @@ pub struct Shared {
     ids: Box<[IdSource]>,
     /// The password-hashing threads.
     pub hashing: HashPool,
+    /// The webhook's POSTs, when there is a webhook: one thread per shard
+    /// (each shard's push worker sends one push at a time), so a webhook
+    /// that hangs holds only these, never a shard's group commits.
+    pub webhook_posts: Option<WorkerPool>,
     login_throttle: Mutex<LoginThrottle>,
     signup_throttle: Mutex<SignupThrottle>,
     admission: Mutex<Admission>,
@@ -75,6 +80,11 @@ impl Shared {
             .collect::<Result<_, _>>()
             .map_err(|error| ServeError::Config(error.to_string()))?;
         let hashing = HashPool::new(config.hash_threads, HASH_QUEUE_MAX)?;
+        let posters = usize::from(shard_count);
+        let webhook_posts = match &config.push_webhook {
+            Some(_) => Some(WorkerPool::new("chatgw-push", posters, posters)?),
+            None => None,
+        };
         Ok(Shared {
             ready_shards: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
@@ -83,6 +93,7 @@ impl Shared {
             started: Instant::now(),
             ids,
             hashing,
+            webhook_posts,
             login_throttle: Mutex::new(LoginThrottle::default()),
             signup_throttle: Mutex::new(SignupThrottle::new(config.max_signups_per_ip_per_min)),
             admission: Mutex::new(Admission::new(caps)),

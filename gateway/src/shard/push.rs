@@ -168,27 +168,35 @@ enum Outcome {
     Refused(u16),
 }
 
-/// POSTs one push off the core.
-async fn post(agent: &ureq::Agent, webhook: &str, key: String, body: Value) -> Outcome {
+/// POSTs one push on the webhook's own threads (never the executor's
+/// blocking thread, which writes group commits), within
+/// `PUSH_HTTP_TIMEOUT`.
+async fn post(shard: &Shard, agent: &ureq::Agent, webhook: &str, key: String, body: Value) -> Outcome {
+    let Some(posts) = &shard.shared.webhook_posts else { return Outcome::Retry };
     let (agent, webhook) = (agent.clone(), webhook.to_string());
-    glommio::executor()
-        .spawn_blocking(move || match agent.post(&webhook).header("Idempotency-Key", &key).send_json(&body) {
-            Ok(response) if response.status().is_success() => Outcome::Sent,
-            Ok(response) => {
-                let status = response.status().as_u16();
-                tracing::warn!(status, %key, "push refused by the webhook");
-                if (400..500).contains(&status) && status != 408 && status != 429 {
-                    Outcome::Refused(status)
-                } else {
-                    Outcome::Retry
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, %key, "push webhook unreachable");
+    let job = posts.submit(move || match agent.post(&webhook).header("Idempotency-Key", &key).send_json(&body) {
+        Ok(response) if response.status().is_success() => Outcome::Sent,
+        Ok(response) => {
+            let status = response.status().as_u16();
+            tracing::warn!(status, %key, "push refused by the webhook");
+            if (400..500).contains(&status) && status != 408 && status != 429 {
+                Outcome::Refused(status)
+            } else {
                 Outcome::Retry
             }
-        })
-        .await
+        }
+        Err(error) => {
+            tracing::warn!(%error, %key, "push webhook unreachable");
+            Outcome::Retry
+        }
+    });
+    match job {
+        Ok(posted) => posted.await.unwrap_or(Outcome::Retry),
+        Err(refused) => {
+            tracing::warn!(%refused, "no webhook thread free");
+            Outcome::Retry
+        }
+    }
 }
 
 /// Sends one push; deletes its records after a 2xx, and moves them to the
@@ -201,7 +209,7 @@ async fn send_one(
     entries: &HashMap<u64, OutboxEntry>,
 ) -> Outcome {
     let outcome = match body(shard, push) {
-        Ok(Some(body)) => post(agent, webhook, idempotency_key(push), body).await,
+        Ok(Some(body)) => post(shard, agent, webhook, idempotency_key(push), body).await,
         // The message is gone (it never is, short of corruption): nothing
         // to send, drop the records.
         Ok(None) => Outcome::Sent,

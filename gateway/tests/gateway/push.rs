@@ -220,3 +220,41 @@ fn a_webhook_that_is_not_an_http_url_is_refused_at_start() {
     handle.stop();
     handle.join().unwrap();
 }
+
+#[test]
+fn a_webhook_that_hangs_does_not_hold_up_acknowledgements() {
+    // A webhook that takes every connection and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/push", listener.local_addr().unwrap());
+    let held: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    // One shard, fsync: its group commits run off the core, where webhook
+    // POSTs ran too (one blocking thread per executor), 10 s each when the
+    // webhook hangs.
+    let server = TestServer::start_with(1, |config| {
+        config.push_webhook = Some(url);
+        config.durability = chatgw_gateway::Durability::Fsync;
+    });
+    let alice = server.signup("alice");
+    server.signup("bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    // Bob is offline: a push goes to the webhook, which hangs.
+    alice_ws.result("send", json!({ "to_user": "bob", "text": "are you there?" }));
+    wait_for("the push's POST", || !held.lock().unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut slowest = Duration::ZERO;
+    for n in 0..20 {
+        let started = Instant::now();
+        alice_ws.result("send", json!({ "to_user": "bob", "text": format!("still there? {n}") }));
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("slowest of 20 acknowledgements while the webhook hangs: {slowest:?}");
+    // Not a speed figure: behind a hanging POST an fsync commit waited out
+    // the POST's 10 s timeout.
+    assert!(slowest < Duration::from_secs(5), "an acknowledgement waited {slowest:?} behind a hanging webhook");
+}
