@@ -210,6 +210,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     }
     anyhow::ensure!(config.max_message_chars >= 1, "max-message-chars must be at least 1");
     anyhow::ensure!(config.max_channel_members >= 2, "max-channel-members must be at least 2");
+    anyhow::ensure!(config.max_channels_per_user >= 1, "max-channels-per-user must be at least 1");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
     anyhow::ensure!(config.http_body_timeout_ms >= 100, "http-body-timeout-ms must be at least 100");
     anyhow::ensure!((1..=64).contains(&config.hash_threads), "hash-threads must be 1 to 64");
