@@ -72,6 +72,9 @@ pub struct Config {
     pub max_channels_per_user: usize,
     /// The block cache RocksDB shares across shards, in bytes.
     pub block_cache_bytes: usize,
+    /// Memtable size per shard, in bytes (RocksDB preallocates about this
+    /// much of its log). Tests make it small.
+    pub write_buffer_bytes: usize,
     /// Pin each shard's executor to a core (off in tests that run several
     /// servers in one process).
     pub pin_cores: bool,
@@ -131,6 +134,7 @@ impl Default for Config {
             channel_changes_per_min: 60,
             max_channels_per_user: 10_000,
             block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 64 << 20,
             pin_cores: true,
             token_ttl_s: 7 * 24 * 3600,
             calls_in_flight_per_shard_max: crate::limits::CALLS_IN_FLIGHT_PER_SHARD_MAX,

@@ -47,6 +47,9 @@ pub const MESH_ANSWER_SWEEP: Duration = Duration::from_millis(100);
 /// whose user is in more channels than this sends its owner several
 /// words, all at once (so the owner's work per word stays bounded).
 pub const SUBSCRIBES_PER_WORD_MAX: usize = 1024;
+/// How often a node whose storage writes fail tries a small write, to
+/// learn that the disk is back.
+pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Writes one group commit takes at most; the rest wait for the next.
 pub const GROUP_COMMIT_WRITES_MAX: usize = 4096;
 

@@ -28,6 +28,9 @@ use crate::workers::WorkerPool;
 pub struct Shared {
     /// Shards that have joined the meshes and listen.
     pub ready_shards: AtomicUsize,
+    /// Why storage writes fail, while they do (the last failed group
+    /// commit's error; cleared by the next write that succeeds).
+    storage_failure: Mutex<Option<String>>,
     /// Set to stop the server (signal handlers set it directly).
     pub stop: Arc<AtomicBool>,
     /// Connections per shard (for discovery).
@@ -87,6 +90,7 @@ impl Shared {
         };
         Ok(Shared {
             ready_shards: AtomicUsize::new(0),
+            storage_failure: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(false)),
             connections: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             load_bits: AtomicU64::new(0f64.to_bits()),
@@ -98,6 +102,25 @@ impl Shared {
             signup_throttle: Mutex::new(SignupThrottle::new(config.max_signups_per_ip_per_min)),
             admission: Mutex::new(Admission::new(caps)),
         })
+    }
+
+    /// Notes how a storage write went: a failure marks the node unready
+    /// (`/readyz` 503) until a write succeeds again.
+    pub fn note_write(&self, result: &Result<(), String>) {
+        let mut failure = self.storage_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match result {
+            Ok(()) => {
+                if failure.take().is_some() {
+                    tracing::warn!("storage writes succeed again");
+                }
+            }
+            Err(error) => *failure = Some(error.clone()),
+        }
+    }
+
+    /// Why storage writes fail, if they do now.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.storage_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     fn admission(&self) -> MutexGuard<'_, Admission> {

@@ -107,6 +107,11 @@ fn dedupe_expiry(_level: u32, key: &[u8], value: &[u8]) -> Decision {
     }
 }
 
+/// The memtable size of the column families that are not shards.
+fn small_cf_write_buffer(config: &StoreConfig) -> usize {
+    config.write_buffer_bytes.min(4 << 20)
+}
+
 fn shard_options(config: &StoreConfig, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -172,16 +177,30 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(std::thread::available_parallelism().map_or(2, |n| n.get() as i32));
         db_options.set_max_background_jobs(4);
+        // The meta and default column families hold a few small keys: small
+        // memtables. (After a full disk, RocksDB resumes writes only once
+        // the largest memtable's size is free: it must not be 64 MiB for
+        // them.)
+        db_options.set_write_buffer_size(small_cf_write_buffer(config));
 
         // Open with every column family already on disk (RocksDB insists)
         // plus the ones this configuration needs.
         let mut names: Vec<String> = DB::list_cf(&db_options, &config.path).unwrap_or_default();
         names.push(cf::META.to_string());
+        // Named, so that it gets the small options too (left out, it would be
+        // opened with the defaults).
+        names.push(rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_string());
         names.extend((0..config.shards).map(|shard| cf::shard(ShardId(shard))));
         names.sort();
         names.dedup();
         let descriptors = names.iter().map(|name| {
-            let options = if name.starts_with("shard-") { shard_options(config, &cache) } else { Options::default() };
+            let options = if name.starts_with("shard-") {
+                shard_options(config, &cache)
+            } else {
+                let mut options = Options::default();
+                options.set_write_buffer_size(small_cf_write_buffer(config));
+                options
+            };
             ColumnFamilyDescriptor::new(name, options)
         });
         let db = DB::open_cf_descriptors(&db_options, &config.path, descriptors)?;

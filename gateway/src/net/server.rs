@@ -151,6 +151,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
     let mut store_config = StoreConfig::new(config.data_dir.join("db"), shard_count);
     store_config.durability = config.durability;
     store_config.block_cache_bytes = config.block_cache_bytes;
+    store_config.write_buffer_bytes = config.write_buffer_bytes;
     let store = Arc::new(Store::open(&store_config)?);
     let (jwt_secret, _) = secret(&store, &config.jwt_secret, "jwt-secret")?;
     let (admin_token, admin_token_generated) = secret(&store, &config.admin_token, "admin-token")?;
@@ -358,5 +359,6 @@ fn spawn_background(shard: &Rc<Shard>) {
     }
     if shard.id == ShardId(0) {
         glommio::spawn_local(stats::sample_load(shard.clone())).detach();
+        glommio::spawn_local(stats::probe_failed_writes(shard.clone())).detach();
     }
 }

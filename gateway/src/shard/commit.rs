@@ -16,7 +16,7 @@ use chatgw_storage::{
 };
 use futures_channel::oneshot;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::node::Shared;
 use crate::services::stats::Latency;
@@ -63,8 +63,15 @@ pub enum WriteOp {
 }
 
 /// The error a caller answers when its writes failed.
+/// The answer to a write that failed: `overloaded` when the disk refused
+/// it (no space, an I/O error: it may pass once the disk recovers, and the
+/// store resumes by itself when space returns), `internal` otherwise.
 pub fn storage_failed(error: String) -> ApiError {
-    ApiError::internal(format!("write failed: {error}"))
+    if error.contains("IO error") || error.contains("No space") || error.contains("NoSpace") {
+        ApiError::new(ErrorCode::Overloaded, format!("storage refuses writes now ({error}); try again later"))
+    } else {
+        ApiError::internal(format!("write failed: {error}"))
+    }
 }
 
 type Done = oneshot::Sender<Result<(), String>>;
@@ -282,6 +289,7 @@ impl Committer {
             // never retries the same id): either way sync may pass them.
             self.shared.ids(shard).settle(settled);
             self.timings.storage_write.record(write_started.elapsed());
+            self.shared.note_write(&result);
             if let Err(error) = &result {
                 tracing::error!(%error, shard = shard.0, "group commit failed");
             }

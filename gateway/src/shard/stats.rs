@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
+use crate::limits;
 use crate::route::{Answer, Control, OpsMsg};
 use crate::services::stats::{ShardStats, process_cpu_seconds};
 use crate::shard::state::Shard;
@@ -89,5 +90,27 @@ pub async fn sample_load(shard: Rc<Shard>) {
         let load = (now.0 - last.0) / (wall * f64::from(shard.shard_count));
         shard.shared.set_load(load.clamp(0.0, 1.0));
         last = now;
+    }
+}
+
+/// While storage writes fail, tries a small write once a second, so that
+/// readiness comes back when the disk does even with no traffic. Shard 0
+/// runs it.
+pub async fn probe_failed_writes(shard: Rc<Shard>) {
+    while !shard.stopping.get() {
+        glommio::timer::sleep(limits::WRITE_PROBE_INTERVAL).await;
+        if shard.shared.storage_failure().is_none() {
+            continue;
+        }
+        let store = shard.store.clone();
+        let result = glommio::executor()
+            .spawn_blocking(move || {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |elapsed| elapsed.as_millis() as u64);
+                store.put_meta("write-probe", &now.to_be_bytes()).map_err(|error| error.to_string())
+            })
+            .await;
+        shard.shared.note_write(&result);
     }
 }

@@ -9,6 +9,7 @@ mod bad_input;
 mod cancel;
 mod connection_caps;
 mod direct_burst;
+mod disk_full;
 mod event_order;
 mod heartbeat;
 mod http_api;

@@ -188,10 +188,12 @@ async fn handle(
         (&Method::GET, "/healthz") => Ok(json_response(200, &json!({ "status": "ok" }))),
         (&Method::GET, "/readyz") => {
             let all_ready = shard.shared.ready_shards.load(Ordering::Acquire) == usize::from(shard.shard_count);
-            if all_ready && !shard.stopping.get() {
-                Ok(json_response(200, &json!({ "status": "ready" })))
-            } else {
+            if !all_ready || shard.stopping.get() {
                 Err(ApiError::new(ErrorCode::Overloaded, "not ready"))
+            } else if let Some(failure) = shard.shared.storage_failure() {
+                Err(ApiError::new(ErrorCode::Overloaded, format!("not ready: storage writes fail ({failure})")))
+            } else {
+                Ok(json_response(200, &json!({ "status": "ready" })))
             }
         }
         (&Method::GET, "/metrics") => metrics::scrape(shard).await,
