@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Channels a user may be in [default: 10000].
     #[arg(long, env = "CHATGW_MAX_CHANNELS_PER_USER")]
     max_channels_per_user: Option<usize>,
+    /// Push records one shard's outbox holds; past it the oldest expire
+    /// [default: 1000000].
+    #[arg(long, env = "CHATGW_MAX_OUTBOX_PER_SHARD")]
+    max_outbox_per_shard: Option<usize>,
     /// A test aid: `POST /admin/v1/faults/panic` makes a shard panic (the
     /// process aborts). Hidden; never for production.
     #[arg(long, hide = true)]
@@ -149,6 +153,7 @@ struct FileConfig {
     rate_burst: Option<u32>,
     channel_changes_per_min: Option<u32>,
     max_channels_per_user: Option<usize>,
+    max_outbox_per_shard: Option<usize>,
 }
 
 fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
@@ -200,6 +205,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(rate_burst => rate_burst);
     pick!(channel_changes_per_min => channel_changes_per_min);
     pick!(max_channels_per_user => max_channels_per_user);
+    pick!(max_outbox_per_shard => max_outbox_per_shard);
     config.fault_hooks = args.fault_hooks;
     config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;
     if let Some(durability) = args.durability.or(file.durability) {
@@ -211,6 +217,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(config.max_message_chars >= 1, "max-message-chars must be at least 1");
     anyhow::ensure!(config.max_channel_members >= 2, "max-channel-members must be at least 2");
     anyhow::ensure!(config.max_channels_per_user >= 1, "max-channels-per-user must be at least 1");
+    anyhow::ensure!(config.max_outbox_per_shard >= 1, "max-outbox-per-shard must be at least 1");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
     anyhow::ensure!(config.http_body_timeout_ms >= 100, "http-body-timeout-ms must be at least 100");
     anyhow::ensure!((1..=64).contains(&config.hash_threads), "hash-threads must be 1 to 64");

@@ -70,6 +70,8 @@ pub struct Config {
     pub channel_changes_per_min: u32,
     /// Channels a user may be in; creating or adding past it is refused.
     pub max_channels_per_user: usize,
+    /// Push records one shard's outbox holds; past it the oldest expire.
+    pub max_outbox_per_shard: usize,
     /// The block cache RocksDB shares across shards, in bytes.
     pub block_cache_bytes: usize,
     /// Memtable size per shard, in bytes (RocksDB preallocates about this
@@ -133,6 +135,7 @@ impl Default for Config {
             rate_burst: 100,
             channel_changes_per_min: 60,
             max_channels_per_user: 10_000,
+            max_outbox_per_shard: 1_000_000,
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
             pin_cores: true,

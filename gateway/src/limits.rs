@@ -50,6 +50,9 @@ pub const SUBSCRIBES_PER_WORD_MAX: usize = 1024;
 /// How often a node whose storage writes fail tries a small write, to
 /// learn that the disk is back.
 pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Push records one user keeps in the outbox; a newer one coalesces the
+/// oldest away (the push carries the newest message anyway).
+pub const OUTBOX_PER_USER_MAX: usize = 100;
 /// Writes one group commit takes at most; the rest wait for the next.
 pub const GROUP_COMMIT_WRITES_MAX: usize = 4096;
 

@@ -12,8 +12,13 @@
 //! deletes the records only after a 2xx. Failures back off exponentially
 //! with jitter. Records live in RocksDB: a restart, or a kill -9, resends
 //! what was not confirmed.
+//!
+//! The outbox is bounded: a user keeps at most `OUTBOX_PER_USER_MAX`
+//! records (a newer one coalesces the oldest away: the user's push carries
+//! the newest message anyway), and a shard at most `--max-outbox-per-shard`
+//! (past it the shard's oldest records expire). Both are counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use chatgw_idgen::{ChannelId, MessageId, UserId};
@@ -31,6 +36,70 @@ pub struct Check {
     pub message_id: MessageId,
     /// Members owned by the receiver (the sender left out).
     pub members: Vec<UserId>,
+}
+
+/// The push ids each user has in one shard's outbox, oldest first: what
+/// the bounds are enforced with (built from the outbox at start).
+#[derive(Debug, Default)]
+pub struct OutboxIndex {
+    by_user: HashMap<UserId, VecDeque<u64>>,
+    len: usize,
+}
+
+impl OutboxIndex {
+    /// Adds a record (push ids grow, so it goes last unless it is an old
+    /// one coming back, a dead push retried).
+    pub fn insert(&mut self, user: UserId, push_id: u64) {
+        let ids = self.by_user.entry(user).or_default();
+        match ids.back() {
+            Some(last) if *last > push_id => {
+                let at = ids.partition_point(|id| *id < push_id);
+                ids.insert(at, push_id);
+            }
+            _ => ids.push_back(push_id),
+        }
+        self.len += 1;
+    }
+
+    /// Removes a record; false if it was not there.
+    pub fn remove(&mut self, user: UserId, push_id: u64) -> bool {
+        let Some(ids) = self.by_user.get_mut(&user) else { return false };
+        let Some(at) = ids.iter().position(|id| *id == push_id) else { return false };
+        ids.remove(at);
+        if ids.is_empty() {
+            self.by_user.remove(&user);
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Takes out the oldest records of `user` that must go so that one
+    /// more fits under `per_user_max`; returns their push ids.
+    pub fn make_room(&mut self, user: UserId, per_user_max: usize) -> Vec<u64> {
+        let Some(ids) = self.by_user.get_mut(&user) else { return Vec::new() };
+        let over = (ids.len() + 1).saturating_sub(per_user_max.max(1));
+        let dropped: Vec<u64> = ids.drain(..over).collect();
+        if ids.is_empty() {
+            self.by_user.remove(&user);
+        }
+        self.len -= dropped.len();
+        dropped
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records `user` has.
+    pub fn of(&self, user: UserId) -> usize {
+        self.by_user.get(&user).map_or(0, VecDeque::len)
+    }
 }
 
 /// One push: a user's records coalesced.
@@ -97,6 +166,30 @@ pub fn backoff(failures: u32) -> Duration {
     let _ = getrandom::fill(&mut random);
     let fraction = 0.5 + f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX) / 2.0;
     full.mul_f64(fraction)
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn the_index_keeps_order_and_makes_room_from_the_oldest() {
+        let mut index = OutboxIndex::default();
+        let (alice, bob) = (UserId(1), UserId(2));
+        for id in [10, 20, 30] {
+            index.insert(alice, id);
+        }
+        index.insert(bob, 25);
+        index.insert(alice, 15);
+        assert_eq!((index.len(), index.of(alice)), (5, 4));
+        assert_eq!(index.make_room(alice, 3), vec![10, 15], "two go so that a third fits");
+        assert_eq!(index.make_room(alice, 3), Vec::<u64>::new(), "room for one already");
+        assert!(index.remove(alice, 30) && !index.remove(alice, 30));
+        assert!(index.remove(bob, 25));
+        assert_eq!((index.len(), index.of(alice), index.of(bob)), (1, 1, 0));
+        assert_eq!(index.make_room(alice, 1), vec![20]);
+        assert!(index.is_empty());
+    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,11 @@ pub struct Counters {
     pub slow_consumers: Cell<u64>,
     /// Push records the webhook refused for good (moved to the dead pushes).
     pub pushes_dead: Cell<u64>,
+    /// Push records dropped for a newer one of the same user (the user's
+    /// bound in the outbox).
+    pub pushes_coalesced: Cell<u64>,
+    /// Push records dropped, oldest first, at the shard's outbox bound.
+    pub pushes_expired: Cell<u64>,
     /// Error replies and responses, by `ERROR_CODES` index.
     pub errors: [Cell<u64>; ERROR_CODES.len()],
     /// From the owner taking a message until its frame is queued to the
@@ -164,6 +169,10 @@ pub struct ShardStats {
     pub slow_consumers: u64,
     /// Push records moved to the dead pushes.
     pub pushes_dead: u64,
+    /// Push records coalesced away at the per-user bound.
+    pub pushes_coalesced: u64,
+    /// Push records expired at the shard's bound.
+    pub pushes_expired: u64,
     /// Error replies by `ERROR_CODES` index.
     pub errors: Vec<u64>,
     /// Cross-core messages this core sent, by receiving shard.

@@ -74,32 +74,66 @@ async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId]) {
 
 /// Members' owner: records a push for each member with no connected
 /// device, through the group commit; resolves once they are durable.
+///
+/// In the same batch it keeps the outbox's bounds: a member at
+/// `OUTBOX_PER_USER_MAX` records loses its oldest (coalesced: its push
+/// carries the newest message anyway), and a shard past
+/// `max_outbox_per_shard` loses its oldest records (expired). The index
+/// changes before the write and is put back if the write fails.
 async fn record(shard: &Rc<Shard>, check: Check) -> Result<(), String> {
     let now = now_ms();
-    let ops: Vec<WriteOp> = {
+    let mut ops = Vec::new();
+    let mut added = Vec::new();
+    let mut coalesced = Vec::new();
+    let mut expired = Vec::new();
+    {
         let presence = shard.presence.borrow();
-        check
-            .members
-            .iter()
-            .filter(|member| !presence.has_device(**member))
-            .map(|member| {
-                let entry = OutboxEntry {
-                    push_id: shard.next_id(),
-                    user_id: *member,
-                    channel_id: check.channel_id,
-                    message_id: check.message_id,
-                    created_at_ms: now,
-                };
-                WriteOp::Outbox(shard.id, entry)
-            })
-            .collect()
-    };
+        let mut index = shard.outbox_index.borrow_mut();
+        for member in check.members.iter().filter(|member| !presence.has_device(**member)) {
+            for old in index.make_room(*member, limits::OUTBOX_PER_USER_MAX) {
+                ops.push(WriteOp::DeleteOutbox(shard.id, old));
+                coalesced.push((*member, old));
+            }
+            let entry = OutboxEntry {
+                push_id: shard.next_id(),
+                user_id: *member,
+                channel_id: check.channel_id,
+                message_id: check.message_id,
+                created_at_ms: now,
+            };
+            index.insert(*member, entry.push_id);
+            added.push((*member, entry.push_id));
+            ops.push(WriteOp::Outbox(shard.id, entry));
+        }
+        let over = index.len().saturating_sub(shard.config.max_outbox_per_shard.max(1));
+        if over > 0 {
+            // The shard's oldest records, from storage (this batch's are
+            // not there yet, so they never expire at once).
+            let oldest = shard.store.outbox(shard.id, 0, over.min(limits::PUSH_BATCH_MAX)).unwrap_or_default();
+            for entry in oldest {
+                if index.remove(entry.user_id, entry.push_id) {
+                    ops.push(WriteOp::DeleteOutbox(shard.id, entry.push_id));
+                    expired.push((entry.user_id, entry.push_id));
+                }
+            }
+        }
+    }
     if ops.is_empty() {
         return Ok(());
     }
-    let count = ops.len() as u64;
-    shard.committer.commit(ops).await?;
-    shard.outbox_depth.set(shard.outbox_depth.get() + count);
+    if let Err(error) = shard.committer.commit(ops).await {
+        let mut index = shard.outbox_index.borrow_mut();
+        for (user, push_id) in added {
+            index.remove(user, push_id);
+        }
+        for (user, push_id) in coalesced.into_iter().chain(expired) {
+            index.insert(user, push_id);
+        }
+        return Err(error);
+    }
+    let counters = &shard.counters;
+    counters.pushes_coalesced.set(counters.pushes_coalesced.get() + coalesced.len() as u64);
+    counters.pushes_expired.set(counters.pushes_expired.get() + expired.len() as u64);
     Ok(())
 }
 
@@ -219,6 +253,14 @@ async fn send_one(
         }
     };
     let mut ops: Vec<WriteOp> = push.push_ids.iter().map(|id| WriteOp::DeleteOutbox(shard.id, *id)).collect();
+    if !matches!(outcome, Outcome::Retry) {
+        // Out of the index now: a write that fails leaves them in storage,
+        // and a later round sends them again.
+        let mut index = shard.outbox_index.borrow_mut();
+        for id in &push.push_ids {
+            index.remove(push.user_id, *id);
+        }
+    }
     match outcome {
         Outcome::Retry => return outcome,
         Outcome::Sent => {}
@@ -235,7 +277,6 @@ async fn send_one(
     match shard.committer.commit(ops).await {
         Ok(()) => {
             let count = push.push_ids.len() as u64;
-            shard.outbox_depth.set(shard.outbox_depth.get().saturating_sub(count));
             if matches!(outcome, Outcome::Refused(_)) {
                 shard.counters.pushes_dead.set(shard.counters.pushes_dead.get() + count);
             }
@@ -313,6 +354,9 @@ pub async fn retry_dead(shard: &Rc<Shard>, limit: usize) -> Result<Answer, ApiEr
         ops.push(WriteOp::Outbox(shard.id, push.entry));
     }
     shard.committer.commit(ops).await.map_err(storage_failed)?;
-    shard.outbox_depth.set(shard.outbox_depth.get() + dead.len() as u64);
+    let mut index = shard.outbox_index.borrow_mut();
+    for push in &dead {
+        index.insert(push.entry.user_id, push.entry.push_id);
+    }
     Ok(Answer::Count(dead.len() as u64))
 }

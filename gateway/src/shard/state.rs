@@ -24,6 +24,7 @@ use crate::route::{ChannelMsg, ConnKey, Control, Router};
 use crate::services::abuse::Limiter;
 use crate::services::banned::{self, BannedWords};
 use crate::services::presence::Presence;
+use crate::services::push::OutboxIndex;
 use crate::services::stats::Counters;
 use crate::shard::commit::Committer;
 use crate::shard::registry::Registry;
@@ -136,8 +137,9 @@ pub struct Shard {
     /// whether it hosts a channel, so that the owner can order what one
     /// core said even when the words arrive by different paths.
     pub subscription_epoch: Cell<u64>,
-    /// Push records in this shard's outbox.
-    pub outbox_depth: Cell<u64>,
+    /// The push records in this shard's outbox, by user (the bounds'
+    /// bookkeeping; the outbox itself is in storage).
+    pub outbox_index: RefCell<OutboxIndex>,
     /// Presence of the users this shard owns.
     pub presence: RefCell<Presence>,
     /// Presence events on their way to other cores.
@@ -171,6 +173,20 @@ pub struct Shard {
     pub read_lines: RefCell<HashMap<ConnKey, Rc<Turnstile>>>,
 }
 
+/// The outbox of shard `id`, indexed by user (read a page at a time).
+fn index_outbox(store: &Store, id: ShardId) -> Result<OutboxIndex, ApiError> {
+    let mut index = OutboxIndex::default();
+    let mut after = 0;
+    loop {
+        let entries = store.outbox(id, after, crate::limits::PUSH_BATCH_MAX)?;
+        let Some(last) = entries.last() else { return Ok(index) };
+        after = last.push_id;
+        for entry in entries {
+            index.insert(entry.user_id, entry.push_id);
+        }
+    }
+}
+
 impl Shard {
     /// Shard `id` of `shard_count`, with its generator resumed above what
     /// it stored, the banned words in force and its outbox counted.
@@ -180,7 +196,7 @@ impl Shard {
             shared.ids(id).resume_after(high_water.0);
         }
         let banned = banned::load(&store)?;
-        let outbox_depth = store.outbox_len(id)?;
+        let outbox_index = index_outbox(&store, id)?;
         let committer = Committer::new(shared.clone(), id, config.fault_commit_delay_ms);
         let limiter = Limiter::new(config.rate_limit_per_s, config.rate_burst)
             .with_channel_changes(config.channel_changes_per_min);
@@ -201,7 +217,7 @@ impl Shard {
             counters: Counters::default(),
             stopping: Cell::new(false),
             subscription_epoch: Cell::new(0),
-            outbox_depth: Cell::new(outbox_depth),
+            outbox_index: RefCell::new(outbox_index),
             presence: RefCell::new(presence),
             presence_outbox: RefCell::new(PresenceOutbox::default()),
             limiter,
@@ -383,5 +399,34 @@ mod tests {
         assert!(state.hosted_by(ShardId(0), true, 1));
         assert!(state.hosted_by(ShardId(3), false, 8));
         assert_eq!(state.cores_mask, 1);
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use chatgw_idgen::MessageId;
+    use chatgw_storage::{OutboxEntry, StoreConfig};
+
+    use super::*;
+
+    #[test]
+    fn the_outbox_index_is_rebuilt_from_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::new(dir.path().join("db"), 1)).unwrap();
+        let mut batch = store.batch();
+        for (push_id, user) in [(5, 1), (7, 2), (9, 1)] {
+            let entry = OutboxEntry {
+                push_id,
+                user_id: UserId(user),
+                channel_id: ChannelId(3),
+                message_id: MessageId(push_id),
+                created_at_ms: 1,
+            };
+            batch.put_outbox(ShardId(0), &entry).unwrap();
+        }
+        store.write(batch).unwrap();
+        let mut index = index_outbox(&store, ShardId(0)).unwrap();
+        assert_eq!((index.len(), index.of(UserId(1)), index.of(UserId(2))), (3, 2, 1));
+        assert_eq!(index.make_room(UserId(1), 2), vec![5], "the oldest of the user's goes first");
     }
 }

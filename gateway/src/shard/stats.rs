@@ -30,6 +30,8 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         deliveries_per_s: counters.deliveries_per_s.get(),
         slow_consumers: counters.slow_consumers.get(),
         pushes_dead: counters.pushes_dead.get(),
+        pushes_coalesced: counters.pushes_coalesced.get(),
+        pushes_expired: counters.pushes_expired.get(),
         errors: counters.errors.iter().map(Cell::get).collect(),
         mesh_sent: shard.router.sent_counts(),
         mesh_received: shard.router.received_counts(),
@@ -41,7 +43,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         fan_out: counters.fan_out.snapshot(),
         storage_sst_bytes,
         storage_memtable_bytes,
-        outbox_depth: shard.outbox_depth.get(),
+        outbox_depth: shard.outbox_index.borrow().len() as u64,
     }
 }
 

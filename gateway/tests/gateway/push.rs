@@ -141,6 +141,44 @@ fn without_a_webhook_pushes_wait_in_the_outbox() {
     wait_for("two records", || outbox_depth(&server) == 2);
 }
 
+/// A counter's total over shards, from `/metrics`.
+fn metric(server: &TestServer, name: &str) -> f64 {
+    let (_, text) = server.get("/metrics");
+    text.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_outbox_keeps_a_users_newest_records_and_the_shards_bound() {
+    // One shard: every record is in one outbox.
+    let server = TestServer::start_with(1, |config| config.max_outbox_per_shard = 150);
+    let alice = server.signup("alice");
+    for name in ["bob", "carol", "dave"] {
+        server.signup(name);
+    }
+    let mut alice_ws = server.connect(&alice, "phone");
+    // 120 messages to bob, who is offline: he keeps his newest 100.
+    for n in 0..120 {
+        alice_ws.result("send", json!({ "to_user": "bob", "text": format!("bob {n}") }));
+    }
+    wait_for("bob's records", || outbox_depth(&server) == 100);
+    assert_eq!(metric(&server, "chatgw_pushes_coalesced_total"), 20.0);
+    // 60 to carol: the shard's bound (150) expires the oldest (bob's).
+    for n in 0..60 {
+        alice_ws.result("send", json!({ "to_user": "carol", "text": format!("carol {n}") }));
+    }
+    wait_for("the shard's bound", || outbox_depth(&server) == 150);
+    assert_eq!(metric(&server, "chatgw_pushes_expired_total"), 10.0);
+    assert_eq!(metric(&server, "chatgw_pushes_coalesced_total"), 20.0);
+
+    // Dave's first record expires one more of the oldest.
+    alice_ws.result("send", json!({ "to_user": "dave", "text": "hi dave" }));
+    wait_for("one more expired", || metric(&server, "chatgw_pushes_expired_total") == 11.0);
+    assert_eq!(outbox_depth(&server), 150);
+}
+
 /// A webhook that answers 400 to pushes for `refused_user` while `refusing`
 /// is set, and 200 to everything else.
 fn picky_receiver(refused_user: String, refusing: Arc<std::sync::atomic::AtomicBool>) -> (String, Received) {

@@ -140,6 +140,20 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
             s.messages_stored
         });
         shard_counter(registry, "messages_delivered", "Message frames queued to connections", all, |s| s.deliveries);
+        shard_counter(
+            registry,
+            "pushes_coalesced",
+            "Push records dropped for a newer one of the same user",
+            all,
+            |s| s.pushes_coalesced,
+        );
+        shard_counter(
+            registry,
+            "pushes_expired",
+            "Push records dropped, oldest first, at the shard's bound",
+            all,
+            |s| s.pushes_expired,
+        );
         shard_counter(registry, "pushes_dead", "Push records the webhook refused for good (4xx)", all, |s| {
             s.pushes_dead
         });
