@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: HTTP and WebSocket on one port, one shard per core.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Put load on a running gateway and report what it cost.
     Loadgen(loadgen::LoadgenArgs),
     /// Operate a running server through its admin API.
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Loadgen(args) => loadgen::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Doctor(args) => doctor::run(args),
