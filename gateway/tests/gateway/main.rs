@@ -5,6 +5,7 @@
 mod common;
 
 mod abuse;
+mod ack_latency;
 mod bad_input;
 mod cancel;
 mod connection_caps;
