@@ -579,6 +579,21 @@ fn loadgen_fanout_delivers_each_message_to_every_member() {
 }
 
 #[test]
+fn loadgen_fanout_with_never_readers_expects_the_others_deliveries_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(&dir.path().join("data"));
+    let users_file = dir.path().join("users.json");
+    let args =
+        ["fanout", "--groups", "2", "--members", "6", "--never-readers", "2", "--window", "4", "--duration-s", "2"];
+    let report = run_loadgen(&args, node.addr, &users_file);
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{report}");
+    assert_eq!(report["never_readers"], 2);
+    assert_eq!(report["delivered"].as_u64().unwrap(), sent * 4, "every member that reads: {report}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
+
+#[test]
 fn loadgen_mix_runs_idle_pairs_and_groups_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let node = serve(&dir.path().join("data"));

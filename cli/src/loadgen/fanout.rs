@@ -59,6 +59,12 @@ pub struct FanoutArgs {
     /// Messages each sender keeps unacknowledged.
     #[arg(long, default_value_t = 16)]
     window: usize,
+    /// Members per group (the last ones) that connect, join and then never
+    /// read a byte once the load starts, as a hostile client would: what
+    /// the server holds for them must stay bounded (it closes them as slow
+    /// consumers). Their deliveries are not expected.
+    #[arg(long, default_value_t = 0)]
+    never_readers: usize,
     /// Seconds of measured load.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
@@ -141,6 +147,7 @@ struct Report {
     target: Target,
     groups: usize,
     members: usize,
+    never_readers: usize,
     window: usize,
     duration_s: u64,
     sent: u64,
@@ -166,6 +173,7 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "one process holds at most 19,000 connections here: use --procs"
     );
     ensure!(args.window >= 1 && args.workers >= 1 && args.duration_s >= 1, "window, workers, duration positive");
+    ensure!(args.never_readers + 1 < args.members, "a group keeps its sender and one reader besides never-readers");
     if args.procs > 1 {
         return run_procs(&args);
     }
@@ -226,6 +234,7 @@ fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
                 ("--groups", Some(share.to_string())),
                 ("--members", Some(args.members.to_string())),
                 ("--window", Some(args.window.to_string())),
+                ("--never-readers", Some(args.never_readers.to_string())),
                 ("--duration-s", Some(args.duration_s.to_string())),
                 ("--text-bytes", Some(args.text_bytes.to_string())),
                 ("--workers", Some(args.workers.to_string())),
@@ -250,18 +259,21 @@ fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
 
 /// Reports the run (and keeps its latencies with `--out`).
 fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::Result<()> {
+    // Members that read: each gets every message of its group.
+    let readers = args.members - args.never_readers;
     let report = Report {
         scenario: "fanout",
         target: args.target,
         groups: args.groups,
         members: args.members,
+        never_readers: args.never_readers,
         window: args.window,
         duration_s: args.duration_s,
         sent: total.sent,
         acked: total.acked,
         delivered: total.delivered,
         deliveries_per_s,
-        messages_per_s: deliveries_per_s / args.members as f64,
+        messages_per_s: deliveries_per_s / readers as f64,
         delivery_latency: Summary::of(&total.delivery),
         ack_latency: Summary::of(&total.ack),
         connect_latency: Summary::of(&total.connect),
@@ -274,8 +286,14 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::R
         super::procs::print_json(&report, &total, false, args.procs)?;
     } else {
         println!(
-            "fanout against {:?}: {} groups of {}, window {}, {} s, {} process(es)",
-            report.target, report.groups, report.members, report.window, report.duration_s, args.procs
+            "fanout against {:?}: {} groups of {} ({} never reading), window {}, {} s, {} process(es)",
+            report.target,
+            report.groups,
+            report.members,
+            report.never_readers,
+            report.window,
+            report.duration_s,
+            args.procs
         );
         println!(
             "{:.0} deliveries/s ({:.0} messages/s); sent {} acked {} delivered {}",
@@ -292,7 +310,7 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::R
         format!("{:?} fan-out: {} groups of {}, window {}", args.target, args.groups, args.members, args.window);
     latency::keep(args.out.as_deref(), &title, &total, args.duration_s, args.json)?;
     ensure!(report.errors.is_empty(), "errors during the run");
-    ensure!(report.delivered == report.sent * args.members as u64, "deliveries missing");
+    ensure!(report.delivered == report.sent * readers as u64, "deliveries missing");
     Ok(())
 }
 
@@ -306,6 +324,7 @@ async fn open(
     acks: Option<local_channel::LocalSender<()>>,
 ) -> anyhow::Result<Outbox> {
     let group = user / args.members;
+    let never_reads = user % args.members >= args.members - args.never_readers;
     let source = args.source_ips.as_ref().map(|ips| ips.for_connection(user));
     let connect_started = latency::now_ns();
     let ws = match args.target {
@@ -329,6 +348,11 @@ async fn open(
         let mut parser = nats::Parser::default();
         let mut subscribed = false;
         while let Some(frame) = stream.next().await {
+            if never_reads && load_started(&shared) {
+                // From here on this connection reads nothing, and holds
+                // its socket open until the process ends.
+                std::future::pending::<()>().await;
+            }
             let mut stats = stats.borrow_mut();
             let bytes = match &frame {
                 Ok(Message::Text(text)) => text.as_bytes(),
@@ -369,6 +393,12 @@ async fn open(
     })
     .detach();
     Ok(outbox)
+}
+
+/// Whether the measured load has started.
+fn load_started(shared: &Shared) -> bool {
+    let start = shared.start_ns.load(Ordering::Acquire);
+    start != 0 && latency::now_ns() >= start
 }
 
 fn subject(group: usize) -> String {
@@ -487,7 +517,7 @@ async fn worker_main(
     for result in futures_util::future::join_all(loops).await {
         result?;
     }
-    let members = args.members as u64;
+    let members = (args.members - args.never_readers) as u64;
     let _ = wait_for("the last deliveries", &shared.failed, Duration::from_secs(args.drain_s), || {
         shared.live.delivered.load(Ordering::Acquire) >= shared.live.sent.load(Ordering::Acquire) * members
     })
