@@ -3,12 +3,15 @@
 # same cores: server RSS per idle connection, 1:1 latency at a fixed offered
 # rate (open loop), and group fan-out against nats-server in the same run.
 #
-#   bash bench/scripts/gateway.sh            # everything
+#   bash bench/scripts/gateway.sh            # idle, dm and fanout
 #   bash bench/scripts/gateway.sh idle dm    # some of it
+#   bash bench/scripts/gateway.sh never-readers  # RSS with 1,000 never-readers
+#                                                # next to the same run without
 #
 # Environment: CHATGW_BENCH_DIR (work dir, default a new temp dir),
 # IDLE_CONNECTIONS (15000), DM_USERS (10000), DM_RATE (20000), DM_SECONDS
-# (30), DM_WORKERS (1), FANOUT_SECONDS (10), FANOUT_ROUNDS (3).
+# (30), DM_WORKERS (1), FANOUT_SECONDS (10), FANOUT_ROUNDS (3),
+# NEVER_READERS_SECONDS (20).
 #
 # dm's load generator runs one executor by default: on two cores shared with
 # the server's two shards, a second loadgen thread doubled its CPU (glommio
@@ -48,7 +51,7 @@ trap 'stop_server; stop_nats' EXIT
 start_server() {
     stop_server
     # One load generator on one address: the per-address caps are off.
-    "$bin" serve --listen "$addr" --data-dir "$work/data" --rate-limit 0 \
+    "$bin" serve --listen "$addr" --data-dir "$work/data" --rate-limit 0 --max-channel-members 1000 \
         --max-connections-per-ip 0 --max-new-connections-per-ip-per-s 0 --max-signups-per-ip-per-min 0 --channel-changes-per-min 0 \
         >"$work/server.log" 2>&1 &
     server_pid=$!
@@ -105,8 +108,29 @@ print(f"fanout medians: chatgw {median['chatgw']:.0f}/s, nats-server {median['na
 PY
         stop_nats
         ;;
+    never-readers)
+        # The same 1,000 reading members and traffic (10 groups, 100 reading
+        # each, 1 KB texts), with and without 100 more members per group
+        # that never read; a fresh server each time, its peak RSS after.
+        : >"$work/never-readers.txt"
+        for never in 100 0; do
+            start_server
+            members=$((100 + never))
+            "$bin" loadgen fanout --addr "$addr" --groups 10 --members $members --never-readers $never \
+                --text-bytes 1000 --duration-s "${NEVER_READERS_SECONDS:-20}" --users-file "$users_file" --json \
+                >"$work/never-readers-$never.json"
+            hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$server_pid/status")
+            rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status")
+            slow=$(curl -fs "http://$addr/metrics" | awk '/^chatgw_slow_consumers_total/ {s += $2} END {print s + 0}')
+            delivered=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['delivered'], r['sent'])" \
+                "$work/never-readers-$never.json")
+            echo "never-readers $((never * 10)): server peak RSS ${hwm} kB, RSS after ${rss} kB," \
+                "slow consumers closed $slow, delivered/sent $delivered" | tee -a "$work/never-readers.txt"
+        done
+        stop_server
+        ;;
     *)
-        echo "unknown part $part (idle, dm, fanout)" >&2
+        echo "unknown part $part (idle, dm, fanout, never-readers)" >&2
         exit 2
         ;;
     esac

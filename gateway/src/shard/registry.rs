@@ -89,8 +89,13 @@ impl Conn {
             return false;
         }
         outbound.queued_bytes += frame.len();
+        let was_empty = outbound.queue.is_empty();
         outbound.queue.push_back(frame);
-        if let Some(waker) = outbound.waker.take() {
+        // Only the first frame wakes the session: with frames queued it is
+        // either running or waiting for its socket to take more, and its
+        // socket wakes it then. (Waking it for every frame made a client
+        // that never reads cost a gather of 64 KiB per delivery.)
+        if was_empty && let Some(waker) = outbound.waker.take() {
             waker.wake();
         }
         true
@@ -480,6 +485,34 @@ mod tests {
         conn.advance(front.len());
         assert!(conn.drained());
         assert!(!conn.push(Bytes::from_static(b"late")));
+    }
+
+    #[test]
+    fn only_the_first_queued_frame_wakes_the_session() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut registry = Registry::default();
+        let conn = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        conn.set_waker(&waker);
+        for _ in 0..100 {
+            conn.set_waker(&waker);
+            assert!(conn.push(Bytes::from_static(b"frame")));
+        }
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "a session waiting on its socket is not woken per frame");
+        conn.advance(conn.front().unwrap().len() * 100);
+        assert!(conn.drained());
+        conn.set_waker(&waker);
+        conn.push(Bytes::from_static(b"again"));
+        assert_eq!(count.0.load(Ordering::Relaxed), 2, "an empty queue's first frame wakes it");
     }
 
     #[test]
