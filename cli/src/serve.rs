@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// [default: 1000000].
     #[arg(long, env = "CHATGW_MAX_OUTBOX_PER_SHARD")]
     max_outbox_per_shard: Option<usize>,
+    /// A connection whose socket takes nothing for this long while frames
+    /// wait is closed as a slow consumer (1008) [default: 30000].
+    #[arg(long, env = "CHATGW_WRITE_STALL_MS")]
+    write_stall_ms: Option<u64>,
     /// A test aid: `POST /admin/v1/faults/panic` makes a shard panic (the
     /// process aborts). Hidden; never for production.
     #[arg(long, hide = true)]
@@ -154,6 +158,7 @@ struct FileConfig {
     channel_changes_per_min: Option<u32>,
     max_channels_per_user: Option<usize>,
     max_outbox_per_shard: Option<usize>,
+    write_stall_ms: Option<u64>,
 }
 
 fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
@@ -206,6 +211,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(channel_changes_per_min => channel_changes_per_min);
     pick!(max_channels_per_user => max_channels_per_user);
     pick!(max_outbox_per_shard => max_outbox_per_shard);
+    pick!(write_stall_ms => write_stall_ms);
     config.fault_hooks = args.fault_hooks;
     config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;
     if let Some(durability) = args.durability.or(file.durability) {
@@ -218,6 +224,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(config.max_channel_members >= 2, "max-channel-members must be at least 2");
     anyhow::ensure!(config.max_channels_per_user >= 1, "max-channels-per-user must be at least 1");
     anyhow::ensure!(config.max_outbox_per_shard >= 1, "max-outbox-per-shard must be at least 1");
+    anyhow::ensure!(config.write_stall_ms >= 100, "write-stall-ms must be at least 100");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
     anyhow::ensure!(config.http_body_timeout_ms >= 100, "http-body-timeout-ms must be at least 100");
     anyhow::ensure!((1..=64).contains(&config.hash_threads), "hash-threads must be 1 to 64");

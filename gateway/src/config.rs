@@ -72,6 +72,9 @@ pub struct Config {
     pub max_channels_per_user: usize,
     /// Push records one shard's outbox holds; past it the oldest expire.
     pub max_outbox_per_shard: usize,
+    /// A connection whose socket takes nothing for this long while frames
+    /// wait for it is closed as a slow consumer (1008), ms.
+    pub write_stall_ms: u64,
     /// The block cache RocksDB shares across shards, in bytes.
     pub block_cache_bytes: usize,
     /// Memtable size per shard, in bytes (RocksDB preallocates about this
@@ -136,6 +139,7 @@ impl Default for Config {
             channel_changes_per_min: 60,
             max_channels_per_user: 10_000,
             max_outbox_per_shard: 1_000_000,
+            write_stall_ms: 30_000,
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
             pin_cores: true,

@@ -29,10 +29,12 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 /// Closes connections that sent nothing for 2 × `heartbeat_ms` with 4000
-/// (protocol §3), checking every half heartbeat, until the server stops.
+/// (protocol §3), and those whose peer took nothing for `write_stall_ms`
+/// with 1008, checking every half heartbeat (at most every half stall
+/// time), until the server stops.
 pub async fn close_silent_connections(shard: Rc<Shard>) {
     let heartbeat = shard.config.heartbeat_ms.max(1);
-    let every = Duration::from_millis((heartbeat / 2).max(10));
+    let every = Duration::from_millis((heartbeat / 2).min(shard.config.write_stall_ms.max(20) / 2).max(10));
     while !shard.stopping.get() {
         glommio::timer::sleep(every).await;
         let cutoff = now_ms().saturating_sub(2 * heartbeat);
@@ -43,6 +45,20 @@ pub async fn close_silent_connections(shard: Rc<Shard>) {
         let expired = shard.registry.borrow().tokens_expired(now_ms());
         for conn in expired {
             conn.close(CloseReason::TokenExpired);
+        }
+        // A peer whose socket took nothing for `write_stall_ms` while
+        // frames waited stopped reading: a slow consumer (1008), whatever
+        // its queue holds (the kernel's buffers for it are memory too).
+        let stall_cutoff = now_ms().saturating_sub(shard.config.write_stall_ms);
+        let stalled = shard.registry.borrow().stalled_before(stall_cutoff);
+        for conn in stalled {
+            conn.close(CloseReason::SlowConsumer);
+        }
+        // And a closing connection whose close frame could not go out in
+        // as long is dropped.
+        let abandoned = shard.registry.borrow().closing_before(stall_cutoff);
+        for conn in abandoned {
+            conn.abandon();
         }
     }
 }

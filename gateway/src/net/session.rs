@@ -151,28 +151,43 @@ fn poll_session(
         // Write everything queued, as far as the socket takes it: one frame
         // as it is, several gathered into the scratch buffer for one write
         // (fan-out queues many small frames at once; a write each would
-        // cost a system call and a packet each).
+        // cost a system call and a packet each). Once the socket took less
+        // than it was offered, only the front frame is offered, as it is,
+        // until the socket takes a whole offer again: a peer that reads
+        // slowly or never opens its window a little at a time, and
+        // gathering 64 KiB to send a few hundred bytes made such clients
+        // cost more than all the others.
         loop {
-            let written = if conn.queued_frames() > 1 {
+            let (offered, written) = if conn.queued_frames() > 1 && !conn.write_blocked() {
                 SCRATCH.with(|scratch| {
                     let mut scratch = scratch.borrow_mut();
                     let gathered = conn.gather(&mut scratch[..]);
-                    Pin::new(&mut *stream).poll_write(cx, &scratch[..gathered])
+                    (gathered, Pin::new(&mut *stream).poll_write(cx, &scratch[..gathered]))
                 })
             } else if let Some(front) = conn.front() {
-                Pin::new(&mut *stream).poll_write(cx, &front)
+                (front.len(), Pin::new(&mut *stream).poll_write(cx, &front))
             } else {
                 break;
             };
             match written {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
-                Poll::Ready(Ok(written)) => conn.advance(written),
-                Poll::Pending => break,
+                Poll::Ready(Ok(written)) => {
+                    conn.advance(written);
+                    conn.note_write(true, written < offered, now_ms());
+                }
+                Poll::Pending => {
+                    conn.note_write(false, true, now_ms());
+                    break;
+                }
             }
         }
         if conn.closing().is_some() {
             if conn.drained() {
                 return Poll::Ready(End::Closed);
+            }
+            if conn.abandoned() {
+                // The peer took nothing for too long: drop the socket.
+                return Poll::Ready(End::Gone);
             }
             conn.set_waker(cx.waker());
             return Poll::Pending;

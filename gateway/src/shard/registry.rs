@@ -40,6 +40,18 @@ struct Outbound {
     closing: Option<CloseReason>,
     /// Set once the session ended: nothing will be written any more.
     ended: bool,
+    /// The socket took less than it was last offered (or nothing): offer
+    /// it the front frame alone until it takes a whole offer again.
+    write_blocked: bool,
+    /// While blocked: when the socket last took a byte (ms since the
+    /// epoch); 0 when not blocked.
+    stalled_since_ms: u64,
+    /// When the close frame was queued (ms since the epoch).
+    closing_since_ms: u64,
+    /// Set when a closing connection's peer took nothing for too long:
+    /// the session drops the socket without waiting for the close frame
+    /// to go out.
+    abandoned: bool,
     waker: Option<Waker>,
     /// A reply waiting for room in the queue (one read at a time).
     room_waker: Option<Waker>,
@@ -119,6 +131,7 @@ impl Conn {
         outbound.queued_bytes += close.len();
         outbound.queue.push_back(close);
         outbound.closing = Some(reason);
+        outbound.closing_since_ms = crate::clock::now_ms();
         if let Some(waker) = outbound.waker.take() {
             waker.wake();
         }
@@ -228,6 +241,52 @@ impl Conn {
         if let Some(waker) = outbound.room_waker.take() {
             waker.wake();
         }
+    }
+
+    /// Whether the socket took less than it was last offered.
+    pub fn write_blocked(&self) -> bool {
+        self.outbound.borrow().write_blocked
+    }
+
+    /// Notes a write: whether the socket took any bytes, and whether it
+    /// took less than it was offered.
+    pub fn note_write(&self, progressed: bool, blocked: bool, now_ms: u64) {
+        let mut outbound = self.outbound.borrow_mut();
+        outbound.write_blocked = blocked;
+        if !blocked {
+            outbound.stalled_since_ms = 0;
+        } else if progressed || outbound.stalled_since_ms == 0 {
+            outbound.stalled_since_ms = now_ms;
+        }
+    }
+
+    /// Whether its socket has taken nothing since before `cutoff_ms` while
+    /// frames wait (a peer that stopped reading).
+    pub fn stalled_before(&self, cutoff_ms: u64) -> bool {
+        let outbound = self.outbound.borrow();
+        outbound.stalled_since_ms != 0 && outbound.stalled_since_ms < cutoff_ms && !outbound.queue.is_empty()
+    }
+
+    /// Whether it has been closing since before `cutoff_ms` with its close
+    /// frame still unsent.
+    pub fn closing_before(&self, cutoff_ms: u64) -> bool {
+        let outbound = self.outbound.borrow();
+        outbound.closing.is_some() && outbound.closing_since_ms < cutoff_ms && !outbound.queue.is_empty()
+    }
+
+    /// Gives up on a closing connection whose peer takes nothing: its
+    /// session drops the socket.
+    pub fn abandon(&self) {
+        let mut outbound = self.outbound.borrow_mut();
+        outbound.abandoned = true;
+        if let Some(waker) = outbound.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether the session should drop the socket now (see `abandon`).
+    pub fn abandoned(&self) -> bool {
+        self.outbound.borrow().abandoned
     }
 
     /// Whether everything queued has been written.
@@ -412,6 +471,22 @@ impl Registry {
             .collect()
     }
 
+    /// Connections whose socket took nothing since before `cutoff_ms` while
+    /// frames wait, not closing already.
+    pub fn stalled_before(&self, cutoff_ms: u64) -> Vec<Rc<Conn>> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| conn.closing().is_none() && conn.stalled_before(cutoff_ms))
+            .map(|(_, conn)| conn.clone())
+            .collect()
+    }
+
+    /// Connections closing since before `cutoff_ms` whose close frame is
+    /// still unsent.
+    pub fn closing_before(&self, cutoff_ms: u64) -> Vec<Rc<Conn>> {
+        self.conns.iter().filter(|(_, conn)| conn.closing_before(cutoff_ms)).map(|(_, conn)| conn.clone()).collect()
+    }
+
     /// Connections whose token expired by `now_ms` and are not closing
     /// already.
     pub fn tokens_expired(&self, now_ms: u64) -> Vec<Rc<Conn>> {
@@ -554,6 +629,38 @@ mod tests {
         assert_eq!(registry.deliver(ChannelId(9), &Bytes::from_static(b"m")), 0);
         assert!(next.front().is_none(), "nothing reached the connection in the reused slot");
         assert!(!registry.hosts_channel(ChannelId(9)));
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_is_found_stalled_and_its_close_abandoned() {
+        let mut registry = Registry::default();
+        let conn = registry.add(UserId(1), "a".into(), "d".into(), remote(), 0);
+        let reader = registry.add(UserId(2), "b".into(), "d".into(), remote(), 0);
+        for conn in [&conn, &reader] {
+            conn.push(Bytes::from_static(b"one"));
+            conn.push(Bytes::from_static(b"two"));
+        }
+        // The socket took part of an offer at 1,000, then nothing.
+        conn.note_write(true, true, 1_000);
+        conn.note_write(false, true, 2_000);
+        conn.note_write(false, true, 3_000);
+        // The other took everything it was offered.
+        reader.note_write(true, false, 1_000);
+        assert!(conn.stalled_before(1_001) && !conn.stalled_before(1_000));
+        assert!(!reader.stalled_before(10_000), "not blocked");
+        let stalled = registry.stalled_before(1_500);
+        assert_eq!(stalled.len(), 1);
+        assert_eq!(stalled[0].key, conn.key);
+        // Progress moves the mark on.
+        conn.note_write(true, true, 4_000);
+        assert!(!conn.stalled_before(4_000));
+        // Closed, with its close frame stuck behind: abandoned in the end.
+        conn.close(CloseReason::SlowConsumer);
+        assert!(registry.stalled_before(u64::MAX).is_empty(), "closing already");
+        assert_eq!(registry.closing_before(u64::MAX).len(), 1);
+        assert!(!conn.abandoned());
+        conn.abandon();
+        assert!(conn.abandoned());
     }
 
     #[test]
