@@ -95,8 +95,10 @@ pub const READ_PAUSE: Duration = Duration::from_micros(50);
 
 /// How long a closing session waits for the client's close or EOF.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Members named in one channel command.
+/// Members named in one channel command (and users in one presence command).
 pub const MEMBERS_PER_COMMAND_MAX: usize = 1000;
+/// Users one connection may watch the presence of at once.
+pub const PRESENCE_WATCHES_PER_CONNECTION_MAX: usize = 1000;
 /// Longest channel name, in chars.
 pub const CHANNEL_NAME_CHARS_MAX: usize = 100;
 /// Longest `client_msg_id`, in bytes (storage keys on it).

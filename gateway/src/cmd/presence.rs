@@ -7,6 +7,7 @@ use chatgw_idgen::UserId;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::limits;
 use crate::protocol::shapes;
 use crate::services::presence::Status;
 use crate::shard::presence;
@@ -35,6 +36,14 @@ pub async fn query(shard: &Rc<Shard>, users: &[String]) -> Result<Value, ApiErro
 pub async fn subscribe(shard: &Rc<Shard>, conn: Option<&Rc<Conn>>, users: &[String]) -> Result<Value, ApiError> {
     let conn = conn.ok_or_else(|| ApiError::bad_request("presence.subscribe needs a WebSocket connection"))?;
     let ids = shard.known_users(users)?;
+    let watched = conn.watching.borrow().len();
+    let new = ids.iter().filter(|id| !conn.watching.borrow().contains(*id)).count();
+    let max = limits::PRESENCE_WATCHES_PER_CONNECTION_MAX;
+    if watched + new > max {
+        return Err(ApiError::bad_request(format!(
+            "a connection watches at most {max} users ({watched} now): unsubscribe some first"
+        )));
+    }
     for id in &ids {
         shard.registry.borrow_mut().watch(conn, *id);
     }

@@ -189,3 +189,45 @@ fn a_user_in_10_000_channels_connects_with_a_few_words_to_each_owner() {
     assert_eq!(again.next_event("message")["text"], "back");
     server.stop();
 }
+
+#[test]
+fn a_connection_watches_at_most_1000_users() {
+    const SHARDS: u16 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = dir.path().to_path_buf();
+    let names: Vec<String> = (0..1_001).map(|n| format!("watched_{n}")).collect();
+    {
+        let store = Store::open(&StoreConfig::new(dir_path.join("db"), SHARDS)).unwrap();
+        let mut batch = store.batch();
+        for (n, name) in names.iter().enumerate() {
+            let id = 3_000_000 + n as u64;
+            batch.put_user(owner(id, SHARDS), &user(id, name)).unwrap();
+            batch.put_username(username_owner(name, SHARDS), name, UserId(id)).unwrap();
+        }
+        store.write(batch).unwrap();
+    }
+    let mut server = TestServer::start_with(SHARDS, |config| {
+        config.data_dir = dir_path.clone();
+        config.jwt_secret = Some(SECRET.into());
+    });
+    let keys = chatgw_gateway::TokenKeys::new(SECRET.as_bytes());
+    let watcher = crate::common::User {
+        username: names[0].clone(),
+        user_id: 3_000_000.to_string(),
+        token: keys.mint(UserId(3_000_000), &names[0], 600, 0).0,
+    };
+    let mut ws = server.connect(&watcher, "phone");
+    // 1,000 at once is the most one command names, and fits.
+    let first = ws.result("presence.subscribe", json!({ "users": names[..1_000] }));
+    assert_eq!(first["presence"].as_array().unwrap().len(), 1_000);
+    // Again: nothing new, still fine.
+    ws.result("presence.subscribe", json!({ "users": names[..10] }));
+    // One more is past the bound, with a clear message.
+    let reply = ws.call("presence.subscribe", json!({ "users": [names[1_000]] }));
+    assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("at most 1000"), "{reply}");
+    // After an unsubscribe there is room.
+    ws.result("presence.unsubscribe", json!({ "users": [names[0]] }));
+    ws.result("presence.subscribe", json!({ "users": [names[1_000]] }));
+    server.stop();
+}
