@@ -4,9 +4,9 @@
 //! every change to the indexes (a join, a leave, a watch) is O(1), so a
 //! user in 10,000 channels costs O(10,000) at connect, not O(n²).
 //!
-//! The sets hash with fixed SipHash keys and no per-set random state (8
-//! bytes less per connection): their keys (channel, user and connection
-//! ids) are made by the server, never chosen by a client.
+//! The sets hash with fixed SipHash keys and no per-set random state (16
+//! bytes less per set, two per connection): their keys (channel, user and
+//! connection ids) are made by the server, never chosen by a client.
 
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::DefaultHasher;
