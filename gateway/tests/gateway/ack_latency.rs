@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{Client, TestServer};
+use crate::common::{Client, TestServer, hanging_webhook};
 
 fn sends() -> usize {
     std::env::var("CHATGW_ACK_SENDS").ok().and_then(|count| count.parse().ok()).unwrap_or(100)
@@ -41,15 +41,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 #[test]
 fn acknowledgements_hold_during_a_login_flood_and_while_the_webhook_hangs() {
     // A webhook that takes every connection and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let webhook = format!("http://{}/push", listener.local_addr().unwrap());
-    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let keep = held.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            keep.lock().unwrap().push(stream);
-        }
-    });
+    let (webhook, held) = hanging_webhook();
     let server = TestServer::start_with(1, |config| {
         config.durability = chatgw_gateway::Durability::Fsync;
         config.push_webhook = Some(webhook);

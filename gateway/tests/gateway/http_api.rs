@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::common::{TestServer, User};
+use crate::common::{TestServer, User, sample_sum, scrape};
 use chatgw_gateway::auth::Claims;
 use serde_json::{Value, json};
 
@@ -213,28 +213,6 @@ fn discovery_names_this_node_and_its_connections() {
     let (_, login) =
         call(&server, "POST", "/v1/login", None, Some(&json!({ "username": "alice", "password": "correct horse" })));
     assert_eq!(login["gateway"]["ws_url"], "wss://chat.example.com/v1/ws");
-}
-
-fn scrape(server: &TestServer) -> prometheus_parse::Scrape {
-    let mut response = server.http.get(server.url("/metrics")).call().unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
-    let text = response.body_mut().read_to_string().unwrap();
-    prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text parses")
-}
-
-fn sample_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|sample| sample.metric == name)
-        .map(|sample| match sample.value {
-            prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Gauge(value) => value,
-            prometheus_parse::Value::Untyped(value) => value,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::TestServer;
+use crate::common::{TestServer, hanging_webhook, sample_sum, scrape};
 use serde_json::{Value, json};
 
 /// What the receiver got: the `Idempotency-Key` and the JSON body.
@@ -143,11 +143,7 @@ fn without_a_webhook_pushes_wait_in_the_outbox() {
 
 /// A counter's total over shards, from `/metrics`.
 fn metric(server: &TestServer, name: &str) -> f64 {
-    let (_, text) = server.get("/metrics");
-    text.lines()
-        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sample_sum(&scrape(server), name)
 }
 
 #[test]
@@ -262,15 +258,7 @@ fn a_webhook_that_is_not_an_http_url_is_refused_at_start() {
 #[test]
 fn a_webhook_that_hangs_does_not_hold_up_acknowledgements() {
     // A webhook that takes every connection and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/push", listener.local_addr().unwrap());
-    let held: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-    let keep = held.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            keep.lock().unwrap().push(stream);
-        }
-    });
+    let (url, held) = hanging_webhook();
     // One shard, fsync: its group commits run off the core, where webhook
     // POSTs ran too (one blocking thread per executor), 10 s each when the
     // webhook hangs.

@@ -362,3 +362,45 @@ pub fn create_channel_owned_by(
     }
     panic!("no connection landed on shard {owner}");
 }
+
+/// `/metrics`, parsed (its content type checked).
+pub fn scrape(server: &TestServer) -> prometheus_parse::Scrape {
+    let mut response = server.http.get(server.url("/metrics")).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let text = response.body_mut().read_to_string().unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text parses")
+}
+
+/// The sum of a metric's samples over its labels.
+pub fn sample_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Gauge(value) => value,
+            prometheus_parse::Value::Untyped(value) => value,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// Connections a [`hanging_webhook`] accepted and holds open.
+pub type Held = std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>;
+
+/// A push webhook on an ephemeral loopback port that takes every
+/// connection and never answers; its URL and the connections it holds.
+pub fn hanging_webhook() -> (String, Held) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/push", listener.local_addr().unwrap());
+    let held: Held = Held::default();
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    (url, held)
+}
