@@ -801,23 +801,6 @@ impl Store {
         })
     }
 
-    /// Outbox entries of a shard (counted by a scan of their keys).
-    pub fn outbox_len(&self, shard: ShardId) -> Result<u64> {
-        let cf = self.shard_cf(shard)?;
-        let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(vec![tag::OUTBOX + 1]);
-        options.set_total_order_seek(true);
-        let mut iterator = self.db.raw_iterator_cf_opt(cf, options);
-        iterator.seek([tag::OUTBOX]);
-        let mut count = 0;
-        while iterator.valid() {
-            count += 1;
-            iterator.next();
-        }
-        iterator.status()?;
-        Ok(count)
-    }
-
     /// A shard's bytes in SST files on disk and in memtables.
     pub fn shard_sizes(&self, shard: ShardId) -> Result<(u64, u64)> {
         let cf = self.shard_cf(shard)?;

@@ -40,11 +40,9 @@ struct Outbound {
     closing: Option<CloseReason>,
     /// Set once the session ended: nothing will be written any more.
     ended: bool,
-    /// The socket took less than it was last offered (or nothing): offer
-    /// it the front frame alone until it takes a whole offer again.
-    write_blocked: bool,
-    /// While blocked: when the socket last took a byte (ms since the
-    /// epoch); 0 when not blocked.
+    /// Set while the socket takes less than it is offered (or nothing):
+    /// when it last took a byte (ms since the epoch); 0 when it took a
+    /// whole offer. While set, the socket is offered the front frame alone.
     stalled_since_ms: u64,
     /// When the close frame was queued (ms since the epoch).
     closing_since_ms: u64,
@@ -245,18 +243,18 @@ impl Conn {
 
     /// Whether the socket took less than it was last offered.
     pub fn write_blocked(&self) -> bool {
-        self.outbound.borrow().write_blocked
+        self.outbound.borrow().stalled_since_ms != 0
     }
 
     /// Notes a write: whether the socket took any bytes, and whether it
     /// took less than it was offered.
     pub fn note_write(&self, progressed: bool, blocked: bool, now_ms: u64) {
         let mut outbound = self.outbound.borrow_mut();
-        outbound.write_blocked = blocked;
         if !blocked {
             outbound.stalled_since_ms = 0;
         } else if progressed || outbound.stalled_since_ms == 0 {
-            outbound.stalled_since_ms = now_ms;
+            // Never 0 while blocked: 0 means not blocked.
+            outbound.stalled_since_ms = now_ms.max(1);
         }
     }
 
