@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chatgw_gateway::{Config, Durability};
+use chatgw_gateway::{Config, Durability, PresenceScope};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
@@ -17,6 +17,16 @@ pub enum DurabilityArg {
     Wal,
     /// In the log and synced to disk: survives a power loss.
     Fsync,
+}
+
+/// Whose presence a user may see.
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceScopeArg {
+    /// Any user's (protocol §2 as written).
+    All,
+    /// Only users who share a channel with the caller.
+    Shared,
 }
 
 /// Flags of `chatgw serve`. Each also reads `CHATGW_<NAME>` and the
@@ -65,6 +75,10 @@ pub struct ServeArgs {
     /// Offline grace after the last device goes, ms [default: 5000].
     #[arg(long, env = "CHATGW_PRESENCE_GRACE_MS")]
     presence_grace_ms: Option<u64>,
+    /// Whose presence a user may query or subscribe to: `all` users, or
+    /// only those who share a channel with them [default: all].
+    #[arg(long, env = "CHATGW_PRESENCE_SCOPE", value_enum)]
+    presence_scope: Option<PresenceScopeArg>,
     /// How long an HTTP request's whole body may take to arrive, ms
     /// [default: 10000].
     #[arg(long, env = "CHATGW_HTTP_BODY_TIMEOUT_MS")]
@@ -144,6 +158,7 @@ struct FileConfig {
     push_webhook: Option<String>,
     heartbeat_ms: Option<u64>,
     presence_grace_ms: Option<u64>,
+    presence_scope: Option<PresenceScopeArg>,
     http_body_timeout_ms: Option<u64>,
     hash_threads: Option<usize>,
     max_connections: Option<usize>,
@@ -214,6 +229,12 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(write_stall_ms => write_stall_ms);
     config.fault_hooks = args.fault_hooks;
     config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;
+    if let Some(scope) = args.presence_scope.or(file.presence_scope) {
+        config.presence_scope = match scope {
+            PresenceScopeArg::All => PresenceScope::All,
+            PresenceScopeArg::Shared => PresenceScope::Shared,
+        };
+    }
     if let Some(durability) = args.durability.or(file.durability) {
         config.durability = match durability {
             DurabilityArg::Wal => Durability::Wal,

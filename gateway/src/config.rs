@@ -7,6 +7,16 @@ use std::path::PathBuf;
 
 pub use chatgw_storage::Durability;
 
+/// Whose presence a user may see (`--presence-scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceScope {
+    /// Any user's, by username: protocol §2 as written, the default.
+    All,
+    /// Only the users who share a channel (a group or a direct one) with
+    /// the caller, and the caller's own.
+    Shared,
+}
+
 /// Everything `chatgw serve` takes.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,6 +67,8 @@ pub struct Config {
     pub max_signups_per_ip_per_min: u32,
     /// How long a user stays online after the last device goes.
     pub presence_grace_ms: u64,
+    /// Whose presence a user may query or subscribe to.
+    pub presence_scope: PresenceScope,
     /// Members a channel may hold.
     pub max_channel_members: usize,
     /// Chars a message's text may hold.
@@ -132,6 +144,7 @@ impl Default for Config {
             max_signups_per_ip_per_min: 30,
             hash_threads: (std::thread::available_parallelism().map_or(1, |cores| cores.get()) / 4).max(1),
             presence_grace_ms: 5_000,
+            presence_scope: PresenceScope::All,
             max_channel_members: 100,
             max_message_chars: 100_000,
             rate_limit_per_s: 20,

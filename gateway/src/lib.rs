@@ -37,7 +37,7 @@ mod turnstile;
 mod workers;
 
 pub use auth::TokenKeys;
-pub use config::{Config, Durability};
+pub use config::{Config, Durability, PresenceScope};
 pub use error::{ApiError, ErrorCode, ServeError};
 pub use net::server::{ServerHandle, start};
 pub use node::Shared;

@@ -1,5 +1,6 @@
 //! Opening the store, and every read.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -553,13 +554,16 @@ impl Store {
         shard: ShardId,
         tag: u8,
         id: u64,
-        visit: impl FnMut(u64, &[u8]) -> Result<()>,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        self.for_each_suffix_from(shard, tag, id, 0, usize::MAX, visit)
+        self.for_each_suffix_from(shard, tag, id, 0, usize::MAX, |suffix, value| {
+            visit(suffix, value).map(ControlFlow::Continue)
+        })
     }
 
     /// Walks at most `limit` of the 17-byte keys under (tag, id) whose
-    /// trailing id is at least `from`, as `for_each_suffix` does.
+    /// trailing id is at least `from`, as `for_each_suffix` does, and
+    /// stops early where `visit` says `Break`.
     fn for_each_suffix_from(
         &self,
         shard: ShardId,
@@ -567,7 +571,7 @@ impl Store {
         id: u64,
         from: u64,
         limit: usize,
-        mut visit: impl FnMut(u64, &[u8]) -> Result<()>,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         let mut iterator = self.range_iterator(shard, tag, id)?;
         let mut start = keys::prefix(tag, id).to_vec();
@@ -582,7 +586,9 @@ impl Store {
                 key_hex: keys::hex(key),
                 reason: "not 17 bytes".into(),
             })?;
-            visit(suffix, value)?;
+            if visit(suffix, value)?.is_break() {
+                return Ok(());
+            }
             iterator.next();
         }
         iterator.status()?;
@@ -631,16 +637,32 @@ impl Store {
         let mut count = 0;
         self.for_each_suffix_from(shard, tag::USER_CHANNEL, user.0, 0, up_to, |_, _| {
             count += 1;
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })?;
         Ok(count)
+    }
+
+    /// Whether any channel of `user` passes `wanted`: a key scan, in
+    /// channel id order, that stops at the first that does.
+    pub fn any_user_channel(
+        &self,
+        shard: ShardId,
+        user: UserId,
+        mut wanted: impl FnMut(ChannelId) -> bool,
+    ) -> Result<bool> {
+        let mut found = false;
+        self.for_each_suffix_from(shard, tag::USER_CHANNEL, user.0, 0, usize::MAX, |channel, _| {
+            found = wanted(ChannelId(channel));
+            Ok(if found { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        })?;
+        Ok(found)
     }
 
     fn user_channels_from(&self, shard: ShardId, user: UserId, from: u64, limit: usize) -> Result<Vec<UserChannel>> {
         let mut channels = Vec::new();
         self.for_each_suffix_from(shard, tag::USER_CHANNEL, user.0, from, limit, |channel, flags| {
             channels.push(UserChannel { channel_id: ChannelId(channel), fan_out_on_read: flags.first() == Some(&1) });
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })?;
         Ok(channels)
     }

@@ -181,6 +181,17 @@ fn inbox_channels_users_direct_dedupe_outbox() {
     let channels = store.user_channels(SHARD, alice).unwrap();
     assert_eq!(channels.len(), 2);
     assert!(!channels[0].fan_out_on_read && channels[1].fan_out_on_read);
+    let mut seen = Vec::new();
+    let found = store
+        .any_user_channel(SHARD, alice, |channel| {
+            seen.push(channel.0);
+            channel == group
+        })
+        .unwrap();
+    assert!(found);
+    assert_eq!(seen, [500], "the scan stops at the first channel wanted");
+    assert!(!store.any_user_channel(SHARD, alice, |channel| channel.0 == 601).unwrap());
+    assert!(!store.any_user_channel(SHARD, bob, |_| true).unwrap(), "bob has no channel index here");
     assert_eq!(store.user(SHARD, alice).unwrap(), Some(user));
     assert_eq!(store.user_id_by_name(ShardId(0), "alice").unwrap(), Some(alice));
     assert_eq!(store.user_id_by_name(ShardId(0), "alicia").unwrap(), None);

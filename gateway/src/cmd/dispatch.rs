@@ -38,8 +38,8 @@ pub async fn dispatch(
         Command::ChannelInfo { channel_id } => channel::info(shard, user, channel_id),
         Command::ChannelList { after, limit } => channel::list(shard, user, after, limit),
         Command::Heartbeat => Ok(json!({})),
-        Command::PresenceQuery { users } => presence::query(shard, &users).await,
-        Command::PresenceSubscribe { users } => presence::subscribe(shard, conn, &users).await,
+        Command::PresenceQuery { users } => presence::query(shard, user, &users).await,
+        Command::PresenceSubscribe { users } => presence::subscribe(shard, user, conn, &users).await,
         Command::PresenceUnsubscribe { users } => presence::unsubscribe(shard, conn, &users).await,
     }
 }

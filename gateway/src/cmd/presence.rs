@@ -1,12 +1,15 @@
 //! The `presence.*` methods: asked of each user's owner through
 //! `shard::presence`; subscriptions are held by the connection's core.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
-use chatgw_idgen::UserId;
+use chatgw_idgen::{ChannelId, UserId};
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
+use crate::auth::AuthedUser;
+use crate::config::PresenceScope;
+use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::protocol::shapes;
 use crate::services::presence::Status;
@@ -24,18 +27,54 @@ fn presence_json(usernames: &[String], statuses: &[Status]) -> Value {
     json!({ "presence": shown })
 }
 
+/// The users asked by `usernames`, each known and, under
+/// `--presence-scope shared`, sharing a channel with `caller` (or the
+/// caller itself). Key scans only: the caller's channel index once, then
+/// each user's until a shared channel turns up.
+fn visible_users(shard: &Shard, caller: UserId, usernames: &[String]) -> Result<Vec<UserId>, ApiError> {
+    let ids = shard.known_users(usernames)?;
+    if shard.config.presence_scope == PresenceScope::All {
+        return Ok(ids);
+    }
+    let mut mine: Option<HashSet<ChannelId>> = None;
+    for (username, id) in usernames.iter().zip(&ids) {
+        if *id == caller {
+            continue;
+        }
+        let mine = match &mut mine {
+            Some(mine) => mine,
+            None => {
+                let channels = shard.store.user_channels(shard.owner(caller.0), caller)?;
+                mine.insert(channels.into_iter().map(|channel| channel.channel_id).collect())
+            }
+        };
+        if !shard.store.any_user_channel(shard.owner(id.0), *id, |channel| mine.contains(&channel))? {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("the presence of {username} is shown only to users who share a channel with them"),
+            ));
+        }
+    }
+    Ok(ids)
+}
+
 /// `presence.query`.
-pub async fn query(shard: &Rc<Shard>, users: &[String]) -> Result<Value, ApiError> {
-    let ids = shard.known_users(users)?;
+pub async fn query(shard: &Rc<Shard>, user: &AuthedUser, users: &[String]) -> Result<Value, ApiError> {
+    let ids = visible_users(shard, user.user_id, users)?;
     let statuses = presence::query(shard, &ids).await?;
     Ok(presence_json(users, &statuses))
 }
 
 /// `presence.subscribe`: the owners set this core's bit (idempotent) and
 /// answer the presence now; later changes come as events.
-pub async fn subscribe(shard: &Rc<Shard>, conn: Option<&Rc<Conn>>, users: &[String]) -> Result<Value, ApiError> {
+pub async fn subscribe(
+    shard: &Rc<Shard>,
+    user: &AuthedUser,
+    conn: Option<&Rc<Conn>>,
+    users: &[String],
+) -> Result<Value, ApiError> {
     let conn = conn.ok_or_else(|| ApiError::bad_request("presence.subscribe needs a WebSocket connection"))?;
-    let ids = shard.known_users(users)?;
+    let ids = visible_users(shard, user.user_id, users)?;
     let watched = conn.watching.borrow().len();
     let new = ids.iter().filter(|id| !conn.watching.borrow().contains(*id)).count();
     let max = limits::PRESENCE_WATCHES_PER_CONNECTION_MAX;

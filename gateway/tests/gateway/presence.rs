@@ -160,3 +160,52 @@ fn a_silent_user_is_closed_and_turns_offline() {
     assert_eq!(offline["status"], "offline");
     assert_eq!(silent.close_code(), Some(4000));
 }
+
+#[test]
+fn under_the_shared_scope_presence_is_shown_only_to_users_who_share_a_channel() {
+    let server = TestServer::start_with(3, |config| {
+        config.presence_grace_ms = GRACE_MS;
+        config.presence_scope = chatgw_gateway::PresenceScope::Shared;
+    });
+    let (watcher, friend) = users_on_two_shards(&server);
+    let stranger = server.signup("stranger");
+    let pen_pal = server.signup("pen_pal");
+    let mut watching = server.connect(&watcher, "w");
+
+    // Nobody shares a channel yet: refused, naming the user, over WebSocket
+    // and HTTP, for queries and subscriptions; the caller's own is shown.
+    let refused = watching.call("presence.subscribe", json!({ "users": [friend.username] }));
+    assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains(&friend.username), "{refused}");
+    assert_eq!(
+        watching.error_code("presence.query", json!({ "users": [watcher.username, stranger.username] })),
+        "forbidden"
+    );
+    let (status, _) =
+        server.post_auth("/v1/rpc/presence.query", &watcher.token, &json!({ "users": [friend.username] }));
+    assert_eq!(status, 403);
+    assert_eq!(presence_of(&mut watching, &watcher.username)["status"], "online");
+
+    // A group channel, and a direct one made by a first message.
+    watching.result("channel.create", json!({ "name": "pals", "members": [friend.username] }));
+    watching.result("send", json!({ "to_user": pen_pal.username, "text": "hi" }));
+    let answer = watching.result("presence.subscribe", json!({ "users": [friend.username, pen_pal.username] }));
+    assert_eq!(answer["presence"].as_array().unwrap().len(), 2);
+    let (status, body) = server.post_auth(
+        "/v1/rpc/presence.query",
+        &watcher.token,
+        &json!({ "users": [friend.username, pen_pal.username] }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let _phone = server.connect(&friend, "phone");
+    let online = watching.next_event("presence");
+    assert_eq!(
+        (online["username"].as_str(), online["status"].as_str()),
+        (Some(friend.username.as_str()), Some("online"))
+    );
+
+    // The stranger still shares nothing with anyone.
+    let mut strange = server.connect(&stranger, "s");
+    assert_eq!(strange.error_code("presence.query", json!({ "users": [friend.username] })), "forbidden");
+    assert_eq!(watching.error_code("presence.subscribe", json!({ "users": [stranger.username] })), "forbidden");
+}
