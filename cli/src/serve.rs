@@ -124,6 +124,11 @@ pub struct ServeArgs {
     /// Channels a user may be in [default: 10000].
     #[arg(long, env = "CHATGW_MAX_CHANNELS_PER_USER")]
     max_channels_per_user: Option<usize>,
+    /// States of owned channels no connected member hosts, kept in memory
+    /// per shard; past it the least recently used are dropped and read
+    /// again from storage when next used [default: 100000].
+    #[arg(long, env = "CHATGW_MAX_IDLE_CHANNELS_PER_SHARD")]
+    max_idle_channels_per_shard: Option<usize>,
     /// Push records one shard's outbox holds; past it the oldest expire
     /// [default: 1000000].
     #[arg(long, env = "CHATGW_MAX_OUTBOX_PER_SHARD")]
@@ -172,6 +177,7 @@ struct FileConfig {
     rate_burst: Option<u32>,
     channel_changes_per_min: Option<u32>,
     max_channels_per_user: Option<usize>,
+    max_idle_channels_per_shard: Option<usize>,
     max_outbox_per_shard: Option<usize>,
     write_stall_ms: Option<u64>,
 }
@@ -225,6 +231,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(rate_burst => rate_burst);
     pick!(channel_changes_per_min => channel_changes_per_min);
     pick!(max_channels_per_user => max_channels_per_user);
+    pick!(max_idle_channels_per_shard => max_idle_channels_per_shard);
     pick!(max_outbox_per_shard => max_outbox_per_shard);
     pick!(write_stall_ms => write_stall_ms);
     config.fault_hooks = args.fault_hooks;
@@ -244,6 +251,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(config.max_message_chars >= 1, "max-message-chars must be at least 1");
     anyhow::ensure!(config.max_channel_members >= 2, "max-channel-members must be at least 2");
     anyhow::ensure!(config.max_channels_per_user >= 1, "max-channels-per-user must be at least 1");
+    anyhow::ensure!(config.max_idle_channels_per_shard >= 1, "max-idle-channels-per-shard must be at least 1");
     anyhow::ensure!(config.max_outbox_per_shard >= 1, "max-outbox-per-shard must be at least 1");
     anyhow::ensure!(config.write_stall_ms >= 100, "write-stall-ms must be at least 100");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");

@@ -82,6 +82,9 @@ pub struct Config {
     pub channel_changes_per_min: u32,
     /// Channels a user may be in; creating or adding past it is refused.
     pub max_channels_per_user: usize,
+    /// States of owned channels that no core hosts, kept in memory per
+    /// shard (least recently used dropped first; read again on use).
+    pub max_idle_channels_per_shard: usize,
     /// Push records one shard's outbox holds; past it the oldest expire.
     pub max_outbox_per_shard: usize,
     /// A connection whose socket takes nothing for this long while frames
@@ -151,6 +154,7 @@ impl Default for Config {
             rate_burst: 100,
             channel_changes_per_min: 60,
             max_channels_per_user: 10_000,
+            max_idle_channels_per_shard: 100_000,
             max_outbox_per_shard: 1_000_000,
             write_stall_ms: 30_000,
             block_cache_bytes: 256 << 20,

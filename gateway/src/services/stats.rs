@@ -128,6 +128,9 @@ pub struct Counters {
     pub pushes_coalesced: Cell<u64>,
     /// Push records dropped, oldest first, at the shard's outbox bound.
     pub pushes_expired: Cell<u64>,
+    /// Owned channels' states dropped from memory, least recently used
+    /// first, at `--max-idle-channels-per-shard`.
+    pub channels_evicted: Cell<u64>,
     /// Error replies and responses, by `ERROR_CODES` index.
     pub errors: [Cell<u64>; ERROR_CODES.len()],
     /// From the owner taking a message until its frame is queued to the
@@ -173,6 +176,10 @@ pub struct ShardStats {
     pub pushes_coalesced: u64,
     /// Push records expired at the shard's bound.
     pub pushes_expired: u64,
+    /// Owned channels' states in memory.
+    pub channels_in_memory: u64,
+    /// Owned channels' states dropped from memory at the bound.
+    pub channels_evicted: u64,
     /// Error replies by `ERROR_CODES` index.
     pub errors: Vec<u64>,
     /// Cross-core messages this core sent, by receiving shard.

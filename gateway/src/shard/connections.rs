@@ -165,9 +165,11 @@ pub async fn detach(shard: &Rc<Shard>, conn: &Conn) {
 /// channel, as of its subscription epoch `epoch` (an older word from that
 /// core, arriving late, changes nothing).
 pub fn on_subscribe(shard: &Shard, from: ShardId, channel: ChannelId, hosts: bool, epoch: u64) {
-    let result = shard.with_channel(channel, |state| state.hosted_by(from, hosts, epoch));
-    if let Err(error) = result {
-        tracing::warn!(%error, channel = channel.0, "subscription to an unreadable channel");
+    let result = shard.with_channel(channel, |state| state.hosted_by(from, hosts, epoch) && state.cores_mask == 0);
+    match result {
+        Ok(Some(true)) if !hosts => shard.note_channel_idle(),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, channel = channel.0, "subscription to an unreadable channel"),
     }
 }
 

@@ -117,10 +117,19 @@ fn apply_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Con
     }
 }
 
-fn on_channel(shard: &Shard, from: ShardId, msg: ChannelMsg) -> Option<Result<Answer, ApiError>> {
+fn on_channel(shard: &Rc<Shard>, from: ShardId, msg: ChannelMsg) -> Option<Result<Answer, ApiError>> {
     match msg {
         ChannelMsg::Deliver { channel_id, frame, taken_at } => {
             shard.deliver_local(channel_id, &frame, taken_at);
+            if !shard.registry.borrow().hosts_channel(channel_id) {
+                // The owner thinks this core hosts the channel and it does
+                // not (a stale word met a state the owner had dropped, see
+                // `ChannelState::is_evictable`): say so, with a new epoch,
+                // so that the next message skips this core. Any connection
+                // that joins the channel here later takes a newer epoch.
+                let unsubscribe = ChannelMsg::Unsubscribe { channel_id, epoch: shard.next_subscription_epoch() };
+                shard.send_control_soon(from, 0, Control::Channel(unsubscribe));
+            }
             None
         }
         ChannelMsg::Subscribe { channel_ids, epoch } => {

@@ -47,12 +47,30 @@ pub struct ChannelState {
     /// delivers in its turn, so every connection gets the channel's
     /// messages in id order.
     pub fan_outs: Rc<Turnstile>,
+    /// When it was last visited, by the shard's channel tick (the eviction
+    /// order: least recently used first).
+    pub last_used: u64,
 }
 
 impl ChannelState {
     /// A channel state no core hosts yet.
     pub fn new(channel: Channel, members: HashSet<UserId>) -> Self {
-        ChannelState { channel, members, cores_mask: 0, epochs: HashMap::new(), fan_outs: Rc::default() }
+        ChannelState { channel, members, cores_mask: 0, epochs: HashMap::new(), fan_outs: Rc::default(), last_used: 0 }
+    }
+
+    /// Whether the state may be dropped and read again from storage later:
+    /// no core hosts a connection of a member (so no fan-out needs its
+    /// mask), and no message is between its id and its fan-out (no task
+    /// holds its line).
+    ///
+    /// A word from a core about the channel that arrives after the drop
+    /// meets a fresh state with no epochs and is applied. If it was a stale
+    /// "hosts", the owner fans out to a core that hosts nothing; that core
+    /// answers the frame with a newer "hosts no more" (`inbox`), so the
+    /// phantom bit costs one frame. A newer word is never refused, which is
+    /// what keeping epochs across drops (a floor per core) would risk.
+    pub fn is_evictable(&self) -> bool {
+        self.cores_mask == 0 && Rc::strong_count(&self.fan_outs) == 1
     }
 
     /// Core `from` says, as of its epoch `epoch`, whether it hosts a
@@ -148,6 +166,13 @@ pub struct Shard {
     pub limiter: Limiter,
     banned: RefCell<Arc<BannedWords>>,
     owned: RefCell<HashMap<ChannelId, ChannelState>>,
+    /// Bumped at each visit of an owned channel's state.
+    channel_tick: Cell<u64>,
+    /// `owned` is swept for evictable states when it grows past this...
+    channels_sweep_at: Cell<usize>,
+    /// ...or once this many states have lost their last hosting core since
+    /// the last sweep went past an eighth of the bound.
+    channels_idled: Cell<usize>,
     /// Usernames by user id (cached reads).
     pub usernames: RefCell<HashMap<UserId, Rc<str>>>,
     /// User ids by username (names are never reused or renamed).
@@ -192,6 +217,7 @@ impl Shard {
     /// it stored, the banned words in force and its outbox counted.
     pub fn open(id: ShardId, shard_count: u16, parts: NodeParts, router: Router) -> Result<Self, ApiError> {
         let NodeParts { config, store, tokens, admin_token, node, ws_url, shared } = parts;
+        let max_idle_channels = config.max_idle_channels_per_shard;
         if let Some(high_water) = store.high_water(id)? {
             shared.ids(id).resume_after(high_water.0);
         }
@@ -223,6 +249,9 @@ impl Shard {
             limiter,
             banned: RefCell::new(Arc::new(banned)),
             owned: RefCell::new(HashMap::new()),
+            channel_tick: Cell::new(0),
+            channels_sweep_at: Cell::new(max_idle_channels),
+            channels_idled: Cell::new(0),
             usernames: RefCell::new(HashMap::new()),
             user_ids: RefCell::new(HashMap::new()),
             directs: RefCell::new(HashMap::new()),
@@ -303,17 +332,74 @@ impl Shard {
         visit: impl FnOnce(&mut ChannelState) -> R,
     ) -> Result<Option<R>, ApiError> {
         debug_assert_eq!(self.owner(id.0), self.id, "only the owner holds a channel");
-        if !self.owned.borrow().contains_key(&id) {
+        let loaded = !self.owned.borrow().contains_key(&id);
+        if loaded {
             let Some(channel) = self.store.channel(self.id, id)? else { return Ok(None) };
             let members = self.store.members(self.id, id)?.into_iter().collect();
             self.owned.borrow_mut().entry(id).or_insert(ChannelState::new(channel, members));
         }
-        Ok(self.owned.borrow_mut().get_mut(&id).map(visit))
+        let tick = self.channel_tick.get() + 1;
+        self.channel_tick.set(tick);
+        let visited = self.owned.borrow_mut().get_mut(&id).map(|state| {
+            state.last_used = tick;
+            visit(state)
+        });
+        if loaded {
+            self.bound_channels();
+        }
+        Ok(visited)
     }
 
     /// Records a channel just created by this owner.
     pub fn insert_channel(&self, channel: Channel, members: HashSet<UserId>) {
-        self.owned.borrow_mut().insert(channel.id, ChannelState::new(channel, members));
+        let tick = self.channel_tick.get() + 1;
+        self.channel_tick.set(tick);
+        let mut state = ChannelState::new(channel, members);
+        state.last_used = tick;
+        self.owned.borrow_mut().insert(state.channel.id, state);
+        self.bound_channels();
+    }
+
+    /// The last core hosting an owned channel said it hosts it no more:
+    /// its state is one more that may be dropped.
+    pub fn note_channel_idle(&self) {
+        self.channels_idled.set(self.channels_idled.get() + 1);
+        self.bound_channels();
+    }
+
+    /// Channel states in memory now.
+    pub fn channels_in_memory(&self) -> usize {
+        self.owned.borrow().len()
+    }
+
+    /// Keeps at most `--max-idle-channels-per-shard` evictable channel
+    /// states (`ChannelState::is_evictable`) in memory, dropping the least
+    /// recently used. States that cores host stay: fan-out needs their
+    /// masks, and there are only as many as connected members' channels
+    /// (each capped by `--max-channels-per-user`). A sweep walks the map, so
+    /// it runs only once the map has grown, or that many states have turned
+    /// idle, by an eighth of the bound since the last: O(1) a load or an
+    /// unsubscribe, amortized, and never more than the bound and an eighth
+    /// (plus one) of idle states.
+    fn bound_channels(&self) {
+        let max = self.config.max_idle_channels_per_shard;
+        let mut owned = self.owned.borrow_mut();
+        if owned.len() <= self.channels_sweep_at.get() && self.channels_idled.get() <= max / 8 {
+            return;
+        }
+        self.channels_idled.set(0);
+        let mut idle: Vec<(u64, ChannelId)> =
+            owned.iter().filter(|(_, state)| state.is_evictable()).map(|(id, state)| (state.last_used, *id)).collect();
+        if idle.len() > max {
+            let excess = idle.len() - max;
+            idle.select_nth_unstable(excess - 1);
+            for (_, id) in &idle[..excess] {
+                owned.remove(id);
+            }
+            let evicted = &self.counters.channels_evicted;
+            evicted.set(evicted.get() + excess as u64);
+        }
+        self.channels_sweep_at.set(owned.len() + max / 8 + 1);
     }
 
     // ---- local fan-out ----
@@ -399,6 +485,22 @@ mod tests {
         assert!(state.hosted_by(ShardId(0), true, 1));
         assert!(state.hosted_by(ShardId(3), false, 8));
         assert_eq!(state.cores_mask, 1);
+    }
+
+    #[test]
+    fn a_state_is_evictable_only_unhosted_and_with_no_fan_out_in_line() {
+        let mut state = state();
+        assert!(state.is_evictable());
+        assert!(state.hosted_by(ShardId(1), true, 1));
+        assert!(!state.is_evictable(), "a core hosts it");
+        assert!(state.hosted_by(ShardId(1), false, 2));
+        assert!(state.is_evictable());
+        let line = state.fan_outs.clone();
+        let ticket = line.ticket();
+        drop(line);
+        assert!(!state.is_evictable(), "a message holds its place in line");
+        drop(ticket);
+        assert!(state.is_evictable());
     }
 }
 

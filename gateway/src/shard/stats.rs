@@ -32,6 +32,8 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         pushes_dead: counters.pushes_dead.get(),
         pushes_coalesced: counters.pushes_coalesced.get(),
         pushes_expired: counters.pushes_expired.get(),
+        channels_in_memory: shard.channels_in_memory() as u64,
+        channels_evicted: counters.channels_evicted.get(),
         errors: counters.errors.iter().map(Cell::get).collect(),
         mesh_sent: shard.router.sent_counts(),
         mesh_received: shard.router.received_counts(),

@@ -14,6 +14,7 @@ mod disk_full;
 mod event_order;
 mod heartbeat;
 mod http_api;
+mod idle_channels;
 mod large_channel;
 mod lifecycle;
 mod messaging;

@@ -164,6 +164,8 @@ async fn stats(shard: &Rc<Shard>) -> Result<Value, ApiError> {
                 "storage_sst_bytes": stats.storage_sst_bytes,
                 "storage_memtable_bytes": stats.storage_memtable_bytes,
                 "outbox_depth": stats.outbox_depth,
+                "channels_in_memory": stats.channels_in_memory,
+                "channels_evicted": stats.channels_evicted,
                 "slow_consumers": stats.slow_consumers,
                 "mesh_sent": stats.mesh_sent.iter().sum::<u64>(),
             })

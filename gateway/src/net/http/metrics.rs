@@ -154,6 +154,16 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
             all,
             |s| s.pushes_expired,
         );
+        shard_gauge(registry, "channels_in_memory", "States of channels the shard owns held in memory", all, |s| {
+            s.channels_in_memory
+        });
+        shard_counter(
+            registry,
+            "channels_evicted",
+            "Owned channels' states dropped from memory at the idle bound",
+            all,
+            |s| s.channels_evicted,
+        );
         shard_counter(registry, "pushes_dead", "Push records the webhook refused for good (4xx)", all, |s| {
             s.pushes_dead
         });
