@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Webhook pushes are POSTed to [default: none, kept in the outbox].
     #[arg(long, env = "CHATGW_PUSH_WEBHOOK")]
     push_webhook: Option<String>,
+    /// PEM file of the certificates an https webhook's server must chain
+    /// to, instead of Mozilla's roots (for a private CA) [default: none].
+    #[arg(long, env = "CHATGW_PUSH_WEBHOOK_CA")]
+    push_webhook_ca: Option<PathBuf>,
     /// Heartbeat interval told to clients, ms [default: 15000].
     #[arg(long, env = "CHATGW_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
@@ -161,6 +165,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     durability: Option<DurabilityArg>,
     push_webhook: Option<String>,
+    push_webhook_ca: Option<PathBuf>,
     heartbeat_ms: Option<u64>,
     presence_grace_ms: Option<u64>,
     presence_scope: Option<PresenceScopeArg>,
@@ -216,6 +221,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     }
     pick!(jwt_secret => some jwt_secret);
     pick!(push_webhook => some push_webhook);
+    pick!(push_webhook_ca => some push_webhook_ca);
     pick!(heartbeat_ms => heartbeat_ms);
     pick!(presence_grace_ms => presence_grace_ms);
     pick!(http_body_timeout_ms => http_body_timeout_ms);

@@ -42,6 +42,9 @@ pub struct Config {
     pub durability: Durability,
     /// Where pushes are POSTed; `None` = kept in the outbox and counted.
     pub push_webhook: Option<String>,
+    /// PEM certificates the webhook's TLS server must chain to, instead of
+    /// Mozilla's roots (a private CA).
+    pub push_webhook_ca: Option<PathBuf>,
     /// The heartbeat clients are told to keep; 2 × this of silence closes.
     pub heartbeat_ms: u64,
     /// How long an HTTP request's whole body may take to arrive, ms: each
@@ -138,6 +141,7 @@ impl Default for Config {
             jwt_secret: None,
             durability: Durability::Wal,
             push_webhook: None,
+            push_webhook_ca: None,
             heartbeat_ms: 15_000,
             http_body_timeout_ms: 10_000,
             max_connections: None,

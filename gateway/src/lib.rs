@@ -34,6 +34,7 @@ mod shard;
 mod single_flight;
 mod throttle;
 mod turnstile;
+mod webhook;
 mod workers;
 
 pub use auth::TokenKeys;

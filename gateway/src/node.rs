@@ -21,6 +21,7 @@ use crate::frontier::{self, IdSource};
 use crate::hashing::HashPool;
 use crate::limits::HASH_QUEUE_MAX;
 use crate::throttle::{LoginThrottle, SignupThrottle};
+use crate::webhook;
 use crate::workers::WorkerPool;
 
 /// What every core of one server shares.
@@ -47,6 +48,9 @@ pub struct Shared {
     /// (each shard's push worker sends one push at a time), so a webhook
     /// that hangs holds only these, never a shard's group commits.
     pub webhook_posts: Option<WorkerPool>,
+    /// The webhook's HTTP client, when there is a webhook (its TLS roots
+    /// read at start).
+    pub webhook_agent: Option<ureq::Agent>,
     login_throttle: Mutex<LoginThrottle>,
     signup_throttle: Mutex<SignupThrottle>,
     admission: Mutex<Admission>,
@@ -84,9 +88,9 @@ impl Shared {
             .map_err(|error| ServeError::Config(error.to_string()))?;
         let hashing = HashPool::new(config.hash_threads, HASH_QUEUE_MAX)?;
         let posters = usize::from(shard_count);
-        let webhook_posts = match &config.push_webhook {
-            Some(_) => Some(WorkerPool::new("chatgw-push", posters, posters)?),
-            None => None,
+        let (webhook_posts, webhook_agent) = match &config.push_webhook {
+            Some(_) => (Some(WorkerPool::new("chatgw-push", posters, posters)?), Some(webhook::agent(config)?)),
+            None => (None, None),
         };
         Ok(Shared {
             ready_shards: AtomicUsize::new(0),
@@ -98,6 +102,7 @@ impl Shared {
             ids,
             hashing,
             webhook_posts,
+            webhook_agent,
             login_throttle: Mutex::new(LoginThrottle::default()),
             signup_throttle: Mutex::new(SignupThrottle::new(config.max_signups_per_ip_per_min)),
             admission: Mutex::new(Admission::new(caps)),

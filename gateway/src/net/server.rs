@@ -146,7 +146,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
     check_layout(&config, shard_count)?;
     check_secrets(&config)?;
     if let Some(webhook) = &config.push_webhook {
-        check_webhook(webhook)?;
+        crate::webhook::check_url(webhook)?;
     }
     let mut store_config = StoreConfig::new(config.data_dir.join("db"), shard_count);
     store_config.durability = config.durability;
@@ -200,21 +200,6 @@ fn default_max_connections() -> usize {
         }
     }
     limit.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS).clamp(64, 1 << 30) as usize
-}
-
-/// Refuses a push webhook that is not an absolute `http://` or `https://`
-/// URL with a host, at start rather than at the first push.
-fn check_webhook(webhook: &str) -> Result<(), ServeError> {
-    let refused = |why: &str| ServeError::Config(format!("--push-webhook {webhook:?}: {why}"));
-    let uri: hyper::Uri = webhook.parse().map_err(|error| refused(&format!("not a URL ({error})")))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(refused("must start with http:// or https://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(refused("has no host"));
-    }
-    Ok(())
 }
 
 /// Refuses a configured token secret or admin token too short to resist

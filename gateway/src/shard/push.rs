@@ -290,11 +290,7 @@ async fn send_one(
 /// the server stops. Each round reads the outbox a page at a time; a user
 /// whose push failed waits out its own backoff while everyone else's go on.
 pub async fn run(shard: Rc<Shard>, webhook: String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(limits::PUSH_HTTP_TIMEOUT))
-        .build()
-        .into();
+    let Some(agent) = shard.shared.webhook_agent.clone() else { return };
     let window_ms = limits::PUSH_COALESCE.as_millis() as u64;
     // User → (failures in a row, no try before this, ms).
     let mut waiting: HashMap<UserId, (u32, u64)> = HashMap::new();

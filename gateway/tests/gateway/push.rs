@@ -237,6 +237,116 @@ fn a_push_refused_for_good_goes_to_the_dead_pushes_without_holding_up_the_others
     assert!(admin(&server, "GET", "/admin/v1/outbox/dead")["dead"].as_array().unwrap().is_empty());
 }
 
+/// The test CA, and the key and certificate (for 127.0.0.1, signed by the
+/// CA) of the https receiver: test fixtures, never secrets.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/gateway/fixtures");
+
+/// An https webhook on an ephemeral loopback port (rustls, the fixtures'
+/// certificate) that answers 200 to every POST; its URL, what it received,
+/// and how many TLS handshakes failed.
+fn https_receiver() -> (String, Received, Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(format!("{FIXTURES}/webhook-cert.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{FIXTURES}/webhook-key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://127.0.0.1:{}/push", listener.local_addr().unwrap().port());
+    let received: Received = Arc::default();
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (log, failures) = (received.clone(), failed.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (config, log, failures) = (config.clone(), log.clone(), failures.clone());
+            std::thread::spawn(move || {
+                if serve_https(config, stream, &log).is_err() {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (url, received, failed)
+}
+
+/// Serves one TLS connection's requests (keep-alive) until the client
+/// closes; an error is a failed handshake or a broken request.
+fn serve_https(config: Arc<rustls::ServerConfig>, stream: std::net::TcpStream, log: &Received) -> std::io::Result<()> {
+    use std::io::{BufRead, Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let connection = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut tls = std::io::BufReader::new(rustls::StreamOwned::new(connection, stream));
+    loop {
+        let mut line = String::new();
+        if tls.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        assert!(line.starts_with("POST /push "), "{line}");
+        let (mut length, mut key) = (0, String::new());
+        loop {
+            let mut header = String::new();
+            tls.read_line(&mut header)?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap(),
+                "idempotency-key" => key = value.trim().to_string(),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length];
+        tls.read_exact(&mut body)?;
+        log.lock().unwrap().push((key, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+        tls.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")?;
+        tls.get_mut().flush()?;
+    }
+}
+
+#[test]
+fn pushes_go_to_an_https_webhook_whose_server_chains_to_the_configured_ca() {
+    let (url, received, failed) = https_receiver();
+    let webhook = url.clone();
+    let server = TestServer::start_with(1, |config| {
+        config.push_webhook = Some(webhook);
+        config.push_webhook_ca = Some(format!("{FIXTURES}/webhook-ca.pem").into());
+    });
+    let alice = server.signup("alice");
+    let bob = server.signup("bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let sent = alice_ws.result("send", json!({ "to_user": "bob", "text": "over tls" }));
+    wait_for("bob's push over https", || !received.lock().unwrap().is_empty());
+    let (key, body) = received.lock().unwrap()[0].clone();
+    assert_eq!(key, format!("{}-{}", bob.user_id, sent["message_id"].as_str().unwrap()));
+    assert_eq!((body["username"].as_str(), body["message"]["text"].as_str()), (Some("bob"), Some("over tls")));
+    wait_for("an empty outbox", || outbox_depth(&server) == 0);
+    assert_eq!(failed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    drop(server);
+
+    // Without the CA, the same server certificate chains to none of
+    // Mozilla's roots: the handshake fails and the push waits in the outbox.
+    let (url, received, failed) = https_receiver();
+    let server = TestServer::start_with(1, |config| config.push_webhook = Some(url));
+    let alice = server.signup("alice");
+    server.signup("bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    alice_ws.result("send", json!({ "to_user": "bob", "text": "over tls" }));
+    wait_for("a refused handshake", || failed.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert!(received.lock().unwrap().is_empty(), "nothing is sent to a server the agent does not trust");
+    assert_eq!(outbox_depth(&server), 1, "the push stays in the outbox");
+}
+
 #[test]
 fn a_webhook_that_is_not_an_http_url_is_refused_at_start() {
     for bad in ["ftp://example.com/push", "not a url", "http://", "/push"] {
@@ -253,6 +363,13 @@ fn a_webhook_that_is_not_an_http_url_is_refused_at_start() {
     let handle = chatgw_gateway::start(config).expect("an https webhook is taken");
     handle.stop();
     handle.join().unwrap();
+    // A CA file that holds no certificate is refused at start too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::config(dir.path(), 1);
+    config.push_webhook = Some("https://127.0.0.1:9/hook".into());
+    config.push_webhook_ca = Some(format!("{FIXTURES}/webhook-key.pem").into());
+    let Err(error) = chatgw_gateway::start(config) else { panic!("a CA file without certificates was taken") };
+    assert!(error.to_string().contains("--push-webhook-ca"), "{error}");
 }
 
 #[test]
