@@ -29,6 +29,9 @@ pub const COMMANDS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
 /// Socket reads a session handles in one poll before yielding to the other
 /// connections of its core.
 pub const READS_PER_POLL_MAX: usize = 16;
+/// How long a session that used its share (`READS_PER_POLL_MAX`) pauses,
+/// on a timer, before it goes on: the core polls its sockets meanwhile.
+pub const SESSION_PAUSE: Duration = Duration::from_micros(50);
 
 /// Slots in each cross-core call queue (commands that await storage at an owner).
 pub const MESH_CALL_CAPACITY: usize = 1024;

@@ -43,6 +43,19 @@ enum End {
     Closed,
 }
 
+/// What one poll of a session comes to, when it is not pending.
+enum Step {
+    /// The connection used its fair share of the core: it goes on after
+    /// `limits::SESSION_PAUSE`, on a timer rather than by waking itself, so
+    /// that the core polls its sockets first (glommio polls them only when
+    /// no task is ready, or at its 100 ms preemption timer: sessions that
+    /// woke themselves kept a heartbeat on another connection waiting that
+    /// long).
+    Pause,
+    /// The connection ended.
+    End(End),
+}
+
 /// Runs a connection that passed the upgrade, until it ends.
 ///
 /// This future lives as long as the connection, so it holds only what the
@@ -64,7 +77,12 @@ pub async fn run(
     let Some((conn, mut reader)) = Box::pin(start(&shard, &mut stream, early, &user, device, remote)).await else {
         return;
     };
-    let end = std::future::poll_fn(|cx| poll_session(&shard, &conn, &user, &mut stream, &mut reader, cx)).await;
+    let end = loop {
+        match std::future::poll_fn(|cx| poll_session(&shard, &conn, &user, &mut stream, &mut reader, cx)).await {
+            Step::Pause => Box::pin(glommio::timer::sleep(limits::SESSION_PAUSE)).await,
+            Step::End(end) => break end,
+        }
+    };
     drop(reader);
     Box::pin(finish(&shard, &conn, stream, end)).await;
 }
@@ -146,7 +164,7 @@ fn poll_session(
     stream: &mut TcpStream,
     reader: &mut FrameReader,
     cx: &mut Context<'_>,
-) -> Poll<End> {
+) -> Poll<Step> {
     for _ in 0..limits::READS_PER_POLL_MAX {
         // Write everything queued, as far as the socket takes it: one frame
         // as it is, several gathered into the scratch buffer for one write
@@ -170,7 +188,7 @@ fn poll_session(
                 break;
             };
             match written {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Step::End(End::Gone)),
                 Poll::Ready(Ok(written)) => {
                     conn.advance(written);
                     conn.note_write(true, written < offered, now_ms());
@@ -183,11 +201,11 @@ fn poll_session(
         }
         if conn.closing().is_some() {
             if conn.drained() {
-                return Poll::Ready(End::Closed);
+                return Poll::Ready(Step::End(End::Closed));
             }
             if conn.abandoned() {
                 // The peer took nothing for too long: drop the socket.
-                return Poll::Ready(End::Gone);
+                return Poll::Ready(Step::End(End::Gone));
             }
             conn.set_waker(cx.waker());
             return Poll::Pending;
@@ -224,7 +242,7 @@ fn poll_session(
             }
         });
         match read {
-            Poll::Ready(None) => return Poll::Ready(End::Gone),
+            Poll::Ready(None) => return Poll::Ready(Step::End(End::Gone)),
             Poll::Ready(Some(())) => continue,
             Poll::Pending => {
                 if conn.front().is_some() {
@@ -237,8 +255,7 @@ fn poll_session(
         }
     }
     // Fair share used: let other connections run.
-    cx.waker().wake_by_ref();
-    Poll::Pending
+    Poll::Ready(Step::Pause)
 }
 
 /// Handles one complete frame; answers whether the connection may start
