@@ -141,6 +141,12 @@ pub struct ServeArgs {
     /// wait is closed as a slow consumer (1008) [default: 30000].
     #[arg(long, env = "CHATGW_WRITE_STALL_MS")]
     write_stall_ms: Option<u64>,
+    /// A test aid: serve `GET /v1/echo`, a WebSocket without a token that
+    /// sends back each message it gets, through the same frame reader,
+    /// limits and close handling as `/v1/ws` (for WebSocket conformance
+    /// suites such as Autobahn's). Off by default; never for production.
+    #[arg(long)]
+    conformance_echo: bool,
     /// A test aid: `POST /admin/v1/faults/panic` makes a shard panic (the
     /// process aborts). Hidden; never for production.
     #[arg(long, hide = true)]
@@ -241,6 +247,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(max_outbox_per_shard => max_outbox_per_shard);
     pick!(write_stall_ms => write_stall_ms);
     config.fault_hooks = args.fault_hooks;
+    config.conformance_echo = args.conformance_echo;
     config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;
     if let Some(scope) = args.presence_scope.or(file.presence_scope) {
         config.presence_scope = match scope {

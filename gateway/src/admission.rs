@@ -63,11 +63,12 @@ impl Admission {
         Admission { caps, live: 0, by_ip: HashMap::new(), by_user: HashMap::new(), devices: HashMap::new() }
     }
 
-    /// Admits a connection from `ip` for `user`'s `device` at `now_ms`, or
-    /// says which cap it meets. A device already connected is let in past
-    /// the devices cap: it replaces its older connection. An admitted
-    /// connection must be [`release`](Self::release)d.
-    pub fn admit(&mut self, ip: IpAddr, user: UserId, device: &str, now_ms: u64) -> Result<(), ApiError> {
+    /// Admits a connection from `ip` for a user's device (`None`: no user,
+    /// the conformance echo) at `now_ms`, or says which cap it meets. A
+    /// device already connected is let in past the devices cap: it replaces
+    /// its older connection. An admitted connection must be
+    /// [`release`](Self::release)d.
+    pub fn admit(&mut self, ip: IpAddr, device: Option<(UserId, &str)>, now_ms: u64) -> Result<(), ApiError> {
         let caps = self.caps;
         if caps.connections > 0 && self.live >= caps.connections {
             return Err(ApiError::new(
@@ -96,22 +97,27 @@ impl Admission {
                 ));
             }
         }
-        let devices = self.by_user.get(&user).copied().unwrap_or(0);
-        let replaces = self.devices.contains_key(&(user, device.into()));
-        if caps.per_user > 0 && devices >= caps.per_user && !replaces {
-            return Err(ApiError::rate_limited(format!("at most {} devices connected per user", caps.per_user), 1_000));
+        if let Some((user, device)) = device {
+            let devices = self.by_user.get(&user).copied().unwrap_or(0);
+            let replaces = self.devices.contains_key(&(user, device.into()));
+            if caps.per_user > 0 && devices >= caps.per_user && !replaces {
+                return Err(ApiError::rate_limited(
+                    format!("at most {} devices connected per user", caps.per_user),
+                    1_000,
+                ));
+            }
+            *self.by_user.entry(user).or_insert(0) += 1;
         }
         if caps.new_per_ip_per_s > 0 {
             from.tokens -= 1.0;
         }
         from.live += 1;
-        *self.by_user.entry(user).or_insert(0) += 1;
         self.live += 1;
         Ok(())
     }
 
     /// Ends a connection [`admit`](Self::admit) let in.
-    pub fn release(&mut self, ip: IpAddr, user: UserId) {
+    pub fn release(&mut self, ip: IpAddr, user: Option<UserId>) {
         self.live = self.live.saturating_sub(1);
         if let Some(from) = self.by_ip.get_mut(&ip) {
             from.live = from.live.saturating_sub(1);
@@ -119,7 +125,9 @@ impl Admission {
                 self.by_ip.remove(&ip);
             }
         }
-        if let Some(devices) = self.by_user.get_mut(&user) {
+        if let Some(user) = user
+            && let Some(devices) = self.by_user.get_mut(&user)
+        {
             *devices -= 1;
             if *devices == 0 {
                 self.by_user.remove(&user);
@@ -163,36 +171,36 @@ mod tests {
     #[test]
     fn each_cap_refuses_and_a_release_makes_room() {
         let mut process = Admission::new(Caps { connections: 2, ..caps() });
-        process.admit(A, UserId(1), "a", 0).unwrap();
-        process.admit(B, UserId(2), "b", 0).unwrap();
-        assert_eq!(process.admit(A, UserId(3), "a", 0).unwrap_err().code, ErrorCode::Overloaded);
-        process.release(A, UserId(1));
-        process.admit(A, UserId(3), "a", 0).unwrap();
+        process.admit(A, Some((UserId(1), "a")), 0).unwrap();
+        process.admit(B, Some((UserId(2), "b")), 0).unwrap();
+        assert_eq!(process.admit(A, Some((UserId(3), "a")), 0).unwrap_err().code, ErrorCode::Overloaded);
+        process.release(A, Some(UserId(1)));
+        process.admit(A, Some((UserId(3), "a")), 0).unwrap();
 
         let mut per_ip = Admission::new(Caps { per_ip: 1, ..caps() });
-        per_ip.admit(A, UserId(1), "a", 0).unwrap();
-        assert_eq!(per_ip.admit(A, UserId(2), "a", 0).unwrap_err().code, ErrorCode::RateLimited);
-        per_ip.admit(B, UserId(2), "b", 0).unwrap();
+        per_ip.admit(A, Some((UserId(1), "a")), 0).unwrap();
+        assert_eq!(per_ip.admit(A, Some((UserId(2), "a")), 0).unwrap_err().code, ErrorCode::RateLimited);
+        per_ip.admit(B, Some((UserId(2), "b")), 0).unwrap();
 
         let mut per_user = Admission::new(Caps { per_user: 2, ..caps() });
-        per_user.admit(A, UserId(1), "a", 0).unwrap();
-        per_user.admit(B, UserId(1), "b", 0).unwrap();
-        let refused = per_user.admit(A, UserId(1), "a", 0).unwrap_err();
+        per_user.admit(A, Some((UserId(1), "a")), 0).unwrap();
+        per_user.admit(B, Some((UserId(1), "b")), 0).unwrap();
+        let refused = per_user.admit(A, Some((UserId(1), "a")), 0).unwrap_err();
         assert!(refused.message.contains("devices"), "{refused:?}");
-        per_user.release(B, UserId(1));
-        per_user.admit(B, UserId(1), "b", 0).unwrap();
+        per_user.release(B, Some(UserId(1)));
+        per_user.admit(B, Some((UserId(1), "b")), 0).unwrap();
         assert_eq!(per_user.live(), 2);
     }
 
     #[test]
     fn a_device_connecting_again_replaces_its_older_connection() {
         let mut admission = Admission::new(Caps { per_user: 1, ..caps() });
-        admission.admit(A, UserId(1), "phone", 0).unwrap();
+        admission.admit(A, Some((UserId(1), "phone")), 0).unwrap();
         assert_eq!(admission.claim_device(UserId(1), "phone", (0, 7)), None);
         // At the cap, yet the same device comes in: it replaces.
-        admission.admit(B, UserId(1), "phone", 0).unwrap();
+        admission.admit(B, Some((UserId(1), "phone")), 0).unwrap();
         assert_eq!(admission.claim_device(UserId(1), "phone", (1, 3)), Some((0, 7)));
-        assert!(admission.admit(B, UserId(1), "laptop", 0).is_err(), "another device meets the cap");
+        assert!(admission.admit(B, Some((UserId(1), "laptop")), 0).is_err(), "another device meets the cap");
         // The older one's end leaves the newer one's claim.
         admission.release_device(UserId(1), "phone", (0, 7));
         assert_eq!(admission.claim_device(UserId(1), "phone", (1, 3)), None);
@@ -204,11 +212,11 @@ mod tests {
     fn new_connections_per_ip_come_at_the_rate_after_a_burst() {
         let mut admission = Admission::new(Caps { new_per_ip_per_s: 10, ..caps() });
         for user in 0..20 {
-            admission.admit(A, UserId(user), "a", 1_000).unwrap();
+            admission.admit(A, Some((UserId(user), "a")), 1_000).unwrap();
         }
-        let refused = admission.admit(A, UserId(99), "a", 1_000).unwrap_err();
+        let refused = admission.admit(A, Some((UserId(99), "a")), 1_000).unwrap_err();
         assert_eq!((refused.code, refused.retry_after_ms), (ErrorCode::RateLimited, Some(100)));
-        admission.admit(B, UserId(99), "b", 1_000).unwrap();
-        admission.admit(A, UserId(99), "a", 1_100).unwrap();
+        admission.admit(B, Some((UserId(99), "b")), 1_000).unwrap();
+        admission.admit(A, Some((UserId(99), "a")), 1_100).unwrap();
     }
 }

@@ -72,6 +72,9 @@ pub struct Config {
     pub presence_grace_ms: u64,
     /// Whose presence a user may query or subscribe to.
     pub presence_scope: PresenceScope,
+    /// A test aid: serve `GET /v1/echo`, a WebSocket with no token that
+    /// echoes messages through the real session (for Autobahn's cases).
+    pub conformance_echo: bool,
     /// Members a channel may hold.
     pub max_channel_members: usize,
     /// Chars a message's text may hold.
@@ -152,6 +155,7 @@ impl Default for Config {
             hash_threads: (std::thread::available_parallelism().map_or(1, |cores| cores.get()) / 4).max(1),
             presence_grace_ms: 5_000,
             presence_scope: PresenceScope::All,
+            conformance_echo: false,
             max_channel_members: 100,
             max_message_chars: 100_000,
             rate_limit_per_s: 20,

@@ -62,7 +62,7 @@ pub struct Shared {
 pub struct Admitted {
     shared: Arc<Shared>,
     ip: std::net::IpAddr,
-    user: chatgw_idgen::UserId,
+    user: Option<chatgw_idgen::UserId>,
 }
 
 impl Drop for Admitted {
@@ -132,17 +132,17 @@ impl Shared {
         self.admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Admits a WebSocket connection from `ip` for `user` under the
-    /// connection caps, or says which one it meets.
+    /// Admits a WebSocket connection from `ip` for a user's device (`None`
+    /// for the conformance echo, which has no user) under the connection
+    /// caps, or says which one it meets.
     pub fn admit(
         self: &Arc<Self>,
         ip: std::net::IpAddr,
-        user: chatgw_idgen::UserId,
-        device: &str,
+        device: Option<(chatgw_idgen::UserId, &str)>,
         now_ms: u64,
     ) -> Result<Admitted, ApiError> {
-        self.admission().admit(ip, user, device, now_ms)?;
-        Ok(Admitted { shared: self.clone(), ip, user })
+        self.admission().admit(ip, device, now_ms)?;
+        Ok(Admitted { shared: self.clone(), ip, user: device.map(|(user, _)| user) })
     }
 
     /// Records where `user`'s `device` is connected now (shard, registry

@@ -56,47 +56,78 @@ enum Step {
     End(End),
 }
 
+/// What an upgrade passed, for its session.
+pub enum Upgraded {
+    /// `GET /v1/ws`: a user's device.
+    Chat {
+        /// The token's user.
+        user: AuthedUser,
+        /// The device id.
+        device: Box<str>,
+        /// Its room under the connection caps.
+        admitted: Admitted,
+    },
+    /// `GET /v1/echo` (`--conformance-echo`): no user; each text or binary
+    /// message comes back as it came.
+    Echo {
+        /// Its room under the connection caps.
+        admitted: Admitted,
+    },
+}
+
+/// What a session's text and binary messages go to.
+enum Mode {
+    /// The JSON commands, run for this user.
+    Chat(Rc<AuthedUser>),
+    /// Back to the client, as they came (the conformance echo).
+    Echo,
+}
+
 /// Runs a connection that passed the upgrade, until it ends.
 ///
 /// This future lives as long as the connection, so it holds only what the
 /// loop needs: the start (attach, hello) and the end (close handshake,
 /// detach) run as boxed futures of their own, whose state is freed when
 /// they finish instead of sizing this one.
-pub async fn run(
-    shard: Rc<Shard>,
-    mut stream: TcpStream,
-    early: Vec<u8>,
-    user: AuthedUser,
-    device: Box<str>,
-    remote: SocketAddr,
-    admitted: Admitted,
-) {
-    // Held for the connection's life: its room under the caps.
-    let _admitted = admitted;
-    let user = Rc::new(user);
-    let Some((conn, mut reader)) = Box::pin(start(&shard, &mut stream, early, &user, device, remote)).await else {
-        return;
+pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, early: Vec<u8>, upgraded: Upgraded, remote: SocketAddr) {
+    // `_admitted` is held for the connection's life: its room under the caps.
+    let (mode, conn, _admitted) = match upgraded {
+        Upgraded::Chat { user, device, admitted } => {
+            let user = Rc::new(user);
+            let Some(conn) = Box::pin(start(&shard, &mut stream, &user, device, remote)).await else { return };
+            (Mode::Chat(user), conn, admitted)
+        }
+        Upgraded::Echo { admitted } => (Mode::Echo, Conn::unregistered(remote, now_ms()), admitted),
     };
+    let mut reader = FrameReader::default();
+    {
+        // Bytes the client sent along with its upgrade request.
+        let mut early = early;
+        if !early.is_empty()
+            && let Err(reason) = reader
+                .feed(&mut early, limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(&shard, &conn, &mode, incoming))
+        {
+            conn.close(reason);
+        }
+    }
     let end = loop {
-        match std::future::poll_fn(|cx| poll_session(&shard, &conn, &user, &mut stream, &mut reader, cx)).await {
+        match std::future::poll_fn(|cx| poll_session(&shard, &conn, &mode, &mut stream, &mut reader, cx)).await {
             Step::Pause => Box::pin(glommio::timer::sleep(limits::SESSION_PAUSE)).await,
             Step::End(end) => break end,
         }
     };
     drop(reader);
-    Box::pin(finish(&shard, &conn, stream, end)).await;
+    Box::pin(finish(&shard, &conn, matches!(mode, Mode::Chat(_)), stream, end)).await;
 }
 
-/// Registers the connection, queues its `hello` and handles bytes the
-/// client sent along with its upgrade request.
+/// Registers the connection and queues its `hello`.
 async fn start(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
-    mut early: Vec<u8>,
     user: &Rc<AuthedUser>,
     device: Box<str>,
     remote: SocketAddr,
-) -> Option<(Rc<Conn>, FrameReader)> {
+) -> Option<Rc<Conn>> {
     let conn = match attach(shard, user, device, remote).await {
         Ok(conn) => conn,
         Err(error) => {
@@ -117,19 +148,12 @@ async fn start(
     if shard.stopping.get() {
         conn.close(CloseReason::GoingAway);
     }
-    let mut reader = FrameReader::default();
-    if !early.is_empty()
-        && let Err(reason) =
-            reader.feed(&mut early, limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(shard, &conn, user, incoming))
-    {
-        conn.close(reason);
-    }
-    Some((conn, reader))
+    Some(conn)
 }
 
 /// Ends the connection: the close handshake if a close frame went out,
 /// then its removal from the shard.
-async fn finish(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream, end: End) {
+async fn finish(shard: &Rc<Shard>, conn: &Rc<Conn>, registered: bool, mut stream: TcpStream, end: End) {
     if matches!(end, End::Closed) {
         // The close handshake: no more writes, then read (and drop) what
         // the client still sends until it closes, for a short while. This
@@ -154,13 +178,15 @@ async fn finish(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream, end: 
     if conn.closing() == Some(CloseReason::SlowConsumer) {
         shard.counters.slow_consumers.set(shard.counters.slow_consumers.get() + 1);
     }
-    detach(shard, conn).await;
+    if registered {
+        detach(shard, conn).await;
+    }
 }
 
 fn poll_session(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
-    user: &Rc<AuthedUser>,
+    mode: &Mode,
     stream: &mut TcpStream,
     reader: &mut FrameReader,
     cx: &mut Context<'_>,
@@ -218,7 +244,7 @@ fn poll_session(
         if reader.is_paused() {
             // Frames read earlier wait their turn before any more are read.
             let outcome =
-                reader.feed(&mut [], limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(shard, conn, user, incoming));
+                reader.feed(&mut [], limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(shard, conn, mode, incoming));
             if let Err(reason) = outcome {
                 conn.close(reason);
             }
@@ -231,7 +257,7 @@ fn poll_session(
                 Poll::Ready(Ok(count)) => {
                     conn.last_active_ms.set(now_ms());
                     let outcome = reader.feed(&mut scratch[..count], limits::FRAME_BYTES_MAX, &mut |incoming| {
-                        on_frame(shard, conn, user, incoming)
+                        on_frame(shard, conn, mode, incoming)
                     });
                     if let Err(reason) = outcome {
                         conn.close(reason);
@@ -261,10 +287,16 @@ fn poll_session(
 /// Handles one complete frame; answers whether the connection may start
 /// another command now (the cap on commands in flight holds per frame,
 /// whatever one read brought).
-fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, incoming: Incoming<'_>) -> bool {
-    match incoming {
-        Incoming::Text(text) => on_command(shard, conn, user, text),
-        Incoming::Binary(bytes) => match std::str::from_utf8(bytes) {
+fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, mode: &Mode, incoming: Incoming<'_>) -> bool {
+    match (incoming, mode) {
+        (Incoming::Text(text), Mode::Echo) => {
+            conn.push(frame::text(text.as_bytes()));
+        }
+        (Incoming::Binary(bytes), Mode::Echo) => {
+            conn.push(frame::binary(bytes));
+        }
+        (Incoming::Text(text), Mode::Chat(user)) => on_command(shard, conn, user, text),
+        (Incoming::Binary(bytes), Mode::Chat(user)) => match std::str::from_utf8(bytes) {
             Ok(text) => on_command(shard, conn, user, text),
             Err(_) => {
                 let error = ApiError::bad_request("binary frames must hold UTF-8 JSON");
@@ -272,11 +304,11 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, incoming:
                 conn.push(frame::text(&shapes::reply_json(&serde_json::Value::Null, &Err(error))));
             }
         },
-        Incoming::Ping(payload) => {
+        (Incoming::Ping(payload), _) => {
             conn.push(frame::pong(payload));
         }
-        Incoming::Pong => {}
-        Incoming::Close(_) => conn.close(CloseReason::Normal),
+        (Incoming::Pong, _) => {}
+        (Incoming::Close(_), _) => conn.close(CloseReason::Normal),
     }
     conn.in_flight.get() < limits::COMMANDS_IN_FLIGHT_PER_CONNECTION_MAX
 }

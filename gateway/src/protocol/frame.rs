@@ -171,7 +171,14 @@ impl FrameReader {
                 let code = match frame.len() {
                     0 => None,
                     1 => return Err(CloseReason::ProtocolError),
-                    _ => Some(u16::from_be_bytes([frame[0], frame[1]])),
+                    _ => {
+                        let code = u16::from_be_bytes([frame[0], frame[1]]);
+                        if !may_be_sent(code) {
+                            return Err(CloseReason::ProtocolError);
+                        }
+                        std::str::from_utf8(&frame[2..]).map_err(|_| CloseReason::InvalidPayload)?;
+                        Some(code)
+                    }
                 };
                 self.closed = true;
                 sink(Incoming::Close(code));
@@ -182,6 +189,14 @@ impl FrameReader {
         }
         Ok(Step::Consumed(header_bytes + length))
     }
+}
+
+/// Whether a peer may send this close code (RFC 6455 §7.4): the defined
+/// codes other than those reserved for "no code" (1005), "no close frame"
+/// (1006) and TLS failure (1015), IANA's registered 1012 to 1014, and the
+/// 3000 to 4999 of libraries and applications.
+fn may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Hands a complete message to `sink`; its answer: whether to go on.
@@ -216,6 +231,11 @@ fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
 /// A server text frame (unmasked), ready to write to any connection.
 pub fn text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), payload)
+}
+
+/// A server binary frame (unmasked).
+pub fn binary(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Binary), payload)
 }
 
 /// A pong answering a ping.
@@ -364,5 +384,32 @@ mod tests {
         assert_eq!(&close(CloseReason::TooBig)[..4], &[0x88, 2 + 7, 0x03, 0xf1]);
         let long = text(&vec![b'x'; 300]);
         assert_eq!(&long[..4], &[0x81, 126, 0x01, 0x2c]);
+        assert_eq!(&binary(&[0, 1])[..], &[0x82, 2, 0, 1]);
+    }
+
+    /// Autobahn 7.9.x and 7.5.1 found these answered 1000.
+    #[test]
+    fn a_close_with_a_code_no_peer_may_send_or_a_reason_not_utf8_is_a_protocol_error() {
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            let frame = client_frame(8, true, &code.to_be_bytes());
+            assert_eq!(collect(&mut FrameReader::default(), &frame), Err(CloseReason::ProtocolError), "{code}");
+        }
+        for code in [1000u16, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 3999, 4000, 4999] {
+            let frame = client_frame(8, true, &code.to_be_bytes());
+            assert_eq!(collect(&mut FrameReader::default(), &frame).unwrap(), vec![format!("Close(Some({code}))")]);
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason
+            .extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80]);
+        assert_eq!(
+            collect(&mut FrameReader::default(), &client_frame(8, true, &bad_reason)),
+            Err(CloseReason::InvalidPayload)
+        );
+        let mut reason = 1000u16.to_be_bytes().to_vec();
+        reason.extend_from_slice("bye ✓".as_bytes());
+        assert_eq!(
+            collect(&mut FrameReader::default(), &client_frame(8, true, &reason)).unwrap(),
+            vec!["Close(Some(1000))"]
+        );
     }
 }

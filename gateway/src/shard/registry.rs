@@ -85,6 +85,26 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection that is never registered: the conformance echo's
+    /// (`--conformance-echo`), which has no user, joins nothing and is in
+    /// no index. Its key is one no registered connection has.
+    pub fn unregistered(remote: SocketAddr, now_ms: u64) -> Rc<Conn> {
+        Rc::new(Conn {
+            key: usize::MAX,
+            user_id: UserId(0),
+            username: Rc::from(""),
+            device: "echo".into(),
+            remote,
+            connected_at_ms: now_ms,
+            channels: RefCell::new(IdSet::default()),
+            watching: RefCell::new(IdSet::default()),
+            in_flight: Cell::new(0),
+            last_active_ms: Cell::new(now_ms),
+            token_expires_ms: Cell::new(u64::MAX),
+            outbound: RefCell::new(Outbound::default()),
+        })
+    }
+
     /// Queues a frame. If the queue would pass its byte bound, the client is
     /// a slow consumer: the queue is dropped and the connection closes with
     /// 1008 (the client recovers with `sync`). Returns false once closing.

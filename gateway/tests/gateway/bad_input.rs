@@ -121,6 +121,12 @@ fn raw_protocol_violations_close_the_connection() {
     for (frame, expected) in [
         (vec![0x81u8, 0x02, b'h', b'i'], 1002u16), // unmasked client frame
         (vec![0x83, 0x80, 0, 0, 0, 0], 1002),      // reserved opcode
+        // Closes (zero masks): 1005 is for "no code" and may not be sent,
+        // a reason must be UTF-8, and a valid close gets 1000 (Autobahn
+        // 7.9.x and 7.5.1 found the first two answered 1000).
+        (vec![0x88, 0x82, 0, 0, 0, 0, 0x03, 0xed], 1002),
+        (vec![0x88, 0x84, 0, 0, 0, 0, 0x03, 0xe8, 0xff, 0xfe], 1007),
+        (vec![0x88, 0x82, 0, 0, 0, 0, 0x0f, 0xa0], 1000), // 4000
     ] {
         let mut stream = TcpStream::connect(server.addr()).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -8,6 +8,7 @@ mod abuse;
 mod ack_latency;
 mod bad_input;
 mod cancel;
+mod conformance_echo;
 mod connection_caps;
 mod direct_burst;
 mod disk_full;

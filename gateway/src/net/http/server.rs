@@ -23,7 +23,7 @@ use hyper::rt::ReadBufCursor;
 use hyper::{Method, Request, Response};
 use serde_json::json;
 
-use crate::auth::{AuthedUser, generate_secret};
+use crate::auth::generate_secret;
 use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
@@ -32,7 +32,6 @@ use crate::net::http::body::{
 };
 use crate::net::http::{accounts, admin, api, metrics};
 use crate::net::session;
-use crate::node::Admitted;
 use crate::protocol::validate::valid_device;
 use crate::shard::state::Shard;
 
@@ -117,7 +116,9 @@ impl hyper::rt::Write for HyperIo {
     }
 }
 
-type Upgrade = Rc<RefCell<Option<(AuthedUser, Box<str>, Admitted)>>>;
+/// The upgrade a request asked for and passed, set by its handler and
+/// taken once hyper lets the connection go.
+type Upgrade = Rc<RefCell<Option<session::Upgraded>>>;
 
 /// Serves one accepted connection: HTTP until it closes, or a WebSocket
 /// session once upgraded.
@@ -146,7 +147,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     match connection.without_shutdown().await {
         Ok(parts) => {
             let taken = upgrade.borrow_mut().take();
-            if let Some((user, device, admitted)) = taken {
+            if let Some(upgraded) = taken {
                 // Bytes the client sent after its request head (usually
                 // none): copied out, so hyper's read buffer is freed here
                 // rather than kept for the connection's life.
@@ -157,7 +158,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 drop(parts.read_buf);
                 // A task of its own, sized for the session alone: this task's
                 // future is sized for hyper's connection state, and ends here.
-                glommio::spawn_local(session::run(shard, stream, early, user, device, remote, admitted)).detach();
+                glommio::spawn_local(session::run(shard, stream, early, upgraded, remote)).detach();
             }
         }
         Err(error) => tracing::debug!(%error, "http connection ended"),
@@ -198,6 +199,7 @@ async fn handle(
         }
         (&Method::GET, "/metrics") => metrics::scrape(shard).await,
         (&Method::GET, "/v1/ws") => websocket_upgrade(shard, request, upgrade, remote),
+        (&Method::GET, "/v1/echo") if shard.config.conformance_echo => echo_upgrade(shard, request, upgrade, remote),
         (&Method::GET, "/v1/discovery") => Ok(json_response(200, &api::discovery(shard))),
         (&Method::POST, "/v1/signup") => {
             let body = read_json(shard, request).await?;
@@ -244,7 +246,25 @@ fn websocket_upgrade(
     let response = tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new()))
         .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))?;
     // The caps last: a request that is not an upgrade takes no room.
-    let admitted = shard.shared.admit(remote.ip(), user.user_id, &device, now_ms())?;
-    *upgrade.borrow_mut() = Some((user, device.into_boxed_str(), admitted));
+    let admitted = shard.shared.admit(remote.ip(), Some((user.user_id, &device)), now_ms())?;
+    *upgrade.borrow_mut() = Some(session::Upgraded::Chat { user, device: device.into_boxed_str(), admitted });
+    Ok(response)
+}
+
+/// `GET /v1/echo` (only under `--conformance-echo`, a test aid): a
+/// WebSocket with no token whose text and binary messages come back as
+/// they came, through the same session, frame reader, limits and close
+/// handling as `/v1/ws`. It takes room under the connection caps like any
+/// other WebSocket.
+fn echo_upgrade(
+    shard: &Rc<Shard>,
+    request: Request<Incoming>,
+    upgrade: &Upgrade,
+    remote: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
+    let response = tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new()))
+        .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))?;
+    let admitted = shard.shared.admit(remote.ip(), None, now_ms())?;
+    *upgrade.borrow_mut() = Some(session::Upgraded::Echo { admitted });
     Ok(response)
 }
