@@ -27,4 +27,5 @@ pub use keys::{CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX};
 pub use model::{
     Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel,
 };
+pub use record::{RECORD_KINDS, check_value};
 pub use store::{DEDUPE_TTL_MS, Durability, READ_LIMIT_MAX, Store, StoreConfig};

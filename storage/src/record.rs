@@ -107,6 +107,33 @@ where
     }
 }
 
+/// The records kept on disk, by the name their errors give: what
+/// [`check_value`] checks bytes as.
+pub const RECORD_KINDS: [&str; 6] = ["message", "channel", "user", "dedupe", "outbox", "dead push"];
+
+/// Validates `bytes` as the record `RECORD_KINDS[kind]` (`kind` taken
+/// modulo their number), as the store does with each value it reads: an
+/// error, never a panic, for anything that is not a well-formed archive of
+/// that record. Bytes from disk are untrusted (fuzzing feeds this).
+pub fn check_value(kind: usize, bytes: &[u8]) -> Result<()> {
+    let what = RECORD_KINDS[kind % RECORD_KINDS.len()];
+    let key = b"fuzz";
+    match kind % RECORD_KINDS.len() {
+        0 => access::<ArchivedMessageRecord>(what, key, bytes).map(|record| {
+            let _ = (record.text.as_str().len(), record.client_msg_id.as_ref().map(|id| id.as_str().len()));
+        }),
+        1 => access::<ArchivedChannelRecord>(what, key, bytes).map(|record| {
+            let _ = (record.name.as_str().len(), record.kind);
+        }),
+        2 => access::<ArchivedUserRecord>(what, key, bytes).map(|record| {
+            let _ = (record.username.as_str().len(), record.password_hash.as_str().len());
+        }),
+        3 => access::<ArchivedDedupeRecord>(what, key, bytes).map(|_| ()),
+        4 => access::<ArchivedOutboxRecord>(what, key, bytes).map(|_| ()),
+        _ => access::<ArchivedDeadPushRecord>(what, key, bytes).map(|_| ()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +184,15 @@ mod tests {
         let len = long.len();
         long[len - 4..].copy_from_slice(&0x7fff_ffffi32.to_le_bytes());
         assert!(access::<ArchivedMessageRecord>("message", b"k", &long).is_err());
+    }
+
+    #[test]
+    fn check_value_takes_records_and_refuses_other_bytes() {
+        let bytes = encode(&sample()).unwrap();
+        check_value(0, &bytes).unwrap();
+        assert!(check_value(0, &bytes[..bytes.len() / 2]).is_err());
+        assert!(check_value(0, &[]).is_err());
+        assert!(check_value(1, &[FORMAT_VERSION, 0xff, 0xff]).is_err());
+        assert!(check_value(5, &[2, 0, 0]).is_err(), "unknown version");
     }
 }
