@@ -85,15 +85,20 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection that is never registered: the conformance echo's
-    /// (`--conformance-echo`), which has no user, joins nothing and is in
-    /// no index. Its key is one no registered connection has.
-    pub fn unregistered(remote: SocketAddr, now_ms: u64) -> Rc<Conn> {
-        Rc::new(Conn {
-            key: usize::MAX,
-            user_id: UserId(0),
-            username: Rc::from(""),
-            device: "echo".into(),
+    /// A connection with nothing queued, joined or watched yet.
+    fn new(
+        key: ConnKey,
+        user_id: UserId,
+        username: Rc<str>,
+        device: Box<str>,
+        remote: SocketAddr,
+        now_ms: u64,
+    ) -> Self {
+        Conn {
+            key,
+            user_id,
+            username,
+            device,
             remote,
             connected_at_ms: now_ms,
             channels: RefCell::new(IdSet::default()),
@@ -102,7 +107,14 @@ impl Conn {
             last_active_ms: Cell::new(now_ms),
             token_expires_ms: Cell::new(u64::MAX),
             outbound: RefCell::new(Outbound::default()),
-        })
+        }
+    }
+
+    /// A connection that is never registered: the conformance echo's
+    /// (`--conformance-echo`), which has no user, joins nothing and is in
+    /// no index. Its key is one no registered connection has.
+    pub fn unregistered(remote: SocketAddr, now_ms: u64) -> Rc<Conn> {
+        Rc::new(Conn::new(usize::MAX, UserId(0), Rc::from(""), "echo".into(), remote, now_ms))
     }
 
     /// Queues a frame. If the queue would pass its byte bound, the client is
@@ -343,20 +355,7 @@ impl Registry {
         now_ms: u64,
     ) -> Rc<Conn> {
         let entry = self.conns.vacant_entry();
-        let conn = Rc::new(Conn {
-            key: entry.key(),
-            user_id,
-            username,
-            device,
-            remote,
-            connected_at_ms: now_ms,
-            channels: RefCell::new(IdSet::default()),
-            watching: RefCell::new(IdSet::default()),
-            in_flight: Cell::new(0),
-            last_active_ms: Cell::new(now_ms),
-            token_expires_ms: Cell::new(u64::MAX),
-            outbound: RefCell::new(Outbound::default()),
-        });
+        let conn = Rc::new(Conn::new(entry.key(), user_id, username, device, remote, now_ms));
         entry.insert(conn.clone());
         self.by_user.entry(user_id).or_default().push(conn.key);
         conn

@@ -229,6 +229,12 @@ async fn handle(
     }
 }
 
+/// The 101 answer to a WebSocket upgrade request, or why it is not one.
+fn upgrade_response(request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    tungstenite::handshake::server::create_response_with_body(request, || Full::new(Bytes::new()))
+        .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))
+}
+
 fn websocket_upgrade(
     shard: &Rc<Shard>,
     request: Request<Incoming>,
@@ -243,8 +249,7 @@ fn websocket_upgrade(
         Some(_) => return Err(ApiError::bad_request("device must be 1 to 64 of A-Z a-z 0-9 _ -")),
         None => format!("dev-{}", &generate_secret()[..12]),
     };
-    let response = tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new()))
-        .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))?;
+    let response = upgrade_response(&request)?;
     // The caps last: a request that is not an upgrade takes no room.
     let admitted = shard.shared.admit(remote.ip(), Some((user.user_id, &device)), now_ms())?;
     *upgrade.borrow_mut() = Some(session::Upgraded::Chat { user, device: device.into_boxed_str(), admitted });
@@ -262,8 +267,7 @@ fn echo_upgrade(
     upgrade: &Upgrade,
     remote: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    let response = tungstenite::handshake::server::create_response_with_body(&request, || Full::new(Bytes::new()))
-        .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))?;
+    let response = upgrade_response(&request)?;
     let admitted = shard.shared.admit(remote.ip(), None, now_ms())?;
     *upgrade.borrow_mut() = Some(session::Upgraded::Echo { admitted });
     Ok(response)
