@@ -83,33 +83,45 @@ enum Mode {
     Echo,
 }
 
-/// Runs a connection that passed the upgrade, until it ends.
+/// Runs a connection that passed the upgrade, until it ends: the start
+/// (attach, `hello`, the bytes sent with the upgrade) here, then the loop
+/// and the end as a task of its own.
 ///
-/// This future lives as long as the connection, so it holds only what the
-/// loop needs: the start (attach, hello) and the end (close handshake,
-/// detach) run as boxed futures of their own, whose state is freed when
-/// they finish instead of sizing this one.
+/// The loop's task lives as long as the connection, so its future holds
+/// only what the loop needs (an async fn keeps its arguments for its whole
+/// life): the start is this task's, which ends once the loop is spawned,
+/// and the end (close handshake, detach) is a boxed future of its own.
 pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, early: Vec<u8>, upgraded: Upgraded, remote: SocketAddr) {
-    // `_admitted` is held for the connection's life: its room under the caps.
-    let (mode, conn, _admitted) = match upgraded {
+    let (mode, conn, admitted) = match upgraded {
         Upgraded::Chat { user, device, admitted } => {
             let user = Rc::new(user);
-            let Some(conn) = Box::pin(start(&shard, &mut stream, &user, device, remote)).await else { return };
+            let Some(conn) = start(&shard, &mut stream, &user, device, remote).await else { return };
             (Mode::Chat(user), conn, admitted)
         }
         Upgraded::Echo { admitted } => (Mode::Echo, Conn::unregistered(remote, now_ms()), admitted),
     };
     let mut reader = FrameReader::default();
+    // Bytes the client sent along with its upgrade request.
+    let mut early = early;
+    if !early.is_empty()
+        && let Err(reason) =
+            reader.feed(&mut early, limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(&shard, &conn, &mode, incoming))
     {
-        // Bytes the client sent along with its upgrade request.
-        let mut early = early;
-        if !early.is_empty()
-            && let Err(reason) = reader
-                .feed(&mut early, limits::FRAME_BYTES_MAX, &mut |incoming| on_frame(&shard, &conn, &mode, incoming))
-        {
-            conn.close(reason);
-        }
+        conn.close(reason);
     }
+    glommio::spawn_local(drive(shard, stream, mode, conn, reader, admitted)).detach();
+}
+
+/// The session's loop, then its end. `_admitted` is held for the
+/// connection's life: its room under the caps.
+async fn drive(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    mode: Mode,
+    conn: Rc<Conn>,
+    mut reader: FrameReader,
+    _admitted: Admitted,
+) {
     let end = loop {
         match std::future::poll_fn(|cx| poll_session(&shard, &conn, &mode, &mut stream, &mut reader, cx)).await {
             Step::Pause => Box::pin(glommio::timer::sleep(limits::SESSION_PAUSE)).await,
