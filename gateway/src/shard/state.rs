@@ -338,8 +338,7 @@ impl Shard {
             let members = self.store.members(self.id, id)?.into_iter().collect();
             self.owned.borrow_mut().entry(id).or_insert(ChannelState::new(channel, members));
         }
-        let tick = self.channel_tick.get() + 1;
-        self.channel_tick.set(tick);
+        let tick = self.next_channel_tick();
         let visited = self.owned.borrow_mut().get_mut(&id).map(|state| {
             state.last_used = tick;
             visit(state)
@@ -352,12 +351,17 @@ impl Shard {
 
     /// Records a channel just created by this owner.
     pub fn insert_channel(&self, channel: Channel, members: HashSet<UserId>) {
-        let tick = self.channel_tick.get() + 1;
-        self.channel_tick.set(tick);
         let mut state = ChannelState::new(channel, members);
-        state.last_used = tick;
+        state.last_used = self.next_channel_tick();
         self.owned.borrow_mut().insert(state.channel.id, state);
         self.bound_channels();
+    }
+
+    /// The next tick of the owned channels' use clock (`last_used`).
+    fn next_channel_tick(&self) -> u64 {
+        let tick = self.channel_tick.get() + 1;
+        self.channel_tick.set(tick);
+        tick
     }
 
     /// The last core hosting an owned channel said it hosts it no more:
