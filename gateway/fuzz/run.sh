@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 
 seconds=${FUZZ_SECONDS:-60}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frame_reader command token record)
+[ ${#targets[@]} -gt 0 ] || targets=(frame_reader command http_head token record)
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "run.sh: cargo-fuzz is missing: cargo install cargo-fuzz" >&2
     exit 1

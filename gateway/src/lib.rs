@@ -32,6 +32,7 @@ mod route;
 pub mod services;
 mod shard;
 mod single_flight;
+mod tasks;
 mod throttle;
 mod turnstile;
 mod webhook;

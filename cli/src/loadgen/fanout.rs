@@ -59,6 +59,10 @@ pub struct FanoutArgs {
     /// Messages each sender keeps unacknowledged.
     #[arg(long, default_value_t = 16)]
     window: usize,
+    /// Each sender sends at most this many messages a second (under a
+    /// server's per-user rate limit) [default: as fast as the window lets].
+    #[arg(long)]
+    sends_per_s: Option<f64>,
     /// Members per group (the last ones) that connect, join and then never
     /// read a byte once the load starts, as a hostile client would: what
     /// the server holds for them must stay bounded (it closes them as slow
@@ -234,6 +238,7 @@ fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
                 ("--groups", Some(share.to_string())),
                 ("--members", Some(args.members.to_string())),
                 ("--window", Some(args.window.to_string())),
+                ("--sends-per-s", args.sends_per_s.map(|per_s| per_s.to_string())),
                 ("--never-readers", Some(args.never_readers.to_string())),
                 ("--duration-s", Some(args.duration_s.to_string())),
                 ("--text-bytes", Some(args.text_bytes.to_string())),
@@ -634,8 +639,17 @@ impl GroupSender<'_> {
         let mut in_flight = 0;
         // NATS acks (PONGs) come in order: their send times queue here.
         let mut sent_times = std::collections::VecDeque::new();
+        let every_ns = args.sends_per_s.map(|per_s| (1e9 / per_s.max(1e-3)) as u64);
+        let mut next_due = latency::now_ns();
         loop {
             while in_flight < args.window && latency::now_ns() < end {
+                if let Some(every_ns) = every_ns {
+                    let now = latency::now_ns();
+                    if next_due > now {
+                        glommio::timer::sleep(Duration::from_nanos(next_due - now)).await;
+                    }
+                    next_due = next_due.max(now) + every_ns;
+                }
                 let sent_at = latency::now_ns();
                 if outbox.send(make(sent_at)).await.is_err() {
                     bail!("sender {user} lost its connection");

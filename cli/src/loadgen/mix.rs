@@ -1,6 +1,7 @@
 //! The `mix` scenario: idle connections, 1:1 pairs at a fixed rate and
 //! groups fanning out, all at once against one gateway, as a production
-//! node sees them. Each part runs as a child process with accounts of its
+//! node sees them; with `--churn-users` and `--hostile`, devices that come
+//! and go and a client that hits every limit as well (what the soak runs). Each part runs as a child process with accounts of its
 //! own (a users file each), and the report holds the three parts' reports.
 
 use std::net::SocketAddr;
@@ -37,6 +38,24 @@ pub struct MixArgs {
     /// Messages each group's sender keeps unacknowledged.
     #[arg(long, default_value_t = 4)]
     window: usize,
+    /// Messages a second each group's sender sends at most [default: as
+    /// fast as its window lets].
+    #[arg(long)]
+    fanout_sends_per_s: Option<f64>,
+    /// Churning devices (`loadgen churn`: connect, sync, send, leave, and
+    /// a check that none missed anything); 0 for none.
+    #[arg(long, default_value_t = 0)]
+    churn_users: usize,
+    /// Run `loadgen hostile` beside the rest: every limit hit, round after
+    /// round, and the server's answers counted.
+    #[arg(long)]
+    hostile: bool,
+    /// Seconds between the hostile client's rounds.
+    #[arg(long, default_value_t = 30)]
+    hostile_round_every_s: u64,
+    /// The server's `--max-devices-per-user` (for the hostile client).
+    #[arg(long, default_value_t = 32)]
+    max_devices_per_user: usize,
     /// Seconds of measured load.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
@@ -120,12 +139,51 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
             ]),
         );
     }
+    if args.churn_users > 0 {
+        parts.push(strings(&[
+            "loadgen",
+            "churn",
+            "--json",
+            "--addr",
+            &addr,
+            "--users",
+            &args.churn_users.to_string(),
+            "--duration-s",
+            &duration,
+            "--users-file",
+            &users_file(&args, "churn"),
+        ]));
+    }
+    if args.hostile {
+        parts.push(strings(&[
+            "loadgen",
+            "hostile",
+            "--json",
+            "--addr",
+            &addr,
+            "--duration-s",
+            &duration,
+            "--round-every-s",
+            &args.hostile_round_every_s.to_string(),
+            "--max-devices-per-user",
+            &args.max_devices_per_user.to_string(),
+            "--users-file",
+            &users_file(&args, "hostile"),
+        ]));
+    }
+    if let Some(per_s) = args.fanout_sends_per_s {
+        let fanout = parts.iter_mut().find(|part| part[1] == "fanout").expect("the fanout part");
+        fanout.extend(["--sends-per-s".to_string(), per_s.to_string()]);
+    }
     let reports = procs::run_children(parts)?;
     let find =
         |scenario: &str| reports.iter().find(|report| report["scenario"] == scenario).cloned().unwrap_or(Value::Null);
-    let (idle, dm, fanout) = (find("idle"), find("dm"), find("fanout"));
+    let (idle, dm, fanout, churn, hostile) = (find("idle"), find("dm"), find("fanout"), find("churn"), find("hostile"));
     if args.json {
-        println!("{}", json!({ "scenario": "mix", "idle": idle, "dm": dm, "fanout": fanout }));
+        println!(
+            "{}",
+            json!({ "scenario": "mix", "idle": idle, "dm": dm, "fanout": fanout, "churn": churn, "hostile": hostile })
+        );
     } else {
         println!("mix against {addr}, {} s:", args.duration_s);
         if !idle.is_null() {
@@ -147,6 +205,18 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
             fanout["delivery_latency"]["p50_ms"],
             fanout["delivery_latency"]["p99_ms"]
         );
+        if !churn.is_null() {
+            println!(
+                "  churn: {} devices, {} connects, {} acked; acked missing {}, device gaps {}",
+                churn["users"], churn["connects"], churn["acked"], churn["acked_missing"], churn["device_gaps"]
+            );
+        }
+        if !hostile.is_null() {
+            println!(
+                "  hostile: {} rounds, error answers {}, slow consumers closed {}",
+                hostile["rounds"], hostile["server_errors"], hostile["slow_consumer_closes"]
+            );
+        }
     }
     Ok(())
 }

@@ -6,8 +6,10 @@
 //! three at once).
 
 mod accounts;
+mod churn;
 mod dm;
 mod fanout;
+mod hostile;
 mod idle;
 pub(crate) mod latency;
 mod mix;
@@ -43,6 +45,13 @@ enum Scenario {
     /// Groups with one sender each keeping a window unacknowledged:
     /// deliveries per second (against chatgw or nats-server).
     Fanout(fanout::FanoutArgs),
+    /// Devices that connect, sync, send and leave over and over (some of
+    /// them slow readers), then a check against the server's history that
+    /// no acknowledged message is missing and no device missed any.
+    Churn(churn::ChurnArgs),
+    /// A client that hits every limit it can, round after round, and
+    /// counts the server's answers (for a soak to hold its counters to).
+    Hostile(hostile::HostileArgs),
     /// Idle connections, 1:1 pairs and groups at once, each part in a
     /// process of its own.
     Mix(mix::MixArgs),
@@ -54,6 +63,8 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         Scenario::Idle(args) => idle::run(args),
         Scenario::Dm(args) => dm::run(args),
         Scenario::Fanout(args) => fanout::run(args),
+        Scenario::Churn(args) => churn::run(args),
+        Scenario::Hostile(args) => hostile::run(args),
         Scenario::Mix(args) => mix::run(args),
     }
 }

@@ -88,6 +88,12 @@ pub fn with_outbox(ws: Ws, capacity: usize) -> (Outbox, async_tungstenite::WebSo
 /// How long a connection may take, handshake included.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How the load generator's sockets are configured: a small read buffer,
+/// and each frame written as it is sent.
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(16 << 10).write_buffer_size(0)
+}
+
 /// Opens a WebSocket to `addr` at `path` (with its query), with a bearer
 /// token if given.
 pub async fn connect(
@@ -95,6 +101,17 @@ pub async fn connect(
     source: Option<std::net::IpAddr>,
     path: &str,
     token: Option<&str>,
+) -> anyhow::Result<Ws> {
+    connect_with(addr, source, path, token, config()).await
+}
+
+/// [`connect`] with a socket configuration of the caller's.
+pub async fn connect_with(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    path: &str,
+    token: Option<&str>,
+    config: WebSocketConfig,
 ) -> anyhow::Result<Ws> {
     let stream = match source {
         Some(source) => super::source::glommio_stream(source, addr)?,
@@ -107,7 +124,6 @@ pub async fn connect(
     if let Some(token) = token {
         request.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
     }
-    let config = WebSocketConfig::default().read_buffer_size(16 << 10).write_buffer_size(0);
     let handshake = async_tungstenite::client_async_with_config(request, stream, Some(config));
     match within(CONNECT_TIMEOUT, handshake).await {
         Some(Ok((ws, _))) => Ok(ws),
@@ -124,7 +140,18 @@ pub async fn chatgw_session(
     token: &str,
     device: &str,
 ) -> anyhow::Result<(Ws, serde_json::Value)> {
-    let mut ws = connect(addr, source, &format!("/v1/ws?device={device}"), Some(token)).await?;
+    chatgw_session_with(addr, source, token, device, config()).await
+}
+
+/// [`chatgw_session`] with a socket configuration of the caller's.
+pub async fn chatgw_session_with(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    token: &str,
+    device: &str,
+    config: WebSocketConfig,
+) -> anyhow::Result<(Ws, serde_json::Value)> {
+    let mut ws = connect_with(addr, source, &format!("/v1/ws?device={device}"), Some(token), config).await?;
     let Some(first) = within(CONNECT_TIMEOUT, ws.next()).await else {
         bail!("no hello within {CONNECT_TIMEOUT:?}");
     };

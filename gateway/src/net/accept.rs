@@ -17,7 +17,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+                crate::tasks::spawn(serve(shard.clone(), stream)).detach();
             }
             Err(error) => {
                 // Out of file descriptors, say: back off, do not spin.

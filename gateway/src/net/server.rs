@@ -299,7 +299,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     let shared = parts.shared.clone();
     let store = parts.store.clone();
     let shard = Rc::new(Shard::open(id, shard_count, parts, router).map_err(|error| fail(error.to_string()))?);
-    let committer = glommio::spawn_local(shard.committer.clone().run(store));
+    let committer = crate::tasks::spawn(shard.committer.clone().run(store));
     inbox::serve_mesh(&shard, call_receivers, control_receivers);
     spawn_background(&shard);
 
@@ -332,18 +332,18 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
 
 /// The shard's tasks that run until the server stops.
 fn spawn_background(shard: &Rc<Shard>) {
-    glommio::spawn_local(accept::close_silent_connections(shard.clone())).detach();
-    glommio::spawn_local(inbox::expire_answers(shard.clone())).detach();
-    glommio::spawn_local(stats::sample_rates(shard.clone())).detach();
-    glommio::spawn_local(presence::report_activity(shard.clone())).detach();
+    crate::tasks::spawn(accept::close_silent_connections(shard.clone())).detach();
+    crate::tasks::spawn(inbox::expire_answers(shard.clone())).detach();
+    crate::tasks::spawn(stats::sample_rates(shard.clone())).detach();
+    crate::tasks::spawn(presence::report_activity(shard.clone())).detach();
     // Pushes owed by messages stored just before the last stop.
     let replaying = shard.clone();
-    glommio::spawn_local(async move { push::replay_due(&replaying).await }).detach();
+    crate::tasks::spawn(async move { push::replay_due(&replaying).await }).detach();
     if let Some(webhook) = shard.config.push_webhook.clone() {
-        glommio::spawn_local(push::run(shard.clone(), webhook)).detach();
+        crate::tasks::spawn(push::run(shard.clone(), webhook)).detach();
     }
     if shard.id == ShardId(0) {
-        glommio::spawn_local(stats::sample_load(shard.clone())).detach();
-        glommio::spawn_local(stats::probe_failed_writes(shard.clone())).detach();
+        crate::tasks::spawn(stats::sample_load(shard.clone())).detach();
+        crate::tasks::spawn(stats::probe_failed_writes(shard.clone())).detach();
     }
 }

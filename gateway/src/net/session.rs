@@ -109,7 +109,7 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, early: Vec<u8>, upgrad
     {
         conn.close(reason);
     }
-    glommio::spawn_local(drive(shard, stream, mode, conn, reader, admitted)).detach();
+    crate::tasks::spawn(drive(shard, stream, mode, conn, reader, admitted)).detach();
 }
 
 /// The session's loop, then its end. `_admitted` is held for the
@@ -340,7 +340,7 @@ fn on_command(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &
     // A read takes its place in the connection's line now, in the order
     // the commands came.
     let read_ticket = command.is_read().then(|| read_line(&shard, conn.key).ticket());
-    glommio::spawn_local(async move {
+    crate::tasks::spawn(async move {
         let mut answer = true;
         if let Some(ticket) = &read_ticket {
             // One read of the connection at a time, started once its

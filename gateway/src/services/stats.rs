@@ -180,6 +180,8 @@ pub struct ShardStats {
     pub channels_in_memory: u64,
     /// Owned channels' states dropped from memory at the bound.
     pub channels_evicted: u64,
+    /// The gateway's tasks alive on this core (`tasks::alive`).
+    pub tasks: u64,
     /// Error replies by `ERROR_CODES` index.
     pub errors: Vec<u64>,
     /// Cross-core messages this core sent, by receiving shard.

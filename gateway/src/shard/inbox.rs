@@ -31,7 +31,7 @@ pub async fn call(shard: &Rc<Shard>, to: ShardId, call: Call) -> Result<Answer, 
         return shard.router.call(to, call).await;
     }
     let owner = shard.clone();
-    glommio::spawn_local(async move { handle_call(&owner, call, None).await })
+    crate::tasks::spawn(async move { handle_call(&owner, call, None).await })
         .detach()
         .await
         .unwrap_or_else(|| Err(ApiError::internal("the owner's task was cancelled")))
@@ -77,7 +77,7 @@ fn handle_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Co
     if delay > 0 && is_hosting_word(&control) {
         // A test's slow owner: the word lands later, answered from a task.
         let shard = shard.clone();
-        glommio::spawn_local(async move {
+        crate::tasks::spawn(async move {
             glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
             apply_control(&shard, from, request_id, control);
         })
@@ -177,7 +177,7 @@ fn on_ops(shard: &Shard, msg: OpsMsg) -> Answer {
 pub fn serve_mesh(shard: &Rc<Shard>, mut calls: Receivers<Routed<Call>>, mut controls: Receivers<Routed<Control>>) {
     for (_, stream) in controls.streams() {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
+        crate::tasks::spawn(async move {
             while let Some(routed) = stream.recv().await {
                 shard.router.note_received(routed.from);
                 handle_control(&shard, routed.from, routed.request_id, routed.body);
@@ -188,12 +188,12 @@ pub fn serve_mesh(shard: &Rc<Shard>, mut calls: Receivers<Routed<Call>>, mut con
     let permits = Rc::new(Semaphore::new(shard.config.calls_in_flight_per_shard_max.max(1) as u64));
     for (_, stream) in calls.streams() {
         let (shard, permits) = (shard.clone(), permits.clone());
-        glommio::spawn_local(async move {
+        crate::tasks::spawn(async move {
             while let Some(routed) = stream.recv().await {
                 shard.router.note_received(routed.from);
                 let Ok(permit) = permits.acquire_static_permit(1).await else { break };
                 let shard = shard.clone();
-                glommio::spawn_local(async move {
+                crate::tasks::spawn(async move {
                     handle_remote_call(&shard, routed.from, routed.request_id, routed.body).await;
                     drop(permit);
                 })

@@ -156,7 +156,7 @@ pub fn on_msg(shard: &Rc<Shard>, from: ShardId, msg: Msg) -> Option<Answer> {
 /// grace ended with no device back, and publishes each.
 fn expire_at(shard: &Rc<Shard>, due: u64, now: u64) {
     let shard = shard.clone();
-    glommio::spawn_local(async move {
+    crate::tasks::spawn(async move {
         glommio::timer::sleep(Duration::from_millis(due.saturating_sub(now))).await;
         let offline = shard.presence.borrow_mut().expire(due);
         for user in offline {
@@ -202,7 +202,7 @@ fn publish(shard: &Rc<Shard>, user: UserId) {
     }
     // One sender per core drains the events in order.
     let shard = shard.clone();
-    glommio::spawn_local(async move {
+    crate::tasks::spawn(async move {
         loop {
             let next = shard.presence_outbox.borrow_mut().queue.pop_front();
             let Some((cores, user_id, frame)) = next else { break };

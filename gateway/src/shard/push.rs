@@ -31,7 +31,7 @@ pub fn owes_pushes(members: &[UserId], sender: UserId) -> bool {
 /// members with no connected device, as a task of its own.
 pub fn spawn_check(shard: &Rc<Shard>, due: PushDue, members: Vec<UserId>) {
     let shard = shard.clone();
-    glommio::spawn_local(async move { check_members(&shard, due, &members).await }).detach();
+    crate::tasks::spawn(async move { check_members(&shard, due, &members).await }).detach();
 }
 
 /// Asks each member's owner to record its pushes and waits until every one
@@ -142,7 +142,7 @@ async fn record(shard: &Rc<Shard>, check: Check) -> Result<(), String> {
 /// durable.
 pub fn on_check(shard: &Rc<Shard>, from: ShardId, request_id: u64, check: Check) {
     let shard = shard.clone();
-    glommio::spawn_local(async move {
+    crate::tasks::spawn(async move {
         let result = record(&shard, check).await.map(|()| Answer::Done).map_err(storage_failed);
         if request_id != 0 {
             shard.router.send_control(from, request_id, Control::Reply(result)).await;

@@ -309,7 +309,7 @@ impl Shard {
     pub fn send_control_soon(self: &Rc<Self>, to: ShardId, request_id: u64, control: Control) {
         if let Err(control) = self.router.try_send_control(to, request_id, control) {
             let shard = self.clone();
-            glommio::spawn_local(async move {
+            crate::tasks::spawn(async move {
                 shard.router.send_control(to, request_id, control).await;
             })
             .detach();

@@ -34,6 +34,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         pushes_expired: counters.pushes_expired.get(),
         channels_in_memory: shard.channels_in_memory() as u64,
         channels_evicted: counters.channels_evicted.get(),
+        tasks: crate::tasks::alive(),
         errors: counters.errors.iter().map(Cell::get).collect(),
         mesh_sent: shard.router.sent_counts(),
         mesh_received: shard.router.received_counts(),

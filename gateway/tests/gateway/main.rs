@@ -25,4 +25,5 @@ mod read_budget;
 mod slow_owner;
 mod subscriptions;
 mod sync_gap;
+mod task_count;
 mod transcripts;

@@ -17,7 +17,8 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{CONNECTIONS_PAGE_DEFAULT, CONNECTIONS_PAGE_MAX};
-use crate::net::http::body::{bearer, query_param, read_json};
+use crate::net::http::body::read_json;
+use crate::protocol::upgrade::{bearer, query_param};
 use crate::route::{Answer, Call, ConnInfo, ConnKey};
 use crate::services::banned::BannedChange;
 use crate::services::stats::{LatencySnapshot, process_rss_bytes, queue_depth};
@@ -166,6 +167,7 @@ async fn stats(shard: &Rc<Shard>) -> Result<Value, ApiError> {
                 "outbox_depth": stats.outbox_depth,
                 "channels_in_memory": stats.channels_in_memory,
                 "channels_evicted": stats.channels_evicted,
+                "tasks": stats.tasks,
                 "slow_consumers": stats.slow_consumers,
                 "mesh_sent": stats.mesh_sent.iter().sum::<u64>(),
             })

@@ -1,6 +1,6 @@
 //! What the HTTP routes share: JSON answers and error answers, bounded
-//! request bodies, query parameters, and the bearer token with the user it
-//! names.
+//! request bodies, and the user a bearer token names (the head itself is
+//! read by `protocol::upgrade`).
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::auth::AuthedUser;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
+use crate::protocol::upgrade::bearer;
 use crate::shard::state::Shard;
 
 /// The body of every answer.
@@ -75,22 +76,6 @@ pub async fn read_json(shard: &Shard, request: Request<Incoming>) -> Result<Valu
 pub async fn read_json_or_empty(shard: &Shard, request: Request<Incoming>) -> Result<Value, ApiError> {
     let body = read_body(shard, request).await?;
     if body.iter().all(u8::is_ascii_whitespace) { Ok(json!({})) } else { parse_object(&body) }
-}
-
-/// A query parameter, decoded.
-pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
-    let query = request.uri().query()?;
-    form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
-}
-
-/// The bearer token of a request's `Authorization` header.
-pub fn bearer(request: &Request<Incoming>) -> Option<&str> {
-    request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
 }
 
 /// The user a token names: valid signature, not expired, and an account

@@ -164,6 +164,7 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
             all,
             |s| s.channels_evicted,
         );
+        shard_gauge(registry, "tasks", "The gateway's tasks alive on the shard's core", all, |s| s.tasks);
         shard_counter(registry, "pushes_dead", "Push records the webhook refused for good (4xx)", all, |s| {
             s.pushes_dead
         });

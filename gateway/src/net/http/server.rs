@@ -14,10 +14,8 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::rt::ReadBufCursor;
 use hyper::{Method, Request, Response};
@@ -27,12 +25,10 @@ use crate::auth::generate_secret;
 use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
-use crate::net::http::body::{
-    Body, authenticate, bearer, error_response, json_response, query_param, read_json, user_of_token,
-};
+use crate::net::http::body::{Body, authenticate, error_response, json_response, read_json, user_of_token};
 use crate::net::http::{accounts, admin, api, metrics};
 use crate::net::session;
-use crate::protocol::validate::valid_device;
+use crate::protocol::upgrade::{upgrade_response, websocket_device, websocket_token};
 use crate::shard::state::Shard;
 
 /// Where a connection is in its request cycle (for the head timeout).
@@ -158,7 +154,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 drop(parts.read_buf);
                 // A task of its own, sized for the session alone: this task's
                 // future is sized for hyper's connection state, and ends here.
-                glommio::spawn_local(session::run(shard, stream, early, upgraded, remote)).detach();
+                crate::tasks::spawn(session::run(shard, stream, early, upgraded, remote)).detach();
             }
         }
         Err(error) => tracing::debug!(%error, "http connection ended"),
@@ -229,26 +225,14 @@ async fn handle(
     }
 }
 
-/// The 101 answer to a WebSocket upgrade request, or why it is not one.
-fn upgrade_response(request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    tungstenite::handshake::server::create_response_with_body(request, || Full::new(Bytes::new()))
-        .map_err(|error| ApiError::bad_request(format!("not a WebSocket upgrade: {error}")))
-}
-
 fn websocket_upgrade(
     shard: &Rc<Shard>,
     request: Request<Incoming>,
     upgrade: &Upgrade,
     remote: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    // Browsers cannot set headers on a WebSocket: `?token=` as well.
-    let token = bearer(&request).map(str::to_string).or_else(|| query_param(&request, "token"));
-    let user = user_of_token(shard, token.as_deref())?;
-    let device = match query_param(&request, "device") {
-        Some(device) if valid_device(&device) => device,
-        Some(_) => return Err(ApiError::bad_request("device must be 1 to 64 of A-Z a-z 0-9 _ -")),
-        None => format!("dev-{}", &generate_secret()[..12]),
-    };
+    let user = user_of_token(shard, websocket_token(&request).as_deref())?;
+    let device = websocket_device(&request)?.unwrap_or_else(|| format!("dev-{}", &generate_secret()[..12]));
     let response = upgrade_response(&request)?;
     // The caps last: a request that is not an upgrade takes no room.
     let admitted = shard.shared.admit(remote.ip(), Some((user.user_id, &device)), now_ms())?;

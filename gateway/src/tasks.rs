@@ -1,0 +1,71 @@
+//! The gateway's own tasks, counted: every task a core spawns goes through
+//! [`spawn`], which keeps a count of those alive on this thread (one
+//! executor per thread, so one count per shard). glommio counts tasks run,
+//! not tasks alive; this count is what shows a leak (a task per closed
+//! connection left waiting), as `chatgw_tasks` in `/metrics`.
+
+use std::cell::Cell;
+use std::future::Future;
+
+use glommio::Task;
+
+thread_local! {
+    static ALIVE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts one task alive for as long as it is held; zero-sized, so a
+/// connection's task is no larger for it.
+struct Alive;
+
+impl Alive {
+    fn new() -> Self {
+        ALIVE.with(|alive| alive.set(alive.get() + 1));
+        Alive
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        ALIVE.with(|alive| alive.set(alive.get().saturating_sub(1)));
+    }
+}
+
+/// `glommio::spawn_local`, counted until the task ends or is dropped.
+pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
+    let alive = Alive::new();
+    glommio::spawn_local(async move {
+        let _alive = alive;
+        future.await
+    })
+}
+
+/// Tasks spawned through [`spawn`] on this thread and not yet ended.
+pub fn alive() -> u64 {
+    ALIVE.with(Cell::get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_counts_until_it_ends_or_is_dropped() {
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            let before = alive();
+            let (done, wait) = futures_channel::oneshot::channel::<()>();
+            let waiting = spawn(async move {
+                let _ = wait.await;
+            });
+            let pending = spawn(std::future::pending::<()>());
+            assert_eq!(alive(), before + 2);
+            done.send(()).unwrap();
+            waiting.await;
+            assert_eq!(alive(), before + 1);
+            drop(pending);
+            // A dropped task's future is dropped when the executor next runs.
+            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
+            assert_eq!(alive(), before);
+        });
+    }
+}
