@@ -80,6 +80,33 @@ fn rss_from_metrics(text: &str) -> Option<u64> {
 
 type Socket = tungstenite::WebSocket<TcpStream>;
 
+/// How often held connections are pinged: within the server's silence
+/// limit (twice its heartbeat, 30 s by default; any frame counts), so that
+/// a hold longer than that keeps every connection, as the heartbeats of a
+/// real idle client would.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// Pings every held socket (the server's pongs stay unread in the socket's
+/// buffer: two bytes each).
+fn keep_alive(sockets: &mut [Socket]) {
+    for socket in sockets {
+        let _ = socket.send(tungstenite::Message::Ping(Default::default()));
+    }
+}
+
+/// Holds `sockets` for `hold`, pinging them every `KEEPALIVE`.
+fn hold(sockets: &mut [Socket], hold: Duration) {
+    let until = Instant::now() + hold;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(KEEPALIVE));
+        keep_alive(sockets);
+    }
+}
+
 /// Opens connections `first..first + count` (the index names the device,
 /// picks the account and the source address).
 fn open(args: &IdleArgs, accounts: &[accounts::Account], first: usize, count: usize) -> anyhow::Result<Vec<Socket>> {
@@ -121,8 +148,16 @@ fn child(args: &IdleArgs, accounts: &[accounts::Account], first: usize) -> anyho
     let sockets = open(args, accounts, first, args.connections)?;
     println!("{}", serde_json::json!({ "opened": sockets.len(), "ramp_s": started.elapsed().as_secs_f64() }));
     std::io::Write::flush(&mut std::io::stdout())?;
-    let mut rest = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+    let mut sockets = sockets;
+    let (closed, stdin_closed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+        let _ = closed.send(());
+    });
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stdin_closed.recv_timeout(KEEPALIVE) {
+        keep_alive(&mut sockets);
+    }
     drop(sockets);
     Ok(())
 }
@@ -198,13 +233,17 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
     }
     let before = server_rss_bytes(&args.addr)?;
     let started = Instant::now();
-    let (held, ramp) = if args.procs > 1 {
+    let (mut held, ramp) = if args.procs > 1 {
         let (children, _) = open_in_children(&args)?;
         (Held::Children(children), started.elapsed())
     } else {
         (Held::Here(open(&args, &accounts, 0, args.connections)?), started.elapsed())
     };
-    std::thread::sleep(Duration::from_secs(args.hold_s));
+    match &mut held {
+        Held::Here(sockets) => hold(sockets, Duration::from_secs(args.hold_s)),
+        // The children ping their own.
+        Held::Children(_) => std::thread::sleep(Duration::from_secs(args.hold_s)),
+    }
     let after = server_rss_bytes(&args.addr)?;
     let per_connection = after.saturating_sub(before) as f64 / args.connections as f64;
     if args.json {

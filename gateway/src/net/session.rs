@@ -132,7 +132,7 @@ async fn drive(
     Box::pin(finish(&shard, &conn, matches!(mode, Mode::Chat(_)), stream, end)).await;
 }
 
-/// Registers the connection and queues its `hello`.
+/// Registers the connection with its `hello` queued first.
 async fn start(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
@@ -140,7 +140,18 @@ async fn start(
     device: Box<str>,
     remote: SocketAddr,
 ) -> Option<Rc<Conn>> {
-    let conn = match attach(shard, user, device, remote).await {
+    let hello = |conn: &Conn| {
+        let hello = shapes::hello_json(&Hello {
+            user_id: user.user_id,
+            username: &user.username,
+            device: &conn.device,
+            node: &shard.node,
+            heartbeat_ms: shard.config.heartbeat_ms,
+            max_message_chars: shard.config.max_message_chars,
+        });
+        frame::text(&shapes::event_json("hello", &hello))
+    };
+    let conn = match attach(shard, user, device, remote, hello).await {
         Ok(conn) => conn,
         Err(error) => {
             tracing::warn!(%error, "connection refused after upgrade");
@@ -148,15 +159,6 @@ async fn start(
             return None;
         }
     };
-    let hello = shapes::hello_json(&Hello {
-        user_id: user.user_id,
-        username: &user.username,
-        device: &conn.device,
-        node: &shard.node,
-        heartbeat_ms: shard.config.heartbeat_ms,
-        max_message_chars: shard.config.max_message_chars,
-    });
-    conn.push(frame::text(&shapes::event_json("hello", &hello)));
     if shard.stopping.get() {
         conn.close(CloseReason::GoingAway);
     }

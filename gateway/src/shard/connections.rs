@@ -21,17 +21,25 @@ use crate::shard::registry::Conn;
 use crate::shard::state::Shard;
 use crate::single_flight::Turn;
 
-/// Registers a connection and subscribes this core to its channels;
-/// returns once every owner knows, so nothing sent after the `hello` can
-/// miss it.
+/// Registers a connection, queues its first frame (`hello`, made by
+/// `first`), and subscribes this core to its channels; returns once every
+/// owner knows, so nothing sent after the `hello` can miss it.
+///
+/// The first frame is queued before the connection joins its channels
+/// here: a message this core delivers to them while the owners are told
+/// queues after it, so the `hello` is always the first frame on the wire
+/// (protocol §2). The queue is written only once the session's loop runs,
+/// after this returns.
 pub async fn attach(
     shard: &Rc<Shard>,
     user: &AuthedUser,
     device: Box<str>,
     remote: SocketAddr,
+    first: impl FnOnce(&Conn) -> Bytes,
 ) -> Result<Rc<Conn>, ApiError> {
     let username: Rc<str> = user.username.as_str().into();
     let conn = shard.registry.borrow_mut().add(user.user_id, username, device, remote, now_ms());
+    conn.push(first(&conn));
     conn.token_expires_ms.set(user.expires_at_ms);
     replace_older(shard, &conn);
     shard.count_connections();

@@ -14,6 +14,7 @@ mod direct_burst;
 mod disk_full;
 mod event_order;
 mod heartbeat;
+mod hello_first;
 mod http_api;
 mod idle_channels;
 mod large_channel;
