@@ -831,6 +831,13 @@ impl Store {
         Ok((sst, memtables))
     }
 
+    /// The bytes the block cache holds now (one cache for every column
+    /// family: uncompressed data blocks, and index and filter blocks).
+    pub fn block_cache_bytes(&self) -> Result<u64> {
+        let cf = self.shard_cf(ShardId(0))?;
+        Ok(self.db.property_int_value_cf(cf, "rocksdb.block-cache-usage")?.unwrap_or(0))
+    }
+
     /// The approximate bytes a shard takes on disk (SST files).
     pub fn shard_disk_bytes(&self, shard: ShardId) -> Result<u64> {
         let cf = self.shard_cf(shard)?;

@@ -2,8 +2,10 @@
 //!
 //! Scenarios: `idle` (server memory per connection), `dm` (1:1 latency at a
 //! fixed offered rate, open loop), `fanout` (group deliveries per second,
-//! closed loop; also against nats-server for comparison) and `mix` (the
-//! three at once).
+//! closed loop; also against nats-server for comparison), `churn` (devices
+//! that reconnect with sync, checked against history), `hostile` (every
+//! limit hit, the answers counted) and `mix` (them all at once, as the soak
+//! runs them).
 
 mod accounts;
 mod churn;

@@ -64,12 +64,19 @@ pub struct ProcessFigures {
     pub cpu_seconds: f64,
     /// Busy fraction of the shards' cores over the last second.
     pub load: f64,
+    /// What RocksDB's block cache (one for the whole store) holds, bytes.
+    pub block_cache_bytes: u64,
 }
 
 impl ProcessFigures {
-    /// The figures now (`load` as last sampled).
-    pub fn now(load: f64) -> Self {
-        ProcessFigures { rss_bytes: stats::process_rss_bytes(), cpu_seconds: stats::process_cpu_seconds(), load }
+    /// The figures now (`load` as last sampled, the block cache as given).
+    pub fn now(load: f64, block_cache_bytes: u64) -> Self {
+        ProcessFigures {
+            rss_bytes: stats::process_rss_bytes(),
+            cpu_seconds: stats::process_cpu_seconds(),
+            load,
+            block_cache_bytes,
+        }
     }
 }
 
@@ -118,7 +125,11 @@ fn histogram(
 /// `GET /metrics`: every shard's figures, gathered now.
 pub async fn scrape(shard: &Rc<Shard>) -> Result<Response<Body>, ApiError> {
     let all = crate::shard::stats::gather(shard).await?;
-    let text = encode(&all, ProcessFigures::now(shard.shared.load()))
+    let block_cache_bytes = shard.store.block_cache_bytes().unwrap_or_else(|error| {
+        tracing::warn!(%error, "reading the block cache's usage");
+        0
+    });
+    let text = encode(&all, ProcessFigures::now(shard.shared.load(), block_cache_bytes))
         .map_err(|_| ApiError::internal("encoding metrics failed"))?;
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE));
@@ -219,6 +230,13 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
             all,
             |s| &s.fan_out,
         );
+        let cache = Gauge::<i64>::default();
+        cache.set(process.block_cache_bytes as i64);
+        registry.register(
+            "storage_block_cache_bytes",
+            "What the store's one block cache holds (uncompressed data, index and filter blocks)",
+            cache,
+        );
         let load = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         load.set(process.load);
         registry.register("load", "Busy fraction of the shards' cores over the last second", load);
@@ -262,7 +280,11 @@ mod tests {
             ..ShardStats::default()
         };
         second.fan_out.counts[11] = 1;
-        let text = encode(&[first, second], ProcessFigures { rss_bytes: 1234, cpu_seconds: 1.5, load: 0.25 }).unwrap();
+        let text = encode(
+            &[first, second],
+            ProcessFigures { rss_bytes: 1234, cpu_seconds: 1.5, load: 0.25, block_cache_bytes: 4096 },
+        )
+        .unwrap();
         for needle in [
             "chatgw_connections{shard=\"0\"} 3",
             "chatgw_connections{shard=\"1\"} 5",
@@ -275,6 +297,7 @@ mod tests {
             "chatgw_fan_out_seconds_count 3",
             "process_resident_memory_bytes 1234",
             "chatgw_load 0.25",
+            "chatgw_storage_block_cache_bytes 4096",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
