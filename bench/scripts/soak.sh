@@ -21,7 +21,8 @@
 #   history on disk grows and is read); and RSS less the block cache peaks
 #   in the soak's last third at most 5% of the baseline above its peak in
 #   the middle third (a leak grows steadily; memtables cycle in a sawtooth
-#   that peaks compare and single samples do not).
+#   that peaks compare and single samples do not). That last rule is judged
+#   on runs of 5 minutes or more: in a shorter one memory still ramps.
 # And:
 # - every acknowledged message of the churning devices is in history, and
 #   each of their devices got every message of its channels (the churn
@@ -190,6 +191,7 @@ samples = [line.split(" ", 1) for line in open(sys.argv[5]) if line.strip()]
 seconds, out = int(sys.argv[6]), sys.argv[7]
 churn, hostile = mix["churn"], mix["hostile"]
 MiB = 1 << 20
+PLATEAU_FROM_S = 300
 failures = []
 
 def check(ok, what):
@@ -218,9 +220,12 @@ rows = [
      f"≤ {rss_limit / MiB:.1f} (125% + memtables' peak growth {memtable_growth / MiB:.1f}"
      f" + block cache's growth {cache_growth / MiB:.1f})",
      check(after["rss_bytes"] <= rss_limit, "rss")),
+    # Judged from 5 minutes on: in a shorter run the memtables are still in
+    # their first cycles, and memory still ramps.
     ("peak RSS less the block cache, middle third → last third (MiB)", f"{middle_peak / MiB:.1f}", f"{late_peak / MiB:.1f}",
      f"≤ +{0.05 * base['rss_bytes'] / MiB:.1f} (5% of the baseline)",
-     check(late_growth <= 0.05 * base["rss_bytes"], "rss growth late in the soak")),
+     check(late_growth <= 0.05 * base["rss_bytes"], "rss growth late in the soak")
+     if seconds >= PLATEAU_FROM_S else f"not judged under {PLATEAU_FROM_S} s"),
 ]
 
 expected = {}
