@@ -17,6 +17,16 @@ pub struct Account {
     pub token: String,
 }
 
+/// An HTTP agent that reads error answers as answers (their JSON says the
+/// code), each request bounded to 30 s.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
 /// Signups in flight at once (the server hashes on a blocking thread per core).
 const SIGNUP_THREADS: usize = 8;
 

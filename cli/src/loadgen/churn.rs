@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::{self, Message};
 use clap::Args;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -145,7 +145,7 @@ pub fn run(args: ChurnArgs) -> anyhow::Result<()> {
     ensure!(args.stay_min_ms <= args.stay_max_ms && args.workers >= 1, "stay range and workers");
     let addr = args.addr.to_string();
     let (accounts, _) = accounts::load_or_make(&addr, &args.users_file, args.users)?;
-    let agent = http_agent();
+    let agent = accounts::http_agent();
     let groups = (0..args.users / args.group_size)
         .map(|group| {
             let members: Vec<&str> =
@@ -347,18 +347,23 @@ async fn sync_all(ws: &mut Ws, device: &mut Device, cursor: &mut String, next_id
 /// Reads one frame within 30 s as JSON; a close or a broken socket is
 /// `CLOSED` (and a 1008 close is counted by the caller's `take_frame`).
 async fn read_frame(ws: &mut Ws) -> anyhow::Result<Value> {
-    match within(Duration::from_secs(30), ws.next()).await {
-        None => bail!("no frame within 30 s"),
-        Some(None) => bail!("{CLOSED}: end of stream"),
-        Some(Some(Err(error))) => bail!("{CLOSED}: {error}"),
-        Some(Some(Ok(Message::Text(text)))) => {
+    frame_json(within(Duration::from_secs(30), ws.next()).await.context("no frame within 30 s")?)
+}
+
+/// What the socket gave, as JSON: a text frame parsed, a close as
+/// `{"closed": code}`, any other frame as `{"other": true}`; the stream's
+/// end or a broken socket is `CLOSED`.
+fn frame_json(frame: Option<Result<Message, tungstenite::Error>>) -> anyhow::Result<Value> {
+    match frame {
+        None => bail!("{CLOSED}: end of stream"),
+        Some(Err(error)) => bail!("{CLOSED}: {error}"),
+        Some(Ok(Message::Text(text))) => {
             serde_json::from_str(&text).with_context(|| format!("a frame that is not JSON: {text:.200}"))
         }
-        Some(Some(Ok(Message::Close(frame)))) => {
-            let code = frame.map(|frame| u16::from(frame.code)).unwrap_or(1005);
-            Ok(json!({ "closed": code }))
+        Some(Ok(Message::Close(frame))) => {
+            Ok(json!({ "closed": frame.map(|frame| u16::from(frame.code)).unwrap_or(1005) }))
         }
-        Some(Some(Ok(_))) => Ok(json!({ "other": true })),
+        Some(Ok(_)) => Ok(json!({ "other": true })),
     }
 }
 
@@ -435,15 +440,11 @@ async fn stay_and_send(
         }
         let wait = Duration::from_nanos(next_send.min(until).saturating_sub(latency::now_ns()).max(1));
         let Some(frame) = within(wait, ws.next()).await else { continue };
-        let frame = match frame {
-            None | Some(Err(_)) => return Ok(Leave::Closed),
-            Some(Ok(Message::Text(text))) => {
-                serde_json::from_str(&text).with_context(|| format!("a frame that is not JSON: {text:.200}"))?
-            }
-            Some(Ok(Message::Close(frame))) => {
-                json!({ "closed": frame.map(|frame| u16::from(frame.code)).unwrap_or(1005) })
-            }
-            Some(Ok(_)) => continue,
+        let frame = match frame_json(frame) {
+            Ok(frame) if frame["other"] == true => continue,
+            Ok(frame) => frame,
+            Err(error) if is_closed(&error) => return Ok(Leave::Closed),
+            Err(error) => return Err(error),
         };
         match take_frame(device, frame, 0) {
             Ok(_) => {}
@@ -459,14 +460,6 @@ async fn stay_and_send(
 /// An id as the wire carries it (a decimal string).
 fn id_of(value: &Value) -> Option<u64> {
     value.as_str()?.parse().ok()
-}
-
-fn http_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
 }
 
 /// `POST /v1/rpc/{method}` as `account`; its `result`.

@@ -340,11 +340,7 @@ async fn forged_token(args: &HostileArgs, report: &mut Report) -> anyhow::Result
 }
 
 fn wrong_password(args: &HostileArgs, accounts: &[Account], report: &mut Report) -> anyhow::Result<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent = accounts::http_agent();
     for _ in 0..3 {
         let mut response = agent
             .post(format!("http://{}/v1/login", args.addr))

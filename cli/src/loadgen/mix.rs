@@ -1,8 +1,9 @@
 //! The `mix` scenario: idle connections, 1:1 pairs at a fixed rate and
 //! groups fanning out, all at once against one gateway, as a production
 //! node sees them; with `--churn-users` and `--hostile`, devices that come
-//! and go and a client that hits every limit as well (what the soak runs). Each part runs as a child process with accounts of its
-//! own (a users file each), and the report holds the three parts' reports.
+//! and go and a client that hits every limit as well (what the soak runs).
+//! Each part runs as a child process with accounts of its
+//! own (a users file each), and the report holds each part's report.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,102 +79,67 @@ fn users_file(args: &MixArgs, part: &str) -> String {
 pub fn run(args: MixArgs) -> anyhow::Result<()> {
     ensure!(args.dm_users >= 2 && args.groups >= 1 && args.members >= 2, "at least a pair and a group of two");
     let addr = args.addr.to_string();
-    let (duration, workers) = (args.duration_s.to_string(), args.workers.to_string());
-    let strings = |list: &[&str]| list.iter().map(|arg| arg.to_string()).collect::<Vec<_>>();
-    let mut parts = vec![
-        strings(&[
-            "loadgen",
-            "dm",
-            "--json",
-            "--addr",
-            &addr,
-            "--users",
-            &args.dm_users.to_string(),
-            "--rate",
-            &args.dm_rate.to_string(),
-            "--duration-s",
-            &duration,
-            "--workers",
-            &workers,
-            "--users-file",
-            &users_file(&args, "dm"),
-        ]),
-        strings(&[
-            "loadgen",
-            "fanout",
-            "--json",
-            "--addr",
-            &addr,
-            "--groups",
-            &args.groups.to_string(),
-            "--members",
-            &args.members.to_string(),
-            "--window",
-            &args.window.to_string(),
-            "--duration-s",
-            &duration,
-            "--workers",
-            &workers,
-            "--users-file",
-            &users_file(&args, "fanout"),
-        ]),
-    ];
+    let some = |value: String| Some(value);
+    let (duration, workers) = (some(args.duration_s.to_string()), some(args.workers.to_string()));
+    let mut parts = Vec::new();
     if args.idle_connections > 0 {
-        let users = args.idle_connections.div_ceil(10).to_string();
-        parts.insert(
-            0,
-            strings(&[
-                "loadgen",
-                "idle",
-                "--json",
-                "--addr",
-                &addr,
-                "--connections",
-                &args.idle_connections.to_string(),
-                "--users",
-                &users,
-                "--hold-s",
-                &duration,
-                "--users-file",
-                &users_file(&args, "idle"),
-            ]),
-        );
+        parts.push(procs::child_args(
+            "idle",
+            vec![
+                ("--addr", some(addr.clone())),
+                ("--connections", some(args.idle_connections.to_string())),
+                ("--users", some(args.idle_connections.div_ceil(10).to_string())),
+                ("--hold-s", duration.clone()),
+                ("--users-file", some(users_file(&args, "idle"))),
+            ],
+        ));
     }
+    parts.push(procs::child_args(
+        "dm",
+        vec![
+            ("--addr", some(addr.clone())),
+            ("--users", some(args.dm_users.to_string())),
+            ("--rate", some(args.dm_rate.to_string())),
+            ("--duration-s", duration.clone()),
+            ("--workers", workers.clone()),
+            ("--users-file", some(users_file(&args, "dm"))),
+        ],
+    ));
+    parts.push(procs::child_args(
+        "fanout",
+        vec![
+            ("--addr", some(addr.clone())),
+            ("--groups", some(args.groups.to_string())),
+            ("--members", some(args.members.to_string())),
+            ("--window", some(args.window.to_string())),
+            ("--sends-per-s", args.fanout_sends_per_s.map(|per_s| per_s.to_string())),
+            ("--duration-s", duration.clone()),
+            ("--workers", workers),
+            ("--users-file", some(users_file(&args, "fanout"))),
+        ],
+    ));
     if args.churn_users > 0 {
-        parts.push(strings(&[
-            "loadgen",
+        parts.push(procs::child_args(
             "churn",
-            "--json",
-            "--addr",
-            &addr,
-            "--users",
-            &args.churn_users.to_string(),
-            "--duration-s",
-            &duration,
-            "--users-file",
-            &users_file(&args, "churn"),
-        ]));
+            vec![
+                ("--addr", some(addr.clone())),
+                ("--users", some(args.churn_users.to_string())),
+                ("--duration-s", duration.clone()),
+                ("--users-file", some(users_file(&args, "churn"))),
+            ],
+        ));
     }
     if args.hostile {
-        parts.push(strings(&[
-            "loadgen",
+        parts.push(procs::child_args(
             "hostile",
-            "--json",
-            "--addr",
-            &addr,
-            "--duration-s",
-            &duration,
-            "--round-every-s",
-            &args.hostile_round_every_s.to_string(),
-            "--max-devices-per-user",
-            &args.max_devices_per_user.to_string(),
-            "--users-file",
-            &users_file(&args, "hostile"),
-        ]));
-    }
-    if let Some(per_s) = args.fanout_sends_per_s {
-        let fanout = parts.iter_mut().find(|part| part[1] == "fanout").expect("the fanout part");
-        fanout.extend(["--sends-per-s".to_string(), per_s.to_string()]);
+            vec![
+                ("--addr", some(addr.clone())),
+                ("--duration-s", duration),
+                ("--round-every-s", some(args.hostile_round_every_s.to_string())),
+                ("--max-devices-per-user", some(args.max_devices_per_user.to_string())),
+                ("--users-file", some(users_file(&args, "hostile"))),
+            ],
+        ));
     }
     let reports = procs::run_children(parts)?;
     let find =
