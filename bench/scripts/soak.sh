@@ -96,7 +96,6 @@ snapshot() {
     python3 - "$server_pid" "http://$addr/metrics" <<'PY'
 import json, os, re, sys, urllib.request
 pid = sys.argv[1]
-text = urllib.request.urlopen(sys.argv[2], timeout=10).read().decode()
 def total(name, label=None):
     out = {} if label else 0
     for line in text.splitlines():
@@ -118,6 +117,9 @@ for fd in fds:
     except OSError:
         pass
 rss_kb = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
+# The files first, then /metrics: the server's socket for this very request
+# must not be counted (it may still be open once the answer is read).
+text = urllib.request.urlopen(sys.argv[2], timeout=10).read().decode()
 print(json.dumps({
     "rss_bytes": rss_kb * 1024,
     "fds": len(fds),
