@@ -1,8 +1,11 @@
 //! Helpers shared by chatgw's benchmarks: deterministic filler text and
 //! latency summaries from an hdrhistogram (criterion reports means; tail
-//! latency needs percentiles).
+//! latency needs percentiles); and the peer server the comparison runs
+//! beside chatgw ([`peer`], the `chatgw-peer` binary).
 
 use hdrhistogram::Histogram;
+
+pub mod peer;
 
 /// A small, fast, deterministic pseudo-random generator (xorshift64*), so
 /// runs are comparable and the generator costs nothing next to the work.

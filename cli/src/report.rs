@@ -31,6 +31,9 @@ pub struct ReportArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// The chart's title.
+    #[arg(long, default_value = "latency by percentile")]
+    title: String,
 }
 
 /// Runs `chatgw report`.
@@ -96,7 +99,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         println!("{table}");
     }
     if let Some(prefix) = &args.plot {
-        plot::latency_by_percentile(prefix, "latency by percentile", &series)?;
+        plot::latency_by_percentile(prefix, &args.title, &series)?;
         if !args.json {
             println!(
                 "plotted {} and {}",

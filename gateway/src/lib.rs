@@ -17,6 +17,8 @@
 
 pub mod admission;
 pub mod auth;
+#[doc(hidden)]
+pub mod bench;
 pub mod clock;
 mod cmd;
 pub mod config;

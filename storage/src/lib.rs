@@ -27,5 +27,7 @@ pub use keys::{CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX};
 pub use model::{
     Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel,
 };
+#[doc(hidden)]
+pub use record::bench as record_bench;
 pub use record::{RECORD_KINDS, check_value};
 pub use store::{DEDUPE_TTL_MS, Durability, READ_LIMIT_MAX, Store, StoreConfig};

@@ -107,6 +107,35 @@ where
     }
 }
 
+/// Entry points for chatgw-bench's criterion benches, not an API: a
+/// message record written and read as the store does.
+pub mod bench {
+    use super::{ArchivedMessageRecord, MessageRecord, access, encode};
+    use crate::error::Result;
+
+    /// A message's stored value (the version byte and its archive).
+    pub fn message_value(
+        sender_id: u64,
+        created_at_ms: u64,
+        client_msg_id: Option<&str>,
+        text: &str,
+    ) -> Result<Vec<u8>> {
+        encode(&MessageRecord {
+            sender_id,
+            created_at_ms,
+            client_msg_id: client_msg_id.map(str::to_string),
+            text: text.to_string(),
+        })
+    }
+
+    /// Validates a message's value and reads it in place, as the store
+    /// does for each message it reads: its sender, time, and text.
+    pub fn read_message_value(bytes: &[u8]) -> Result<(u64, u64, &str)> {
+        let record = access::<ArchivedMessageRecord>("message", b"bench", bytes)?;
+        Ok((record.sender_id.to_native(), record.created_at_ms.to_native(), record.text.as_str()))
+    }
+}
+
 /// The records kept on disk, by the name their errors give: what
 /// [`check_value`] checks bytes as.
 pub const RECORD_KINDS: [&str; 6] = ["message", "channel", "user", "dedupe", "outbox", "dead push"];

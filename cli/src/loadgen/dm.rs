@@ -7,6 +7,10 @@
 //! in the figures instead of slowing the load down. Delivery latency runs
 //! from due time to the partner's arrival; ack latency from due time to the
 //! sender's reply.
+//!
+//! Against nats-server (`--target nats`) each user is a subscriber of its
+//! own subject, a send is a `PUB` to the partner's subject followed by a
+//! `PING`, and the `PONG` stands for the ack (nothing is stored).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -24,16 +28,22 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
+use super::cpu::{CpuFigures, SharedMeter};
 use super::latency::{self, Figures, SecondSummary, SecondsSpread, Summary};
+use super::nats;
 use super::progress::{Live, Progress};
 use super::runtime;
 use super::runtime::{Ramp, wait_for};
+use super::target::Target;
 use super::ws::{self, Inbound, Outbox};
 
 /// `chatgw loadgen dm`.
 #[derive(Debug, Clone, Args)]
 pub struct DmArgs {
-    /// The gateway's HTTP address.
+    /// The server to load.
+    #[arg(long, value_enum, default_value = "chatgw")]
+    target: Target,
+    /// The gateway's HTTP address (or NATS's WebSocket port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
     /// Connected users, one connection each, in pairs.
@@ -93,6 +103,10 @@ pub struct DmArgs {
     /// (SVG and PNG).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The server's process id: its CPU time over the measured phase (and
+    /// the load generator's own) goes in the report.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// Progress every worker sees.
@@ -106,6 +120,8 @@ struct Shared {
     failed: Arc<AtomicBool>,
     /// Sent and delivered counts, connections and p99, for the live line.
     live: Arc<Live>,
+    /// CPU over the measured phase (from its start to the last delivery).
+    meter: SharedMeter,
 }
 
 /// One worker's figures.
@@ -138,6 +154,7 @@ impl Stats {
 #[derive(Debug, Serialize)]
 struct Report {
     scenario: &'static str,
+    target: Target,
     /// `open` (a fixed offered rate) or `closed` (a fixed number in flight).
     mode: &'static str,
     users: usize,
@@ -161,6 +178,10 @@ struct Report {
     /// Delivery latency second by second.
     timeline: Vec<SecondSummary>,
     errors: BTreeMap<String, u64>,
+    /// CPU over the measured phase (with `--server-pid`).
+    cpu: Option<CpuFigures>,
+    /// The server's CPU seconds per 1,000 deliveries in that phase.
+    server_cpu_s_per_1000_delivered: Option<f64>,
 }
 
 /// A positive, finite number of milliseconds, for clap.
@@ -180,13 +201,26 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
         "one process holds at most 19,000 connections here: use --procs"
     );
     ensure!(args.rate >= 1 && args.workers >= 1 && args.duration_s >= 1, "rate, workers and duration must be positive");
+    ensure!(
+        args.server_pid.is_none() || args.procs == 1,
+        "--server-pid measures one load generator process: no --procs"
+    );
     if args.procs > 1 {
         return run_procs(&args);
     }
     ensure!(args.workers <= args.users, "more workers than users");
     let offset = args.child_offset.unwrap_or(0);
-    let (accounts, _) = accounts::load_or_make(&args.addr.to_string(), &args.users_file, offset + args.users)?;
-    let accounts = Arc::new(accounts[offset..].to_vec());
+    let accounts = match args.target {
+        Target::Chatgw => {
+            let (accounts, _) = accounts::load_or_make(&args.addr.to_string(), &args.users_file, offset + args.users)?;
+            accounts[offset..].to_vec()
+        }
+        // NATS has no accounts: a user is its subject.
+        Target::Nats => (offset..offset + args.users)
+            .map(|n| Account { username: format!("chatgw.loadgen.u{n}"), token: String::new() })
+            .collect(),
+    };
+    let accounts = Arc::new(accounts);
     let shared = Arc::new(Shared::default());
     let connect_started = latency::now_ns();
     let progress = Progress::start("dm", args.users as u64, shared.live.clone());
@@ -206,13 +240,16 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
         total.merge(stats.figures)?;
         connect_ns = connect_ns.max(connected_at.saturating_sub(connect_started));
     }
-    finish(&args, total, connect_ns as f64 / 1e9)
+    let cpu = shared.meter.figures()?;
+    finish(&args, total, connect_ns as f64 / 1e9, cpu)
 }
 
 /// Runs the pairs across `--procs` child processes and adds up their figures.
 fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
     // Every account exists before the children start (they share the file).
-    accounts::load_or_make(&args.addr.to_string(), &args.users_file, args.users)?;
+    if args.target == Target::Chatgw {
+        accounts::load_or_make(&args.addr.to_string(), &args.users_file, args.users)?;
+    }
     let shares = super::procs::shares(args.users, args.procs, 2)?;
     let mut offset = 0;
     let mut arg_lists = Vec::with_capacity(shares.len());
@@ -222,6 +259,7 @@ fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
         let list = super::procs::child_args(
             "dm",
             vec![
+                ("--target", Some(args.target.name().to_string())),
                 ("--addr", Some(args.addr.to_string())),
                 ("--users", Some(share.to_string())),
                 ("--rate", Some(rate.to_string())),
@@ -246,14 +284,15 @@ fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
         total.merge(super::procs::figures_from(&report)?)?;
         connect_s = connect_s.max(report["connect_s"].as_f64().unwrap_or(0.0));
     }
-    finish(args, total, connect_s)
+    finish(args, total, connect_s, None)
 }
 
 /// Reports the run (and keeps its latencies with `--out`).
-fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
+fn finish(args: &DmArgs, total: Figures, connect_s: f64, cpu: Option<CpuFigures>) -> anyhow::Result<()> {
     let timeline = total.timeline.summaries();
     let report = Report {
         scenario: "dm",
+        target: args.target,
         mode: if args.in_flight.is_some() { "closed" } else { "open" },
         users: args.users,
         offered_rate: args.rate,
@@ -272,6 +311,8 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         seconds_spread: SecondsSpread::of(&timeline, args.p99_budget_ms),
         timeline,
         errors: total.errors.clone(),
+        server_cpu_s_per_1000_delivered: cpu.as_ref().and_then(|cpu| cpu.server_cpu_s_per_1000(total.delivered)),
+        cpu,
     };
     if args.child_offset.is_some() {
         return super::procs::print_json(&report, &total, true, args.procs);
@@ -305,14 +346,25 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64) -> anyhow::Result<()> {
         if let Some(spread) = &report.seconds_spread {
             println!("per-second p99 (delivery): {}", spread.line());
         }
+        if let Some(cpu) = &report.cpu {
+            println!("{}", super::cpu::line(cpu, report.server_cpu_s_per_1000_delivered, "deliveries"));
+        }
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
         }
     }
-    let title = format!("chatgw dm: {} users, {} msg/s offered", args.users, args.rate);
+    let title = format!("{} dm: {} users, {} msg/s offered", args.target.name(), args.users, args.rate);
     latency::keep(args.out.as_deref(), &title, &total, args.duration_s, args.json)?;
     ensure!(report.lost == 0 && report.errors.is_empty(), "messages were lost or failed");
     Ok(())
+}
+
+/// One user's connection: its outbox and, against NATS, the due times of
+/// its sends whose `PONG` has not come back yet (they come in order).
+#[derive(Clone)]
+struct Conn {
+    outbox: Outbox,
+    pending: Rc<RefCell<std::collections::VecDeque<u64>>>,
 }
 
 async fn open(
@@ -321,25 +373,42 @@ async fn open(
     user: usize,
     stats: &Rc<RefCell<Stats>>,
     shared: &Arc<Shared>,
-) -> anyhow::Result<Outbox> {
+) -> anyhow::Result<Conn> {
     let connect_started = latency::now_ns();
-    let (ws, hello) = ws::chatgw_session(
-        args.addr,
-        args.source_ips.as_ref().map(|ips| ips.for_connection(user)),
-        &account.token,
-        &format!("dm{user}"),
-    )
-    .await?;
+    let source = args.source_ips.as_ref().map(|ips| ips.for_connection(user));
+    let ws = match args.target {
+        Target::Chatgw => {
+            let (ws, hello) = ws::chatgw_session(args.addr, source, &account.token, &format!("dm{user}")).await?;
+            stats.borrow_mut().heartbeat_every = ws::heartbeat_every(&hello);
+            ws
+        }
+        Target::Nats => nats_session(args.addr, source, &account.username).await?,
+    };
     shared.live.connections.fetch_add(1, Ordering::Relaxed);
     latency::record_since(&mut stats.borrow_mut().figures.connect, connect_started);
-    stats.borrow_mut().heartbeat_every = ws::heartbeat_every(&hello);
     let (outbox, mut stream) = ws::with_outbox(ws, 1024);
-    let (stats, shared) = (stats.clone(), shared.clone());
+    let conn = Conn { outbox, pending: Rc::default() };
+    let (stats, shared, target, replies, pending) =
+        (stats.clone(), shared.clone(), args.target, conn.outbox.clone(), conn.pending.clone());
     glommio::spawn_local(async move {
+        let mut parser = nats::Parser::default();
         while let Some(frame) = stream.next().await {
             let mut stats = stats.borrow_mut();
             match frame {
-                Ok(Message::Text(text)) => on_text(&mut stats, &shared, user, &text),
+                Ok(Message::Text(text)) if target == Target::Chatgw => on_text(&mut stats, &shared, user, &text),
+                Ok(Message::Text(text)) => {
+                    let fed = on_nats(&mut parser, &mut stats, &shared, user, text.as_bytes(), &pending, &replies);
+                    if fed.is_err() {
+                        stats.figures.error("unreadable_frame");
+                        break;
+                    }
+                }
+                Ok(Message::Binary(bytes)) if target == Target::Nats => {
+                    if on_nats(&mut parser, &mut stats, &shared, user, &bytes, &pending, &replies).is_err() {
+                        stats.figures.error("unreadable_frame");
+                        break;
+                    }
+                }
                 Ok(Message::Close(_)) => {
                     stats.figures.error("closed_by_server");
                     break;
@@ -353,48 +422,127 @@ async fn open(
         }
     })
     .detach();
-    Ok(outbox)
+    Ok(conn)
+}
+
+/// Connects to NATS's WebSocket listener and subscribes to `subject`;
+/// returns once the server's `PONG` says the subscription is in place.
+async fn nats_session(addr: SocketAddr, source: Option<std::net::IpAddr>, subject: &str) -> anyhow::Result<ws::Ws> {
+    let mut ws = ws::connect(addr, source, "/", None).await?;
+    ws.send(Message::text(nats::connect_and_subscribe(subject))).await.context("subscribing")?;
+    let mut parser = nats::Parser::default();
+    loop {
+        let Some(frame) = runtime::within(ws::CONNECT_TIMEOUT, ws.next()).await else {
+            anyhow::bail!("no PONG for the subscription within {:?}", ws::CONNECT_TIMEOUT);
+        };
+        let bytes = match frame {
+            Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
+            Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(error).context("reading the subscription's answer"),
+            None => anyhow::bail!("closed before the subscription was in place"),
+        };
+        let mut subscribed = false;
+        let mut refused = None;
+        parser.feed(&bytes, &mut |op| match op {
+            nats::Op::Pong => subscribed = true,
+            nats::Op::Err(error) => refused = Some(error),
+            _ => {}
+        })?;
+        if let Some(error) = refused {
+            anyhow::bail!("NATS refused the subscription: {error}");
+        }
+        if subscribed {
+            return Ok(ws);
+        }
+    }
+}
+
+/// NATS bytes on `user`'s connection: `MSG`s are deliveries, `PONG`s the
+/// acks of its sends in order, `PING`s are answered.
+fn on_nats(
+    parser: &mut nats::Parser,
+    stats: &mut Stats,
+    shared: &Shared,
+    user: usize,
+    bytes: &[u8],
+    pending: &RefCell<std::collections::VecDeque<u64>>,
+    replies: &Outbox,
+) -> anyhow::Result<()> {
+    parser.feed(bytes, &mut |op| match op {
+        nats::Op::Msg(payload) => match std::str::from_utf8(payload) {
+            Ok(text) => on_delivery(stats, shared, user, text),
+            Err(_) => stats.figures.error("foreign_message"),
+        },
+        nats::Op::Pong => match pending.borrow_mut().pop_front() {
+            Some(due) => on_reply(stats, shared, due),
+            None => stats.figures.error("unexpected_pong"),
+        },
+        nats::Op::Ping => {
+            replies.try_send(Message::text("PONG\r\n")).ok();
+        }
+        nats::Op::Err(error) => stats.figures.error(&error),
+        nats::Op::Info | nats::Op::Ok => {}
+    })
 }
 
 fn on_text(stats: &mut Stats, shared: &Shared, user: usize, text: &str) {
     match ws::classify(text) {
-        Ok(Inbound::Message(text)) => {
-            let mut fields = text.split(' ').skip(1);
-            let due: Option<u64> = fields.next().and_then(|due| due.parse().ok());
-            let sender: Option<usize> = fields.next().and_then(|sender| sender.parse().ok());
-            match (due, sender) {
-                (Some(_), Some(sender)) if sender == user => {} // our own echo
-                (Some(0), Some(_)) => stats.warm_deliveries += 1,
-                (Some(due), Some(_)) => {
-                    let micros = latency::record_since(&mut stats.figures.delivery, due);
-                    stats.figures.timeline.record(due, micros);
-                    stats.figures.delivered += 1;
-                    shared.live.delivered.fetch_add(1, Ordering::Relaxed);
-                    if stats.figures.delivered.is_multiple_of(128) {
-                        shared.live.report_p99(stats.figures.delivery.value_at_quantile(0.99));
-                    }
-                }
-                _ => stats.figures.error("foreign_message"),
-            }
-        }
-        Ok(Inbound::Reply(0)) => stats.warm_acks += 1,
+        Ok(Inbound::Message(text)) => on_delivery(stats, shared, user, &text),
         Ok(Inbound::Reply(ws::HEARTBEAT_ID)) => {}
-        Ok(Inbound::Reply(due)) => {
-            latency::record_since(&mut stats.figures.ack, due);
-            stats.figures.acked += 1;
-            WINDOW.with(|window| window.signal(1));
-            shared.acked.fetch_add(1, Ordering::Relaxed);
-        }
+        Ok(Inbound::Reply(due)) => on_reply(stats, shared, due),
         Ok(Inbound::Error(_, code)) => stats.figures.error(&code),
         Ok(Inbound::Event(_)) => {}
         Err(_) => stats.figures.error("unreadable_frame"),
     }
 }
 
-fn command(due: u64, sender: usize, partner: &str, pad: &str) -> Message {
-    Message::text(format!(
-        r#"{{"id":{due},"method":"send","params":{{"to_user":"{partner}","text":"lg {due} {sender} {pad}"}}}}"#
-    ))
+/// A message's text (`lg <due> <sender> ...`) arrived at `user`.
+fn on_delivery(stats: &mut Stats, shared: &Shared, user: usize, text: &str) {
+    let mut fields = text.split(' ').skip(1);
+    let due: Option<u64> = fields.next().and_then(|due| due.parse().ok());
+    let sender: Option<usize> = fields.next().and_then(|sender| sender.parse().ok());
+    match (due, sender) {
+        (Some(_), Some(sender)) if sender == user => {} // our own echo
+        (Some(0), Some(_)) => stats.warm_deliveries += 1,
+        (Some(due), Some(_)) => {
+            let micros = latency::record_since(&mut stats.figures.delivery, due);
+            stats.figures.timeline.record(due, micros);
+            stats.figures.delivered += 1;
+            shared.live.delivered.fetch_add(1, Ordering::Relaxed);
+            if stats.figures.delivered.is_multiple_of(128) {
+                shared.live.report_p99(stats.figures.delivery.value_at_quantile(0.99));
+            }
+        }
+        _ => stats.figures.error("foreign_message"),
+    }
+}
+
+/// The ack of the send due at `due` (0: a warm-up send).
+fn on_reply(stats: &mut Stats, shared: &Shared, due: u64) {
+    if due == 0 {
+        stats.warm_acks += 1;
+        return;
+    }
+    latency::record_since(&mut stats.figures.ack, due);
+    stats.figures.acked += 1;
+    WINDOW.with(|window| window.signal(1));
+    shared.acked.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The send of `sender`'s message due at `due` to `partner` (a username,
+/// or against NATS the partner's subject); against NATS its due time
+/// waits in `pending` for the `PONG`.
+fn command(target: Target, due: u64, sender: usize, partner: &str, pad: &str, conn: &Conn) -> Message {
+    match target {
+        Target::Chatgw => Message::text(format!(
+            r#"{{"id":{due},"method":"send","params":{{"to_user":"{partner}","text":"lg {due} {sender} {pad}"}}}}"#
+        )),
+        Target::Nats => {
+            conn.pending.borrow_mut().push_back(due);
+            Message::text(nats::publish(partner, &format!("lg {due} {sender} {pad}")))
+        }
+    }
 }
 
 async fn worker_main(
@@ -405,22 +553,27 @@ async fn worker_main(
 ) -> anyhow::Result<(Stats, u64)> {
     let stats = Rc::new(RefCell::new(Stats::new()));
     let mine: Vec<usize> = (worker..args.users).step_by(args.workers).collect();
-    let outboxes = connect_all(args, accounts, shared, &stats, &mine).await?;
+    let conns = connect_all(args, accounts, shared, &stats, &mine).await?;
     let connected_at = latency::now_ns();
-    ws::spawn_heartbeats(&outboxes, stats.borrow().heartbeat_every);
+    if args.target == Target::Chatgw {
+        // (NATS pings its clients, and the readers answer.)
+        let outboxes: Vec<Outbox> = conns.iter().map(|conn| conn.outbox.clone()).collect();
+        ws::spawn_heartbeats(&outboxes, stats.borrow().heartbeat_every);
+    }
     shared.connected.fetch_add(1, Ordering::AcqRel);
     wait_for("every worker to connect", &shared.failed, Duration::from_secs(600), || {
         shared.connected.load(Ordering::Acquire) == args.workers
     })
     .await?;
     let pad = "x".repeat(args.text_bytes.saturating_sub(30));
-    warm_up(args, accounts, shared, &stats, &mine, &outboxes, &pad).await?;
+    warm_up(args, accounts, shared, &stats, &mine, &conns, &pad).await?;
 
     // One start time for all: the first worker here sets it.
     let start = runtime::agreed_start(&shared.start_ns);
     let end = start + args.duration_s * 1_000_000_000;
     stats.borrow_mut().figures.timeline.start_at(start);
-    let sender = Sender { accounts, shared, stats: &stats, mine: &mine, outboxes: &outboxes, pad: &pad };
+    shared.meter.start(args.server_pid);
+    let sender = Sender { target: args.target, accounts, shared, stats: &stats, mine: &mine, conns: &conns, pad: &pad };
     match args.in_flight {
         Some(in_flight) => sender.closed_loop(in_flight, end).await,
         None => {
@@ -433,6 +586,7 @@ async fn worker_main(
         shared.live.delivered.load(Ordering::Acquire) >= sent && shared.acked.load(Ordering::Acquire) >= sent
     })
     .await;
+    shared.meter.stop();
     shared.finished.fetch_add(1, Ordering::AcqRel);
     wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
         shared.finished.load(Ordering::Acquire) == args.workers
@@ -440,7 +594,7 @@ async fn worker_main(
     .await?;
     // Take the figures before the connections close (closing is not an error).
     let figures = std::mem::replace(&mut *stats.borrow_mut(), Stats::new());
-    drop(outboxes);
+    drop(conns);
     Ok((figures, connected_at))
 }
 
@@ -452,7 +606,7 @@ async fn connect_all(
     shared: &Arc<Shared>,
     stats: &Rc<RefCell<Stats>>,
     mine: &[usize],
-) -> anyhow::Result<Vec<Outbox>> {
+) -> anyhow::Result<Vec<Conn>> {
     let mut outboxes = Vec::with_capacity(mine.len());
     let ramp = Ramp::new(args.ramp_per_s, args.workers);
     for chunk in mine.chunks(ramp.chunk(args.connect_concurrency)) {
@@ -476,7 +630,7 @@ async fn warm_up(
     shared: &Arc<Shared>,
     stats: &Rc<RefCell<Stats>>,
     mine: &[usize],
-    outboxes: &[Outbox],
+    conns: &[Conn],
     pad: &str,
 ) -> anyhow::Result<()> {
     let mut evens = 0;
@@ -484,7 +638,8 @@ async fn warm_up(
     for (slot, &user) in mine.iter().enumerate() {
         if user.is_multiple_of(2) {
             evens += 1;
-            outboxes[slot].send(command(0, user, &accounts[user + 1].username, pad)).await.ok();
+            let conn = &conns[slot];
+            conn.outbox.send(command(args.target, 0, user, &accounts[user + 1].username, pad, conn)).await.ok();
         } else {
             odds += 1;
         }
@@ -504,11 +659,12 @@ async fn warm_up(
 /// What the measured phase sends with: this worker's users, their
 /// connections and figures.
 struct Sender<'a> {
+    target: Target,
     accounts: &'a [Account],
     shared: &'a Arc<Shared>,
     stats: &'a Rc<RefCell<Stats>>,
     mine: &'a [usize],
-    outboxes: &'a [Outbox],
+    conns: &'a [Conn],
     pad: &'a str,
 }
 
@@ -517,12 +673,18 @@ impl Sender<'_> {
     fn send(&self, slot: usize, due_ns: u64) {
         let user = self.mine[slot];
         let partner = &self.accounts[user ^ 1].username;
-        match self.outboxes[slot].try_send(command(due_ns, user, partner, self.pad)) {
+        let conn = &self.conns[slot];
+        match conn.outbox.try_send(command(self.target, due_ns, user, partner, self.pad, conn)) {
             Ok(()) => {
                 self.stats.borrow_mut().figures.sent += 1;
                 self.shared.live.sent.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => self.stats.borrow_mut().figures.error("client_backlog"),
+            Err(_) => {
+                if self.target == Target::Nats {
+                    conn.pending.borrow_mut().pop_back(); // it never went out
+                }
+                self.stats.borrow_mut().figures.error("client_backlog");
+            }
         }
     }
 

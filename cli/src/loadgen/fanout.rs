@@ -18,28 +18,20 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use async_tungstenite::tungstenite::Message;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use futures_util::StreamExt;
 use glommio::channels::local_channel;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
+use super::cpu::{CpuFigures, SharedMeter};
 use super::latency::{self, Figures, Summary};
 use super::nats;
 use super::progress::{Live, Progress};
 use super::runtime;
 use super::runtime::{Ramp, wait_for, within};
+use super::target::Target;
 use super::ws::{self, Inbound, Outbox};
-
-/// Which server the plan runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    /// A chatgw gateway (`--addr` is its HTTP address).
-    Chatgw,
-    /// nats-server's WebSocket listener (`--addr` is its `websocket` port).
-    Nats,
-}
 
 /// `chatgw loadgen fanout`.
 #[derive(Debug, Clone, Args)]
@@ -107,6 +99,10 @@ pub struct FanoutArgs {
     /// (SVG and PNG).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// The server's process id: its CPU time over the measured phase (and
+    /// the load generator's own) goes in the report.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Default)]
@@ -120,6 +116,8 @@ struct Shared {
     failed: Arc<AtomicBool>,
     /// Sent and delivered counts, connections and p99, for the live line.
     live: Arc<Live>,
+    /// CPU over the measured phase (from its start to the last delivery).
+    meter: SharedMeter,
 }
 
 struct Stats {
@@ -163,6 +161,10 @@ struct Report {
     ack_latency: Summary,
     connect_latency: Summary,
     errors: BTreeMap<String, u64>,
+    /// CPU over the measured phase (with `--server-pid`).
+    cpu: Option<CpuFigures>,
+    /// The server's CPU seconds per 1,000 deliveries in that phase.
+    server_cpu_s_per_1000_delivered: Option<f64>,
 }
 
 /// The id of the setup command (`channel.create`); sends count from 2.
@@ -178,6 +180,10 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     );
     ensure!(args.window >= 1 && args.workers >= 1 && args.duration_s >= 1, "window, workers, duration positive");
     ensure!(args.never_readers + 1 < args.members, "a group keeps its sender and one reader besides never-readers");
+    ensure!(
+        args.server_pid.is_none() || args.procs == 1,
+        "--server-pid measures one load generator process: no --procs"
+    );
     if args.procs > 1 {
         return run_procs(&args);
     }
@@ -212,7 +218,8 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
         delivered_in_window += stats.delivered_in_window;
         total.merge(stats.figures)?;
     }
-    finish(&args, total, delivered_in_window as f64 / args.duration_s as f64)
+    let cpu = shared.meter.figures()?;
+    finish(&args, total, delivered_in_window as f64 / args.duration_s as f64, cpu)
 }
 
 /// Runs the groups across `--procs` child processes and adds up their
@@ -225,10 +232,7 @@ fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
     let mut offset = 0;
     let mut arg_lists = Vec::with_capacity(shares.len());
     for share in &shares {
-        let target = match args.target {
-            Target::Chatgw => "chatgw",
-            Target::Nats => "nats",
-        };
+        let target = args.target.name();
         let ramp = args.ramp_per_s.map(|per_s| (per_s * *share as f64 / args.groups as f64).to_string());
         let list = super::procs::child_args(
             "fanout",
@@ -259,11 +263,11 @@ fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
         total.merge(super::procs::figures_from(&report)?)?;
         deliveries_per_s += report["deliveries_per_s"].as_f64().unwrap_or(0.0);
     }
-    finish(args, total, deliveries_per_s)
+    finish(args, total, deliveries_per_s, None)
 }
 
 /// Reports the run (and keeps its latencies with `--out`).
-fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::Result<()> {
+fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64, cpu: Option<CpuFigures>) -> anyhow::Result<()> {
     // Members that read: each gets every message of its group.
     let readers = args.members - args.never_readers;
     let report = Report {
@@ -283,6 +287,8 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::R
         ack_latency: Summary::of(&total.ack),
         connect_latency: Summary::of(&total.connect),
         errors: total.errors.clone(),
+        server_cpu_s_per_1000_delivered: cpu.as_ref().and_then(|cpu| cpu.server_cpu_s_per_1000(total.delivered)),
+        cpu,
     };
     if args.child_group_offset.is_some() {
         return super::procs::print_json(&report, &total, true, args.procs);
@@ -307,6 +313,9 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64) -> anyhow::R
         println!("delivery (send → member): {}", report.delivery_latency.line());
         println!("ack      (send → ack):    {}", report.ack_latency.line());
         println!("connect  (TCP → ready):   {}", report.connect_latency.line());
+        if let Some(cpu) = &report.cpu {
+            println!("{}", super::cpu::line(cpu, report.server_cpu_s_per_1000_delivered, "deliveries"));
+        }
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
         }
@@ -502,6 +511,7 @@ async fn worker_main(
     let end = start + args.duration_s * 1_000_000_000;
     shared.end_ns.store(end, Ordering::Release);
     glommio::timer::sleep(Duration::from_nanos(start.saturating_sub(latency::now_ns()))).await;
+    shared.meter.start(args.server_pid);
 
     let pad = "x".repeat(args.text_bytes.saturating_sub(30));
     let channels = stats.borrow().channels.clone();
@@ -527,6 +537,7 @@ async fn worker_main(
         shared.live.delivered.load(Ordering::Acquire) >= shared.live.sent.load(Ordering::Acquire) * members
     })
     .await;
+    shared.meter.stop();
     shared.finished.fetch_add(1, Ordering::AcqRel);
     wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
         shared.finished.load(Ordering::Acquire) == args.workers
@@ -640,7 +651,14 @@ impl GroupSender<'_> {
         // NATS acks (PONGs) come in order: their send times queue here.
         let mut sent_times = std::collections::VecDeque::new();
         let every_ns = args.sends_per_s.map(|per_s| (1e9 / per_s.max(1e-3)) as u64);
-        let mut next_due = latency::now_ns();
+        // Paced senders start at even offsets over one period, as senders
+        // that never agreed on a clock would: in step, every group's
+        // message would land in the same instant, and the run would
+        // measure that burst (1,000 deliveries at once for 10 groups of
+        // 100) rather than the rate.
+        let group = (user / args.members) as u64;
+        let phase = every_ns.map_or(0, |every_ns| every_ns * group / args.groups.max(1) as u64);
+        let mut next_due = latency::now_ns() + phase;
         loop {
             while in_flight < args.window && latency::now_ns() < end {
                 if let Some(every_ns) = every_ns {

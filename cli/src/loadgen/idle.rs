@@ -6,6 +6,12 @@
 //! measured server has hashed no password since it started (freed Argon2
 //! memory would stay resident and absorb the connections' own allocations
 //! unseen).
+//!
+//! With `--server-pid` the memory is read from `/proc` instead (so any
+//! server can be measured: `--target nats` opens NATS subscribers), along
+//! with the server's CPU over the ramp and the kernel's socket memory.
+//! The ramp itself is the connection-rate figure: handshakes per second,
+//! `--connect-threads` of them in flight.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -17,11 +23,17 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocketConfig;
 
 use super::accounts;
+use super::cpu::{self, CpuFigures, KernelMemory};
+use super::nats;
+use super::target::Target;
 
 /// `chatgw loadgen idle`.
 #[derive(Debug, Args)]
 pub struct IdleArgs {
-    /// The gateway's HTTP address.
+    /// The server to load.
+    #[arg(long, value_enum, default_value = "chatgw")]
+    target: Target,
+    /// The gateway's HTTP address (or NATS's WebSocket port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
     /// Connections to open (bounded: at most 19,000 per process here).
@@ -59,6 +71,13 @@ pub struct IdleArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Threads opening connections at once (each one handshake at a time).
+    #[arg(long, default_value_t = 1)]
+    connect_threads: usize,
+    /// The server's process id: its RSS (from /proc rather than /metrics)
+    /// and its CPU over the ramp go in the report.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// The server's resident memory, from its `/metrics`.
@@ -94,16 +113,23 @@ fn keep_alive(sockets: &mut [Socket]) {
     }
 }
 
-/// Holds `sockets` for `hold`, pinging them every `KEEPALIVE`.
-fn hold(sockets: &mut [Socket], hold: Duration) {
+/// Holds `sockets` for `hold`, pinging them every `KEEPALIVE` (not at
+/// the very end: the last round's pongs would still be on their way when
+/// the hold is measured); returns the pings sent.
+fn hold(sockets: &mut [Socket], hold: Duration) -> u64 {
     let until = Instant::now() + hold;
+    let mut pings = 0;
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return;
+            return pings;
         }
         std::thread::sleep(left.min(KEEPALIVE));
+        if Instant::now() >= until {
+            return pings;
+        }
         keep_alive(sockets);
+        pings += sockets.len() as u64;
     }
 }
 
@@ -121,9 +147,6 @@ fn open(args: &IdleArgs, accounts: &[accounts::Account], first: usize, count: us
             let due = started + Duration::from_secs_f64((n - first) as f64 / per_s);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
-        let account = &accounts[n % accounts.len()];
-        let mut request = format!("ws://{}/v1/ws?device=lg{n}", args.addr).into_client_request()?;
-        request.headers_mut().insert("Authorization", format!("Bearer {}", account.token).parse()?);
         let stream = match &args.source_ips {
             Some(ips) => {
                 let target = args.addr.parse().with_context(|| format!("{} is not an address", args.addr))?;
@@ -132,13 +155,60 @@ fn open(args: &IdleArgs, accounts: &[accounts::Account], first: usize, count: us
             None => TcpStream::connect(&args.addr).with_context(|| format!("connection {n}"))?,
         };
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let (mut ws, _) = tungstenite::client::client_with_config(request, stream, Some(config))
-            .map_err(|error| anyhow::anyhow!("handshake {n}: {error}"))?;
-        let hello = ws.read().with_context(|| format!("hello on connection {n}"))?;
-        ensure!(hello.to_text().unwrap_or_default().contains("\"hello\""), "connection {n}: no hello");
+        let ws = match args.target {
+            Target::Chatgw => {
+                let account = &accounts[n % accounts.len()];
+                let mut request = format!("ws://{}/v1/ws?device=lg{n}", args.addr).into_client_request()?;
+                request.headers_mut().insert("Authorization", format!("Bearer {}", account.token).parse()?);
+                let (mut ws, _) = tungstenite::client::client_with_config(request, stream, Some(config))
+                    .map_err(|error| anyhow::anyhow!("handshake {n}: {error}"))?;
+                let hello = ws.read().with_context(|| format!("hello on connection {n}"))?;
+                ensure!(hello.to_text().unwrap_or_default().contains("\"hello\""), "connection {n}: no hello");
+                ws
+            }
+            Target::Nats => nats_subscriber(&args.addr, stream, config, n)?,
+        };
         sockets.push(ws);
     }
     Ok(sockets)
+}
+
+/// A NATS subscriber of its own subject over the WebSocket listener, once
+/// the server's `PONG` says the subscription is in place.
+fn nats_subscriber(addr: &str, stream: TcpStream, config: WebSocketConfig, n: usize) -> anyhow::Result<Socket> {
+    let request = format!("ws://{addr}/").into_client_request()?;
+    let (mut ws, _) = tungstenite::client::client_with_config(request, stream, Some(config))
+        .map_err(|error| anyhow::anyhow!("handshake {n}: {error}"))?;
+    ws.send(tungstenite::Message::text(nats::connect_and_subscribe(&format!("chatgw.loadgen.idle{n}"))))?;
+    let mut parser = nats::Parser::default();
+    loop {
+        let frame = ws.read().with_context(|| format!("subscription on connection {n}"))?;
+        let mut subscribed = false;
+        parser.feed(&frame.into_data(), &mut |op| subscribed |= op == nats::Op::Pong)?;
+        if subscribed {
+            return Ok(ws);
+        }
+    }
+}
+
+/// Opens `args.connections` from index 0 on `--connect-threads` threads
+/// (each a contiguous share), in index order.
+fn open_threaded(args: &IdleArgs, accounts: &[accounts::Account]) -> anyhow::Result<Vec<Socket>> {
+    let threads = args.connect_threads.clamp(1, args.connections.max(1));
+    let shares = super::procs::shares(args.connections, threads, 1)?;
+    std::thread::scope(|scope| {
+        let mut first = 0;
+        let mut handles = Vec::with_capacity(shares.len());
+        for share in shares {
+            handles.push(scope.spawn(move || open(args, accounts, first, share)));
+            first += share;
+        }
+        let mut sockets = Vec::with_capacity(args.connections);
+        for handle in handles {
+            sockets.extend(handle.join().map_err(|_| anyhow::anyhow!("a connecting thread panicked"))??);
+        }
+        Ok(sockets)
+    })
 }
 
 /// A child of `--procs`: opens its share, says so on stdout, and holds the
@@ -220,7 +290,14 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
         "one process holds at most 19,000 connections here: use --procs"
     );
     ensure!(args.users >= 1, "at least one user");
-    let (accounts, made) = accounts::load_or_make(&args.addr, &args.users_file, args.users)?;
+    ensure!(
+        args.server_pid.is_none() || args.procs == 1,
+        "--server-pid measures one load generator process: no --procs"
+    );
+    let (accounts, made) = match args.target {
+        Target::Chatgw => accounts::load_or_make(&args.addr, &args.users_file, args.users)?,
+        Target::Nats => (Vec::new(), false),
+    };
     if let Some(first) = args.child_from {
         return child(&args, &accounts, first);
     }
@@ -231,47 +308,142 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
             args.users_file.display()
         );
     }
-    let before = server_rss_bytes(&args.addr)?;
+    let server_rss = || match args.server_pid {
+        Some(pid) => cpu::rss_bytes(pid),
+        None => server_rss_bytes(&args.addr),
+    };
+    let before = server_rss()?;
+    let kernel_before = KernelMemory::now()?;
+    let meter = cpu::Meter::start(args.server_pid)?;
     let started = Instant::now();
     let (mut held, ramp) = if args.procs > 1 {
         let (children, _) = open_in_children(&args)?;
         (Held::Children(children), started.elapsed())
     } else {
-        (Held::Here(open(&args, &accounts, 0, args.connections)?), started.elapsed())
+        (Held::Here(open_threaded(&args, &accounts)?), started.elapsed())
     };
-    match &mut held {
+    let ramp_cpu = meter.read()?;
+    let meter = cpu::Meter::start(args.server_pid)?;
+    let pings = match &mut held {
         Held::Here(sockets) => hold(sockets, Duration::from_secs(args.hold_s)),
-        // The children ping their own.
-        Held::Children(_) => std::thread::sleep(Duration::from_secs(args.hold_s)),
-    }
-    let after = server_rss_bytes(&args.addr)?;
-    let per_connection = after.saturating_sub(before) as f64 / args.connections as f64;
+        // The children ping their own (uncounted).
+        Held::Children(_) => {
+            std::thread::sleep(Duration::from_secs(args.hold_s));
+            0
+        }
+    };
+    let hold_cpu = meter.read()?;
+    let after = server_rss()?;
+    let kernel_after = KernelMemory::now()?;
+    let mut report = Report::new(&args, ramp, before, after, kernel_before, kernel_after, ramp_cpu);
+    report.server_cpu_s_per_1000_pings = hold_cpu.server_cpu_s_per_1000(pings);
+    report.pings = pings;
+    report.hold_cpu = hold_cpu;
     if args.json {
-        let report = serde_json::json!({
-            "scenario": "idle",
-            "connections": args.connections,
-            "procs": args.procs,
-            "ramp_s": ramp.as_secs_f64(),
-            "server_rss_before_bytes": before,
-            "server_rss_after_bytes": after,
-            "server_rss_per_connection_bytes": per_connection,
-        });
-        println!("{report}");
+        println!("{}", serde_json::to_string(&report)?);
     } else {
+        report.print();
+    }
+    held.release()
+}
+
+/// The figures of an `idle` run.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    scenario: &'static str,
+    target: Target,
+    connections: usize,
+    procs: usize,
+    connect_threads: usize,
+    ramp_s: f64,
+    /// Connections opened per second over the ramp (each a TCP connect,
+    /// the WebSocket handshake and the server's first frame).
+    handshakes_per_s: f64,
+    server_rss_before_bytes: u64,
+    server_rss_after_bytes: u64,
+    server_rss_per_connection_bytes: f64,
+    /// The kernel's memory machine-wide, before and after: both ends of
+    /// each loopback connection are in it, the server's and ours.
+    kernel_before: KernelMemory,
+    kernel_after: KernelMemory,
+    /// Slab and TCP buffer growth per connection (both ends together).
+    kernel_per_connection_bytes: f64,
+    /// CPU over the ramp.
+    ramp_cpu: CpuFigures,
+    /// The server's CPU seconds per 1,000 handshakes.
+    server_cpu_s_per_1000_handshakes: Option<f64>,
+    /// WebSocket pings sent while holding (one per connection every 5 s).
+    pings: u64,
+    /// CPU over the hold: the idle connections and their pings.
+    hold_cpu: CpuFigures,
+    /// The server's CPU seconds over the hold per 1,000 pings (what an
+    /// idle connection's keepalive costs, the idle server's own upkeep
+    /// included).
+    server_cpu_s_per_1000_pings: Option<f64>,
+}
+
+impl Report {
+    fn new(
+        args: &IdleArgs,
+        ramp: Duration,
+        before: u64,
+        after: u64,
+        kernel_before: KernelMemory,
+        kernel_after: KernelMemory,
+        ramp_cpu: CpuFigures,
+    ) -> Self {
+        let connections = args.connections.max(1) as f64;
+        let kernel_growth = (kernel_after.slab_bytes + kernel_after.tcp_buffer_bytes) as f64
+            - (kernel_before.slab_bytes + kernel_before.tcp_buffer_bytes) as f64;
+        Report {
+            scenario: "idle",
+            target: args.target,
+            connections: args.connections,
+            procs: args.procs,
+            connect_threads: args.connect_threads,
+            ramp_s: ramp.as_secs_f64(),
+            handshakes_per_s: connections / ramp.as_secs_f64().max(1e-9),
+            server_rss_before_bytes: before,
+            server_rss_after_bytes: after,
+            server_rss_per_connection_bytes: after.saturating_sub(before) as f64 / connections,
+            kernel_before,
+            kernel_after,
+            kernel_per_connection_bytes: kernel_growth / connections,
+            server_cpu_s_per_1000_handshakes: ramp_cpu.server_cpu_s_per_1000(args.connections as u64),
+            pings: 0,
+            hold_cpu: ramp_cpu.clone(),
+            server_cpu_s_per_1000_pings: None,
+            ramp_cpu,
+        }
+    }
+
+    fn print(&self) {
         println!(
-            "idle: {} connections open in {:.1}s ({} process(es))",
-            args.connections,
-            ramp.as_secs_f64(),
-            args.procs
+            "idle against {}: {} connections open in {:.1}s ({:.0} handshakes/s, {} process(es), {} thread(s))",
+            self.target.name(),
+            self.connections,
+            self.ramp_s,
+            self.handshakes_per_s,
+            self.procs,
+            self.connect_threads
         );
         println!(
             "server RSS: {:.1} MiB before, {:.1} MiB after: {:.2} KiB per connection",
-            before as f64 / 1048576.0,
-            after as f64 / 1048576.0,
-            per_connection / 1024.0
+            self.server_rss_before_bytes as f64 / 1048576.0,
+            self.server_rss_after_bytes as f64 / 1048576.0,
+            self.server_rss_per_connection_bytes / 1024.0
+        );
+        println!(
+            "kernel (slab and TCP buffers, both ends): {:.2} KiB per connection",
+            self.kernel_per_connection_bytes / 1024.0
+        );
+        println!("ramp {}", cpu::line(&self.ramp_cpu, self.server_cpu_s_per_1000_handshakes, "handshakes"));
+        println!(
+            "hold ({} pings) {}",
+            self.pings,
+            cpu::line(&self.hold_cpu, self.server_cpu_s_per_1000_pings, "pings")
         );
     }
-    held.release()
 }
 
 /// Connections held open until the report is made.

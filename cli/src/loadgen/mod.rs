@@ -9,6 +9,7 @@
 
 mod accounts;
 mod churn;
+mod cpu;
 mod dm;
 mod fanout;
 mod hostile;
@@ -20,6 +21,7 @@ mod procs;
 mod progress;
 mod runtime;
 mod source;
+mod target;
 mod ws;
 
 use clap::{Args, Subcommand};
