@@ -110,7 +110,7 @@ where
 /// Entry points for chatgw-bench's criterion benches, not an API: a
 /// message record written and read as the store does.
 pub mod bench {
-    use super::{ArchivedMessageRecord, MessageRecord, access, encode};
+    use crate::record::{ArchivedMessageRecord, MessageRecord, access, encode};
     use crate::error::Result;
 
     /// A message's stored value (the version byte and its archive).
