@@ -110,8 +110,8 @@ where
 /// Entry points for chatgw-bench's criterion benches, not an API: a
 /// message record written and read as the store does.
 pub mod bench {
-    use crate::record::{ArchivedMessageRecord, MessageRecord, access, encode};
     use crate::error::Result;
+    use crate::record::{ArchivedMessageRecord, MessageRecord, access, encode};
 
     /// A message's stored value (the version byte and its archive).
     pub fn message_value(
