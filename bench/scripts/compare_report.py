@@ -89,14 +89,14 @@ SCENARIO_TITLES = {
 }
 
 
+def values_at(reports, path, scale=1):
+    """The rounds' numbers at `path`, scaled (rounds without one left out)."""
+    values = [dig(report, *path) for _, report in reports]
+    return [value * scale for value in values if isinstance(value, (int, float))]
+
+
 def figure_values(reports, spec):
-    path, scale = spec[1], (spec[4] if len(spec) > 4 else 1)
-    values = []
-    for _, report in reports:
-        value = dig(report, *path)
-        if isinstance(value, (int, float)):
-            values.append(value * scale)
-    return values
+    return values_at(reports, spec[1], spec[4] if len(spec) > 4 else 1)
 
 
 def median_spread(values, fmt):
@@ -253,8 +253,7 @@ def scenario_section(folder, chatgw_bin, scenario, runs, servers, lines, losses,
 
 
 def med(runs, key, path, scale=1):
-    values = [dig(report, *path) for _, report in runs.get(key, [])]
-    values = [value * scale for value in values if isinstance(value, (int, float))]
+    values = values_at(runs.get(key, []), path, scale)
     return statistics.median(values) if values else None
 
 

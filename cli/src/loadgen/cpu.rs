@@ -61,6 +61,11 @@ pub struct KernelMemory {
 }
 
 impl KernelMemory {
+    /// Slab and TCP buffers together.
+    pub fn total_bytes(&self) -> u64 {
+        self.slab_bytes + self.tcp_buffer_bytes
+    }
+
     /// Reads both now.
     pub fn now() -> anyhow::Result<Self> {
         let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;

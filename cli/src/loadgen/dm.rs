@@ -396,14 +396,9 @@ async fn open(
             let mut stats = stats.borrow_mut();
             match frame {
                 Ok(Message::Text(text)) if target == Target::Chatgw => on_text(&mut stats, &shared, user, &text),
-                Ok(Message::Text(text)) => {
-                    let fed = on_nats(&mut parser, &mut stats, &shared, user, text.as_bytes(), &pending, &replies);
-                    if fed.is_err() {
-                        stats.figures.error("unreadable_frame");
-                        break;
-                    }
-                }
-                Ok(Message::Binary(bytes)) if target == Target::Nats => {
+                // NATS sends its protocol in text or binary frames alike.
+                Ok(frame @ (Message::Text(_) | Message::Binary(_))) if target == Target::Nats => {
+                    let bytes = frame.into_data();
                     if on_nats(&mut parser, &mut stats, &shared, user, &bytes, &pending, &replies).is_err() {
                         stats.figures.error("unreadable_frame");
                         break;
@@ -442,17 +437,7 @@ async fn nats_session(addr: SocketAddr, source: Option<std::net::IpAddr>, subjec
             Some(Err(error)) => return Err(error).context("reading the subscription's answer"),
             None => anyhow::bail!("closed before the subscription was in place"),
         };
-        let mut subscribed = false;
-        let mut refused = None;
-        parser.feed(&bytes, &mut |op| match op {
-            nats::Op::Pong => subscribed = true,
-            nats::Op::Err(error) => refused = Some(error),
-            _ => {}
-        })?;
-        if let Some(error) = refused {
-            anyhow::bail!("NATS refused the subscription: {error}");
-        }
-        if subscribed {
+        if nats::subscribed(&mut parser, &bytes)? {
             return Ok(ws);
         }
     }

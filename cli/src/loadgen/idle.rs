@@ -58,8 +58,8 @@ pub struct IdleArgs {
     /// index and holding them until stdin closes.
     #[arg(long, hide = true)]
     child_from: Option<usize>,
-    /// Open at most this many connections a second (per process with
-    /// `--procs`) [default: as fast as they open].
+    /// Open at most this many connections a second, all connecting threads
+    /// together (per process with `--procs`) [default: as fast as they open].
     #[arg(long)]
     ramp_per_s: Option<f64>,
     /// Seconds to hold the connections open after the last hello.
@@ -135,7 +135,14 @@ fn hold(sockets: &mut [Socket], hold: Duration) -> u64 {
 
 /// Opens connections `first..first + count` (the index names the device,
 /// picks the account and the source address).
-fn open(args: &IdleArgs, accounts: &[accounts::Account], first: usize, count: usize) -> anyhow::Result<Vec<Socket>> {
+/// `ramp_per_s` is this caller's share of `--ramp-per-s`.
+fn open(
+    args: &IdleArgs,
+    accounts: &[accounts::Account],
+    first: usize,
+    count: usize,
+    ramp_per_s: Option<f64>,
+) -> anyhow::Result<Vec<Socket>> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     // A small read buffer on our side: this measures the server, not us.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
@@ -143,7 +150,7 @@ fn open(args: &IdleArgs, accounts: &[accounts::Account], first: usize, count: us
     let started = Instant::now();
     for n in first..first + count {
         ensure!(Instant::now() < deadline, "timed out after {} connections", n - first);
-        if let Some(per_s) = args.ramp_per_s {
+        if let Some(per_s) = ramp_per_s {
             let due = started + Duration::from_secs_f64((n - first) as f64 / per_s);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
@@ -183,9 +190,7 @@ fn nats_subscriber(addr: &str, stream: TcpStream, config: WebSocketConfig, n: us
     let mut parser = nats::Parser::default();
     loop {
         let frame = ws.read().with_context(|| format!("subscription on connection {n}"))?;
-        let mut subscribed = false;
-        parser.feed(&frame.into_data(), &mut |op| subscribed |= op == nats::Op::Pong)?;
-        if subscribed {
+        if nats::subscribed(&mut parser, &frame.into_data())? {
             return Ok(ws);
         }
     }
@@ -200,7 +205,9 @@ fn open_threaded(args: &IdleArgs, accounts: &[accounts::Account]) -> anyhow::Res
         let mut first = 0;
         let mut handles = Vec::with_capacity(shares.len());
         for share in shares {
-            handles.push(scope.spawn(move || open(args, accounts, first, share)));
+            // Each thread paces its share of the ramp.
+            let ramp_per_s = args.ramp_per_s.map(|per_s| per_s * share as f64 / args.connections as f64);
+            handles.push(scope.spawn(move || open(args, accounts, first, share, ramp_per_s)));
             first += share;
         }
         let mut sockets = Vec::with_capacity(args.connections);
@@ -215,7 +222,7 @@ fn open_threaded(args: &IdleArgs, accounts: &[accounts::Account]) -> anyhow::Res
 /// connections until its stdin closes.
 fn child(args: &IdleArgs, accounts: &[accounts::Account], first: usize) -> anyhow::Result<()> {
     let started = Instant::now();
-    let sockets = open(args, accounts, first, args.connections)?;
+    let sockets = open(args, accounts, first, args.connections, args.ramp_per_s)?;
     println!("{}", serde_json::json!({ "opened": sockets.len(), "ramp_s": started.elapsed().as_secs_f64() }));
     std::io::Write::flush(&mut std::io::stdout())?;
     let mut sockets = sockets;
@@ -333,18 +340,35 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
         }
     };
     let hold_cpu = meter.read()?;
-    let after = server_rss()?;
-    let kernel_after = KernelMemory::now()?;
-    let mut report = Report::new(&args, ramp, before, after, kernel_before, kernel_after, ramp_cpu);
-    report.server_cpu_s_per_1000_pings = hold_cpu.server_cpu_s_per_1000(pings);
-    report.pings = pings;
-    report.hold_cpu = hold_cpu;
+    let readings = Readings {
+        ramp,
+        rss_before: before,
+        rss_after: server_rss()?,
+        kernel_before,
+        kernel_after: KernelMemory::now()?,
+        ramp_cpu,
+        pings,
+        hold_cpu,
+    };
+    let report = Report::new(&args, readings);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         report.print();
     }
     held.release()
+}
+
+/// What an `idle` run read, around its ramp and its hold.
+struct Readings {
+    ramp: Duration,
+    rss_before: u64,
+    rss_after: u64,
+    kernel_before: KernelMemory,
+    kernel_after: KernelMemory,
+    ramp_cpu: CpuFigures,
+    pings: u64,
+    hold_cpu: CpuFigures,
 }
 
 /// The figures of an `idle` run.
@@ -383,18 +407,10 @@ struct Report {
 }
 
 impl Report {
-    fn new(
-        args: &IdleArgs,
-        ramp: Duration,
-        before: u64,
-        after: u64,
-        kernel_before: KernelMemory,
-        kernel_after: KernelMemory,
-        ramp_cpu: CpuFigures,
-    ) -> Self {
+    fn new(args: &IdleArgs, readings: Readings) -> Self {
+        let Readings { ramp, rss_before, rss_after, kernel_before, kernel_after, ramp_cpu, pings, hold_cpu } = readings;
         let connections = args.connections.max(1) as f64;
-        let kernel_growth = (kernel_after.slab_bytes + kernel_after.tcp_buffer_bytes) as f64
-            - (kernel_before.slab_bytes + kernel_before.tcp_buffer_bytes) as f64;
+        let kernel_growth = kernel_after.total_bytes() as f64 - kernel_before.total_bytes() as f64;
         Report {
             scenario: "idle",
             target: args.target,
@@ -403,17 +419,17 @@ impl Report {
             connect_threads: args.connect_threads,
             ramp_s: ramp.as_secs_f64(),
             handshakes_per_s: connections / ramp.as_secs_f64().max(1e-9),
-            server_rss_before_bytes: before,
-            server_rss_after_bytes: after,
-            server_rss_per_connection_bytes: after.saturating_sub(before) as f64 / connections,
+            server_rss_before_bytes: rss_before,
+            server_rss_after_bytes: rss_after,
+            server_rss_per_connection_bytes: rss_after.saturating_sub(rss_before) as f64 / connections,
             kernel_before,
             kernel_after,
             kernel_per_connection_bytes: kernel_growth / connections,
             server_cpu_s_per_1000_handshakes: ramp_cpu.server_cpu_s_per_1000(args.connections as u64),
-            pings: 0,
-            hold_cpu: ramp_cpu.clone(),
-            server_cpu_s_per_1000_pings: None,
             ramp_cpu,
+            pings,
+            server_cpu_s_per_1000_pings: hold_cpu.server_cpu_s_per_1000(pings),
+            hold_cpu,
         }
     }
 

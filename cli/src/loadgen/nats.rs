@@ -75,6 +75,23 @@ impl Parser {
     }
 }
 
+/// Feeds a subscriber's first bytes from the server (after
+/// [`connect_and_subscribe`]): whether its `PONG` came, so the subscription
+/// is in place; an error for a `-ERR`.
+pub fn subscribed(parser: &mut Parser, bytes: &[u8]) -> anyhow::Result<bool> {
+    let mut subscribed = false;
+    let mut refused = None;
+    parser.feed(bytes, &mut |op| match op {
+        Op::Pong => subscribed = true,
+        Op::Err(error) => refused = Some(error),
+        _ => {}
+    })?;
+    if let Some(error) = refused {
+        bail!("NATS refused the subscription: {error}");
+    }
+    Ok(subscribed)
+}
+
 /// The `CONNECT` line (and a `SUB`) a subscriber sends, then a `PING`
 /// whose `PONG` says the subscription is in place.
 pub fn connect_and_subscribe(subject: &str) -> String {
@@ -123,6 +140,15 @@ mod tests {
         assert!(Parser::default().feed(b"WHAT\r\n", &mut |_| {}).is_err());
         assert!(Parser::default().feed(b"MSG a 1\r\n", &mut |_| {}).is_ok());
         assert!(Parser::default().feed(&vec![b'x'; LINE_BYTES_MAX + 1], &mut |_| {}).is_err());
+    }
+
+    #[test]
+    fn a_subscription_is_in_place_at_its_pong_and_refused_at_an_error() {
+        let mut parser = Parser::default();
+        assert!(!subscribed(&mut parser, b"INFO {}\r\nPO").unwrap());
+        assert!(subscribed(&mut parser, b"NG\r\n").unwrap());
+        let refused = subscribed(&mut Parser::default(), b"-ERR 'Authorization Violation'\r\n").unwrap_err();
+        assert!(refused.to_string().contains("refused"), "{refused}");
     }
 
     #[test]
