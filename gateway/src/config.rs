@@ -129,6 +129,16 @@ pub struct Config {
     /// Test aid: how long each group commit waits before it writes (0: not
     /// at all), as a slow disk would make it. Never set in production.
     pub fault_commit_delay_ms: u64,
+    /// Test aid: how many of a shard's first push recordings fail (0:
+    /// none), as a full disk at the members' owner would make them, so a
+    /// test can see a push check asked again while the server runs. Never
+    /// set in production.
+    pub fault_push_record_failures: u32,
+    /// Test aid: how long a connection waits between its upgrade's token
+    /// check and its registration (0: not at all), as a busy core would
+    /// make it, so a test can revoke its token in between. Never set in
+    /// production.
+    pub fault_upgrade_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -175,6 +185,8 @@ impl Default for Config {
             fault_owner_delay_ms: 0,
             fault_early_reply_delay_ms: 0,
             fault_commit_delay_ms: 0,
+            fault_push_record_failures: 0,
+            fault_upgrade_delay_ms: 0,
         }
     }
 }

@@ -44,6 +44,10 @@ pub const CALLS_IN_FLIGHT_PER_SHARD_MAX: usize = 4096;
 /// How long a core waits for another core's answer to a call or an ask
 /// (room in the queue included) before it answers `overloaded`.
 pub const MESH_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a word every core must hear (a kick, a revocation's
+/// kick, a banned-words change) is sent to a core that did not answer
+/// within `MESH_ANSWER_TIMEOUT`, first try included.
+pub const MESH_ASK_ROUNDS: u32 = 3;
 /// How often a core looks for calls and asks past their deadline.
 pub const MESH_ANSWER_SWEEP: Duration = Duration::from_millis(100);
 /// Channels one subscribe word to an owner carries at most: a connection
@@ -179,6 +183,12 @@ pub const PUSH_PAGES_PER_ROUND: usize = 16;
 pub const PUSH_BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// The longest wait between push retries.
 pub const PUSH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Tries, the first included, at a message's push check (its members'
+/// owners recording pushes, then the pending record's removal) while the
+/// server runs, each after a wait from `PUSH_BACKOFF_FIRST` doubling up
+/// to `PUSH_BACKOFF_MAX` (about 2.5 minutes in all); past them the next
+/// start checks again.
+pub const PUSH_CHECK_TRIES: u32 = 10;
 /// How long one webhook POST may take.
 pub const PUSH_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -203,6 +213,20 @@ pub const CHANNEL_LIST_DEFAULT: usize = 500;
 pub const CHANNEL_LIST_MAX: usize = 1_000;
 const _: () = assert!(CHANNEL_LIST_MAX < chatgw_storage::READ_LIMIT_MAX, "one more than a page is read");
 
+/// Members a `Channel` shape lists at most (the lowest user ids); a
+/// channel with more says `more_members: true`, and `channel.members`
+/// pages through them all. 1,000 usernames of 32 chars are about 35 KB,
+/// so any one channel's shape fits a reply many times over.
+pub const CHANNEL_VIEW_MEMBERS_MAX: usize = 1_000;
+/// Members in one `channel.members` page when the client names no `limit`.
+pub const CHANNEL_MEMBERS_DEFAULT: usize = 500;
+/// Members in one `channel.members` page at most.
+pub const CHANNEL_MEMBERS_MAX: usize = 1_000;
+const _: () = assert!(CHANNEL_VIEW_MEMBERS_MAX < chatgw_storage::READ_LIMIT_MAX, "one more than shown is read");
+const _: () = assert!(CHANNEL_MEMBERS_MAX < chatgw_storage::READ_LIMIT_MAX, "one more than a page is read");
+const _: () =
+    assert!(CHANNEL_MEMBERS_MAX * (USERNAME_BYTES_MAX + 3) < READ_REPLY_BYTES_MAX, "a page of members fits a reply");
+
 /// A configured JWT secret's shortest length (HS256 wants 256 bits).
 pub const JWT_SECRET_BYTES_MIN: usize = 32;
 /// A configured admin token's shortest length.
@@ -210,3 +234,7 @@ pub const ADMIN_TOKEN_BYTES_MIN: usize = 16;
 
 /// Dead pushes one admin retry moves back into each shard's outbox at most.
 pub const DEAD_PUSH_RETRY_MAX: usize = 10_000;
+/// Dead pushes one shard keeps at most: past it the oldest are dropped
+/// (`chatgw_dead_pushes_dropped_total`), so a webhook that refuses
+/// everything for weeks cannot fill the disk with them.
+pub const DEAD_PUSHES_PER_SHARD_MAX: usize = 100_000;

@@ -39,6 +39,14 @@ pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
     })
 }
 
+/// Runs `future` as a task of its own and waits for its output: unlike a
+/// future awaited in place, the work goes on to its end when the caller is
+/// dropped (an HTTP request whose client went away). `None` if the task
+/// was dropped before its end (the executor stopped).
+pub async fn to_completion<T: 'static>(future: impl Future<Output = T> + 'static) -> Option<T> {
+    spawn(future).detach().await
+}
+
 /// Tasks spawned through [`spawn`] on this thread and not yet ended.
 pub fn alive() -> u64 {
     ALIVE.with(Cell::get)
@@ -66,6 +74,24 @@ mod tests {
             glommio::yield_if_needed().await;
             futures_lite::future::yield_now().await;
             assert_eq!(alive(), before);
+        });
+    }
+
+    #[test]
+    fn work_run_to_completion_ends_when_its_caller_is_dropped() {
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            let (done, ended) = futures_channel::oneshot::channel::<()>();
+            let caller = spawn(async move {
+                to_completion(async move {
+                    glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                    let _ = done.send(());
+                })
+                .await
+            });
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            drop(caller);
+            assert_eq!(ended.await, Ok(()), "the work ended though no one waited for it");
+            assert_eq!(to_completion(async { 7 }).await, Some(7));
         });
     }
 }

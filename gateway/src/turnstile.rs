@@ -1,11 +1,14 @@
 //! Turns in the order tickets were taken, on one core: what keeps a
 //! channel's fan-outs in id order when the tasks that make them wake in
 //! another order (one waits for room to answer its sender on another core
-//! while a later one is ready to deliver).
+//! while a later one is ready to deliver); and [`Lines`], a turnstile per
+//! key, for work on one thing that must not interleave (a channel's
+//! membership changes).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::poll_fn;
+use std::hash::Hash;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -88,6 +91,56 @@ impl Drop for Ticket {
     }
 }
 
+/// A line per key on one core: holders of one key pass one at a time, in
+/// the order they joined; keys with no one in line take no memory.
+#[derive(Debug)]
+pub struct Lines<K> {
+    lines: RefCell<HashMap<K, Rc<Turnstile>>>,
+}
+
+impl<K> Default for Lines<K> {
+    fn default() -> Self {
+        Lines { lines: RefCell::new(HashMap::new()) }
+    }
+}
+
+/// A place in one key's line of a [`Lines`]; dropping it ends its turn (or
+/// gives it up), and forgets the line once no one is in it.
+#[derive(Debug)]
+pub struct Place<'a, K: Eq + Hash + Clone> {
+    lines: &'a Lines<K>,
+    key: K,
+    ticket: Option<Ticket>,
+}
+
+impl<K: Eq + Hash + Clone> Lines<K> {
+    /// Joins `key`'s line now (no await: the place is taken in the order
+    /// of the calls).
+    pub fn join(&self, key: K) -> Place<'_, K> {
+        let ticket = self.lines.borrow_mut().entry(key.clone()).or_default().ticket();
+        Place { lines: self, key, ticket: Some(ticket) }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Place<'_, K> {
+    /// Waits until everyone who joined the key's line before is done.
+    pub async fn turn(&self) {
+        if let Some(ticket) = &self.ticket {
+            ticket.turn().await;
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Drop for Place<'_, K> {
+    fn drop(&mut self) {
+        drop(self.ticket.take());
+        let mut lines = self.lines.lines.borrow_mut();
+        if lines.get(&self.key).is_some_and(|line| line.is_idle()) {
+            lines.remove(&self.key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +189,39 @@ mod tests {
         assert_eq!(turnstile.serving.get(), 2, "the second was skipped");
         drop(third);
         assert_eq!(turnstile.waiting(), 0);
+    }
+
+    #[test]
+    fn a_key_s_holders_pass_one_at_a_time_and_its_line_is_forgotten() {
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            let lines: Lines<u32> = Lines::default();
+            let log = RefCell::new(Vec::new());
+            // Places taken in order before any holder runs; each holds its
+            // turn across an await, when the others are polled.
+            let holders: Vec<_> = (0..3)
+                .map(|n| {
+                    let (place, log) = (lines.join(7), &log);
+                    async move {
+                        place.turn().await;
+                        log.borrow_mut().push(format!("start {n}"));
+                        futures_lite::future::yield_now().await;
+                        log.borrow_mut().push(format!("end {n}"));
+                    }
+                })
+                .collect();
+            let other = async {
+                // Another key is not held up by key 7's line.
+                let place = lines.join(8);
+                place.turn().await;
+                log.borrow_mut().push("other".to_string());
+            };
+            futures_lite::future::zip(futures_util::future::join_all(holders), other).await;
+            let log = log.borrow();
+            let sevens: Vec<&String> = log.iter().filter(|entry| *entry != "other").collect();
+            let expected: Vec<String> = (0..3).flat_map(|n| [format!("start {n}"), format!("end {n}")]).collect();
+            assert_eq!(sevens, expected.iter().collect::<Vec<_>>());
+            assert!(log.contains(&"other".to_string()));
+            assert!(lines.lines.borrow().is_empty(), "no line is kept once empty");
+        });
     }
 }

@@ -605,6 +605,17 @@ impl Store {
         Ok(members)
     }
 
+    /// At most `limit` members of a channel with ids at or above `from`, in
+    /// id order (a page: the next starts one above the last returned).
+    pub fn members_from(&self, shard: ShardId, channel: ChannelId, from: UserId, limit: usize) -> Result<Vec<UserId>> {
+        let mut members = Vec::new();
+        self.for_each_suffix_from(shard, tag::MEMBER, channel.0, from.0, limit, |user, _| {
+            members.push(UserId(user));
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(members)
+    }
+
     /// Whether `user` is a member of `channel` (a point read).
     pub fn is_member(&self, shard: ShardId, channel: ChannelId, user: UserId) -> Result<bool> {
         Ok(self.db.get_pinned_cf(self.shard_cf(shard)?, keys::member(channel, user))?.is_some())

@@ -176,6 +176,9 @@ fn inbox_channels_users_direct_dedupe_outbox() {
     assert_eq!(store.channel(SHARD, group).unwrap(), Some(channel));
     assert_eq!(store.channel(SHARD, ChannelId(501)).unwrap(), None);
     assert_eq!(store.members(SHARD, group).unwrap(), [alice, bob]);
+    assert_eq!(store.members_from(SHARD, group, UserId(0), 1).unwrap(), [alice], "a page of one");
+    assert_eq!(store.members_from(SHARD, group, UserId(alice.0 + 1), 10).unwrap(), [bob], "the next page");
+    assert!(store.members_from(SHARD, group, UserId(bob.0 + 1), 10).unwrap().is_empty());
     assert!(store.is_member(SHARD, group, bob).unwrap());
     assert!(!store.is_member(SHARD, group, UserId(13)).unwrap());
     let channels = store.user_channels(SHARD, alice).unwrap();

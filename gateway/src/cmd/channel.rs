@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::auth::AuthedUser;
 use crate::clock::now_ms;
+use crate::cmd::budget::ReplyBudget;
 use crate::cmd::history::readable;
 use crate::error::{ApiError, ErrorCode};
 use crate::route::Call;
@@ -111,17 +112,68 @@ pub fn info(shard: &Shard, user: &AuthedUser, channel_id: ChannelId) -> Result<V
 }
 
 /// `channel.list`: the caller's channels above `after`, at most `limit`,
-/// in id order; `has_more` and `next_after` say where the next page starts.
-pub fn list(shard: &Shard, user: &AuthedUser, after: Option<ChannelId>, limit: usize) -> Result<Value, ApiError> {
+/// in id order; `has_more` and `next_after` say where the next page
+/// starts. A page also ends early once its encoded channels reach the
+/// reply budget (`cmd::budget`), pausing every chunk of work as it reads:
+/// each `Channel` lists at most `limits::CHANNEL_VIEW_MEMBERS_MAX` members,
+/// so a user in many large groups gets shorter pages, never a frame past
+/// the limit.
+pub async fn list(shard: &Shard, user: &AuthedUser, after: Option<ChannelId>, limit: usize) -> Result<Value, ApiError> {
     let owner = shard.owner(user.user_id.0);
     // One more than asked tells whether there is more.
-    let mut joined = shard.store.user_channels_after(owner, user.user_id, after, limit + 1)?;
-    let has_more = joined.len() > limit;
-    joined.truncate(limit);
-    let channels = joined.iter().map(|entry| shard.channel_view(entry.channel_id)).collect::<Result<Vec<_>, _>>()?;
-    let mut reply = json!({ "channels": channels, "has_more": has_more });
-    if has_more && let Some(last) = joined.last() {
-        reply["next_after"] = json!(last.channel_id.to_string());
+    let joined = shard.store.user_channels_after(owner, user.user_id, after, limit + 1)?;
+    let mut has_more = joined.len() > limit;
+    let mut budget = ReplyBudget::default();
+    let mut last = None;
+    for entry in joined.iter().take(limit) {
+        let view = shard.channel_view(entry.channel_id)?;
+        let members = view["members"].as_array().map_or(0, Vec::len);
+        if !budget.take(view) {
+            has_more = true;
+            break;
+        }
+        last = Some(entry.channel_id);
+        budget.worked(1 + members / 64, 0).await;
+    }
+    let mut reply = json!({ "channels": budget.items, "has_more": has_more });
+    if has_more && let Some(last) = last {
+        reply["next_after"] = json!(last.to_string());
+    }
+    Ok(reply)
+}
+
+/// `channel.members`: a page of at most `limit` members of a channel the
+/// caller belongs to, with user ids above `after`, in id order; `has_more`
+/// and `next_after` (a user id) say where the next page starts. What a
+/// `Channel` with `more_members` leaves out comes this way.
+pub async fn members(
+    shard: &Shard,
+    user: &AuthedUser,
+    channel_id: ChannelId,
+    after: Option<UserId>,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    readable(shard, user, channel_id)?;
+    let from = match after {
+        Some(after) => match after.0.checked_add(1) {
+            Some(from) => UserId(from),
+            None => return Ok(json!({ "members": [], "has_more": false })),
+        },
+        None => UserId(0),
+    };
+    // One more than asked tells whether there is more.
+    let mut page = shard.store.members_from(shard.owner(channel_id.0), channel_id, from, limit + 1)?;
+    let has_more = page.len() > limit;
+    page.truncate(limit);
+    let mut budget = ReplyBudget::default();
+    for member in &page {
+        // A page of the largest usernames fits the budget (limits.rs).
+        budget.take(json!(&*shard.username(*member)?));
+        budget.worked(1, 0).await;
+    }
+    let mut reply = json!({ "members": budget.items, "has_more": has_more });
+    if has_more && let Some(last) = page.last() {
+        reply["next_after"] = json!(last.to_string());
     }
     Ok(reply)
 }

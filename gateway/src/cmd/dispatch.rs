@@ -36,7 +36,10 @@ pub async fn dispatch(
         }
         Command::ChannelLeave { channel_id } => channel::leave(shard, user, channel_id).await,
         Command::ChannelInfo { channel_id } => channel::info(shard, user, channel_id),
-        Command::ChannelList { after, limit } => channel::list(shard, user, after, limit),
+        Command::ChannelList { after, limit } => channel::list(shard, user, after, limit).await,
+        Command::ChannelMembers { channel_id, after, limit } => {
+            channel::members(shard, user, channel_id, after, limit).await
+        }
         Command::Heartbeat => Ok(json!({})),
         Command::PresenceQuery { users } => presence::query(shard, user, &users).await,
         Command::PresenceSubscribe { users } => presence::subscribe(shard, user, conn, &users).await,

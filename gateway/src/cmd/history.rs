@@ -3,21 +3,21 @@
 //! channels, fan-out on write) with a per-channel read of each large
 //! channel (fan-out on read), in id order.
 //!
-//! A read has a budget before it loads: it picks its message ids from keys
-//! alone (inbox entries, message keys), then loads messages one at a time,
-//! nearest its anchor first, until the reply's encoded size would pass
-//! `limits::READ_REPLY_BYTES_MAX`. Every chunk of work it yields, so a
-//! large read never holds the other connections of its core.
+//! A read has a budget before it loads (`cmd::budget`): it picks its
+//! message ids from keys alone (inbox entries, message keys), then loads
+//! messages one at a time, nearest its anchor first, until the reply's
+//! encoded size would pass `limits::READ_REPLY_BYTES_MAX`. Every chunk of
+//! work it pauses, so a large read never holds the other connections of
+//! its core.
 
 use std::collections::BTreeMap;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId};
-use chatgw_storage::Message;
 use serde_json::{Value, json};
 
 use crate::auth::AuthedUser;
+use crate::cmd::budget::ReplyBudget;
 use crate::error::{ApiError, ErrorCode};
-use crate::limits;
 use crate::protocol::command::HistoryAnchor;
 use crate::protocol::shapes;
 use crate::shard::state::Shard;
@@ -34,76 +34,20 @@ pub fn readable(shard: &Shard, user: &AuthedUser, channel: ChannelId) -> Result<
     Err(ApiError::new(ErrorCode::Forbidden, "not a member of this channel"))
 }
 
-/// The size of `value` as the reply will encode it.
-fn encoded_len(value: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing a `Value` to a sink that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
-}
-
-/// Where a read stands against its budget: the messages taken (as JSON),
-/// their encoded bytes, and the work done since it last yielded.
-#[derive(Default)]
-struct Budget {
-    messages: Vec<Value>,
-    bytes: usize,
-    chunk_bytes: usize,
-    chunk_items: usize,
-}
-
-impl Budget {
-    /// Loads message `id` and takes it if it fits the reply (the first
-    /// always does). `Ok(None)`: it is not stored (passed over);
-    /// `Ok(Some(false))`: the budget is spent and nothing was taken.
-    async fn load(
-        &mut self,
-        shard: &Shard,
-        owner: ShardId,
-        channel: ChannelId,
-        id: MessageId,
-    ) -> Result<Option<bool>, ApiError> {
-        let Some(message) = shard.store.message(owner, channel, id)? else { return Ok(None) };
-        let taken = self.take(shard, &message)?;
-        self.chunk_bytes += message.text.len();
-        self.worked(1).await;
-        Ok(Some(taken))
-    }
-
-    fn take(&mut self, shard: &Shard, message: &Message) -> Result<bool, ApiError> {
-        let value = shapes::message_json(message, &shard.username(message.sender_id)?);
-        // The comma between messages counts too.
-        let size = encoded_len(&value) + 1;
-        if !self.messages.is_empty() && self.bytes + size > limits::READ_REPLY_BYTES_MAX {
-            return Ok(false);
-        }
-        self.bytes += size;
-        self.messages.push(value);
-        Ok(true)
-    }
-
-    /// Counts `items` of work; once a chunk is done, pauses until the core
-    /// has polled its sockets again. (A plain yield would not do: glommio
-    /// polls sockets only when no task is ready or its preemption timer,
-    /// 100 ms, fires, and a yielded task is ready at once.)
-    async fn worked(&mut self, items: usize) {
-        self.chunk_items += items;
-        if self.chunk_items >= limits::READ_CHUNK_ITEMS || self.chunk_bytes >= limits::READ_CHUNK_BYTES {
-            self.chunk_items = 0;
-            self.chunk_bytes = 0;
-            glommio::timer::sleep(limits::READ_PAUSE).await;
-        }
-    }
+/// Loads message `id` into `budget` if it fits the reply (the first
+/// always does). `Ok(None)`: it is not stored (passed over);
+/// `Ok(Some(false))`: the budget is spent and nothing was taken.
+async fn load(
+    budget: &mut ReplyBudget,
+    shard: &Shard,
+    owner: ShardId,
+    channel: ChannelId,
+    id: MessageId,
+) -> Result<Option<bool>, ApiError> {
+    let Some(message) = shard.store.message(owner, channel, id)? else { return Ok(None) };
+    let taken = budget.take(shapes::message_json(&message, &shard.username(message.sender_id)?));
+    budget.worked(1, message.text.len()).await;
+    Ok(Some(taken))
 }
 
 /// `history`.
@@ -132,13 +76,13 @@ pub async fn history(
         },
         HistoryAnchor::Around(id) => (shard.store.ids_around(owner, channel, id, limit)?, false),
     };
-    let mut budget = Budget::default();
+    let mut budget = ReplyBudget::default();
     for id in ids {
-        if budget.load(shard, owner, channel, id).await? == Some(false) {
+        if load(&mut budget, shard, owner, channel, id).await? == Some(false) {
             break;
         }
     }
-    let mut messages = budget.messages;
+    let mut messages = budget.items;
     if downward {
         messages.reverse();
     }
@@ -159,7 +103,7 @@ pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usi
     let user_shard = shard.owner(user.user_id.0);
     // One more than asked tells whether there is more.
     let wanted = limit + 1;
-    let mut budget = Budget::default();
+    let mut budget = ReplyBudget::default();
     // The `wanted` smallest ids above `since` and at or below the frontier,
     // from keys alone.
     let mut found: BTreeMap<MessageId, ChannelId> = BTreeMap::new();
@@ -184,7 +128,7 @@ pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usi
             }
             let owner = shard.owner(joined.channel_id.0);
             let ids = shard.store.message_ids(owner, joined.channel_id, start, bound, wanted)?;
-            budget.worked(1 + ids.len() / 256).await;
+            budget.worked(1 + ids.len() / 256, 0).await;
             found.extend(ids.into_iter().map(|id| (id, joined.channel_id)));
             while found.len() > wanted {
                 found.pop_last();
@@ -194,7 +138,7 @@ pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usi
     let mut has_more = found.len() > limit;
     let mut last = since;
     for (id, channel) in found.into_iter().take(limit) {
-        if budget.load(shard, shard.owner(channel.0), channel, id).await? == Some(false) {
+        if load(&mut budget, shard, shard.owner(channel.0), channel, id).await? == Some(false) {
             has_more = true;
             break;
         }
@@ -203,7 +147,7 @@ pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usi
     }
     let next_since = if has_more { last } else { frontier.max(since) };
     Ok(json!({
-        "messages": budget.messages,
+        "messages": budget.items,
         "has_more": has_more,
         "next_since": next_since.to_string(),
     }))

@@ -2,6 +2,7 @@
 //! match, and one file per method group. A new method goes into the file
 //! of its group, or a new file beside them.
 
+pub mod budget;
 pub mod channel;
 pub mod dispatch;
 pub mod history;

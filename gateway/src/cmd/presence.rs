@@ -83,6 +83,12 @@ pub async fn subscribe(
             "a connection watches at most {max} users ({watched} now): unsubscribe some first"
         )));
     }
+    // A connection already gone from the registry (closing while this
+    // command ran) watches nothing: telling the owners would set a bit
+    // that no unsubscribe or detach ever clears.
+    if !shard.registry.borrow().holds(conn) {
+        return Err(ApiError::bad_request("the connection is closing"));
+    }
     for id in &ids {
         shard.registry.borrow_mut().watch(conn, *id);
     }

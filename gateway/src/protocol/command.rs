@@ -2,7 +2,7 @@
 //! of the wire's input side, and the one parser behind WebSocket frames and
 //! HTTP `/v1/rpc/{method}`.
 
-use chatgw_idgen::{ChannelId, MessageId};
+use chatgw_idgen::{ChannelId, MessageId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -106,6 +106,15 @@ pub enum Command {
         /// At most this many.
         limit: usize,
     },
+    /// `channel.members`: a page of a channel's members, in user id order.
+    ChannelMembers {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Only members with ids above this one.
+        after: Option<UserId>,
+        /// At most this many.
+        limit: usize,
+    },
     /// `heartbeat`.
     Heartbeat,
     /// `presence.subscribe`.
@@ -126,10 +135,19 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether it reads history (`history`, `sync`): a read's reply can be
-    /// as large as a frame, so a connection's reads run one at a time.
+    /// Whether it is a read whose reply can be as large as a frame
+    /// (`history`, `sync`, `channel.list`, `channel.info`,
+    /// `channel.members`): a connection's reads run one at a time, each
+    /// once its queue has room for a whole reply.
     pub fn is_read(&self) -> bool {
-        matches!(self, Command::History { .. } | Command::Sync { .. })
+        matches!(
+            self,
+            Command::History { .. }
+                | Command::Sync { .. }
+                | Command::ChannelList { .. }
+                | Command::ChannelInfo { .. }
+                | Command::ChannelMembers { .. }
+        )
     }
 }
 
@@ -190,6 +208,14 @@ struct ChannelParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct MembersPageParams {
+    channel_id: String,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListParams {
     after: Option<String>,
     limit: Option<i64>,
@@ -241,6 +267,7 @@ pub fn parse_command(method: &str, raw: Value) -> Result<Command, ApiError> {
         | "channel.remove_members"
         | "channel.leave"
         | "channel.info"
+        | "channel.members"
         | "channel.list" => parse_channel(method, raw),
         "heartbeat" => Ok(Command::Heartbeat),
         "presence.subscribe" | "presence.unsubscribe" | "presence.query" => {
@@ -321,6 +348,20 @@ fn parse_channel(method: &str, raw: Value) -> Result<Command, ApiError> {
             let raw: ChannelParams = params(method, raw)?;
             Command::ChannelInfo { channel_id: channel_id(&raw.channel_id)? }
         }
+        "channel.members" => {
+            let raw: MembersPageParams = params(method, raw)?;
+            let after = match raw.after.as_deref() {
+                Some(text) => {
+                    Some(UserId::parse(text).map_err(|error| ApiError::bad_request(format!("after: {error}")))?)
+                }
+                None => None,
+            };
+            Command::ChannelMembers {
+                channel_id: channel_id(&raw.channel_id)?,
+                after,
+                limit: limit(raw.limit, limits::CHANNEL_MEMBERS_DEFAULT, limits::CHANNEL_MEMBERS_MAX)?,
+            }
+        }
         _ => {
             let raw: ListParams = params(method, raw)?;
             Command::ChannelList {
@@ -393,6 +434,14 @@ mod tests {
             parse_frame(r#"{"id":3,"method":"channel.list"}"#).command.unwrap(),
             Command::ChannelList { after: None, limit: limits::CHANNEL_LIST_DEFAULT }
         );
+        assert_eq!(
+            parse_frame(r#"{"id":4,"method":"channel.members","params":{"channel_id":"8","after":"3","limit":2}}"#)
+                .command
+                .unwrap(),
+            Command::ChannelMembers { channel_id: ChannelId(8), after: Some(UserId(3)), limit: 2 }
+        );
+        let page = parse_frame(r#"{"id":5,"method":"channel.members","params":{"channel_id":"8","limit":1001}}"#);
+        assert_eq!(page.command.unwrap_err().code, crate::error::ErrorCode::BadRequest);
     }
 
     #[test]

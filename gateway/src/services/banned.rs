@@ -103,6 +103,11 @@ impl BannedWords {
         Ok(BannedWords { version, entries: normalized, matcher })
     }
 
+    /// Its version (numbered by shard 0, one more per change).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The entries, normalised and sorted.
     pub fn entries(&self) -> &[String] {
         &self.entries

@@ -97,12 +97,14 @@ pub struct Presence {
     entries: HashMap<UserId, Entry>,
     /// Offlines due once their grace passes: (due ms, user, generation).
     pending: BinaryHeap<Reverse<(u64, UserId, u64)>>,
+    /// Users some core holds subscribers of (a non-zero `watchers_mask`).
+    watched: usize,
 }
 
 impl Presence {
     /// Presence with a grace period of `grace_ms` after a user's last device goes.
     pub fn new(grace_ms: u64) -> Self {
-        Presence { grace_ms, entries: HashMap::new(), pending: BinaryHeap::new() }
+        Presence { grace_ms, entries: HashMap::new(), pending: BinaryHeap::new(), watched: 0 }
     }
 
     /// A device of `user` connected (on any core) at `at_ms`. True when
@@ -166,13 +168,29 @@ impl Presence {
     pub fn watch(&mut self, from: ShardId, users: &[UserId], watch: bool) -> Vec<Status> {
         let bit = 1u128 << from.0;
         for user in users {
+            let entry = match (watch, self.entries.get_mut(user)) {
+                (_, Some(entry)) => entry,
+                (true, None) => self.entries.entry(*user).or_default(),
+                (false, None) => continue,
+            };
+            let was_watched = entry.watchers_mask != 0;
             if watch {
-                self.entries.entry(*user).or_default().watchers_mask |= bit;
-            } else if let Some(entry) = self.entries.get_mut(user) {
+                entry.watchers_mask |= bit;
+            } else {
                 entry.watchers_mask &= !bit;
+            }
+            match (was_watched, entry.watchers_mask != 0) {
+                (false, true) => self.watched += 1,
+                (true, false) => self.watched -= 1,
+                _ => {}
             }
         }
         self.query(users)
+    }
+
+    /// Users of this shard that some core holds subscribers of.
+    pub fn watched_users(&self) -> usize {
+        self.watched
     }
 
     /// The presence of users this shard owns.
@@ -270,6 +288,10 @@ mod tests {
         assert_eq!(presence.watchers_mask(UserId(9)), 0b1000, "a user never seen can be watched");
         presence.watch(ShardId(7), &[UserId(10)], false);
         assert_eq!(presence.watchers_mask(UserId(10)), 0, "stopping what never started is a no-op");
+        assert_eq!(presence.watched_users(), 2, "alice (core 0) and user 9 (core 3)");
+        presence.watch(ShardId(0), &[ALICE], false);
+        presence.watch(ShardId(0), &[ALICE], false);
+        assert_eq!(presence.watched_users(), 1, "alice is watched no more, once");
     }
 
     #[test]

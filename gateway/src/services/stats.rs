@@ -128,6 +128,11 @@ pub struct Counters {
     pub pushes_coalesced: Cell<u64>,
     /// Push records dropped, oldest first, at the shard's outbox bound.
     pub pushes_expired: Cell<u64>,
+    /// Dead pushes dropped, oldest first, at the shard's bound on them.
+    pub dead_pushes_dropped: Cell<u64>,
+    /// Push checks asked again while running (an owner that failed to
+    /// record, or a pending record's removal that failed).
+    pub push_check_retries: Cell<u64>,
     /// Owned channels' states dropped from memory, least recently used
     /// first, at `--max-idle-channels-per-shard`.
     pub channels_evicted: Cell<u64>,
@@ -176,6 +181,12 @@ pub struct ShardStats {
     pub pushes_coalesced: u64,
     /// Push records expired at the shard's bound.
     pub pushes_expired: u64,
+    /// Dead pushes dropped at the shard's bound.
+    pub dead_pushes_dropped: u64,
+    /// Push checks asked again while running.
+    pub push_check_retries: u64,
+    /// Users this shard owns whose presence some core is subscribed to.
+    pub presence_watched_users: u64,
     /// Owned channels' states in memory.
     pub channels_in_memory: u64,
     /// Owned channels' states dropped from memory at the bound.

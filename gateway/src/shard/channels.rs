@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{Channel, ChannelKind, DedupeEntry, Message, PushDue};
+use futures_util::future::join_all;
 
 use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
@@ -259,11 +260,13 @@ async fn announce(
                 added_frame: added_frame.clone(),
                 removed_frame: removed_frame.clone(),
             };
-            waits.push((target, shard.router.ask(target, Control::Channel(membership))));
+            let router = &shard.router;
+            waits.push(async move { (target, router.ask(target, Control::Channel(membership)).await) });
         }
     }
-    for (target, wait) in waits {
-        match wait.await {
+    // All in flight at once (an `ask` sends only once polled).
+    for (target, answer) in join_all(waits).await {
+        match answer {
             Ok(Answer::Subscribed { hosts, epoch }) => on_subscribe(shard, target, channel, hosts, epoch),
             Ok(other) => tracing::warn!(?other, "membership answered"),
             Err(error) => tracing::warn!(%error, core = target.0, "membership change not confirmed"),
@@ -281,6 +284,12 @@ pub async fn members(
     add: Vec<UserId>,
     remove: Vec<UserId>,
 ) -> Result<Answer, ApiError> {
+    // One change of the channel at a time, planned once the one before is
+    // committed, applied and announced: the cap and the fan-out mode are
+    // checked on the state this change applies to, and every core hears
+    // the changes in the order they were made.
+    let place = shard.member_changes.join(channel_id);
+    place.turn().await;
     let max = shard.config.max_channel_members;
     let plan = shard.with_channel(channel_id, |state| {
         let leaving_self = add.is_empty() && remove == [by];
@@ -348,5 +357,6 @@ pub async fn members(
         }
     })?;
     announce(shard, channel_id, to_add, to_remove).await?;
+    drop(place);
     Ok(Answer::Done)
 }

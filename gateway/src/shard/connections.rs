@@ -9,10 +9,11 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use chatgw_idgen::{ChannelId, ShardId, UserId};
+use futures_util::future::join_all;
 
 use crate::auth::AuthedUser;
 use crate::clock::now_ms;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::route::{ChannelMsg, Control, OpsMsg};
 use crate::shard::ops::replace_here;
@@ -43,13 +44,23 @@ pub async fn attach(
     conn.token_expires_ms.set(user.expires_at_ms);
     replace_older(shard, &conn);
     shard.count_connections();
-    let channels = match shard.store.user_channels(shard.owner(user.user_id.0), user.user_id) {
+    // The token was checked before the upgrade. A revocation (logout, a
+    // password change, a disable) committed since then kicked only the
+    // connections registered by then, so check again now that this one is
+    // registered: a revocation this check misses commits after it, and its
+    // kick finds this connection.
+    let channels = match shard.may_connect(user) {
+        Ok(true) => shard.store.user_channels(shard.owner(user.user_id.0), user.user_id).map_err(ApiError::from),
+        Ok(false) => Err(ApiError::new(ErrorCode::Unauthorized, "the token was revoked during the upgrade")),
+        Err(error) => Err(error),
+    };
+    let channels = match channels {
         Ok(channels) => channels,
         Err(error) => {
             shard.registry.borrow_mut().remove(&conn);
             shard.shared.release_device(conn.user_id, &conn.device, (shard.id.0, conn.key));
             shard.count_connections();
-            return Err(error.into());
+            return Err(error);
         }
     };
     let mut first_local = Vec::new();
@@ -125,8 +136,9 @@ async fn subscribe(shard: &Rc<Shard>, channels: &[ChannelId]) {
             waits.push(shard.router.ask(owner, Control::Channel(subscribe)));
         }
     }
-    for wait in waits {
-        if let Err(error) = wait.await {
+    // All in flight at once (an `ask` sends only once polled).
+    for answer in join_all(waits).await {
+        if let Err(error) = answer {
             tracing::warn!(%error, "subscription failed");
         }
     }

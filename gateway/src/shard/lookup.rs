@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::auth::AuthedUser;
 use crate::error::{ApiError, ErrorCode};
-use crate::limits::LOOKUP_CACHE_ENTRIES_MAX;
+use crate::limits::{self, LOOKUP_CACHE_ENTRIES_MAX};
 use crate::placement;
 use crate::protocol::shapes;
 use crate::protocol::validate::valid_username;
@@ -98,13 +98,21 @@ impl Shard {
         let owner = self.owner(channel.0);
         let record =
             self.store.channel(owner, channel)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such channel"))?;
-        let members = self
-            .store
-            .members(owner, channel)?
+        // The first members only: one more than shown tells whether the
+        // rest must be paged with `channel.members`.
+        let shown = limits::CHANNEL_VIEW_MEMBERS_MAX;
+        let mut ids = self.store.members_from(owner, channel, UserId(0), shown + 1)?;
+        let more_members = ids.len() > shown;
+        ids.truncate(shown);
+        let members = ids
             .into_iter()
             .map(|member| self.username(member).map(|name| name.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
         let last = self.store.last_message_id(owner, channel)?;
-        Ok(shapes::channel_json(&record, &members, last))
+        let mut view = shapes::channel_json(&record, &members, last);
+        if more_members {
+            view["more_members"] = Value::Bool(true);
+        }
+        Ok(view)
     }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use chatgw_idgen::{ShardId, UserId};
 
+use futures_util::future::join_all;
+
 use crate::error::ApiError;
+use crate::limits;
 use crate::protocol::close::CloseReason;
 use crate::route::{Answer, ConnInfo, ConnKey, Control, OpsMsg};
 use crate::services::banned::{BannedChange, BannedWords, META_KEY};
@@ -41,22 +44,58 @@ pub fn replace_here(shard: &Shard, user: UserId, device: &str, key: ConnKey) -> 
     }
 }
 
-/// Closes a user's connections (or one device's) on every core with 1008;
-/// returns how many.
-pub async fn kick(shard: &Rc<Shard>, user_id: UserId, device: Option<&str>) -> Result<u64, ApiError> {
-    let device: Option<Box<str>> = device.map(Into::into);
-    let waits: Vec<_> = shard
-        .others()
-        .map(|other| shard.router.ask(other, Control::Ops(OpsMsg::Kick { user_id, device: device.clone() })))
-        .collect();
-    let mut kicked = kick_here(shard, user_id, device.as_deref());
-    for wait in waits {
-        match wait.await? {
-            Answer::Count(count) => kicked += count,
-            other => return Err(ApiError::internal(format!("kick answered {other:?}"))),
+/// Asks every other core at once for what `make` builds, and asks again,
+/// up to `limits::MESH_ASK_ROUNDS` rounds in all, the cores whose answer
+/// did not come (a full queue or a busy core past the mesh's timeout); one
+/// core's failure never stops the others. Each core's answer, or its last
+/// error, by core.
+pub async fn ask_others(shard: &Shard, make: impl Fn() -> Control) -> Vec<(ShardId, Result<Answer, ApiError>)> {
+    let mut settled = Vec::new();
+    let mut pending: Vec<ShardId> = shard.others().collect();
+    for round in 1..=limits::MESH_ASK_ROUNDS {
+        let asks = pending.iter().map(|&other| {
+            let control = make();
+            async move { (other, shard.router.ask(other, control).await) }
+        });
+        let answers = join_all(asks).await;
+        pending.clear();
+        for (other, answer) in answers {
+            match answer {
+                Err(error) if round < limits::MESH_ASK_ROUNDS => {
+                    tracing::warn!(%error, core = other.0, round, "no answer; asking again");
+                    pending.push(other);
+                }
+                answer => settled.push((other, answer)),
+            }
+        }
+        if pending.is_empty() {
+            break;
         }
     }
-    Ok(kicked)
+    settled.sort_by_key(|(other, _)| *other);
+    settled
+}
+
+/// Closes a user's connections (or one device's) on every core with 1008;
+/// returns how many. Every core is asked at once, and a core that fails to
+/// answer is asked again ([`ask_others`]); the error, if one never answers,
+/// comes after every other core has kicked.
+pub async fn kick(shard: &Rc<Shard>, user_id: UserId, device: Option<&str>) -> Result<u64, ApiError> {
+    let device: Option<Box<str>> = device.map(Into::into);
+    let mut kicked = kick_here(shard, user_id, device.as_deref());
+    let mut failed = None;
+    let answers = ask_others(shard, || Control::Ops(OpsMsg::Kick { user_id, device: device.clone() })).await;
+    for (core, answer) in answers {
+        match answer {
+            Ok(Answer::Count(count)) => kicked += count,
+            Ok(other) => failed = Some(ApiError::internal(format!("kick answered {other:?}"))),
+            Err(error) => {
+                tracing::warn!(%error, core = core.0, user = user_id.0, "kick not confirmed");
+                failed = Some(error);
+            }
+        }
+    }
+    failed.map_or(Ok(kicked), Err)
 }
 
 /// Up to `limit` of this core's connections after registry key `after`,
@@ -123,12 +162,16 @@ pub async fn change_banned(shard: &Rc<Shard>, change: BannedChange) -> Result<Ar
     let next = Arc::new(shard.banned().changed(change)?);
     shard.store.put_meta(META_KEY, next.to_json().to_string().as_bytes())?;
     shard.set_banned(next.clone());
-    let waits: Vec<_> =
-        shard.others().map(|other| shard.router.ask(other, Control::Ops(OpsMsg::BannedWords(next.clone())))).collect();
-    for wait in waits {
-        wait.await?;
+    // Every core at once, again for those that did not answer; an error
+    // only once every other core enforces the new list.
+    let mut failed = None;
+    for (core, answer) in ask_others(shard, || Control::Ops(OpsMsg::BannedWords(next.clone()))).await {
+        if let Err(error) = answer {
+            tracing::warn!(%error, core = core.0, version = next.version(), "banned words not confirmed");
+            failed = Some(error);
+        }
     }
-    Ok(next)
+    failed.map_or(Ok(next), Err)
 }
 
 /// Panics on this shard's thread, for `Config::fault_hooks`: the test of

@@ -79,8 +79,9 @@ async fn ask_owners(
             waits.push(shard.router.ask(owner, Control::Presence(asking(users))));
         }
     }
-    for wait in waits {
-        match wait.await? {
+    // All in flight at once (an `ask` sends only once polled).
+    for answer in futures_util::future::join_all(waits).await {
+        match answer? {
             Answer::Presence(statuses) => found.extend(statuses.into_iter().map(|status| (status.user_id, status))),
             other => return Err(ApiError::internal(format!("presence answered {other:?}"))),
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chatgw_idgen::{MessageId, ShardId, UserId};
 use chatgw_storage::{DeadPush, OutboxEntry, PushDue};
+use futures_util::future::join_all;
 use serde_json::Value;
 
 use crate::clock::now_ms;
@@ -34,11 +35,14 @@ pub fn spawn_check(shard: &Rc<Shard>, due: PushDue, members: Vec<UserId>) {
     crate::tasks::spawn(async move { check_members(&shard, due, &members).await }).detach();
 }
 
-/// Asks each member's owner to record its pushes and waits until every one
-/// has them durable; then removes the message's pending-check record. Any
-/// failure leaves the record, and the next start checks again (a push is
-/// owed at least once; the webhook's `Idempotency-Key` names the user and
-/// message, so a repeat is recognisable).
+/// Asks each member's owner to record its pushes (all at once) and waits
+/// until every one has them durable; then removes the message's
+/// pending-check record. An owner that fails (a mesh timeout, a full disk)
+/// is asked again, and so is the removal, with a growing wait
+/// (`limits::PUSH_CHECK_TRIES` tries in all); what still fails leaves the
+/// record, and the next start checks again (a push is owed at least once;
+/// the webhook's `Idempotency-Key` names the user and message, so a repeat
+/// is recognisable). Owners that answered are not asked twice.
 async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId]) {
     let delay = shard.config.fault_push_check_delay_ms;
     if delay > 0 {
@@ -48,28 +52,44 @@ async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId]) {
     for member in members.iter().filter(|member| **member != due.sender_id) {
         by_owner.entry(shard.owner(member.0)).or_default().push(*member);
     }
-    let mut recorded = true;
-    let mut waits = Vec::new();
-    for (owner, members) in by_owner {
-        let check = Check { channel_id: due.channel_id, message_id: due.message_id, members };
-        if owner == shard.id {
-            if let Err(error) = record(shard, check).await {
-                tracing::error!(%error, "recording pushes failed");
-                recorded = false;
+    let mut wait = limits::PUSH_BACKOFF_FIRST;
+    for attempt in 1..=limits::PUSH_CHECK_TRIES {
+        if attempt > 1 {
+            if shard.stopping.get() {
+                break;
             }
-        } else {
-            waits.push((owner, shard.router.ask(owner, Control::Push(check))));
+            glommio::timer::sleep(wait).await;
+            wait = (wait * 2).min(limits::PUSH_BACKOFF_MAX);
+            shard.counters.push_check_retries.set(shard.counters.push_check_retries.get() + 1);
+        }
+        let asks = by_owner.iter().map(|(&owner, members)| {
+            let check = Check { channel_id: due.channel_id, message_id: due.message_id, members: members.clone() };
+            async move {
+                let recorded = if owner == shard.id {
+                    record(shard, check).await.map_err(storage_failed)
+                } else {
+                    shard.router.ask(owner, Control::Push(check)).await.map(|_| ())
+                };
+                (owner, recorded)
+            }
+        });
+        for (owner, recorded) in join_all(asks).await {
+            match recorded {
+                Ok(()) => {
+                    by_owner.remove(&owner);
+                }
+                Err(error) => tracing::warn!(%error, core = owner.0, attempt, "pushes not recorded; asking again"),
+            }
+        }
+        if !by_owner.is_empty() {
+            continue;
+        }
+        match shard.committer.commit(vec![WriteOp::PushChecked(shard.id, due.message_id)]).await {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(%error, attempt, "removing a pending push check; trying again"),
         }
     }
-    for (owner, wait) in waits {
-        if let Err(error) = wait.await {
-            tracing::warn!(%error, core = owner.0, "pushes not confirmed; checked again at the next start");
-            recorded = false;
-        }
-    }
-    if recorded && let Err(error) = shard.committer.commit(vec![WriteOp::PushChecked(shard.id, due.message_id)]).await {
-        tracing::error!(%error, "removing a pending push check (checked again at the next start)");
-    }
+    tracing::error!(message = due.message_id.0, "pushes not all recorded; checked again at the next start");
 }
 
 /// Members' owner: records a push for each member with no connected
@@ -81,6 +101,11 @@ async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId]) {
 /// `max_outbox_per_shard` loses its oldest records (expired). The index
 /// changes before the write and is put back if the write fails.
 async fn record(shard: &Rc<Shard>, check: Check) -> Result<(), String> {
+    let failures = &shard.fault_push_record_failures;
+    if failures.get() > 0 {
+        failures.set(failures.get() - 1);
+        return Err("a push recording failed by the fault hook".into());
+    }
     let now = now_ms();
     let mut ops = Vec::new();
     let mut added = Vec::new();
@@ -261,17 +286,32 @@ async fn send_one(
             index.remove(push.user_id, *id);
         }
     }
+    // Dead pushes this write adds, and the oldest it drops at the bound.
+    let (mut added, mut dropped) = (0, 0);
     match outcome {
         Outcome::Retry => return outcome,
         Outcome::Sent => {}
         Outcome::Refused(status) => {
             let failed_at_ms = now_ms();
-            ops.extend(
-                push.push_ids
-                    .iter()
-                    .filter_map(|id| entries.get(id))
-                    .map(|entry| WriteOp::DeadPush(shard.id, DeadPush { entry: *entry, failed_at_ms, status })),
-            );
+            let dead: Vec<WriteOp> = push
+                .push_ids
+                .iter()
+                .filter_map(|id| entries.get(id))
+                .map(|entry| WriteOp::DeadPush(shard.id, DeadPush { entry: *entry, failed_at_ms, status }))
+                .collect();
+            // The shard's bound on dead pushes: its oldest go first.
+            let over = (shard.dead_pushes.get() + dead.len()).saturating_sub(limits::DEAD_PUSHES_PER_SHARD_MAX);
+            if over > 0 {
+                match shard.store.dead_pushes(shard.id, 0, over.min(limits::DEAD_PUSH_RETRY_MAX)) {
+                    Ok(oldest) => {
+                        dropped = oldest.len();
+                        ops.extend(oldest.iter().map(|old| WriteOp::DeleteDeadPush(shard.id, old.entry.push_id)));
+                    }
+                    Err(error) => tracing::error!(%error, "reading the oldest dead pushes"),
+                }
+            }
+            added = dead.len();
+            ops.extend(dead);
         }
     }
     match shard.committer.commit(ops).await {
@@ -279,6 +319,9 @@ async fn send_one(
             let count = push.push_ids.len() as u64;
             if matches!(outcome, Outcome::Refused(_)) {
                 shard.counters.pushes_dead.set(shard.counters.pushes_dead.get() + count);
+                shard.dead_pushes.set((shard.dead_pushes.get() + added).saturating_sub(dropped));
+                let counter = &shard.counters.dead_pushes_dropped;
+                counter.set(counter.get() + dropped as u64);
             }
         }
         Err(error) => tracing::error!(%error, "removing pushes from the outbox (they will be tried again)"),
@@ -350,6 +393,7 @@ pub async fn retry_dead(shard: &Rc<Shard>, limit: usize) -> Result<Answer, ApiEr
         ops.push(WriteOp::Outbox(shard.id, push.entry));
     }
     shard.committer.commit(ops).await.map_err(storage_failed)?;
+    shard.dead_pushes.set(shard.dead_pushes.get().saturating_sub(dead.len()));
     let mut index = shard.outbox_index.borrow_mut();
     for push in &dead {
         index.insert(push.entry.user_id, push.entry.push_id);

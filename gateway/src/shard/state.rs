@@ -29,7 +29,7 @@ use crate::services::stats::Counters;
 use crate::shard::commit::Committer;
 use crate::shard::registry::Registry;
 use crate::single_flight::SingleFlight;
-use crate::turnstile::Turnstile;
+use crate::turnstile::{Lines, Turnstile};
 
 /// A channel this shard owns, as held in memory.
 #[derive(Debug)]
@@ -158,6 +158,12 @@ pub struct Shard {
     /// The push records in this shard's outbox, by user (the bounds'
     /// bookkeeping; the outbox itself is in storage).
     pub outbox_index: RefCell<OutboxIndex>,
+    /// Dead pushes in this shard's storage (counted at open, then kept
+    /// with each change; the bound `limits::DEAD_PUSHES_PER_SHARD_MAX` is
+    /// kept with it).
+    pub dead_pushes: Cell<usize>,
+    /// Push recordings still to fail (`Config::fault_push_record_failures`).
+    pub fault_push_record_failures: Cell<u32>,
     /// Presence of the users this shard owns.
     pub presence: RefCell<Presence>,
     /// Presence events on their way to other cores.
@@ -193,6 +199,11 @@ pub struct Shard {
     /// One rewrite of a user record at a time on this owner: each reads the
     /// record, then writes it whole, across an await.
     pub account_writes: glommio::sync::Semaphore,
+    /// The line of each owned channel's membership changes: one at a time,
+    /// each planned from the state the one before it left (a plan read
+    /// before a commit's await and applied after it would otherwise pass
+    /// the member cap, or leave a member reading the channel the wrong way).
+    pub member_changes: Lines<ChannelId>,
     /// The line of `history` and `sync` reads of each connection that has
     /// one in flight: they run one at a time, in the order they came.
     pub read_lines: RefCell<HashMap<ConnKey, Rc<Turnstile>>>,
@@ -212,6 +223,18 @@ fn index_outbox(store: &Store, id: ShardId) -> Result<OutboxIndex, ApiError> {
     }
 }
 
+/// The dead pushes of shard `id` (read a page at a time).
+fn count_dead_pushes(store: &Store, id: ShardId) -> Result<usize, ApiError> {
+    let mut count = 0;
+    let mut after = 0;
+    loop {
+        let page = store.dead_pushes(id, after, crate::limits::DEAD_PUSH_RETRY_MAX)?;
+        let Some(last) = page.last() else { return Ok(count) };
+        after = last.entry.push_id;
+        count += page.len();
+    }
+}
+
 impl Shard {
     /// Shard `id` of `shard_count`, with its generator resumed above what
     /// it stored, the banned words in force and its outbox counted.
@@ -223,6 +246,8 @@ impl Shard {
         }
         let banned = banned::load(&store)?;
         let outbox_index = index_outbox(&store, id)?;
+        let dead_pushes = count_dead_pushes(&store, id)?;
+        let push_record_failures = config.fault_push_record_failures;
         let committer = Committer::new(shared.clone(), id, config.fault_commit_delay_ms);
         let limiter = Limiter::new(config.rate_limit_per_s, config.rate_burst)
             .with_channel_changes(config.channel_changes_per_min);
@@ -244,6 +269,8 @@ impl Shard {
             stopping: Cell::new(false),
             subscription_epoch: Cell::new(0),
             outbox_index: RefCell::new(outbox_index),
+            dead_pushes: Cell::new(dead_pushes),
+            fault_push_record_failures: Cell::new(push_record_failures),
             presence: RefCell::new(presence),
             presence_outbox: RefCell::new(PresenceOutbox::default()),
             limiter,
@@ -260,6 +287,7 @@ impl Shard {
             sends_in_flight: SingleFlight::new(),
             subscribes_in_flight: SingleFlight::new(),
             account_writes: glommio::sync::Semaphore::new(1),
+            member_changes: Lines::default(),
             read_lines: RefCell::new(HashMap::new()),
         })
     }

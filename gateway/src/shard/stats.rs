@@ -32,6 +32,9 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         pushes_dead: counters.pushes_dead.get(),
         pushes_coalesced: counters.pushes_coalesced.get(),
         pushes_expired: counters.pushes_expired.get(),
+        dead_pushes_dropped: counters.dead_pushes_dropped.get(),
+        push_check_retries: counters.push_check_retries.get(),
+        presence_watched_users: shard.presence.borrow().watched_users() as u64,
         channels_in_memory: shard.channels_in_memory() as u64,
         channels_evicted: counters.channels_evicted.get(),
         tasks: crate::tasks::alive(),
@@ -52,10 +55,10 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
 
 /// Every shard's figures, in shard order: one control message per other core.
 pub async fn gather(shard: &Rc<Shard>) -> Result<Vec<ShardStats>, ApiError> {
-    let waits: Vec<_> = shard.others().map(|other| shard.router.ask(other, Control::Ops(OpsMsg::Stats))).collect();
+    let asks = shard.others().map(|other| shard.router.ask(other, Control::Ops(OpsMsg::Stats)));
     let mut all = vec![snapshot(shard)];
-    for wait in waits {
-        match wait.await? {
+    for answer in futures_util::future::join_all(asks).await {
+        match answer? {
             Answer::Stats(stats) => all.push(*stats),
             other => return Err(ApiError::internal(format!("stats answered {other:?}"))),
         }

@@ -1,6 +1,7 @@
 //! A channel of 100,000 members, written through the storage API before the
 //! server starts, with a few members connected: sends fan out to them, sync
-//! reads the channel (fan-out on read), membership changes still work.
+//! reads the channel (fan-out on read), its shape lists the first members
+//! and `channel.members` pages the rest, membership changes still work.
 
 use crate::common::TestServer;
 use chatgw_gateway::placement::{owner, username_owner};
@@ -85,8 +86,25 @@ fn a_channel_of_100_000_members_delivers_and_syncs() {
     let synced = bob.result("sync", json!({ "since": "0" }));
     assert_eq!(synced["messages"][0]["id"], sent["message_id"]);
     assert_eq!(synced["has_more"], false);
+    // The shape lists the first members; channel.members pages the rest.
     let info = carol.result("channel.info", json!({ "channel_id": channel_id }));
-    assert_eq!(info["channel"]["members"].as_array().unwrap().len(), MEMBERS as usize);
+    assert_eq!(info["channel"]["members"].as_array().unwrap().len(), 1_000);
+    assert_eq!(info["channel"]["more_members"], true);
+    assert!(carol.last_frame_bytes < 64 << 10, "{} bytes", carol.last_frame_bytes);
+    let (mut counted, mut after) = (0, None::<String>);
+    for _ in 0..200 {
+        let mut params = json!({ "channel_id": channel_id, "limit": 1_000 });
+        if let Some(after) = &after {
+            params["after"] = json!(after);
+        }
+        let page = carol.result("channel.members", params);
+        counted += page["members"].as_array().unwrap().len();
+        if page["has_more"] == false {
+            break;
+        }
+        after = Some(page["next_after"].as_str().unwrap().to_string());
+    }
+    assert_eq!(counted, MEMBERS as usize, "every member, a page at a time");
 
     // The owner removes a member: they hear it, the rest still get messages.
     alice.result("channel.remove_members", json!({ "channel_id": channel_id, "members": ["big_carol"] }));
@@ -229,5 +247,74 @@ fn a_connection_watches_at_most_1000_users() {
     // After an unsubscribe there is room.
     ws.result("presence.unsubscribe", json!({ "users": [names[0]] }));
     ws.result("presence.subscribe", json!({ "users": [names[1_000]] }));
+    server.stop();
+}
+
+#[test]
+fn channel_list_pages_end_at_the_reply_budget() {
+    // A user in 600 groups of 100 members with 32-character names: one
+    // page of every channel was a frame of 2.06 MiB, past the 2 MiB that
+    // clients are told to accept.
+    const SHARDS: u16 = 2;
+    const GROUPS: u64 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = dir.path().to_path_buf();
+    let me = (4_000_000u64, "list_me".to_string());
+    let others: Vec<(u64, String)> =
+        (0..99).map(|n| (4_000_001 + n, format!("member_with_a_long_name_{n:08}"))).collect();
+    assert_eq!(others[0].1.len(), 32);
+    {
+        let store = Store::open(&StoreConfig::new(dir_path.join("db"), SHARDS)).unwrap();
+        let mut batch = store.batch();
+        for (id, name) in std::iter::once(&me).chain(&others) {
+            batch.put_user(owner(*id, SHARDS), &user(*id, name)).unwrap();
+            batch.put_username(username_owner(name, SHARDS), name, UserId(*id)).unwrap();
+        }
+        for id in 9_000_000..9_000_000 + GROUPS {
+            let channel = ChannelId(id);
+            let channel_shard = owner(id, SHARDS);
+            let record = Channel {
+                id: channel,
+                name: format!("g{id}"),
+                kind: ChannelKind::Group,
+                owner_id: UserId(me.0),
+                created_at_ms: 1,
+                fan_out_on_read: true,
+            };
+            batch.put_channel(channel_shard, &record).unwrap();
+            for (member, _) in std::iter::once(&me).chain(&others) {
+                batch.add_member(channel_shard, channel, UserId(*member)).unwrap();
+            }
+            batch.put_user_channel(owner(me.0, SHARDS), UserId(me.0), channel, true).unwrap();
+        }
+        store.write(batch).unwrap();
+    }
+    let mut server = TestServer::start_with(SHARDS, |config| {
+        config.data_dir = dir_path.clone();
+        config.jwt_secret = Some(SECRET.into());
+    });
+    let keys = chatgw_gateway::TokenKeys::new(SECRET.as_bytes());
+    let token = keys.mint(UserId(me.0), &me.1, 600, 0).0;
+    let mut ws = server.connect(&crate::common::User { username: me.1.clone(), user_id: me.0.to_string(), token }, "d");
+    let (mut seen, mut pages, mut after) = (0usize, 0, None::<String>);
+    loop {
+        let mut params = json!({ "limit": 1_000 });
+        if let Some(after) = &after {
+            params["after"] = json!(after);
+        }
+        let page = ws.result("channel.list", params);
+        pages += 1;
+        assert!(ws.last_frame_bytes < 2 << 20, "page {pages}: a frame of {} bytes", ws.last_frame_bytes);
+        let channels = page["channels"].as_array().unwrap();
+        assert!(channels.iter().all(|channel| channel["members"].as_array().unwrap().len() == 100));
+        seen += channels.len();
+        if page["has_more"] == false {
+            break;
+        }
+        after = Some(page["next_after"].as_str().unwrap().to_string());
+        assert!(pages < 10, "pages end");
+    }
+    assert_eq!(seen, GROUPS as usize, "every channel, over {pages} pages");
+    assert!(pages >= 2, "one page would pass the budget");
     server.stop();
 }

@@ -209,3 +209,38 @@ fn under_the_shared_scope_presence_is_shown_only_to_users_who_share_a_channel() 
     assert_eq!(strange.error_code("presence.query", json!({ "users": [friend.username] })), "forbidden");
     assert_eq!(watching.error_code("presence.subscribe", json!({ "users": [stranger.username] })), "forbidden");
 }
+
+#[test]
+fn a_subscribe_from_a_connection_that_went_leaves_no_watch_behind() {
+    // The connection sends `presence.subscribe` and drops its socket in
+    // the same breath: the session ends and leaves the registry before the
+    // command runs. Before, the command still told the watched user's
+    // owner to send this core its presence, a bit that no unsubscribe or
+    // detach would ever clear.
+    let server = TestServer::start_with(2, |config| config.presence_grace_ms = GRACE_MS);
+    let watcher = server.signup("gone_watcher");
+    let watched: Vec<User> = (0..8).map(|n| server.signup(&format!("gone_watched{n}"))).collect();
+    let names: Vec<&str> = watched.iter().map(|user| user.username.as_str()).collect();
+    for round in 0..30 {
+        let mut client = server.connect(&watcher, &format!("d{round}"));
+        client.send_command("presence.subscribe", json!({ "users": names }));
+        // No close handshake: the TCP connection just goes.
+        client.ws.get_ref().shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let watched_users = || crate::common::sample_sum(&crate::common::scrape(&server), "chatgw_presence_watched_users");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watched_users() > 0.0 {
+        assert!(Instant::now() < deadline, "{} users still watched by no connection", watched_users());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A live subscription is still counted, and cleared when it goes.
+    let mut live = server.connect(&watcher, "live");
+    live.result("presence.subscribe", json!({ "users": names }));
+    assert_eq!(watched_users(), names.len() as f64);
+    live.close();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watched_users() > 0.0 {
+        assert!(Instant::now() < deadline, "the live watch was not cleared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

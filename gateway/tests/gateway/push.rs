@@ -401,3 +401,26 @@ fn a_webhook_that_hangs_does_not_hold_up_acknowledgements() {
     // the POST's 10 s timeout.
     assert!(slowest < Duration::from_secs(5), "an acknowledgement waited {slowest:?} behind a hanging webhook");
 }
+
+#[test]
+fn a_push_check_that_fails_is_asked_again_while_the_server_runs() {
+    // The first three recordings fail on every shard, as a full disk at
+    // the members' owner would make them: the check is asked again (with
+    // a growing wait) and the push goes out without a restart. Before,
+    // it waited for the next start.
+    let (url, received) = receiver(0);
+    let server = TestServer::start_with(2, |config| {
+        config.push_webhook = Some(url);
+        config.fault_push_record_failures = 3;
+    });
+    let alice = server.signup("retry_alice");
+    let bob = server.signup("retry_bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let sent = alice_ws.result("send", json!({ "to_user": bob.username, "text": "you there?" }));
+    wait_for("bob's push after the retries", || !received.lock().unwrap().is_empty());
+    let (key, body) = received.lock().unwrap()[0].clone();
+    assert_eq!(body["message"]["id"], sent["message_id"], "{body}");
+    assert!(key.contains(&bob.user_id), "{key}");
+    let retries = sample_sum(&scrape(&server), "chatgw_push_check_retries_total");
+    assert!(retries >= 3.0, "{retries} retries counted");
+}

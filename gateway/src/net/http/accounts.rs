@@ -14,11 +14,12 @@ use crate::limits;
 
 use crate::auth::AuthedUser;
 use crate::error::{ApiError, ErrorCode};
+use crate::net::http::revoke;
 use crate::placement;
 use crate::protocol::validate::{check_display_name, check_password, valid_username};
 use crate::route::{Answer, Call};
+use crate::shard::inbox;
 use crate::shard::state::Shard;
-use crate::shard::{inbox, ops};
 
 fn field<'a>(body: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     body.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(format!("{name} must be a string")))
@@ -106,23 +107,10 @@ pub async fn login(shard: &Rc<Shard>, body: &Value, ip: IpAddr) -> Result<Value,
     }))
 }
 
-/// Revokes every token of `user` (with a new password hash, if given) at
-/// its owner, and closes its connections on every core; answers the new
-/// token version.
-async fn revoke(shard: &Rc<Shard>, user: &AuthedUser, password_hash: Option<String>) -> Result<u64, ApiError> {
-    let call = Call::RevokeTokens { user_id: user.user_id, password_hash };
-    let version = match inbox::call(shard, shard.owner(user.user_id.0), call).await? {
-        Answer::Count(version) => version,
-        other => return Err(ApiError::internal(format!("revoke answered {other:?}"))),
-    };
-    ops::kick(shard, user.user_id, None).await?;
-    Ok(version)
-}
-
 /// `POST /v1/logout`: revokes every token of the caller (all its devices)
 /// and closes its connections.
 pub async fn logout(shard: &Rc<Shard>, user: &AuthedUser) -> Result<Value, ApiError> {
-    revoke(shard, user, None).await?;
+    revoke::revoke(shard, user.user_id, None).await?;
     Ok(json!({}))
 }
 
@@ -147,7 +135,7 @@ pub async fn change_password(
         return Err(ApiError::new(ErrorCode::Unauthorized, "wrong password"));
     }
     let password_hash = shard.shared.hashing.hash(new_password.to_string()).await?;
-    let version = revoke(shard, user, Some(password_hash)).await?;
+    let version = revoke::revoke(shard, user.user_id, Some(password_hash)).await?;
     let (token, expires_at) = shard.tokens.mint(user.user_id, &user.username, shard.config.token_ttl_s, version);
     Ok(json!({ "user_id": user.user_id.to_string(), "token": token, "expires_at": expires_at }))
 }

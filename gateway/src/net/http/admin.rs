@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{CONNECTIONS_PAGE_DEFAULT, CONNECTIONS_PAGE_MAX};
 use crate::net::http::body::read_json;
+use crate::net::http::revoke;
 use crate::protocol::upgrade::{bearer, query_param};
 use crate::route::{Answer, Call, ConnInfo, ConnKey};
 use crate::services::banned::BannedChange;
@@ -65,14 +66,13 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
                 Some(_) => return Err(ApiError::bad_request("device must be a string")),
             };
             let user_id = shard.known_user(username)?;
-            let kicked = ops::kick(shard, user_id, device).await?;
+            let kicked = revoke::kick(shard, user_id, device).await?;
             Ok(json!({ "username": username, "kicked": kicked }))
         }
         (Method::POST, ["users", username, action @ ("disable" | "enable")]) => {
             let disabled = *action == "disable";
             let user_id = shard.known_user(username)?;
-            inbox::call(shard, shard.owner(user_id.0), Call::SetDisabled { user_id, disabled }).await?;
-            let kicked = if disabled { ops::kick(shard, user_id, None).await? } else { 0 };
+            let kicked = revoke::set_disabled(shard, user_id, disabled).await?;
             Ok(json!({ "user_id": user_id.to_string(), "username": username, "disabled": disabled, "kicked": kicked }))
         }
         (Method::GET, ["banned-words"]) => Ok(shard.banned().to_json()),
@@ -95,13 +95,11 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
         }
         (Method::GET, ["outbox", "dead"]) => dead_pushes(shard, page_limit(&request)?),
         (Method::POST, ["outbox", "dead", "retry"]) => {
-            let mut waits = Vec::new();
-            for target in 0..shard.shard_count {
-                waits.push(inbox::call(shard, ShardId(target), Call::RetryDeadPushes));
-            }
+            // Every shard at once.
+            let calls = (0..shard.shard_count).map(|target| inbox::call(shard, ShardId(target), Call::RetryDeadPushes));
             let mut retried = 0;
-            for wait in waits {
-                if let Answer::Count(count) = wait.await? {
+            for answer in futures_util::future::join_all(calls).await {
+                if let Answer::Count(count) = answer? {
                     retried += count;
                 }
             }
@@ -135,8 +133,12 @@ fn string_list(body: &Value, name: &str) -> Result<Option<Vec<String>>, ApiError
     }
 }
 
+/// Changes the banned words at shard 0, to the end (every core told) even
+/// if the request is dropped meanwhile.
 async fn change_banned(shard: &Rc<Shard>, change: BannedChange) -> Result<Value, ApiError> {
-    match inbox::call(shard, ShardId(0), Call::BannedWords(change)).await? {
+    let at_zero = shard.clone();
+    let changing = async move { inbox::call(&at_zero, ShardId(0), Call::BannedWords(change)).await };
+    match revoke::to_the_end("changing banned words", changing).await? {
         Answer::Banned(banned) => Ok(banned.to_json()),
         other => Err(ApiError::internal(format!("banned words answered {other:?}"))),
     }

@@ -33,6 +33,11 @@ pub fn user(shard: &Shard, request: &Request<Incoming>, username: &str) -> Resul
 pub async fn rpc(shard: &Rc<Shard>, request: Request<Incoming>, method: &str) -> Result<Value, ApiError> {
     let user = authenticate(shard, &request)?;
     let params = read_json_or_empty(shard, request).await?;
+    // Reading the body awaits the client: a revocation may have come
+    // meanwhile, so the token is checked again before the command runs.
+    if !shard.may_connect(&user)? {
+        return Err(ApiError::new(ErrorCode::Unauthorized, "a valid token is required"));
+    }
     let command = parse_command(method, params)?;
     let result = dispatch(shard, &user, None, command).await?;
     Ok(json!({ "result": result }))

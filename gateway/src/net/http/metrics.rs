@@ -165,6 +165,27 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
             all,
             |s| s.pushes_expired,
         );
+        shard_counter(
+            registry,
+            "dead_pushes_dropped",
+            "Dead pushes dropped, oldest first, at the shard's bound on them",
+            all,
+            |s| s.dead_pushes_dropped,
+        );
+        shard_gauge(
+            registry,
+            "presence_watched_users",
+            "Users the shard owns whose presence some core is subscribed to",
+            all,
+            |s| s.presence_watched_users,
+        );
+        shard_counter(
+            registry,
+            "push_check_retries",
+            "Push checks asked again while running after an owner or the disk failed",
+            all,
+            |s| s.push_check_retries,
+        );
         shard_gauge(registry, "channels_in_memory", "States of channels the shard owns held in memory", all, |s| {
             s.channels_in_memory
         });

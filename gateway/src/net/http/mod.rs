@@ -6,4 +6,5 @@ pub mod admin;
 pub mod api;
 pub mod body;
 pub mod metrics;
+pub mod revoke;
 pub mod server;
