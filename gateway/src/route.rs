@@ -104,6 +104,90 @@ pub enum Call {
     BannedWords(BannedChange),
 }
 
+/// What a cross-core message is for, as `chatgw_mesh_messages_total`
+/// counts them (`kind` label): calls by their method, control messages by
+/// their subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshKind {
+    /// `Call::Send`.
+    Send,
+    /// The other calls (channels, accounts, banned words, dead pushes).
+    OtherCall,
+    /// `Control::Reply`: an answer.
+    Reply,
+    /// `ChannelMsg::Deliver`: a message's frame for a core's members.
+    Deliver,
+    /// The other channel words (subscriptions, membership).
+    Subscription,
+    /// `Control::Presence`.
+    Presence,
+    /// `Control::Abuse`: a send's rate check.
+    RateCheck,
+    /// `Control::Push`: pushes to record.
+    PushCheck,
+    /// `Control::Ops`.
+    Ops,
+}
+
+impl MeshKind {
+    /// Every kind, in the order of their counters.
+    pub const ALL: [MeshKind; 9] = [
+        MeshKind::Send,
+        MeshKind::OtherCall,
+        MeshKind::Reply,
+        MeshKind::Deliver,
+        MeshKind::Subscription,
+        MeshKind::Presence,
+        MeshKind::RateCheck,
+        MeshKind::PushCheck,
+        MeshKind::Ops,
+    ];
+
+    /// Its label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeshKind::Send => "send",
+            MeshKind::OtherCall => "other_call",
+            MeshKind::Reply => "reply",
+            MeshKind::Deliver => "deliver",
+            MeshKind::Subscription => "subscription",
+            MeshKind::Presence => "presence",
+            MeshKind::RateCheck => "rate_check",
+            MeshKind::PushCheck => "push_check",
+            MeshKind::Ops => "ops",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Call {
+    /// What it is for, as counted.
+    pub fn kind(&self) -> MeshKind {
+        match self {
+            Call::Send { .. } => MeshKind::Send,
+            _ => MeshKind::OtherCall,
+        }
+    }
+}
+
+impl Control {
+    /// What it is for, as counted.
+    pub fn kind(&self) -> MeshKind {
+        match self {
+            Control::Reply(_) => MeshKind::Reply,
+            Control::Channel(ChannelMsg::Deliver { .. }) => MeshKind::Deliver,
+            Control::Channel(_) => MeshKind::Subscription,
+            Control::Presence(_) => MeshKind::Presence,
+            Control::Abuse(_) => MeshKind::RateCheck,
+            Control::Push(_) => MeshKind::PushCheck,
+            Control::Ops(_) => MeshKind::Ops,
+        }
+    }
+}
+
 /// What a call, or a control message that asks, answers.
 #[derive(Debug)]
 pub enum Answer {
@@ -352,6 +436,8 @@ pub struct Router {
     sent: Box<[Cell<u64>]>,
     /// Messages taken off the queues from each shard (both meshes).
     received: Box<[Cell<u64>]>,
+    /// Messages sent, by kind (`MeshKind::ALL`'s order).
+    sent_by_kind: [Cell<u64>; MeshKind::ALL.len()],
 }
 
 impl Router {
@@ -367,6 +453,7 @@ impl Router {
             pending: RefCell::new(Pending::default()),
             sent: (0..peers).map(|_| Cell::new(0)).collect(),
             received: (0..peers).map(|_| Cell::new(0)).collect(),
+            sent_by_kind: Default::default(),
         }
     }
 
@@ -389,6 +476,16 @@ impl Router {
     /// Messages taken off the queues from each shard so far.
     pub fn received_counts(&self) -> Vec<u64> {
         self.received.iter().map(Cell::get).collect()
+    }
+
+    /// Messages sent so far, by kind (`MeshKind::ALL`'s order).
+    pub fn sent_by_kind(&self) -> Vec<u64> {
+        self.sent_by_kind.iter().map(Cell::get).collect()
+    }
+
+    fn count_kind(&self, kind: MeshKind) {
+        let cell = &self.sent_by_kind[kind.index()];
+        cell.set(cell.get() + 1);
     }
 
     /// Sends `send` (a message carrying the new request id) and awaits the
@@ -418,6 +515,7 @@ impl Router {
     pub async fn call(&self, to: ShardId, body: Call) -> Result<Answer, ApiError> {
         debug_assert_ne!(to, self.shard, "local calls are calls, not messages");
         Self::count(&self.sent, to);
+        self.count_kind(body.kind());
         let from = self.shard;
         self.send_and_wait(to, |request_id| async move {
             self.calls.send_to(to.index(), Routed { from, request_id, body }).await.is_ok()
@@ -448,6 +546,7 @@ impl Router {
     pub async fn send_control(&self, to: ShardId, request_id: u64, body: Control) {
         debug_assert_ne!(to, self.shard, "local control messages are local calls");
         Self::count(&self.sent, to);
+        self.count_kind(body.kind());
         if let Err(error) = self.control.send_to(to.index(), Routed { from: self.shard, request_id, body }).await {
             tracing::warn!(%error, to = to.0, "control message dropped: shard gone");
         }
@@ -457,9 +556,11 @@ impl Router {
     /// waiting (so without a task); gives the message back when it is full.
     pub fn try_send_control(&self, to: ShardId, request_id: u64, body: Control) -> Result<(), Control> {
         debug_assert_ne!(to, self.shard, "local control messages are local calls");
+        let kind = body.kind();
         match self.control.try_send_to(to.index(), Routed { from: self.shard, request_id, body }) {
             Ok(()) => {
                 Self::count(&self.sent, to);
+                self.count_kind(kind);
                 Ok(())
             }
             Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(routed))) => Err(routed.body),

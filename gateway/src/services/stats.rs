@@ -187,6 +187,9 @@ pub struct ShardStats {
     pub push_check_retries: u64,
     /// Users this shard owns whose presence some core is subscribed to.
     pub presence_watched_users: u64,
+    /// Cross-core messages this shard sent, by kind (`route::MeshKind::ALL`'s
+    /// order).
+    pub mesh_sent_by_kind: Vec<u64>,
     /// Owned channels' states in memory.
     pub channels_in_memory: u64,
     /// Owned channels' states dropped from memory at the bound.

@@ -76,13 +76,18 @@ pub async fn attach(
             }
         }
     }
-    subscribe(shard, &first_local).await;
-    for landing in others_in_flight {
-        // `Canceled` (the other connection's attach was dropped) frees the
-        // key, and its word was sent or never mattered: go on either way.
-        let _ = landing.await;
-    }
-    presence::connected(shard, user.user_id).await;
+    // The channels' owners and the user's owner are told at once: the
+    // `hello` waits for the slower, not for both in a row.
+    let subscribing = async {
+        subscribe(shard, &first_local).await;
+        for landing in others_in_flight {
+            // `Canceled` (the other connection's attach was dropped) frees
+            // the key, and its word was sent or never mattered: go on
+            // either way.
+            let _ = landing.await;
+        }
+    };
+    futures_lite::future::zip(subscribing, presence::connected(shard, user.user_id)).await;
     Ok(conn)
 }
 

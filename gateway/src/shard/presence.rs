@@ -111,13 +111,16 @@ pub async fn report_activity(shard: Rc<Shard>) {
         for (user, at) in latest {
             by_owner.entry(shard.owner(user.0)).or_default().push((user, at));
         }
+        let mut sends = Vec::new();
         for (owner, activity) in by_owner {
             if owner == shard.id {
                 shard.presence.borrow_mut().active(&activity);
             } else {
-                shard.router.send_control(owner, 0, Control::Presence(Msg::Activity(activity))).await;
+                sends.push(shard.router.send_control(owner, 0, Control::Presence(Msg::Activity(activity))));
             }
         }
+        // Every owner's batch at once: a full queue to one holds no other.
+        futures_util::future::join_all(sends).await;
     }
 }
 

@@ -41,6 +41,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         errors: counters.errors.iter().map(Cell::get).collect(),
         mesh_sent: shard.router.sent_counts(),
         mesh_received: shard.router.received_counts(),
+        mesh_sent_by_kind: shard.router.sent_by_kind(),
         requests_pending: shard.router.pending() as u64,
         mesh_timeouts: shard.router.timed_out(),
         commit_queue: shard.committer.queued() as u64,

@@ -336,3 +336,60 @@ fn channel_list_pages_through_many_channels_in_id_order() {
     assert_eq!(member_ws.error_code("channel.list", json!({ "limit": 0 })), "bad_request");
     assert_eq!(member_ws.error_code("channel.list", json!({ "after": "x" })), "bad_request");
 }
+
+/// Cross-core messages the shards sent: the sum over kinds of
+/// `chatgw_mesh_messages_total`, and the sum over targets in the admin
+/// stats (both count every message sent on either mesh).
+fn mesh_sent(server: &TestServer) -> (f64, u64) {
+    let by_kind = crate::common::sample_sum(&crate::common::scrape(server), "chatgw_mesh_messages_total");
+    let token = server.handle.as_ref().unwrap().admin_token.clone();
+    let mut response = server
+        .http
+        .get(server.url("/admin/v1/stats"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    let stats: Value = response.body_mut().read_json().unwrap();
+    let by_target = stats["shards"].as_array().unwrap().iter().map(|shard| shard["mesh_sent"].as_u64().unwrap()).sum();
+    (by_kind, by_target)
+}
+
+#[test]
+fn cross_core_messages_are_counted_by_kind_per_stored_message() {
+    let server = TestServer::start(2);
+    let people = users_on_every_shard(&server, "mesh", 4, 2);
+    let alice = &people[0];
+    let bob = people.iter().find(|user| owner(user, 2) != owner(alice, 2)).expect("users on both shards");
+    let mut alice_ws = server.connect(alice, "phone");
+    let mut bob_ws = server.connect(bob, "laptop");
+    alice_ws.result("send", json!({ "to_user": bob.username, "text": "first" }));
+    bob_ws.next_event("message");
+    let before = mesh_sent(&server);
+    const MESSAGES: usize = 50;
+    for n in 0..MESSAGES {
+        alice_ws.result("send", json!({ "to_user": bob.username, "text": format!("m{n}") }));
+        bob_ws.next_event("message");
+    }
+    let after = mesh_sent(&server);
+    // Each scrape's own stats asks count too: compare the kinds against
+    // the targets at the same scrape, not across.
+    let per_message = (after.0 - before.0) / MESSAGES as f64;
+    eprintln!("{per_message:.2} cross-core messages per stored 1:1 message on 2 shards (these two users' cores)");
+    assert!(per_message > 0.0, "a 1:1 across two owners crosses cores");
+    let scrape = crate::common::scrape(&server);
+    for kind in ["send", "reply", "deliver"] {
+        let count: f64 = scrape
+            .samples
+            .iter()
+            .filter(|sample| sample.metric == "chatgw_mesh_messages_total")
+            .filter(|sample| sample.labels.get("kind") == Some(kind))
+            .map(|sample| match sample.value {
+                prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Untyped(value) => value,
+                _ => 0.0,
+            })
+            .sum();
+        eprintln!("  {kind}: {count}");
+    }
+    let (by_kind, by_target) = mesh_sent(&server);
+    assert!(by_kind >= by_target as f64 - 4.0 && by_kind <= by_target as f64 + 4.0, "{by_kind} by kind, {by_target}");
+}

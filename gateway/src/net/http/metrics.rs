@@ -18,6 +18,7 @@ use hyper::Response;
 
 use crate::error::ApiError;
 use crate::net::http::body::Body;
+use crate::route::MeshKind;
 use crate::services::stats::{self, ERROR_CODES, LatencySnapshot, ShardStats};
 use crate::shard::state::Shard;
 
@@ -33,6 +34,11 @@ struct ShardLabel {
 struct QueueLabels {
     from: u16,
     to: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -233,6 +239,13 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
         }
         registry.register("mesh_queue_depth", "Cross-core messages queued from one shard to another", depth);
 
+        let kinds = Family::<KindLabel, Counter>::default();
+        for (index, kind) in MeshKind::ALL.iter().enumerate() {
+            let count: u64 = all.iter().map(|stats| stats.mesh_sent_by_kind.get(index).copied().unwrap_or(0)).sum();
+            kinds.get_or_create(&KindLabel { kind: kind.as_str() }).inc_by(count);
+        }
+        registry.register("mesh_messages", "Cross-core messages sent, by what they are for", kinds);
+
         let errors = Family::<CodeLabel, Counter>::default();
         for (index, code) in ERROR_CODES.iter().enumerate() {
             let count: u64 = all.iter().map(|stats| stats.errors.get(index).copied().unwrap_or(0)).sum();
@@ -286,6 +299,7 @@ mod tests {
             errors: vec![0; ERROR_CODES.len()],
             mesh_sent: vec![0, 4],
             mesh_received: vec![0, 0],
+            mesh_sent_by_kind: vec![3, 0, 1],
             ..ShardStats::default()
         };
         first.errors[0] = 2;
@@ -310,6 +324,9 @@ mod tests {
             "chatgw_connections{shard=\"0\"} 3",
             "chatgw_connections{shard=\"1\"} 5",
             "chatgw_mesh_queue_depth{from=\"0\",to=\"1\"} 3",
+            "chatgw_mesh_messages_total{kind=\"send\"} 3",
+            "chatgw_mesh_messages_total{kind=\"reply\"} 1",
+            "chatgw_mesh_messages_total{kind=\"deliver\"} 0",
             "chatgw_errors_total{code=\"bad_request\"} 2",
             "chatgw_fan_out_seconds_bucket{le=\"5e-05\"} 2",
             "chatgw_fan_out_seconds_bucket{le=\"0.1\"} 2",
