@@ -3,7 +3,7 @@
 //! reads the channel (fan-out on read), its shape lists the first members
 //! and `channel.members` pages the rest, membership changes still work.
 
-use crate::common::TestServer;
+use crate::common::{TestServer, mesh_sent_total};
 use chatgw_gateway::placement::{owner, username_owner};
 use chatgw_idgen::{ChannelId, UserId};
 use chatgw_storage::{Channel, ChannelKind, Store, StoreConfig, User};
@@ -115,19 +115,6 @@ fn a_channel_of_100_000_members_delivers_and_syncs() {
     server.stop();
 }
 
-/// Cross-core messages every shard sent so far (admin stats).
-fn mesh_sent(server: &TestServer) -> u64 {
-    let token = server.handle.as_ref().unwrap().admin_token.clone();
-    let mut response = server
-        .http
-        .get(server.url("/admin/v1/stats"))
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    let stats: serde_json::Value = response.body_mut().read_json().unwrap();
-    stats["shards"].as_array().unwrap().iter().map(|shard| shard["mesh_sent"].as_u64().unwrap()).sum()
-}
-
 #[test]
 fn a_user_in_10_000_channels_connects_with_a_few_words_to_each_owner() {
     const CHANNELS: u64 = 10_000;
@@ -174,11 +161,11 @@ fn a_user_in_10_000_channels_connects_with_a_few_words_to_each_owner() {
     };
     let (me, other) = (login(me), login(other));
 
-    let before = mesh_sent(&server);
+    let before = mesh_sent_total(&server);
     let started = std::time::Instant::now();
     let mut device = server.connect(&me, "phone");
     let hello_after = started.elapsed();
-    let words = mesh_sent(&server) - before;
+    let words = mesh_sent_total(&server) - before;
     eprintln!("hello after {hello_after:?} for a user in {CHANNELS} channels; {words} cross-core messages");
     // Three quarters of the channels have another owner than the core the
     // connection landed on: one word per 1,024 of them and its answer, the

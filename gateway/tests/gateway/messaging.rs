@@ -342,16 +342,7 @@ fn channel_list_pages_through_many_channels_in_id_order() {
 /// stats (both count every message sent on either mesh).
 fn mesh_sent(server: &TestServer) -> (f64, u64) {
     let by_kind = crate::common::sample_sum(&crate::common::scrape(server), "chatgw_mesh_messages_total");
-    let token = server.handle.as_ref().unwrap().admin_token.clone();
-    let mut response = server
-        .http
-        .get(server.url("/admin/v1/stats"))
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    let stats: Value = response.body_mut().read_json().unwrap();
-    let by_target = stats["shards"].as_array().unwrap().iter().map(|shard| shard["mesh_sent"].as_u64().unwrap()).sum();
-    (by_kind, by_target)
+    (by_kind, crate::common::mesh_sent_total(server))
 }
 
 #[test]
