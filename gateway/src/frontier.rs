@@ -6,7 +6,9 @@
 //! smaller id from one shard may become visible after a larger one from
 //! another. A device that synced past the larger id would never see the
 //! smaller one. So each shard keeps an [`IdSource`]: its generator and the
-//! message ids it issued that are not yet settled (written, or failed). Its
+//! message ids it issued that are not yet settled (written, or known never
+//! to be: a failed write is held until the store is good again, since it
+//! may still land). Its
 //! frontier is the largest id at or below which nothing of that shard can
 //! still appear: one below its oldest unsettled id, or, with nothing in
 //! flight, the generator's [`fence`](chatgw_idgen::Generator::fence). The
@@ -36,14 +38,18 @@ pub struct IdSource<C: Clock = SystemClock> {
 #[derive(Debug)]
 struct Inner<C: Clock> {
     generator: Generator<C>,
-    /// Message ids issued and neither written nor failed yet.
+    /// Message ids issued whose write has not succeeded, and that may
+    /// still be stored: in flight, or failed with an unknown outcome.
     unsettled: BTreeSet<u64>,
+    /// The failed ones among them, with the failure's epoch (see
+    /// [`IdSource::hold_failed`]), oldest failure first.
+    failed: Vec<(u64, Vec<u64>)>,
 }
 
 impl<C: Clock> IdSource<C> {
     /// A source issuing from `generator`.
     pub fn new(generator: Generator<C>) -> Self {
-        IdSource { inner: Mutex::new(Inner { generator, unsettled: BTreeSet::new() }) }
+        IdSource { inner: Mutex::new(Inner { generator, unsettled: BTreeSet::new(), failed: Vec::new() }) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<C>> {
@@ -67,13 +73,47 @@ impl<C: Clock> IdSource<C> {
         id
     }
 
-    /// Marks message ids written (or failed for good): the frontier may
+    /// Marks message ids written (or known never to be): the frontier may
     /// pass them. Ids that were not unsettled are ignored.
     pub fn settle(&self, ids: impl IntoIterator<Item = u64>) {
         let mut inner = self.lock();
         for id in ids {
             inner.unsettled.remove(&id);
         }
+    }
+
+    /// Keeps message ids whose write failed unsettled: a failed write may
+    /// still be stored (a WAL record whose sync failed is replayed at the
+    /// next open), so the frontier stays below them until
+    /// [`release_failed`](Self::release_failed) says the store is good
+    /// again. `epoch` numbers the failure (they only grow).
+    pub fn hold_failed(&self, ids: Vec<u64>, epoch: u64) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.failed.push((epoch, ids));
+    }
+
+    /// Settles the ids of every failure numbered `epoch` or lower: a write
+    /// that started after those failures succeeded, so the store resumed,
+    /// and a failed write can no longer land (RocksDB's resume flushes the
+    /// memtables and leaves the failed write's log behind). Returns how
+    /// many ids it settled.
+    pub fn release_failed(&self, epoch: u64) -> usize {
+        let mut inner = self.lock();
+        let failures = inner.failed.iter().take_while(|(failure, _)| *failure <= epoch).count();
+        let released: Vec<(u64, Vec<u64>)> = inner.failed.drain(..failures).collect();
+        let mut count = 0;
+        for id in released.into_iter().flat_map(|(_, ids)| ids) {
+            count += usize::from(inner.unsettled.remove(&id));
+        }
+        count
+    }
+
+    /// Message ids whose write failed and whose outcome is not known yet.
+    pub fn held_failed(&self) -> usize {
+        self.lock().failed.iter().map(|(_, ids)| ids.len()).sum()
     }
 
     /// Makes sure every later id is greater than `id` (the stored
@@ -165,8 +205,13 @@ mod tests {
         /// A shard's committer writes the oldest `n` queued messages (its
         /// queue is FIFO, so commits land in issue order per shard).
         Commit(u16, usize),
-        /// A shard's write fails: the oldest queued message is never stored.
-        Fail(u16),
+        /// A shard's write of its oldest queued message fails with an
+        /// unknown outcome: it is stored later (`Land`) when `true`.
+        Fail(u16, bool),
+        /// The node restarts before the store resumed: failed writes that
+        /// reached the log are replayed, and the new process knows of no
+        /// failure (everything failed is stored or gone for good).
+        Land,
         /// The device syncs from its cursor.
         Sync(usize),
         /// The wall clock moves (forward, or back).
@@ -177,7 +222,8 @@ mod tests {
         prop_oneof![
             4 => (0u16..4).prop_map(Step::Issue),
             3 => (0u16..4, 1usize..4).prop_map(|(shard, n)| Step::Commit(shard, n)),
-            1 => (0u16..4).prop_map(Step::Fail),
+            1 => (0u16..4, any::<bool>()).prop_map(|(shard, lands)| Step::Fail(shard, lands)),
+            1 => Just(Step::Land),
             3 => (1usize..6).prop_map(Step::Sync),
             2 => (-3i64..5).prop_map(Step::Clock),
         ]
@@ -209,6 +255,11 @@ mod tests {
         stored: BTreeMap<u64, ()>,
         cursor: u64,
         received: Vec<u64>,
+        /// Failures so far, and up to which they are released.
+        failures: u64,
+        released: u64,
+        /// Failed ids that reached the log and land at a restart.
+        limbo: Vec<u64>,
     }
 
     impl Model {
@@ -222,7 +273,18 @@ mod tests {
                 stored: BTreeMap::new(),
                 cursor: 0,
                 received: Vec::new(),
+                failures: 0,
+                released: 0,
+                limbo: Vec::new(),
             }
+        }
+
+        /// Every failure so far is settled: the store is good again.
+        fn release(&mut self) {
+            for source in &self.sources {
+                source.release_failed(self.failures);
+            }
+            self.released = self.failures;
         }
 
         fn apply(&mut self, step: &Step) -> Result<(), TestCaseError> {
@@ -234,15 +296,34 @@ mod tests {
                 Step::Commit(shard, n) => {
                     let queue = &mut self.queues[shard as usize];
                     let written: Vec<u64> = queue.drain(..n.min(queue.len())).collect();
+                    if written.is_empty() {
+                        return Ok(());
+                    }
+                    // A write that succeeds after failures means the store
+                    // resumed: what failed will never land.
+                    if self.released < self.failures {
+                        self.limbo.clear();
+                        self.release();
+                    }
                     for id in &written {
                         self.stored.insert(*id, ());
                     }
                     self.sources[shard as usize].settle(written);
                 }
-                Step::Fail(shard) => {
+                Step::Fail(shard, lands) => {
                     if let Some(id) = self.queues[shard as usize].pop_front() {
-                        self.sources[shard as usize].settle([id]);
+                        self.failures += 1;
+                        self.sources[shard as usize].hold_failed(vec![id], self.failures);
+                        if lands {
+                            self.limbo.push(id);
+                        }
                     }
+                }
+                Step::Land => {
+                    for id in self.limbo.drain(..) {
+                        self.stored.insert(id, ());
+                    }
+                    self.release();
                 }
                 Step::Sync(limit) => {
                     let (ids, next) = sync(&self.sources, &self.stored, self.cursor, limit);
@@ -280,6 +361,47 @@ mod tests {
         assert!(model.queues[0][0] > large);
     }
 
+    #[test]
+    fn a_failed_write_holds_the_frontier_until_a_later_write_succeeds() {
+        let mut model = Model::new(2);
+        model.apply(&Step::Issue(0)).unwrap();
+        let failed = model.queues[0][0];
+        // A larger id of the other shard is stored...
+        model.apply(&Step::Issue(1)).unwrap();
+        assert!(model.queues[1][0] > failed);
+        model.apply(&Step::Commit(1, 1)).unwrap();
+        // ...and the smaller one's write fails, outcome unknown.
+        model.apply(&Step::Fail(0, true)).unwrap();
+        assert_eq!(model.sources[0].held_failed(), 1);
+        model.apply(&Step::Clock(50)).unwrap();
+        model.apply(&Step::Sync(10)).unwrap();
+        // ...and wait: no cursor passes the failed id while it may land.
+        assert!(model.cursor < failed, "cursor {} passed the unknown id {failed}", model.cursor);
+        assert!(model.received.is_empty());
+        // It lands (a restart replayed it): the device gets it, in order.
+        model.apply(&Step::Land).unwrap();
+        assert_eq!(model.sources[0].held_failed(), 0);
+        model.apply(&Step::Sync(10)).unwrap();
+        assert_eq!(model.received.first(), Some(&failed));
+        assert_eq!(model.received.len(), 2);
+    }
+
+    #[test]
+    fn a_write_that_started_after_a_failure_releases_it() {
+        let clock = TestClock(Arc::new(AtomicU64::new(100)));
+        let source = &sources(1, &clock)[0];
+        let first = source.next_message_id();
+        source.hold_failed(vec![first], 1);
+        let second = source.next_message_id();
+        source.hold_failed(vec![second], 2);
+        assert_eq!(source.frontier(0), first - 1);
+        assert_eq!(source.release_failed(1), 1, "only the failures up to the epoch");
+        assert_eq!(source.frontier(0), second - 1);
+        assert_eq!(source.release_failed(2), 1);
+        assert!(source.frontier(0) >= second);
+        assert_eq!(source.held_failed(), 0);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -295,8 +417,10 @@ mod tests {
             for step in &steps {
                 model.apply(step)?;
             }
-            // Everything left commits, time passes (beyond any millisecond
-            // a generator ran ahead to), and the device catches up.
+            // The node restarts (what failed lands or is gone), everything
+            // left commits, time passes (beyond any millisecond a generator
+            // ran ahead to), and the device catches up.
+            model.apply(&Step::Land)?;
             for shard in 0..4 {
                 model.apply(&Step::Commit(shard, usize::MAX))?;
             }

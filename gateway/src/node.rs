@@ -29,9 +29,12 @@ use crate::workers::WorkerPool;
 pub struct Shared {
     /// Shards that have joined the meshes and listen.
     pub ready_shards: AtomicUsize,
-    /// Why storage writes fail, while they do (the last failed group
-    /// commit's error; cleared by the next write that succeeds).
-    storage_failure: Mutex<Option<String>>,
+    /// Whether storage writes fail now, and which failures are released.
+    storage: Mutex<StorageHealth>,
+    /// Storage write failures so far: a write notes this when it starts
+    /// ([`Shared::write_epoch`]), and its success releases the message ids
+    /// of the failures up to it (`IdSource::release_failed`).
+    write_failures: AtomicU64,
     /// Set to stop the server (signal handlers set it directly).
     pub stop: Arc<AtomicBool>,
     /// Connections per shard (for discovery).
@@ -54,6 +57,16 @@ pub struct Shared {
     login_throttle: Mutex<LoginThrottle>,
     signup_throttle: Mutex<SignupThrottle>,
     admission: Mutex<Admission>,
+}
+
+/// How storage writes go, under [`Shared`]'s lock.
+#[derive(Debug, Default)]
+struct StorageHealth {
+    /// Why storage writes fail, while they do (the last failed write's
+    /// error; cleared by a write that started after it and succeeded).
+    failure: Option<String>,
+    /// Failures up to this one have had their message ids released.
+    released: u64,
 }
 
 /// A WebSocket connection [`Shared::admit`] let in; dropping it (when the
@@ -94,7 +107,8 @@ impl Shared {
         };
         Ok(Shared {
             ready_shards: AtomicUsize::new(0),
-            storage_failure: Mutex::new(None),
+            storage: Mutex::new(StorageHealth::default()),
+            write_failures: AtomicU64::new(0),
             stop: Arc::new(AtomicBool::new(false)),
             connections: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             load_bits: AtomicU64::new(0f64.to_bits()),
@@ -109,23 +123,49 @@ impl Shared {
         })
     }
 
-    /// Notes how a storage write went: a failure marks the node unready
-    /// (`/readyz` 503) until a write succeeds again.
-    pub fn note_write(&self, result: &Result<(), String>) {
-        let mut failure = self.storage_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match result {
-            Ok(()) => {
-                if failure.take().is_some() {
-                    tracing::warn!("storage writes succeed again");
-                }
-            }
-            Err(error) => *failure = Some(error.clone()),
+    fn storage(&self) -> MutexGuard<'_, StorageHealth> {
+        self.storage.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What a storage write notes as it starts, to hand back to
+    /// [`note_write_ok`](Self::note_write_ok): the failures before it.
+    pub fn write_epoch(&self) -> u64 {
+        self.write_failures.load(Ordering::Acquire)
+    }
+
+    /// A storage write that started at `epoch` succeeded: the store is
+    /// good, so the writes that failed before it can no longer land (their
+    /// message ids are released, and sync may pass them), and the node is
+    /// ready again unless a write failed since it started.
+    pub fn note_write_ok(&self, epoch: u64) {
+        let mut health = self.storage();
+        if epoch >= self.write_failures.load(Ordering::Acquire) && health.failure.take().is_some() {
+            tracing::warn!("storage writes succeed again");
         }
+        if epoch > health.released {
+            let released: usize = self.ids.iter().map(|source| source.release_failed(epoch)).sum();
+            if released > 0 {
+                tracing::warn!(released, "message ids of failed writes released: the store is good again");
+            }
+            health.released = epoch;
+        }
+    }
+
+    /// A storage write failed with `error`: the node is unready (`/readyz`
+    /// 503) until a later write succeeds, and the message ids it wrote for
+    /// `shard` (`failed`) stay unsettled until then: the write may still
+    /// be stored, so no sync cursor may pass them.
+    pub fn note_write_failed(&self, error: &str, shard: ShardId, failed: Vec<u64>) {
+        let mut health = self.storage();
+        let epoch = self.write_failures.load(Ordering::Acquire) + 1;
+        self.ids(shard).hold_failed(failed, epoch);
+        self.write_failures.store(epoch, Ordering::Release);
+        health.failure = Some(error.to_string());
     }
 
     /// Why storage writes fail, if they do now.
     pub fn storage_failure(&self) -> Option<String> {
-        self.storage_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.storage().failure.clone()
     }
 
     fn admission(&self) -> MutexGuard<'_, Admission> {

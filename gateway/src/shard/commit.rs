@@ -62,15 +62,19 @@ pub enum WriteOp {
     DeleteDeadPush(ShardId, u64),
 }
 
-/// The error a caller answers when its writes failed.
 /// The answer to a write that failed: `overloaded` when the disk refused
 /// it (no space, an I/O error: it may pass once the disk recovers, and the
 /// store resumes by itself when space returns), `internal` otherwise.
+/// Either way its outcome is unknown: a write the disk refused may still
+/// be stored (a log record whose sync failed is replayed at the next
+/// start), so the answer says to retry with the same `client_msg_id`,
+/// which the dedupe record makes safe.
 pub fn storage_failed(error: String) -> ApiError {
+    const UNKNOWN: &str = "it may or may not be stored: retry with the same client_msg_id";
     if error.contains("IO error") || error.contains("No space") || error.contains("NoSpace") {
-        ApiError::new(ErrorCode::Overloaded, format!("storage refuses writes now ({error}); try again later"))
+        ApiError::new(ErrorCode::Overloaded, format!("storage refuses writes now ({error}); {UNKNOWN}, later"))
     } else {
-        ApiError::internal(format!("write failed: {error}"))
+        ApiError::internal(format!("write failed: {error}; {UNKNOWN}"))
     }
 }
 
@@ -118,7 +122,7 @@ fn issued_id(op: &WriteOp, shard: ShardId) -> Option<u64> {
 }
 
 /// The message ids of this shard that `ops` write: the ids the commit
-/// settles, whatever its outcome.
+/// settles once written (or holds unsettled, when it failed).
 fn message_ids<'a>(ops: impl IntoIterator<Item = &'a WriteOp>, shard: ShardId) -> Vec<u64> {
     ops.into_iter()
         .filter_map(|op| match op {
@@ -128,9 +132,28 @@ fn message_ids<'a>(ops: impl IntoIterator<Item = &'a WriteOp>, shard: ShardId) -
         .collect()
 }
 
+/// Why a group commit failed.
+#[derive(Debug, Clone)]
+enum CommitError {
+    /// The batch could not be built: nothing reached the store.
+    NotWritten(String),
+    /// The store refused the write: it may be stored all the same.
+    Unknown(String),
+}
+
 /// Writes `ops` as one batch, with `high_water` (this shard's new
 /// high-water mark) when it rose.
-fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) -> Result<(), StorageError> {
+fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) -> Result<(), CommitError> {
+    build(store, ops, high_water)
+        .map_err(|error| CommitError::NotWritten(error.to_string()))
+        .and_then(|batch| store.write(batch).map_err(|error| CommitError::Unknown(error.to_string())))
+}
+
+fn build<'a>(
+    store: &'a Store,
+    ops: &[&WriteOp],
+    high_water: Option<(ShardId, u64)>,
+) -> Result<chatgw_storage::Batch<'a>, StorageError> {
     let mut batch = store.batch();
     for op in ops {
         match op {
@@ -159,7 +182,7 @@ fn apply(store: &Store, ops: &[&WriteOp], high_water: Option<(ShardId, u64)>) ->
     if let Some((shard, id)) = high_water {
         batch.set_high_water(shard, MessageId(id))?;
     }
-    store.write(batch)
+    Ok(batch)
 }
 
 impl Committer {
@@ -268,31 +291,45 @@ impl Committer {
             let settled = message_ids(ops.iter().flatten(), shard);
             let rises = issued.filter(|id| *id > high_water).map(|id| (shard, id));
             let write_started = Instant::now();
-            let result = if store.durability() == Durability::Fsync {
+            let epoch = self.shared.write_epoch();
+            let outcome = if store.durability() == Durability::Fsync {
                 // An fsync takes milliseconds: off the core, so it keeps
                 // serving while the disk works.
                 let store = store.clone();
                 glommio::executor()
                     .spawn_blocking(move || {
                         let flat: Vec<&WriteOp> = ops.iter().flatten().collect();
-                        apply(&store, &flat, rises).map_err(|error| error.to_string())
+                        apply(&store, &flat, rises)
                     })
                     .await
             } else {
                 let flat: Vec<&WriteOp> = ops.iter().flatten().collect();
-                apply(&store, &flat, rises).map_err(|error| error.to_string())
+                apply(&store, &flat, rises)
             };
-            if let (Ok(()), Some((_, id))) = (&result, rises) {
-                high_water = id;
-            }
-            // Written, or failed for good (a caller answers the failure and
-            // never retries the same id): either way sync may pass them.
-            self.shared.ids(shard).settle(settled);
             self.timings.storage_write.record(write_started.elapsed());
-            self.shared.note_write(&result);
-            if let Err(error) = &result {
-                tracing::error!(%error, shard = shard.0, "group commit failed");
-            }
+            let result = match outcome {
+                Ok(()) => {
+                    if let Some((_, id)) = rises {
+                        high_water = id;
+                    }
+                    self.shared.ids(shard).settle(settled);
+                    self.shared.note_write_ok(epoch);
+                    Ok(())
+                }
+                Err(CommitError::NotWritten(error)) => {
+                    // Nothing reached the store: sync may pass them.
+                    self.shared.ids(shard).settle(settled);
+                    tracing::error!(%error, shard = shard.0, "group commit not written");
+                    Err(error)
+                }
+                Err(CommitError::Unknown(error)) => {
+                    // Maybe stored: sync may not pass them until the store
+                    // is known good again (`Shared::note_write_ok`).
+                    self.shared.note_write_failed(&error, shard, settled);
+                    tracing::error!(%error, shard = shard.0, "group commit failed");
+                    Err(error)
+                }
+            };
             for (done, queued_at) in dones {
                 self.timings.group_commit.record(queued_at.elapsed());
                 let _ = done.send(result.clone());

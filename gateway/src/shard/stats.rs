@@ -103,8 +103,9 @@ pub async fn sample_load(shard: Rc<Shard>) {
 }
 
 /// While storage writes fail, tries a small write once a second, so that
-/// readiness comes back when the disk does even with no traffic. Shard 0
-/// runs it.
+/// readiness comes back when the disk does even with no traffic, and with
+/// it the message ids of the failed writes (which hold sync's frontier
+/// until the store is known good). Shard 0 runs it.
 pub async fn probe_failed_writes(shard: Rc<Shard>) {
     while !shard.stopping.get() {
         glommio::timer::sleep(limits::WRITE_PROBE_INTERVAL).await;
@@ -112,6 +113,7 @@ pub async fn probe_failed_writes(shard: Rc<Shard>) {
             continue;
         }
         let store = shard.store.clone();
+        let epoch = shard.shared.write_epoch();
         let result = glommio::executor()
             .spawn_blocking(move || {
                 let now = std::time::SystemTime::now()
@@ -120,6 +122,9 @@ pub async fn probe_failed_writes(shard: Rc<Shard>) {
                 store.put_meta("write-probe", &now.to_be_bytes()).map_err(|error| error.to_string())
             })
             .await;
-        shard.shared.note_write(&result);
+        match result {
+            Ok(()) => shard.shared.note_write_ok(epoch),
+            Err(error) => shard.shared.note_write_failed(&error, shard.id, Vec::new()),
+        }
     }
 }
