@@ -110,7 +110,22 @@ fn dedupe_expiry(_level: u32, key: &[u8], value: &[u8]) -> Decision {
 
 /// The memtable size of the column families that are not shards.
 fn small_cf_write_buffer(config: &StoreConfig) -> usize {
-    config.write_buffer_bytes.min(4 << 20)
+    config.write_buffer_bytes.min(RESUME_FREE_BYTES)
+}
+
+/// How much free space RocksDB waits for before it resumes writes after a
+/// full disk. It reserves the largest memtable size the database is
+/// opened with (`SstFileManager::ReserveDiskBuffer`, checked every 5 s),
+/// and the rust crate has no `DB::Resume` to resume sooner; so the shards'
+/// column families open with memtables of at most this size and are set to
+/// the configured size right after (`Store::open`). With 64 MiB memtables,
+/// whose log RocksDB also preallocates at 1.1 times that, a 96 MiB disk
+/// never had the 64 MiB free again and refused writes until a restart.
+const RESUME_FREE_BYTES: usize = 4 << 20;
+
+/// The shards' memtable size to open with: see [`RESUME_FREE_BYTES`].
+fn opening_write_buffer(config: &StoreConfig) -> usize {
+    config.write_buffer_bytes.min(RESUME_FREE_BYTES)
 }
 
 fn shard_options(config: &StoreConfig, cache: &Cache) -> Options {
@@ -142,7 +157,10 @@ fn shard_options(config: &StoreConfig, cache: &Cache) -> Options {
     options.set_compression_type(DBCompressionType::Lz4);
     options.set_bottommost_compression_type(DBCompressionType::Zstd);
     options.set_level_compaction_dynamic_level_bytes(true);
-    options.set_write_buffer_size(config.write_buffer_bytes);
+    options.set_write_buffer_size(opening_write_buffer(config));
+    // The arena's block size is derived from the memtable size at open:
+    // the one the configured size would give (an eighth, at most 1 MiB).
+    options.set_arena_block_size((config.write_buffer_bytes / 8).clamp(4 << 10, 1 << 20));
     options.set_compaction_filter("chatgw-dedupe-expiry", dedupe_expiry);
     options
 }
@@ -210,6 +228,12 @@ impl Store {
         write_options.set_sync(config.durability == Durability::Fsync);
         let store = Store { db, shards: config.shards, write_options, durability: config.durability };
         store.check_shard_count()?;
+        if opening_write_buffer(config) < config.write_buffer_bytes {
+            let size = config.write_buffer_bytes.to_string();
+            for shard in 0..config.shards {
+                store.db.set_options_cf(store.shard_cf(ShardId(shard))?, &[("write_buffer_size", size.as_str())])?;
+            }
+        }
         Ok(store)
     }
 
