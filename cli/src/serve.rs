@@ -156,6 +156,11 @@ pub struct ServeArgs {
     /// never for production.
     #[arg(long, hide = true, default_value_t = 0)]
     fault_push_check_delay_ms: u64,
+    /// Test aid: milliseconds added to the clock the id generators read
+    /// (negative: behind), as a host whose clock stepped would make it.
+    /// Hidden; never for production.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    fault_id_clock_offset_ms: i64,
 }
 
 /// The `--config` file: the same settings, all optional.
@@ -249,6 +254,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     config.fault_hooks = args.fault_hooks;
     config.conformance_echo = args.conformance_echo;
     config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;
+    config.fault_id_clock_offset_ms = args.fault_id_clock_offset_ms;
     if let Some(scope) = args.presence_scope.or(file.presence_scope) {
         config.presence_scope = match scope {
             PresenceScopeArg::All => PresenceScope::All,

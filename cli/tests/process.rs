@@ -26,13 +26,18 @@ fn serve(data_dir: &Path) -> Node {
 
 /// `serve` with more flags.
 fn serve_with(data_dir: &Path, extra: &[&str]) -> Node {
+    serve_shards(data_dir, "2", extra)
+}
+
+/// `serve_with` on `shards` shards.
+fn serve_shards(data_dir: &Path, shards: &str, extra: &[&str]) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatgw"))
         .args([
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--shards",
-            "2",
+            shards,
             "--max-signups-per-ip-per-min",
             "0",
             "--channel-changes-per-min",
@@ -793,4 +798,60 @@ fn secrets_stay_private_short_ones_are_refused_and_the_token_file_is_read() {
             assert_eq!(mode(&path) & 0o077, 0, "{} is readable by others: {:o}", path.display(), mode(&path));
         }
     }
+}
+
+fn ids_of(reply: &Value) -> Vec<u64> {
+    let messages = reply["result"]["messages"].as_array().expect("sync answered messages");
+    messages.iter().map(|message| message["id"].as_str().unwrap().parse().unwrap()).collect()
+}
+
+/// A device's cursor outlives a restart with the clock behind it: an idle
+/// node's `next_since` is a fence at its clock, seconds past the last
+/// message; killed and restarted with the id clock 60 s behind (the hidden
+/// `--fault-id-clock-offset-ms`), the node's next message must still come
+/// above that cursor, or sync from it never returns it. One shard: with
+/// several, an idle shard's fence cannot follow a busy one's logical clock
+/// ahead of a clock that stepped back, so sync from the cursor returns the
+/// message only once the clock catches up (a delay, not a loss).
+#[test]
+fn a_cursor_from_before_a_restart_with_the_clock_behind_gets_the_messages_sent_after() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = serve_shards(dir.path(), "1", &["--rate-limit", "0"]);
+    let alice = signup(node.addr, "clock_alice");
+    signup(node.addr, "clock_bob");
+    let mut ws = connect(node.addr, alice["token"].as_str().unwrap());
+    assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
+    let send = |ws: &mut tungstenite::WebSocket<TcpStream>, text: &str| -> u64 {
+        let reply = call(ws, json!({ "id": 1, "method": "send", "params": { "to_user": "clock_bob", "text": text } }));
+        reply["result"]["message_id"].as_str().expect("sent").parse().unwrap()
+    };
+    let before = send(&mut ws, "before the restart");
+    std::thread::sleep(IDLE);
+    let reply = call(&mut ws, json!({ "id": 2, "method": "sync", "params": { "since": "0" } }));
+    assert_eq!(ids_of(&reply), [before]);
+    let cursor: u64 = reply["result"]["next_since"].as_str().unwrap().parse().unwrap();
+    let ahead_ms = (cursor >> 22).saturating_sub(before >> 22);
+    eprintln!("clock_behind: message {before}, cursor {cursor}: {ahead_ms} ms past it");
+    assert!(ahead_ms >= 1_000, "the premise: the cursor {cursor} is a fence well past {before}");
+    node.child.kill().unwrap(); // SIGKILL: nothing gets written on the way out
+    node.child.wait().unwrap();
+
+    let node = serve_shards(dir.path(), "1", &["--rate-limit", "0", "--fault-id-clock-offset-ms", "-60000"]);
+    let mut ws = connect(node.addr, &login(node.addr, "clock_alice"));
+    assert_eq!(read_json(&mut ws).unwrap()["event"], "hello");
+    let after = send(&mut ws, "after the restart");
+    let reply = call(&mut ws, json!({ "id": 3, "method": "sync", "params": { "since": cursor.to_string() } }));
+    let got = ids_of(&reply);
+    eprintln!(
+        "clock_behind: restarted 60 s behind: message {after}, {} the cursor; sync from the cursor got {got:?}",
+        if after > cursor { "above" } else { "at or below" }
+    );
+    assert!(after > cursor, "the new id {after} is at or below the cursor {cursor} handed out before the restart");
+    assert_eq!(got, [after], "sync from the old cursor returns the new message");
+    // And from the cursor that sync gave, the next message.
+    let next = reply["result"]["next_since"].as_str().unwrap().to_string();
+    let third = send(&mut ws, "and one more");
+    let reply = call(&mut ws, json!({ "id": 4, "method": "sync", "params": { "since": next } }));
+    assert_eq!(ids_of(&reply), [third]);
 }

@@ -139,6 +139,10 @@ pub struct Config {
     /// make it, so a test can revoke its token in between. Never set in
     /// production.
     pub fault_upgrade_delay_ms: u64,
+    /// Test aid: milliseconds added to the clock the id generators read
+    /// (negative: behind the system clock), as a host whose clock stepped
+    /// would make it. Never set in production.
+    pub fault_id_clock_offset_ms: i64,
 }
 
 impl Default for Config {
@@ -187,6 +191,7 @@ impl Default for Config {
             fault_commit_delay_ms: 0,
             fault_push_record_failures: 0,
             fault_upgrade_delay_ms: 0,
+            fault_id_clock_offset_ms: 0,
         }
     }
 }

@@ -15,7 +15,8 @@
 //! node's frontier is the smallest of its shards': every message at or
 //! below it that will ever be stored already is, so a sync that reads
 //! after taking it and returns only what is at or below it can hand the
-//! frontier back as the next cursor.
+//! frontier back as the next cursor, once the node's id lease covers it
+//! ([`lease_need`]: a restart resumes the generators above the lease).
 //!
 //! Issuing an id and marking it unsettled happen under one lock, and so do
 //! reading the pending set and fencing the generator: a reader on another
@@ -27,7 +28,9 @@
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
-use chatgw_idgen::{Clock, Generator, SystemClock};
+use chatgw_idgen::{Clock, Generator, Layout, SystemClock, max_id_at, min_id_at};
+
+use crate::limits::{ID_LEASE_AHEAD_MS, ID_LEASE_RENEW_MARGIN_MS};
 
 /// A shard's id generator with the message ids it has not settled.
 #[derive(Debug)]
@@ -151,6 +154,44 @@ impl<C: Clock> IdSource<C> {
 pub fn frontier<C: Clock>(sources: &[IdSource<C>]) -> u64 {
     let floor = sources.iter().map(IdSource::last_id).max().unwrap_or(0);
     sources.iter().map(|source| source.frontier(floor)).min().unwrap_or(0)
+}
+
+/// What a frontier asks of the id lease in force.
+///
+/// Neither the generators' fences nor the frontier are stored, and a fence
+/// runs up to the clock: a cursor handed out at a fence, then a restart
+/// with the clock behind it, would see every later id fall below the
+/// cursor. So the node keeps a lease in storage, an id no cursor it hands
+/// out passes, and its generators resume above it after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseNeed {
+    /// The lease covers the frontier with room to spare.
+    Covered,
+    /// The lease covers the frontier, but not for much longer: raise it
+    /// without waiting.
+    RenewSoon,
+    /// The frontier passed the lease: raise it before handing the frontier
+    /// out (or hand out the lease instead).
+    Raise,
+}
+
+/// Whether `lease` covers `frontier`, and for how long.
+pub fn lease_need(frontier: u64, lease: u64) -> LeaseNeed {
+    if frontier > lease {
+        return LeaseNeed::Raise;
+    }
+    let lease_ms = Layout::default().decode(lease).unix_ms;
+    if frontier >= min_id_at(lease_ms.saturating_sub(ID_LEASE_RENEW_MARGIN_MS)) {
+        LeaseNeed::RenewSoon
+    } else {
+        LeaseNeed::Covered
+    }
+}
+
+/// The lease to store for a frontier of `frontier`: the last id of the
+/// millisecond [`ID_LEASE_AHEAD_MS`] after the frontier's.
+pub fn lease_for(frontier: u64) -> u64 {
+    max_id_at(Layout::default().decode(frontier).unix_ms + ID_LEASE_AHEAD_MS)
 }
 
 #[cfg(test)]
@@ -400,6 +441,18 @@ mod tests {
         assert_eq!(source.release_failed(2), 1);
         assert!(source.frontier(0) >= second);
         assert_eq!(source.held_failed(), 0);
+    }
+
+    #[test]
+    fn a_lease_covers_its_frontier_is_renewed_near_its_end_and_raised_past_it() {
+        let at = |ms: u64| chatgw_idgen::min_id_at(EPOCH_MS + ms) + 5;
+        let lease = lease_for(at(10_000));
+        assert!(lease >= at(10_000) && lease < at(10_000 + ID_LEASE_AHEAD_MS + 1));
+        assert_eq!(lease_need(at(10_000), lease), LeaseNeed::Covered);
+        assert_eq!(lease_need(at(10_000 + ID_LEASE_AHEAD_MS - ID_LEASE_RENEW_MARGIN_MS), lease), LeaseNeed::RenewSoon);
+        assert_eq!(lease_need(lease, lease), LeaseNeed::RenewSoon);
+        assert_eq!(lease_need(lease + 1, lease), LeaseNeed::Raise);
+        assert_eq!(lease_need(at(5), 0), LeaseNeed::Raise, "no lease yet");
     }
 
     proptest! {

@@ -57,6 +57,15 @@ pub const SUBSCRIBES_PER_WORD_MAX: usize = 1024;
 /// How often a node whose storage writes fail tries a small write, to
 /// learn that the disk is back.
 pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How far past the frontier that asked for it a new id lease reaches
+/// (`frontier`: a sync cursor is never handed out past the stored lease,
+/// and a restart resumes the generators above it). A continuously syncing
+/// node writes one lease a second or so, not one per sync.
+pub const ID_LEASE_AHEAD_MS: u64 = 2_000;
+/// A frontier this close to the lease has it raised in the background, so
+/// that a sync seldom waits for the write.
+pub const ID_LEASE_RENEW_MARGIN_MS: u64 = 1_000;
+const _: () = assert!(ID_LEASE_RENEW_MARGIN_MS < ID_LEASE_AHEAD_MS, "a fresh lease is not due at once");
 /// Push records one user keeps in the outbox; a newer one coalesces the
 /// oldest away (the push carries the newest message anyway).
 pub const OUTBOX_PER_USER_MAX: usize = 100;

@@ -4,7 +4,9 @@
 //! own connection count, when a connection comes or goes, and shard 0 writes
 //! the load once a second; a shard's id source is locked by that shard once
 //! per id and per commit, and by a sync twice per shard (see
-//! [`crate::frontier`]).
+//! [`crate::frontier`]). The id lease is read by each sync (an atomic) and
+//! written by at most one core at a time, about once a second while
+//! devices sync.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,12 +14,14 @@ use std::time::Instant;
 
 use std::sync::{Mutex, MutexGuard};
 
-use chatgw_idgen::{Generator, Layout, ShardId, WorkerId};
+use chatgw_idgen::{Generator, Layout, MessageId, ShardId, WorkerId};
+use chatgw_storage::Store;
 
 use crate::admission::{Admission, Caps};
+use crate::clock::IdClock;
 use crate::config::Config;
 use crate::error::{ApiError, ServeError};
-use crate::frontier::{self, IdSource};
+use crate::frontier::{self, IdSource, LeaseNeed};
 use crate::hashing::HashPool;
 use crate::limits::HASH_QUEUE_MAX;
 use crate::throttle::{LoginThrottle, SignupThrottle};
@@ -35,6 +39,13 @@ pub struct Shared {
     /// ([`Shared::write_epoch`]), and its success releases the message ids
     /// of the failures up to it (`IdSource::release_failed`).
     write_failures: AtomicU64,
+    /// The id lease in force: stored, and at or above every sync cursor
+    /// handed out (see [`frontier::lease_need`]).
+    id_lease: AtomicU64,
+    /// One lease write at a time.
+    lease_writes: Mutex<()>,
+    /// A lease renewal runs in the background.
+    lease_renewing: AtomicBool,
     /// Set to stop the server (signal handlers set it directly).
     pub stop: Arc<AtomicBool>,
     /// Connections per shard (for discovery).
@@ -44,7 +55,7 @@ pub struct Shared {
     /// When the server started.
     pub started: Instant,
     /// Each shard's id generator with its unsettled message ids, by shard.
-    ids: Box<[IdSource]>,
+    ids: Box<[IdSource<IdClock>]>,
     /// The password-hashing threads.
     pub hashing: HashPool,
     /// The webhook's POSTs, when there is a webhook: one thread per shard
@@ -86,8 +97,14 @@ impl Drop for Admitted {
 
 impl Shared {
     /// State for a server of `shard_count` shards as `config` says, taking
-    /// at most `connections_max` WebSocket connections (0: no cap).
-    pub fn new(shard_count: u16, config: &Config, connections_max: usize) -> Result<Self, ServeError> {
+    /// at most `connections_max` WebSocket connections (0: no cap), with
+    /// the id lease `id_lease` read from the store.
+    pub fn new(
+        shard_count: u16,
+        config: &Config,
+        connections_max: usize,
+        id_lease: Option<MessageId>,
+    ) -> Result<Self, ServeError> {
         let node_id = config.node_id;
         let caps = Caps {
             connections: connections_max,
@@ -96,7 +113,10 @@ impl Shared {
             per_user: config.max_devices_per_user,
         };
         let ids = (0..shard_count)
-            .map(|shard| Generator::new(Layout::default(), WorkerId { node: node_id, shard }).map(IdSource::new))
+            .map(|shard| {
+                let clock = IdClock { offset_ms: config.fault_id_clock_offset_ms };
+                Generator::with_clock(Layout::default(), WorkerId { node: node_id, shard }, clock).map(IdSource::new)
+            })
             .collect::<Result<_, _>>()
             .map_err(|error| ServeError::Config(error.to_string()))?;
         let hashing = HashPool::new(config.hash_threads, HASH_QUEUE_MAX)?;
@@ -109,6 +129,9 @@ impl Shared {
             ready_shards: AtomicUsize::new(0),
             storage: Mutex::new(StorageHealth::default()),
             write_failures: AtomicU64::new(0),
+            id_lease: AtomicU64::new(id_lease.map_or(0, |lease| lease.0)),
+            lease_writes: Mutex::new(()),
+            lease_renewing: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
             connections: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             load_bits: AtomicU64::new(0f64.to_bits()),
@@ -212,14 +235,69 @@ impl Shared {
     }
 
     /// Shard `shard`'s id source.
-    pub fn ids(&self, shard: ShardId) -> &IdSource {
+    pub fn ids(&self, shard: ShardId) -> &IdSource<IdClock> {
         &self.ids[usize::from(shard.0)]
     }
 
+    /// The id lease in force (0: none yet): every sync cursor handed out
+    /// is at or below it, and it is stored.
+    pub fn id_lease(&self) -> u64 {
+        self.id_lease.load(Ordering::Acquire)
+    }
+
     /// The node's commit frontier: every message at or below it that will
-    /// ever be stored is stored now.
+    /// ever be stored is stored now. Not capped by the lease: see
+    /// [`sync_frontier`](Self::sync_frontier) for a cursor to hand out.
     pub fn frontier(&self) -> u64 {
         frontier::frontier(&self.ids)
+    }
+
+    /// The frontier a sync may hand out as its cursor: the commit frontier,
+    /// capped by the id lease, so that no id issued after a restart is at
+    /// or below it. A frontier past the lease waits for the lease to be
+    /// raised (a synced write on this core's blocking thread); one close to
+    /// it has the lease raised in the background. Should the write fail,
+    /// the lease in force caps the answer (never an error: later syncs
+    /// pick up the rest).
+    pub async fn sync_frontier(self: &Arc<Self>, store: &Arc<Store>) -> u64 {
+        let frontier = self.frontier();
+        match frontier::lease_need(frontier, self.id_lease()) {
+            LeaseNeed::Covered => {}
+            LeaseNeed::RenewSoon => {
+                if !self.lease_renewing.swap(true, Ordering::AcqRel) {
+                    let (shared, store) = (self.clone(), store.clone());
+                    crate::tasks::spawn(async move {
+                        shared.raise_lease(store, frontier).await;
+                        shared.lease_renewing.store(false, Ordering::Release);
+                    })
+                    .detach();
+                }
+            }
+            LeaseNeed::Raise => self.raise_lease(store.clone(), frontier).await,
+        }
+        frontier.min(self.id_lease())
+    }
+
+    /// Raises the stored lease to cover `frontier` (and some way past it),
+    /// unless it already does; on this core's blocking thread.
+    async fn raise_lease(self: &Arc<Self>, store: Arc<Store>, frontier: u64) {
+        let shared = self.clone();
+        let result = glommio::executor().spawn_blocking(move || shared.write_lease(&store, frontier)).await;
+        if let Err(error) = result {
+            tracing::error!(%error, "storing the id lease");
+        }
+    }
+
+    fn write_lease(&self, store: &Store, frontier: u64) -> Result<(), chatgw_storage::StorageError> {
+        let _one = self.lease_writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Another core may have raised it meanwhile.
+        if frontier::lease_need(frontier, self.id_lease()) == LeaseNeed::Covered {
+            return Ok(());
+        }
+        let lease = frontier::lease_for(frontier);
+        store.set_id_lease(MessageId(lease))?;
+        self.id_lease.fetch_max(lease, Ordering::AcqRel);
+        Ok(())
     }
 
     /// The shards' busy fraction (0 to 1) over the last second, from the

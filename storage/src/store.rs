@@ -28,6 +28,7 @@ pub const READ_LIMIT_MAX: usize = 10_000;
 pub const DEDUPE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 const META_SHARDS_KEY: &[u8] = b"shards";
+const META_ID_LEASE_KEY: &[u8] = b"id-lease";
 
 /// When a `send` is acknowledged, relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -308,6 +309,32 @@ impl Store {
         let mut options = WriteOptions::default();
         options.set_sync(true);
         Ok(self.db.put_cf_opt(self.meta_cf()?, format!("x/{key}"), value, &options)?)
+    }
+
+    /// The node's id lease: an id the node promised its id generators
+    /// resume above after a restart (the gateway raises it before it hands
+    /// out a sync cursor past it). `None` until first set.
+    pub fn id_lease(&self) -> Result<Option<MessageId>> {
+        match self.db.get_pinned_cf(self.meta_cf()?, META_ID_LEASE_KEY)? {
+            Some(value) => {
+                let bytes = <[u8; 8]>::try_from(&value[..]).map_err(|_| StorageError::Corrupt {
+                    what: "id lease",
+                    key_hex: keys::hex(META_ID_LEASE_KEY),
+                    reason: format!("{} bytes, expected 8", value.len()),
+                })?;
+                Ok(Some(MessageId(u64::from_be_bytes(bytes))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Sets the node's id lease, synced to disk before it returns (whatever
+    /// the store's durability: a cursor handed out above a lease that a
+    /// power loss took back could hide later ids for good).
+    pub fn set_id_lease(&self, lease: MessageId) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        Ok(self.db.put_cf_opt(self.meta_cf()?, META_ID_LEASE_KEY, lease.0.to_be_bytes(), &options)?)
     }
 
     // ---- messages ----

@@ -261,8 +261,12 @@ fn reopen_keeps_data_and_refuses_another_shard_count() {
         batch.set_high_water(SHARD, MessageId(3)).unwrap();
         store.write(batch).unwrap();
         store.put_meta("jwt-secret", b"s3cret").unwrap();
+        assert_eq!(store.id_lease().unwrap(), None);
+        store.set_id_lease(MessageId(40)).unwrap();
+        store.set_id_lease(MessageId(90)).unwrap();
     }
     let store = open(&dir);
+    assert_eq!(store.id_lease().unwrap(), Some(MessageId(90)), "the id lease survives a reopen");
     assert_eq!(ids(&store.latest(SHARD, ChannelId(5), 10).unwrap()), [1, 2, 3]);
     assert_eq!(store.high_water(SHARD).unwrap(), Some(MessageId(3)));
     assert_eq!(store.high_water(ShardId(0)).unwrap(), None);

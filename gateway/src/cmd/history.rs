@@ -97,9 +97,11 @@ pub async fn history(
 /// them, and a larger id that is already stored waits for the next sync
 /// rather than letting the cursor pass a smaller one still being written
 /// (see `crate::frontier`). `next_since` is the last id returned when there
-/// is more, and otherwise the frontier itself (never below `since`).
+/// is more, and otherwise the frontier itself (never below `since`). The
+/// frontier is capped by the stored id lease, which a restart resumes the
+/// generators above: no later id falls at or below a cursor handed out.
 pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usize) -> Result<Value, ApiError> {
-    let frontier = MessageId(shard.shared.frontier());
+    let frontier = MessageId(shard.shared.sync_frontier(&shard.store).await);
     let user_shard = shard.owner(user.user_id.0);
     // One more than asked tells whether there is more.
     let wanted = limit + 1;

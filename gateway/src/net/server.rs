@@ -161,7 +161,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
         None => format!("ws://{addr}/v1/ws").into(),
     };
     let connections_max = config.max_connections.unwrap_or_else(default_max_connections);
-    let shared = Arc::new(Shared::new(shard_count, &config, connections_max)?);
+    let shared = Arc::new(Shared::new(shard_count, &config, connections_max, store.id_lease()?)?);
     let parts = NodeParts {
         node: config.node_name().into(),
         config: Arc::new(config),

@@ -237,13 +237,13 @@ fn count_dead_pushes(store: &Store, id: ShardId) -> Result<usize, ApiError> {
 
 impl Shard {
     /// Shard `id` of `shard_count`, with its generator resumed above what
-    /// it stored, the banned words in force and its outbox counted.
+    /// it stored and above the node's id lease (every sync cursor handed
+    /// out before), the banned words in force and its outbox counted.
     pub fn open(id: ShardId, shard_count: u16, parts: NodeParts, router: Router) -> Result<Self, ApiError> {
         let NodeParts { config, store, tokens, admin_token, node, ws_url, shared } = parts;
         let max_idle_channels = config.max_idle_channels_per_shard;
-        if let Some(high_water) = store.high_water(id)? {
-            shared.ids(id).resume_after(high_water.0);
-        }
+        let high_water = store.high_water(id)?.map_or(0, |high_water| high_water.0);
+        shared.ids(id).resume_after(high_water.max(shared.id_lease()));
         let banned = banned::load(&store)?;
         let outbox_index = index_outbox(&store, id)?;
         let dead_pushes = count_dead_pushes(&store, id)?;
