@@ -129,6 +129,10 @@ pub struct Config {
     /// Test aid: how long each group commit waits before it writes (0: not
     /// at all), as a slow disk would make it. Never set in production.
     pub fault_commit_delay_ms: u64,
+    /// Test aid: how long a connection that passed its upgrade waits before
+    /// it registers on its core (0: not at all), as a busy core would make
+    /// it. Never set in production.
+    pub fault_attach_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -175,6 +179,7 @@ impl Default for Config {
             fault_owner_delay_ms: 0,
             fault_early_reply_delay_ms: 0,
             fault_commit_delay_ms: 0,
+            fault_attach_delay_ms: 0,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::error::{ApiError, ServeError};
 use crate::frontier::{self, IdSource};
 use crate::hashing::HashPool;
 use crate::limits::HASH_QUEUE_MAX;
-use crate::throttle::{LoginThrottle, SignupThrottle};
+use crate::throttle::{LoginThrottle, Outcome, SignupThrottle};
 use crate::webhook;
 use crate::workers::WorkerPool;
 
@@ -56,18 +56,47 @@ pub struct Shared {
     admission: Mutex<Admission>,
 }
 
-/// A WebSocket connection [`Shared::admit`] let in; dropping it (when the
-/// connection ends, or its upgrade fails) makes its room again.
+/// A login attempt [`Shared::begin_login`] let through: it counts as a
+/// failure for its account and IP until told otherwise, and dropping it
+/// unresolved (the request was dropped while its hash ran, say) leaves it
+/// counted as one.
 #[derive(Debug)]
-pub struct Admitted {
+#[must_use = "an attempt counts as a failure until resolved"]
+pub struct LoginAttempt {
     shared: Arc<Shared>,
     ip: std::net::IpAddr,
-    user: Option<chatgw_idgen::UserId>,
+    account: Box<str>,
+    resolved: bool,
 }
 
-impl Drop for Admitted {
+impl LoginAttempt {
+    fn finish(mut self, outcome: Outcome) {
+        self.resolved = true;
+        self.shared.login_throttle().finish(self.ip, &self.account, outcome, crate::clock::now_ms());
+    }
+
+    /// The password was wrong.
+    pub fn failed(self) {
+        self.finish(Outcome::Failed);
+    }
+
+    /// The password was right: the account's failures are cleared.
+    pub fn succeeded(self) {
+        self.finish(Outcome::Succeeded);
+    }
+
+    /// No password was checked (the hashing queue was full, a read
+    /// failed): the attempt counts for nothing.
+    pub fn untested(self) {
+        self.finish(Outcome::Untested);
+    }
+}
+
+impl Drop for LoginAttempt {
     fn drop(&mut self) {
-        self.shared.admission().release(self.ip, self.user);
+        if !self.resolved {
+            self.shared.login_throttle().finish(self.ip, &self.account, Outcome::Failed, crate::clock::now_ms());
+        }
     }
 }
 
@@ -166,9 +195,28 @@ impl Shared {
         self.signup_throttle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The node's login throttle (held for a lookup or an update only).
-    pub fn login_throttle(&self) -> MutexGuard<'_, LoginThrottle> {
+    fn login_throttle(&self) -> MutexGuard<'_, LoginThrottle> {
         self.login_throttle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The login throttle's keys and bytes now.
+    pub fn login_throttle_size(&self) -> (usize, usize) {
+        let throttle = self.login_throttle();
+        (throttle.keys_tracked(), throttle.bytes())
+    }
+
+    /// Checks the login throttle for a login from `ip` as `account` at
+    /// `now_ms` and reserves the attempt in the same lock acquisition
+    /// (`Err(wait_ms)` if it must wait): it counts as a failure until the
+    /// returned attempt says how its password check came out.
+    pub fn begin_login(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        account: &str,
+        now_ms: u64,
+    ) -> Result<LoginAttempt, u64> {
+        self.login_throttle().begin(ip, account, now_ms)?;
+        Ok(LoginAttempt { shared: self.clone(), ip, account: account.into(), resolved: false })
     }
 
     /// Shard `shard`'s id source.

@@ -18,7 +18,7 @@ use glommio::net::TcpStream;
 use crate::auth::AuthedUser;
 use crate::clock::now_ms;
 use crate::cmd::dispatch::dispatch;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::node::Admitted;
 use crate::protocol::close::CloseReason;
@@ -151,11 +151,18 @@ async fn start(
         });
         frame::text(&shapes::event_json("hello", &hello))
     };
+    if shard.config.fault_attach_delay_ms > 0 {
+        glommio::timer::sleep(std::time::Duration::from_millis(shard.config.fault_attach_delay_ms)).await;
+    }
     let conn = match attach(shard, user, device, remote, hello).await {
         Ok(conn) => conn,
         Err(error) => {
+            // A token revoked (or a user disabled) since the upgrade closes
+            // as a kick would have.
+            let reason =
+                if error.code == ErrorCode::Unauthorized { CloseReason::Kicked } else { CloseReason::Internal };
             tracing::warn!(%error, "connection refused after upgrade");
-            let _ = futures_lite::AsyncWriteExt::write_all(stream, &frame::close(CloseReason::Internal)).await;
+            let _ = futures_lite::AsyncWriteExt::write_all(stream, &frame::close(reason)).await;
             return None;
         }
     };

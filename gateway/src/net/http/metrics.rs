@@ -66,16 +66,20 @@ pub struct ProcessFigures {
     pub load: f64,
     /// What RocksDB's block cache (one for the whole store) holds, bytes.
     pub block_cache_bytes: u64,
+    /// Keys (accounts and IPs) the login throttle tracks.
+    pub login_throttle_keys: u64,
+    /// Bytes the login throttle's table holds (its estimate).
+    pub login_throttle_bytes: u64,
 }
 
 impl ProcessFigures {
-    /// The figures now (`load` as last sampled, the block cache as given).
-    pub fn now(load: f64, block_cache_bytes: u64) -> Self {
+    /// The process's own figures now (resident memory, CPU); the node's
+    /// are filled in by the caller.
+    pub fn now() -> Self {
         ProcessFigures {
             rss_bytes: stats::process_rss_bytes(),
             cpu_seconds: stats::process_cpu_seconds(),
-            load,
-            block_cache_bytes,
+            ..ProcessFigures::default()
         }
     }
 }
@@ -129,8 +133,15 @@ pub async fn scrape(shard: &Rc<Shard>) -> Result<Response<Body>, ApiError> {
         tracing::warn!(%error, "reading the block cache's usage");
         0
     });
-    let text = encode(&all, ProcessFigures::now(shard.shared.load(), block_cache_bytes))
-        .map_err(|_| ApiError::internal("encoding metrics failed"))?;
+    let (login_throttle_keys, login_throttle_bytes) = shard.shared.login_throttle_size();
+    let process = ProcessFigures {
+        load: shard.shared.load(),
+        block_cache_bytes,
+        login_throttle_keys: login_throttle_keys as u64,
+        login_throttle_bytes: login_throttle_bytes as u64,
+        ..ProcessFigures::now()
+    };
+    let text = encode(&all, process).map_err(|_| ApiError::internal("encoding metrics failed"))?;
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE));
     Ok(response)
@@ -219,6 +230,13 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
         }
         registry.register("errors", "Errors answered to clients, by code", errors);
 
+        let keys = Gauge::<i64>::default();
+        keys.set(process.login_throttle_keys as i64);
+        registry.register("login_throttle_keys", "Accounts and addresses the login throttle tracks", keys);
+        let bytes = Gauge::<i64>::default();
+        bytes.set(process.login_throttle_bytes as i64);
+        registry.register_with_unit("login_throttle", "What the login throttle's table holds", Unit::Bytes, bytes);
+
         histogram(registry, "storage_write", "One group commit's RocksDB batch write", all, |s| &s.storage_write);
         histogram(registry, "group_commit", "A write's wait from the committer's queue until durable", all, |s| {
             &s.group_commit
@@ -282,7 +300,14 @@ mod tests {
         second.fan_out.counts[11] = 1;
         let text = encode(
             &[first, second],
-            ProcessFigures { rss_bytes: 1234, cpu_seconds: 1.5, load: 0.25, block_cache_bytes: 4096 },
+            ProcessFigures {
+                rss_bytes: 1234,
+                cpu_seconds: 1.5,
+                load: 0.25,
+                block_cache_bytes: 4096,
+                login_throttle_keys: 2,
+                login_throttle_bytes: 150,
+            },
         )
         .unwrap();
         for needle in [
@@ -298,6 +323,8 @@ mod tests {
             "process_resident_memory_bytes 1234",
             "chatgw_load 0.25",
             "chatgw_storage_block_cache_bytes 4096",
+            "chatgw_login_throttle_keys 2",
+            "chatgw_login_throttle_bytes 150",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
