@@ -145,8 +145,11 @@ pub const CONNECTIONS_PAGE_DEFAULT: usize = 100;
 
 /// Largest HTTP request body (a 100,000-char message in any JSON escaping).
 pub const HTTP_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX;
-/// An HTTP connection that sends nothing for this long is closed.
-pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Descriptors kept below the open-file limit by default (`--fd-reserve`):
+/// client connections never take them, so storage, the listeners and the
+/// webhook can always open files and sockets; the default WebSocket cap
+/// (`--max-connections`) is the limit less as many.
+pub const FD_RESERVE_DEFAULT: u64 = 1_024;
 /// A request head must be complete this long after its first byte
 /// (against slowloris: trickling a byte at a time does not keep it open).
 pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(10);

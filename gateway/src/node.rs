@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use chatgw_idgen::{Generator, Layout, ShardId, WorkerId};
 
-use crate::admission::{Admission, Caps};
+use crate::admission::{AcceptRefusal, Admission, Caps, HttpCaps, HttpConnections, within_reserve};
 use crate::config::Config;
 use crate::error::{ApiError, ServeError};
 use crate::frontier::{self, IdSource};
@@ -54,6 +54,41 @@ pub struct Shared {
     login_throttle: Mutex<LoginThrottle>,
     signup_throttle: Mutex<SignupThrottle>,
     admission: Mutex<Admission>,
+    http_connections: Mutex<HttpConnections>,
+    /// The open-file limit the process runs with (read at start).
+    open_files_max: u64,
+    /// Descriptors kept below it for what is not a client connection.
+    fd_reserve: u64,
+}
+
+/// An HTTP connection [`Shared::open_http`] let in; dropping it (when the
+/// connection ends, or once it has become a WebSocket, which the WebSocket
+/// caps count from then on) makes its room again.
+#[derive(Debug)]
+pub struct HttpSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.shared.http_connections().close(self.ip);
+    }
+}
+
+/// A WebSocket connection [`Shared::admit`] let in; dropping it (when the
+/// connection ends, or its upgrade fails) makes its room again.
+#[derive(Debug)]
+pub struct Admitted {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+    user: Option<chatgw_idgen::UserId>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.admission().release(self.ip, self.user);
+    }
 }
 
 /// A login attempt [`Shared::begin_login`] let through: it counts as a
@@ -102,8 +137,14 @@ impl Drop for LoginAttempt {
 
 impl Shared {
     /// State for a server of `shard_count` shards as `config` says, taking
-    /// at most `connections_max` WebSocket connections (0: no cap).
-    pub fn new(shard_count: u16, config: &Config, connections_max: usize) -> Result<Self, ServeError> {
+    /// at most `connections_max` WebSocket connections (0: no cap), in a
+    /// process that may hold `open_files_max` descriptors.
+    pub fn new(
+        shard_count: u16,
+        config: &Config,
+        connections_max: usize,
+        open_files_max: u64,
+    ) -> Result<Self, ServeError> {
         let node_id = config.node_id;
         let caps = Caps {
             connections: connections_max,
@@ -135,6 +176,12 @@ impl Shared {
             login_throttle: Mutex::new(LoginThrottle::default()),
             signup_throttle: Mutex::new(SignupThrottle::new(config.max_signups_per_ip_per_min)),
             admission: Mutex::new(Admission::new(caps)),
+            http_connections: Mutex::new(HttpConnections::new(HttpCaps {
+                connections: config.max_http_connections,
+                per_ip: config.max_http_connections_per_ip,
+            })),
+            open_files_max,
+            fd_reserve: config.fd_reserve,
         })
     }
 
@@ -172,6 +219,27 @@ impl Shared {
     ) -> Result<Admitted, ApiError> {
         self.admission().admit(ip, device, now_ms)?;
         Ok(Admitted { shared: self.clone(), ip, user: device.map(|(user, _)| user) })
+    }
+
+    fn http_connections(&self) -> MutexGuard<'_, HttpConnections> {
+        self.http_connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Lets in a connection just accepted from `ip` on descriptor `fd`, or
+    /// says why it must be closed at once: its descriptor is within the
+    /// reserve below the open-file limit, or the process or its address
+    /// holds its most HTTP connections.
+    pub fn open_http(self: &Arc<Self>, ip: std::net::IpAddr, fd: u64) -> Result<HttpSlot, AcceptRefusal> {
+        if within_reserve(fd, self.open_files_max, self.fd_reserve) {
+            return Err(AcceptRefusal::Descriptors);
+        }
+        self.http_connections().open(ip)?;
+        Ok(HttpSlot { shared: self.clone(), ip })
+    }
+
+    /// HTTP connections accepted and not yet ended or upgraded.
+    pub fn http_connections_live(&self) -> usize {
+        self.http_connections().live()
     }
 
     /// Records where `user`'s `device` is connected now (shard, registry
