@@ -102,6 +102,7 @@ fn no_token_from_the_old_password_outlives_a_password_change_racing_the_logins()
             }
         }
         got += tokens.len();
+        eprintln!("round {round}: {still_working} of {got} tokens from an old password still worked so far");
         // The new password and its token work.
         let (status, body) = http_from(owner_ip, &server, "POST", "/v1/rpc/channel.list", Some(&token), None);
         assert_eq!(status, 200, "round {round}: {body}");
