@@ -87,8 +87,28 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "CHATGW_HTTP_BODY_TIMEOUT_MS")]
     http_body_timeout_ms: Option<u64>,
+    /// How long an HTTP connection may wait for its next request with
+    /// nothing arriving before it is closed (idle keep-alive), ms
+    /// [default: 30000].
+    #[arg(long, env = "CHATGW_HTTP_IDLE_TIMEOUT_MS")]
+    http_idle_timeout_ms: Option<u64>,
+    /// HTTP connections (not upgraded to a WebSocket) in the process at
+    /// most; past it an accepted connection is closed at once [default:
+    /// 8192; 0: no cap].
+    #[arg(long, env = "CHATGW_MAX_HTTP_CONNECTIONS")]
+    max_http_connections: Option<usize>,
+    /// HTTP connections (not upgraded to a WebSocket) from one client IP at
+    /// most; past it an accepted connection is closed at once [default:
+    /// 1024; 0: no cap].
+    #[arg(long, env = "CHATGW_MAX_HTTP_CONNECTIONS_PER_IP")]
+    max_http_connections_per_ip: Option<u32>,
+    /// Descriptors kept below the open-file limit for storage and the
+    /// listeners: a connection accepted onto one is closed at once
+    /// [default: 1024].
+    #[arg(long, env = "CHATGW_FD_RESERVE")]
+    fd_reserve: Option<u64>,
     /// Live WebSocket connections at most [default: the open-file limit
-    /// less 1,024; 0: no cap].
+    /// less --fd-reserve; 0: no cap].
     #[arg(long, env = "CHATGW_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Live connections from one client IP at most [default: 5000; 0: no cap].
@@ -181,6 +201,10 @@ struct FileConfig {
     presence_grace_ms: Option<u64>,
     presence_scope: Option<PresenceScopeArg>,
     http_body_timeout_ms: Option<u64>,
+    http_idle_timeout_ms: Option<u64>,
+    max_http_connections: Option<usize>,
+    max_http_connections_per_ip: Option<u32>,
+    fd_reserve: Option<u64>,
     hash_threads: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<u32>,
@@ -236,6 +260,10 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(heartbeat_ms => heartbeat_ms);
     pick!(presence_grace_ms => presence_grace_ms);
     pick!(http_body_timeout_ms => http_body_timeout_ms);
+    pick!(http_idle_timeout_ms => http_idle_timeout_ms);
+    pick!(max_http_connections => max_http_connections);
+    pick!(max_http_connections_per_ip => max_http_connections_per_ip);
+    pick!(fd_reserve => fd_reserve);
     pick!(hash_threads => hash_threads);
     pick!(max_connections => some max_connections);
     pick!(max_connections_per_ip => max_connections_per_ip);
@@ -275,6 +303,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(config.write_stall_ms >= 100, "write-stall-ms must be at least 100");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
     anyhow::ensure!(config.http_body_timeout_ms >= 100, "http-body-timeout-ms must be at least 100");
+    anyhow::ensure!(config.http_idle_timeout_ms >= 100, "http-idle-timeout-ms must be at least 100");
     anyhow::ensure!((1..=64).contains(&config.hash_threads), "hash-threads must be 1 to 64");
     Ok(config)
 }

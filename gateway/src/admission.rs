@@ -1,5 +1,9 @@
 //! Who may open a WebSocket now: the caps checked at the upgrade, before
 //! the `101`, so that a refused client gets an HTTP status it can read.
+//! And, at accept, the caps on HTTP connections ([`HttpConnections`]: per
+//! process and per IP, for every connection until it upgrades) and the
+//! descriptor reserve ([`within_reserve`]), where a refused connection is
+//! closed at once.
 //!
 //! - connections per process, below the open-file limit, so that
 //!   `/healthz`, the admin API and storage still have descriptors;
@@ -157,6 +161,112 @@ impl Admission {
     }
 }
 
+/// Why an accepted connection was closed at once, before any byte of it
+/// was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptRefusal {
+    /// Its descriptor fell within the reserve kept below the open-file
+    /// limit for storage and the listeners (`--fd-reserve`).
+    Descriptors,
+    /// The process holds its most HTTP connections
+    /// (`--max-http-connections`).
+    Process,
+    /// Its address holds its most HTTP connections
+    /// (`--max-http-connections-per-ip`).
+    PerIp,
+}
+
+impl AcceptRefusal {
+    /// Every reason, in a fixed order (the index of its counter).
+    pub const ALL: [AcceptRefusal; 3] = [AcceptRefusal::Descriptors, AcceptRefusal::Process, AcceptRefusal::PerIp];
+
+    /// Its index in [`ALL`](Self::ALL).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name, for the metrics' `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcceptRefusal::Descriptors => "descriptors",
+            AcceptRefusal::Process => "process",
+            AcceptRefusal::PerIp => "per_ip",
+        }
+    }
+}
+
+/// The caps on HTTP connections (0: no cap): every accepted connection
+/// counts until it ends or becomes a WebSocket, whose caps are [`Caps`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpCaps {
+    /// HTTP connections in the process.
+    pub connections: usize,
+    /// HTTP connections from one client IP.
+    pub per_ip: u32,
+}
+
+/// The node's live HTTP connections (accepted and not upgraded), by IP.
+/// Each is opened at accept and closed when it ends or upgrades; only IPs
+/// with a live connection are kept, so the table is bounded by the caps.
+#[derive(Debug)]
+pub struct HttpConnections {
+    caps: HttpCaps,
+    live: usize,
+    by_ip: HashMap<IpAddr, u32>,
+}
+
+impl HttpConnections {
+    /// None yet, under `caps`.
+    pub fn new(caps: HttpCaps) -> Self {
+        HttpConnections { caps, live: 0, by_ip: HashMap::new() }
+    }
+
+    /// Takes room for a connection from `ip`, or says which cap it meets.
+    /// A connection let in must be [`close`](Self::close)d.
+    pub fn open(&mut self, ip: IpAddr) -> Result<(), AcceptRefusal> {
+        if self.caps.connections > 0 && self.live >= self.caps.connections {
+            return Err(AcceptRefusal::Process);
+        }
+        let from = self.by_ip.entry(ip).or_insert(0);
+        if self.caps.per_ip > 0 && *from >= self.caps.per_ip {
+            return Err(AcceptRefusal::PerIp);
+        }
+        *from += 1;
+        self.live += 1;
+        Ok(())
+    }
+
+    /// Ends a connection [`open`](Self::open) let in.
+    pub fn close(&mut self, ip: IpAddr) {
+        self.live = self.live.saturating_sub(1);
+        if let Some(from) = self.by_ip.get_mut(&ip) {
+            *from = from.saturating_sub(1);
+            if *from == 0 {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// HTTP connections live now.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Addresses with a live HTTP connection.
+    pub fn addresses(&self) -> usize {
+        self.by_ip.len()
+    }
+}
+
+/// Whether an accepted descriptor `fd` falls within `reserve` of the
+/// open-file limit `limit`: the kernel hands out the lowest free number,
+/// so a descriptor that high means at least that many are open, and
+/// refusing it keeps the top `reserve` numbers for what is not a client
+/// connection (storage's files, the listeners, the webhook's sockets).
+pub fn within_reserve(fd: u64, limit: u64, reserve: u64) -> bool {
+    fd.saturating_add(reserve) >= limit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +316,37 @@ mod tests {
         assert_eq!(admission.claim_device(UserId(1), "phone", (1, 3)), None);
         admission.release_device(UserId(1), "phone", (1, 3));
         assert_eq!(admission.claim_device(UserId(1), "phone", (2, 1)), None);
+    }
+
+    #[test]
+    fn http_connections_are_capped_per_ip_and_per_process() {
+        let mut http = HttpConnections::new(HttpCaps { connections: 3, per_ip: 2 });
+        http.open(A).unwrap();
+        http.open(A).unwrap();
+        assert_eq!(http.open(A), Err(AcceptRefusal::PerIp));
+        http.open(B).unwrap();
+        let c = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 3));
+        assert_eq!(http.open(c), Err(AcceptRefusal::Process));
+        http.close(A);
+        http.open(c).unwrap();
+        assert_eq!(http.open(A), Err(AcceptRefusal::Process));
+        for ip in [A, B, c] {
+            http.close(ip);
+        }
+        assert_eq!((http.live(), http.addresses()), (0, 0), "ended connections leave nothing");
+        let mut open = HttpConnections::new(HttpCaps { connections: 0, per_ip: 0 });
+        for _ in 0..10_000 {
+            open.open(A).unwrap();
+        }
+    }
+
+    #[test]
+    fn descriptors_near_the_limit_are_refused() {
+        assert!(!within_reserve(18_975, 20_000, 1_024));
+        assert!(within_reserve(18_976, 20_000, 1_024));
+        assert!(within_reserve(19_999, 20_000, 1_024));
+        assert!(within_reserve(5, 100, u64::MAX), "a reserve above the limit refuses all");
+        assert!(!within_reserve(5, 20_000, 0));
     }
 
     #[test]

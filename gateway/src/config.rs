@@ -54,6 +54,21 @@ pub struct Config {
     /// Threads that hash passwords (Argon2id), node-wide: each can take a
     /// whole core while it hashes, so few, and never the shards' own.
     pub hash_threads: usize,
+    /// How long an HTTP connection may wait for its next request (or the
+    /// rest of one) with nothing arriving before it is closed, ms: idle
+    /// keep-alive connections go after this.
+    pub http_idle_timeout_ms: u64,
+    /// HTTP connections (accepted and not upgraded to a WebSocket) in the
+    /// process at most (0: no cap); past it an accepted connection is
+    /// closed at once.
+    pub max_http_connections: usize,
+    /// HTTP connections from one client IP at most (0: no cap); past it an
+    /// accepted connection is closed at once.
+    pub max_http_connections_per_ip: u32,
+    /// Descriptors kept below the open-file limit for storage, the
+    /// listeners and the webhook: a connection accepted onto one of them is
+    /// closed at once.
+    pub fd_reserve: u64,
     /// Live WebSocket connections in the process at most (0: none); `None`:
     /// the open-file limit less 1,024 descriptors kept for storage, HTTP
     /// and the admin API.
@@ -134,11 +149,11 @@ pub struct Config {
     /// test can see a push check asked again while the server runs. Never
     /// set in production.
     pub fault_push_record_failures: u32,
-    /// Test aid: how long a connection waits between its upgrade's token
-    /// check and its registration (0: not at all), as a busy core would
-    /// make it, so a test can revoke its token in between. Never set in
+    /// Test aid: how long a connection that passed its upgrade waits before
+    /// it registers on its core (0: not at all), as a busy core would make
+    /// it, so a test can revoke its token in between. Never set in
     /// production.
-    pub fault_upgrade_delay_ms: u64,
+    pub fault_attach_delay_ms: u64,
     /// Test aid: milliseconds added to the clock the id generators read
     /// (negative: behind the system clock), as a host whose clock stepped
     /// would make it. Never set in production.
@@ -161,6 +176,10 @@ impl Default for Config {
             push_webhook_ca: None,
             heartbeat_ms: 15_000,
             http_body_timeout_ms: 10_000,
+            http_idle_timeout_ms: 30_000,
+            max_http_connections: 8_192,
+            max_http_connections_per_ip: 1_024,
+            fd_reserve: crate::limits::FD_RESERVE_DEFAULT,
             max_connections: None,
             max_connections_per_ip: 5_000,
             max_new_connections_per_ip_per_s: 1_000,
@@ -190,7 +209,7 @@ impl Default for Config {
             fault_early_reply_delay_ms: 0,
             fault_commit_delay_ms: 0,
             fault_push_record_failures: 0,
-            fault_upgrade_delay_ms: 0,
+            fault_attach_delay_ms: 0,
             fault_id_clock_offset_ms: 0,
         }
     }

@@ -158,8 +158,11 @@ pub const CONNECTIONS_PAGE_DEFAULT: usize = 100;
 
 /// Largest HTTP request body (a 100,000-char message in any JSON escaping).
 pub const HTTP_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX;
-/// An HTTP connection that sends nothing for this long is closed.
-pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Descriptors kept below the open-file limit by default (`--fd-reserve`):
+/// client connections never take them, so storage, the listeners and the
+/// webhook can always open files and sockets; the default WebSocket cap
+/// (`--max-connections`) is the limit less as many.
+pub const FD_RESERVE_DEFAULT: u64 = 1_024;
 /// A request head must be complete this long after its first byte
 /// (against slowloris: trickling a byte at a time does not keep it open).
 pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -210,8 +213,14 @@ pub const LOGIN_FAILURES_FREE_PER_IP: u32 = 20;
 pub const LOGIN_BACKOFF_FIRST_MS: u64 = 1_000;
 /// The longest wait, and how long a quiet key is remembered.
 pub const LOGIN_BACKOFF_MAX_MS: u64 = 15 * 60 * 1_000;
-/// Accounts and IPs the login throttle tracks at most (about 100 bytes each).
+/// Accounts and IPs the login throttle tracks at most (about 100 bytes
+/// each), and addresses the signup throttle tracks at most.
 pub const LOGIN_THROTTLE_KEYS_MAX: usize = 100_000;
+/// Bytes each of the login and signup throttles' tables holds at most
+/// (keys, values and their slots, estimated); the login throttle only
+/// ever sees valid usernames (at most `USERNAME_BYTES_MAX`), so its count
+/// bound comes first, and this one holds whatever its keys are.
+pub const LOGIN_THROTTLE_BYTES_MAX: usize = 16 << 20;
 /// Password hashes waiting for a hashing thread at most; past it a signup or
 /// login is answered `overloaded`.
 pub const HASH_QUEUE_MAX: usize = 64;

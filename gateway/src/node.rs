@@ -17,14 +17,14 @@ use std::sync::{Mutex, MutexGuard};
 use chatgw_idgen::{Generator, Layout, MessageId, ShardId, WorkerId};
 use chatgw_storage::Store;
 
-use crate::admission::{Admission, Caps};
+use crate::admission::{AcceptRefusal, Admission, Caps, HttpCaps, HttpConnections, within_reserve};
 use crate::clock::IdClock;
 use crate::config::Config;
 use crate::error::{ApiError, ServeError};
 use crate::frontier::{self, IdSource, LeaseNeed};
 use crate::hashing::HashPool;
 use crate::limits::HASH_QUEUE_MAX;
-use crate::throttle::{LoginThrottle, SignupThrottle};
+use crate::throttle::{LoginThrottle, Outcome, SignupThrottle};
 use crate::webhook;
 use crate::workers::WorkerPool;
 
@@ -68,6 +68,26 @@ pub struct Shared {
     login_throttle: Mutex<LoginThrottle>,
     signup_throttle: Mutex<SignupThrottle>,
     admission: Mutex<Admission>,
+    http_connections: Mutex<HttpConnections>,
+    /// The open-file limit the process runs with (read at start).
+    open_files_max: u64,
+    /// Descriptors kept below it for what is not a client connection.
+    fd_reserve: u64,
+}
+
+/// An HTTP connection [`Shared::open_http`] let in; dropping it (when the
+/// connection ends, or once it has become a WebSocket, which the WebSocket
+/// caps count from then on) makes its room again.
+#[derive(Debug)]
+pub struct HttpSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.shared.http_connections().close(self.ip);
+    }
 }
 
 /// How storage writes go, under [`Shared`]'s lock.
@@ -95,14 +115,60 @@ impl Drop for Admitted {
     }
 }
 
+/// A login attempt [`Shared::begin_login`] let through: it counts as a
+/// failure for its account and IP until told otherwise, and dropping it
+/// unresolved (the request was dropped while its hash ran, say) leaves it
+/// counted as one.
+#[derive(Debug)]
+#[must_use = "an attempt counts as a failure until resolved"]
+pub struct LoginAttempt {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+    account: Box<str>,
+    resolved: bool,
+}
+
+impl LoginAttempt {
+    fn finish(mut self, outcome: Outcome) {
+        self.resolved = true;
+        self.shared.login_throttle().finish(self.ip, &self.account, outcome, crate::clock::now_ms());
+    }
+
+    /// The password was wrong.
+    pub fn failed(self) {
+        self.finish(Outcome::Failed);
+    }
+
+    /// The password was right: the account's failures are cleared.
+    pub fn succeeded(self) {
+        self.finish(Outcome::Succeeded);
+    }
+
+    /// No password was checked (the hashing queue was full, a read
+    /// failed): the attempt counts for nothing.
+    pub fn untested(self) {
+        self.finish(Outcome::Untested);
+    }
+}
+
+impl Drop for LoginAttempt {
+    fn drop(&mut self) {
+        if !self.resolved {
+            self.shared.login_throttle().finish(self.ip, &self.account, Outcome::Failed, crate::clock::now_ms());
+        }
+    }
+}
+
 impl Shared {
     /// State for a server of `shard_count` shards as `config` says, taking
-    /// at most `connections_max` WebSocket connections (0: no cap), with
-    /// the id lease `id_lease` read from the store.
+    /// at most `connections_max` WebSocket connections (0: no cap), in a
+    /// process that may hold `open_files_max` descriptors, with the id
+    /// lease `id_lease` read from the store.
     pub fn new(
         shard_count: u16,
         config: &Config,
         connections_max: usize,
+        open_files_max: u64,
         id_lease: Option<MessageId>,
     ) -> Result<Self, ServeError> {
         let node_id = config.node_id;
@@ -143,6 +209,12 @@ impl Shared {
             login_throttle: Mutex::new(LoginThrottle::default()),
             signup_throttle: Mutex::new(SignupThrottle::new(config.max_signups_per_ip_per_min)),
             admission: Mutex::new(Admission::new(caps)),
+            http_connections: Mutex::new(HttpConnections::new(HttpCaps {
+                connections: config.max_http_connections,
+                per_ip: config.max_http_connections_per_ip,
+            })),
+            open_files_max,
+            fd_reserve: config.fd_reserve,
         })
     }
 
@@ -208,6 +280,27 @@ impl Shared {
         Ok(Admitted { shared: self.clone(), ip, user: device.map(|(user, _)| user) })
     }
 
+    fn http_connections(&self) -> MutexGuard<'_, HttpConnections> {
+        self.http_connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Lets in a connection just accepted from `ip` on descriptor `fd`, or
+    /// says why it must be closed at once: its descriptor is within the
+    /// reserve below the open-file limit, or the process or its address
+    /// holds its most HTTP connections.
+    pub fn open_http(self: &Arc<Self>, ip: std::net::IpAddr, fd: u64) -> Result<HttpSlot, AcceptRefusal> {
+        if within_reserve(fd, self.open_files_max, self.fd_reserve) {
+            return Err(AcceptRefusal::Descriptors);
+        }
+        self.http_connections().open(ip)?;
+        Ok(HttpSlot { shared: self.clone(), ip })
+    }
+
+    /// HTTP connections accepted and not yet ended or upgraded.
+    pub fn http_connections_live(&self) -> usize {
+        self.http_connections().live()
+    }
+
     /// Records where `user`'s `device` is connected now (shard, registry
     /// key); returns its older connection's place, to be closed.
     pub fn claim_device(&self, user: chatgw_idgen::UserId, device: &str, at: (u16, usize)) -> Option<(u16, usize)> {
@@ -229,9 +322,28 @@ impl Shared {
         self.signup_throttle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The node's login throttle (held for a lookup or an update only).
-    pub fn login_throttle(&self) -> MutexGuard<'_, LoginThrottle> {
+    fn login_throttle(&self) -> MutexGuard<'_, LoginThrottle> {
         self.login_throttle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The login throttle's keys and bytes now.
+    pub fn login_throttle_size(&self) -> (usize, usize) {
+        let throttle = self.login_throttle();
+        (throttle.keys_tracked(), throttle.bytes())
+    }
+
+    /// Checks the login throttle for a login from `ip` as `account` at
+    /// `now_ms` and reserves the attempt in the same lock acquisition
+    /// (`Err(wait_ms)` if it must wait): it counts as a failure until the
+    /// returned attempt says how its password check came out.
+    pub fn begin_login(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        account: &str,
+        now_ms: u64,
+    ) -> Result<LoginAttempt, u64> {
+        self.login_throttle().begin(ip, account, now_ms)?;
+        Ok(LoginAttempt { shared: self.clone(), ip, account: account.into(), resolved: false })
     }
 
     /// Shard `shard`'s id source.

@@ -92,13 +92,13 @@ pub enum Call {
     /// (`Count`).
     RetryDeadPushes,
     /// Revoke every token of a user (raise its token version), setting a
-    /// new password hash first if given; answers the new version
-    /// (`Count`).
+    /// new password first if given; answers the new version (`Count`).
     RevokeTokens {
         /// The user.
         user_id: UserId,
-        /// A new Argon2id PHC string.
-        password_hash: Option<String>,
+        /// A new password, set only if nothing changed since its old one
+        /// was checked.
+        password: Option<NewPassword>,
     },
     /// Change the banned words (to shard 0, which numbers the versions).
     BannedWords(BannedChange),
@@ -186,6 +186,19 @@ impl Control {
             Control::Ops(_) => MeshKind::Ops,
         }
     }
+}
+
+/// A password change for its user's owner: the new hash, and the token
+/// version read together with the old hash that the caller's old password
+/// was checked against. The owner refuses the change if the version moved
+/// meanwhile (a logout or another change committed while the hashes ran),
+/// so a change always applies to the state it was checked on.
+#[derive(Debug)]
+pub struct NewPassword {
+    /// The new Argon2id PHC string.
+    pub hash: String,
+    /// The token version when the old password was checked.
+    pub checked_at_version: u64,
 }
 
 /// What a call, or a control message that asks, answers.

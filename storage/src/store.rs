@@ -741,13 +741,7 @@ impl Store {
 
     fn get_id(&self, shard: ShardId, key: &[u8], what: &'static str) -> Result<Option<u64>> {
         match self.db.get_pinned_cf(self.shard_cf(shard)?, key)? {
-            Some(value) => <[u8; 8]>::try_from(&value[..]).map(|bytes| Some(u64::from_be_bytes(bytes))).map_err(|_| {
-                StorageError::Corrupt {
-                    what,
-                    key_hex: keys::hex(key),
-                    reason: format!("{} bytes, expected 8", value.len()),
-                }
-            }),
+            Some(value) => id_from(&value, key, what).map(Some),
             None => Ok(None),
         }
     }
@@ -758,15 +752,26 @@ impl Store {
     pub fn user(&self, shard: ShardId, id: UserId) -> Result<Option<User>> {
         let key = keys::user(id);
         let Some(value) = self.db.get_pinned_cf(self.shard_cf(shard)?, key)? else { return Ok(None) };
-        let archived = record::access::<ArchivedUserRecord>("user", &key, &value)?;
-        Ok(Some(User {
-            id,
-            username: archived.username.as_str().to_owned(),
-            display_name: archived.display_name.as_str().to_owned(),
-            password_hash: archived.password_hash.as_str().to_owned(),
-            created_at_ms: archived.created_at_ms.to_native(),
-            disabled: archived.disabled,
-        }))
+        user_from(id, &key, &value).map(Some)
+    }
+
+    /// A user by id together with its token version (0 until first
+    /// raised), both read from one snapshot: what a login verifies against
+    /// and the version it signs with come from the same moment, so a
+    /// password change (which writes the hash and the raised version in
+    /// one batch) is either wholly before the read or wholly after it.
+    pub fn user_and_token_version(&self, shard: ShardId, id: UserId) -> Result<Option<(User, u64)>> {
+        let cf = self.shard_cf(shard)?;
+        let snapshot = self.db.snapshot();
+        let user_key = keys::user(id);
+        let Some(value) = snapshot.get_pinned_cf(cf, user_key)? else { return Ok(None) };
+        let user = user_from(id, &user_key, &value)?;
+        let version_key = keys::token_version(id);
+        let version = match snapshot.get_pinned_cf(cf, version_key)? {
+            Some(value) => id_from(&value, &version_key, "token version")?,
+            None => 0,
+        };
+        Ok(Some((user, version)))
     }
 
     /// A user's id by username.
@@ -935,4 +940,26 @@ impl Store {
         self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         Ok(())
     }
+}
+
+/// A big-endian `u64` value (an id or a version) stored under `key`.
+fn id_from(value: &[u8], key: &[u8], what: &'static str) -> Result<u64> {
+    <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| StorageError::Corrupt {
+        what,
+        key_hex: keys::hex(key),
+        reason: format!("{} bytes, expected 8", value.len()),
+    })
+}
+
+/// A user record stored under `key`, validated and copied out.
+fn user_from(id: UserId, key: &[u8], value: &[u8]) -> Result<User> {
+    let archived = record::access::<ArchivedUserRecord>("user", key, value)?;
+    Ok(User {
+        id,
+        username: archived.username.as_str().to_owned(),
+        display_name: archived.display_name.as_str().to_owned(),
+        password_hash: archived.password_hash.as_str().to_owned(),
+        created_at_ms: archived.created_at_ms.to_native(),
+        disabled: archived.disabled,
+    })
 }

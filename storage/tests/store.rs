@@ -195,7 +195,18 @@ fn inbox_channels_users_direct_dedupe_outbox() {
     assert_eq!(seen, [500], "the scan stops at the first channel wanted");
     assert!(!store.any_user_channel(SHARD, alice, |channel| channel.0 == 601).unwrap());
     assert!(!store.any_user_channel(SHARD, bob, |_| true).unwrap(), "bob has no channel index here");
-    assert_eq!(store.user(SHARD, alice).unwrap(), Some(user));
+    assert_eq!(store.user(SHARD, alice).unwrap(), Some(user.clone()));
+    assert_eq!(store.user_and_token_version(SHARD, alice).unwrap(), Some((user.clone(), 0)), "0 until raised");
+    assert_eq!(store.user_and_token_version(SHARD, bob).unwrap(), None);
+    // A password change writes the hash and the raised version in one
+    // batch; the pair reads both.
+    let changed = User { password_hash: "$argon2id$changed".into(), ..user.clone() };
+    let mut batch = store.batch();
+    batch.put_user(SHARD, &changed).unwrap();
+    batch.put_token_version(SHARD, alice, 3).unwrap();
+    store.write(batch).unwrap();
+    assert_eq!(store.user_and_token_version(SHARD, alice).unwrap(), Some((changed, 3)));
+    assert_eq!(store.token_version(SHARD, alice).unwrap(), 3);
     assert_eq!(store.user_id_by_name(ShardId(0), "alice").unwrap(), Some(alice));
     assert_eq!(store.user_id_by_name(ShardId(0), "alicia").unwrap(), None);
     assert_eq!(store.direct_channel(SHARD, alice, bob).unwrap(), Some(ChannelId(77)));

@@ -1,6 +1,9 @@
-//! A shard's accept loop on its SO_REUSEPORT listener, and the sweeper that
-//! closes connections gone silent.
+//! A shard's accept loop on its SO_REUSEPORT listener (with the caps every
+//! accepted connection meets), and the sweeper that closes connections
+//! gone silent.
 
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,12 +15,26 @@ use crate::protocol::close::CloseReason;
 use crate::shard::state::Shard;
 
 /// Accepts connections until dropped (the server's stop drops it), each
-/// served as HTTP by a task of its own.
+/// served as HTTP by a task of its own. A connection whose descriptor is
+/// within the reserve below the open-file limit, or past the HTTP
+/// connection caps (per process, per IP), is closed at once, before any of
+/// its bytes is read, and counted by reason.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                crate::tasks::spawn(serve(shard.clone(), stream)).detach();
+                let remote = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let fd = u64::try_from(stream.as_raw_fd()).unwrap_or(u64::MAX);
+                match shard.shared.open_http(remote.ip(), fd) {
+                    Ok(slot) => {
+                        crate::tasks::spawn(serve(shard.clone(), stream, remote, slot)).detach();
+                    }
+                    Err(reason) => {
+                        shard.counters.accept_refused(reason);
+                        tracing::debug!(%remote, reason = reason.as_str(), "accepted connection refused");
+                        drop(stream);
+                    }
+                }
             }
             Err(error) => {
                 // Out of file descriptors, say: back off, do not spin.

@@ -160,8 +160,10 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
         Some(public) => ws_url_from_public(public).map_err(ServeError::Config)?.into(),
         None => format!("ws://{addr}/v1/ws").into(),
     };
-    let connections_max = config.max_connections.unwrap_or_else(default_max_connections);
-    let shared = Arc::new(Shared::new(shard_count, &config, connections_max, store.id_lease()?)?);
+    let open_files_max = raise_open_files_limit();
+    let connections_max =
+        config.max_connections.unwrap_or_else(|| default_max_connections(open_files_max, config.fd_reserve));
+    let shared = Arc::new(Shared::new(shard_count, &config, connections_max, open_files_max, store.id_lease()?)?);
     let parts = NodeParts {
         node: config.node_name().into(),
         config: Arc::new(config),
@@ -178,14 +180,10 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
     Ok(ServerHandle { addr, shared, executors, admin_token, admin_token_generated, jwt_secret, shards: shard_count })
 }
 
-/// Descriptors kept for storage, HTTP and the admin API when the connection
-/// cap comes from the open-file limit.
-const RESERVED_DESCRIPTORS: u64 = 1_024;
-
 /// The process's open-file limit, raised to its hard limit first (a
-/// gateway holds a descriptor per connection), less the descriptors kept
-/// back (at least 64 connections).
-fn default_max_connections() -> usize {
+/// gateway holds a descriptor per connection); 4,096 where it cannot be
+/// read.
+fn raise_open_files_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct it is given and nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
@@ -199,7 +197,14 @@ fn default_max_connections() -> usize {
             limit = raised;
         }
     }
-    limit.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS).clamp(64, 1 << 30) as usize
+    limit.rlim_cur
+}
+
+/// The WebSocket cap when none is configured: the open-file limit less the
+/// descriptors kept for storage, HTTP and the admin API (`--fd-reserve`;
+/// at least 64 connections).
+fn default_max_connections(open_files_max: u64, fd_reserve: u64) -> usize {
+    open_files_max.saturating_sub(fd_reserve).clamp(64, 1 << 30) as usize
 }
 
 /// Refuses a configured token secret or admin token too short to resist

@@ -151,17 +151,17 @@ async fn start(
         });
         frame::text(&shapes::event_json("hello", &hello))
     };
-    let delay = shard.config.fault_upgrade_delay_ms;
-    if delay > 0 {
-        glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
+    if shard.config.fault_attach_delay_ms > 0 {
+        glommio::timer::sleep(std::time::Duration::from_millis(shard.config.fault_attach_delay_ms)).await;
     }
     let conn = match attach(shard, user, device, remote, hello).await {
         Ok(conn) => conn,
         Err(error) => {
-            tracing::warn!(%error, "connection refused after upgrade");
-            // Revoked while upgrading: closed as a revocation's kick closes.
+            // A token revoked (or a user disabled) since the upgrade closes
+            // as a kick would have.
             let reason =
                 if error.code == ErrorCode::Unauthorized { CloseReason::Kicked } else { CloseReason::Internal };
+            tracing::warn!(%error, "connection refused after upgrade");
             let _ = futures_lite::AsyncWriteExt::write_all(stream, &frame::close(reason)).await;
             return None;
         }

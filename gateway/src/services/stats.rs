@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::time::Duration;
 
+use crate::admission::AcceptRefusal;
 use crate::error::ErrorCode;
 
 /// Upper bounds of the latency histograms' buckets, in seconds (an
@@ -138,6 +139,8 @@ pub struct Counters {
     pub channels_evicted: Cell<u64>,
     /// Error replies and responses, by `ERROR_CODES` index.
     pub errors: [Cell<u64>; ERROR_CODES.len()],
+    /// Accepted connections closed at once, by `AcceptRefusal` index.
+    pub accepts_refused: [Cell<u64>; AcceptRefusal::ALL.len()],
     /// From the owner taking a message until its frame is queued to the
     /// connections of a core hosting members (one observation per core).
     pub fan_out: Latency,
@@ -153,6 +156,12 @@ impl Counters {
         if let Some(index) = ERROR_CODES.iter().position(|known| *known == code) {
             self.errors[index].set(self.errors[index].get() + 1);
         }
+    }
+
+    /// Counts an accepted connection closed at once, for `reason`.
+    pub fn accept_refused(&self, reason: AcceptRefusal) {
+        let counter = &self.accepts_refused[reason.index()];
+        counter.set(counter.get() + 1);
     }
 }
 
@@ -198,6 +207,8 @@ pub struct ShardStats {
     pub tasks: u64,
     /// Error replies by `ERROR_CODES` index.
     pub errors: Vec<u64>,
+    /// Accepted connections closed at once, by `AcceptRefusal` index.
+    pub accepts_refused: Vec<u64>,
     /// Cross-core messages this core sent, by receiving shard.
     pub mesh_sent: Vec<u64>,
     /// Cross-core messages this core took off its queues, by sending shard.

@@ -10,7 +10,7 @@ use chatgw_storage::User;
 use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
 use crate::placement;
-use crate::route::Answer;
+use crate::route::{Answer, NewPassword};
 use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::state::Shard;
 use crate::single_flight::Turn;
@@ -55,21 +55,37 @@ pub async fn signup(
 }
 
 /// Raises a user's token version, revoking every token minted before, and
-/// sets a new password hash first if one is given; at the user's owner.
+/// sets a new password first if one is given; at the user's owner.
 /// Answers the new version.
+///
+/// A new password applies only to the state its old one was checked on:
+/// if the token version moved since (a logout or another password change
+/// committed while the caller's hashes ran), or the account was disabled,
+/// the change is refused (`unauthorized`) rather than undoing that newer
+/// change with a password the caller proved only for the older state.
+/// The read and the commit run under the owner's account-write turn, so
+/// nothing commits in between.
 pub async fn revoke_tokens(
     shard: &Rc<Shard>,
     user_id: UserId,
-    password_hash: Option<String>,
+    password: Option<NewPassword>,
 ) -> Result<Answer, ApiError> {
     debug_assert_eq!(shard.owner(user_id.0), shard.id);
     let _turn = shard.account_writes.acquire_permit(1).await.map_err(|_| ApiError::internal("shutting down"))?;
-    let mut user =
-        shard.store.user(shard.id, user_id)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such user"))?;
-    let version = shard.store.token_version(shard.id, user_id)? + 1;
+    let (mut user, current) = shard
+        .store
+        .user_and_token_version(shard.id, user_id)?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such user"))?;
+    let version = current + 1;
     let mut ops = vec![WriteOp::TokenVersion(shard.id, user_id, version)];
-    if let Some(password_hash) = password_hash {
-        user.password_hash = password_hash;
+    if let Some(password) = password {
+        if password.checked_at_version != current || user.disabled {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "the account changed while the password was checked; log in again",
+            ));
+        }
+        user.password_hash = password.hash;
         ops.push(WriteOp::User(shard.id, user));
     }
     shard.committer.commit(ops).await.map_err(storage_failed)?;

@@ -44,24 +44,25 @@ pub async fn attach(
     conn.token_expires_ms.set(user.expires_at_ms);
     replace_older(shard, &conn);
     shard.count_connections();
-    // The token was checked before the upgrade. A revocation (logout, a
-    // password change, a disable) committed since then kicked only the
-    // connections registered by then, so check again now that this one is
-    // registered: a revocation this check misses commits after it, and its
-    // kick finds this connection.
-    let channels = match shard.may_connect(user) {
-        Ok(true) => shard.store.user_channels(shard.owner(user.user_id.0), user.user_id).map_err(ApiError::from),
-        Ok(false) => Err(ApiError::new(ErrorCode::Unauthorized, "the token was revoked during the upgrade")),
-        Err(error) => Err(error),
+    let undo = |error: ApiError| {
+        shard.registry.borrow_mut().remove(&conn);
+        shard.shared.release_device(conn.user_id, &conn.device, (shard.id.0, conn.key));
+        shard.count_connections();
+        Err(error)
     };
-    let channels = match channels {
+    // The token was checked at the upgrade, and a logout, password change
+    // or disable committed since kicked this core's connections before
+    // this one was registered. Checked again now that it is, with no await
+    // in between: such a change is either visible to this read or its kick
+    // (sent once its commit returned) finds the connection.
+    match shard.may_connect(user) {
+        Ok(true) => {}
+        Ok(false) => return undo(ApiError::new(ErrorCode::Unauthorized, "the token was revoked after the upgrade")),
+        Err(error) => return undo(error),
+    }
+    let channels = match shard.store.user_channels(shard.owner(user.user_id.0), user.user_id) {
         Ok(channels) => channels,
-        Err(error) => {
-            shard.registry.borrow_mut().remove(&conn);
-            shard.shared.release_device(conn.user_id, &conn.device, (shard.id.0, conn.key));
-            shard.count_connections();
-            return Err(error);
-        }
+        Err(error) => return undo(error.into()),
     };
     let mut first_local = Vec::new();
     let mut others_in_flight = Vec::new();

@@ -51,7 +51,7 @@ async fn handle_call(shard: &Rc<Shard>, call: Call, early: Option<&EarlyReply>) 
             accounts::signup(shard, username, display_name, password_hash).await
         }
         Call::SetDisabled { user_id, disabled } => accounts::set_disabled(shard, user_id, disabled).await,
-        Call::RevokeTokens { user_id, password_hash } => accounts::revoke_tokens(shard, user_id, password_hash).await,
+        Call::RevokeTokens { user_id, password } => accounts::revoke_tokens(shard, user_id, password).await,
         Call::RetryDeadPushes => push::retry_dead(shard, limits::DEAD_PUSH_RETRY_MAX).await,
         Call::BannedWords(change) => ops::change_banned(shard, change).await.map(Answer::Banned),
     }

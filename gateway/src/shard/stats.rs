@@ -39,6 +39,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         channels_evicted: counters.channels_evicted.get(),
         tasks: crate::tasks::alive(),
         errors: counters.errors.iter().map(Cell::get).collect(),
+        accepts_refused: counters.accepts_refused.iter().map(Cell::get).collect(),
         mesh_sent: shard.router.sent_counts(),
         mesh_received: shard.router.received_counts(),
         mesh_sent_by_kind: shard.router.sent_by_kind(),

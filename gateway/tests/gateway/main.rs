@@ -19,6 +19,7 @@ mod http_api;
 mod idle_channels;
 mod large_channel;
 mod lifecycle;
+mod login_races;
 mod member_races;
 mod messaging;
 mod presence;

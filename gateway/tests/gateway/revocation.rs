@@ -51,7 +51,7 @@ fn a_session_that_registers_during_a_logout_is_closed() {
     // and kicks inside that window. Before the check at registration, the
     // connection then registered with its revoked token, got its `hello`,
     // and stayed open.
-    let server = TestServer::start_with(2, |config| config.fault_upgrade_delay_ms = 400);
+    let server = TestServer::start_with(2, |config| config.fault_attach_delay_ms = 400);
     let alice = server.signup("racing");
     for round in 0..3 {
         let user = login(&server, &alice);

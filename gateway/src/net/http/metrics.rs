@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 
+use crate::admission::AcceptRefusal;
 use crate::error::ApiError;
 use crate::net::http::body::Body;
 use crate::route::MeshKind;
@@ -46,6 +47,11 @@ struct CodeLabel {
     code: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// A histogram as counted already (every core's buckets added up).
 #[derive(Debug)]
 struct Buckets(LatencySnapshot);
@@ -72,16 +78,22 @@ pub struct ProcessFigures {
     pub load: f64,
     /// What RocksDB's block cache (one for the whole store) holds, bytes.
     pub block_cache_bytes: u64,
+    /// HTTP connections accepted and not yet ended or upgraded.
+    pub http_connections: u64,
+    /// Keys (accounts and IPs) the login throttle tracks.
+    pub login_throttle_keys: u64,
+    /// Bytes the login throttle's table holds (its estimate).
+    pub login_throttle_bytes: u64,
 }
 
 impl ProcessFigures {
-    /// The figures now (`load` as last sampled, the block cache as given).
-    pub fn now(load: f64, block_cache_bytes: u64) -> Self {
+    /// The process's own figures now (resident memory, CPU); the node's
+    /// are filled in by the caller.
+    pub fn now() -> Self {
         ProcessFigures {
             rss_bytes: stats::process_rss_bytes(),
             cpu_seconds: stats::process_cpu_seconds(),
-            load,
-            block_cache_bytes,
+            ..ProcessFigures::default()
         }
     }
 }
@@ -135,8 +147,16 @@ pub async fn scrape(shard: &Rc<Shard>) -> Result<Response<Body>, ApiError> {
         tracing::warn!(%error, "reading the block cache's usage");
         0
     });
-    let text = encode(&all, ProcessFigures::now(shard.shared.load(), block_cache_bytes))
-        .map_err(|_| ApiError::internal("encoding metrics failed"))?;
+    let (login_throttle_keys, login_throttle_bytes) = shard.shared.login_throttle_size();
+    let process = ProcessFigures {
+        load: shard.shared.load(),
+        block_cache_bytes,
+        http_connections: shard.shared.http_connections_live() as u64,
+        login_throttle_keys: login_throttle_keys as u64,
+        login_throttle_bytes: login_throttle_bytes as u64,
+        ..ProcessFigures::now()
+    };
+    let text = encode(&all, process).map_err(|_| ApiError::internal("encoding metrics failed"))?;
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE));
     Ok(response)
@@ -253,6 +273,27 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
         }
         registry.register("errors", "Errors answered to clients, by code", errors);
 
+        let refused = Family::<ReasonLabel, Counter>::default();
+        for reason in AcceptRefusal::ALL {
+            let count: u64 =
+                all.iter().map(|stats| stats.accepts_refused.get(reason.index()).copied().unwrap_or(0)).sum();
+            refused.get_or_create(&ReasonLabel { reason: reason.as_str() }).inc_by(count);
+        }
+        registry.register(
+            "accepts_refused",
+            "Accepted connections closed at once: descriptor reserve, or an HTTP connection cap",
+            refused,
+        );
+        let http = Gauge::<i64>::default();
+        http.set(process.http_connections as i64);
+        registry.register("http_connections", "HTTP connections accepted and not yet ended or upgraded", http);
+        let keys = Gauge::<i64>::default();
+        keys.set(process.login_throttle_keys as i64);
+        registry.register("login_throttle_keys", "Accounts and addresses the login throttle tracks", keys);
+        let bytes = Gauge::<i64>::default();
+        bytes.set(process.login_throttle_bytes as i64);
+        registry.register_with_unit("login_throttle", "What the login throttle's table holds", Unit::Bytes, bytes);
+
         histogram(registry, "storage_write", "One group commit's RocksDB batch write", all, |s| &s.storage_write);
         histogram(registry, "group_commit", "A write's wait from the committer's queue until durable", all, |s| {
             &s.group_commit
@@ -303,6 +344,7 @@ mod tests {
             ..ShardStats::default()
         };
         first.errors[0] = 2;
+        first.accepts_refused = vec![0, 0, 3];
         // Two fast fan-outs on one core, one slow on the other: the buckets
         // are cumulative across bounds and add up to the count, not beyond.
         first.fan_out.counts[0] = 2;
@@ -317,7 +359,15 @@ mod tests {
         second.fan_out.counts[11] = 1;
         let text = encode(
             &[first, second],
-            ProcessFigures { rss_bytes: 1234, cpu_seconds: 1.5, load: 0.25, block_cache_bytes: 4096 },
+            ProcessFigures {
+                rss_bytes: 1234,
+                cpu_seconds: 1.5,
+                load: 0.25,
+                block_cache_bytes: 4096,
+                http_connections: 7,
+                login_throttle_keys: 2,
+                login_throttle_bytes: 150,
+            },
         )
         .unwrap();
         for needle in [
@@ -336,6 +386,10 @@ mod tests {
             "process_resident_memory_bytes 1234",
             "chatgw_load 0.25",
             "chatgw_storage_block_cache_bytes 4096",
+            "chatgw_http_connections 7",
+            "chatgw_login_throttle_keys 2",
+            "chatgw_login_throttle_bytes 150",
+            "chatgw_accepts_refused_total{reason=\"per_ip\"} 3",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -12,21 +12,21 @@ use std::rc::Rc;
 use chatgw_idgen::UserId;
 
 use crate::error::ApiError;
-use crate::route::{Answer, Call};
+use crate::route::{Answer, Call, NewPassword};
 use crate::shard::state::Shard;
 use crate::shard::{inbox, ops};
 use crate::tasks::to_completion;
 
-/// Revokes `user_id`'s tokens (setting a new password hash first, if
-/// given) and closes its connections on every core; answers the new token
+/// Revokes `user_id`'s tokens (setting a new password first, if given and
+/// the version is still the one it was checked at) and closes its connections on every core; answers the new token
 /// version. Runs as a task of its own, to its end, whatever becomes of the
 /// caller: an HTTP request whose client went away must not leave the
 /// version raised and the sessions open.
-pub async fn revoke(shard: &Rc<Shard>, user_id: UserId, password_hash: Option<String>) -> Result<u64, ApiError> {
+pub async fn revoke(shard: &Rc<Shard>, user_id: UserId, password: Option<NewPassword>) -> Result<u64, ApiError> {
     let owner_side = shard.clone();
     let revoking = async move {
         let shard = owner_side;
-        let call = Call::RevokeTokens { user_id, password_hash };
+        let call = Call::RevokeTokens { user_id, password };
         let version = match inbox::call(&shard, shard.owner(user_id.0), call).await? {
             Answer::Count(version) => version,
             other => return Err(ApiError::internal(format!("revoke answered {other:?}"))),

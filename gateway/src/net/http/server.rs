@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -28,6 +29,7 @@ use crate::limits;
 use crate::net::http::body::{Body, authenticate, error_response, json_response, read_json, user_of_token};
 use crate::net::http::{accounts, admin, api, metrics};
 use crate::net::session;
+use crate::node::HttpSlot;
 use crate::protocol::upgrade::{upgrade_response, websocket_device, websocket_token};
 use crate::shard::state::Shard;
 
@@ -51,6 +53,8 @@ enum Phase {
 /// later fail the session's reads with `TimedOut`.
 struct HyperIo {
     stream: TcpStream,
+    /// How long a read may wait for bytes (`--http-idle-timeout-ms`).
+    idle_after: Duration,
     /// Running while a read waits for bytes; dropped when bytes come.
     idle: Option<glommio::timer::Timer>,
     /// Running from a request's first byte until the service takes it.
@@ -85,7 +89,8 @@ impl hyper::rt::Read for HyperIo {
             Poll::Pending => {
                 // Slowloris: a connection that sends nothing for this long
                 // goes, and so does one that trickles a head too slowly.
-                this.idle.get_or_insert_with(|| glommio::timer::Timer::new(limits::HTTP_READ_TIMEOUT));
+                let idle_after = this.idle_after;
+                this.idle.get_or_insert_with(|| glommio::timer::Timer::new(idle_after));
                 if timed_out(&mut this.idle, cx) {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP read timed out")));
                 }
@@ -116,11 +121,12 @@ impl hyper::rt::Write for HyperIo {
 /// taken once hyper lets the connection go.
 type Upgrade = Rc<RefCell<Option<session::Upgraded>>>;
 
-/// Serves one accepted connection: HTTP until it closes, or a WebSocket
-/// session once upgraded.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one accepted connection from `remote`: HTTP until it closes, or
+/// a WebSocket session once upgraded. `slot` is its room under the HTTP
+/// connection caps, held until it closes or upgrades (the WebSocket caps
+/// count it from then on).
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, remote: SocketAddr, slot: HttpSlot) {
     let _ = stream.set_nodelay(true);
-    let remote = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let upgrade: Upgrade = Rc::new(RefCell::new(None));
     let phase = Rc::new(Cell::new(Phase::Idle));
     let service = {
@@ -135,7 +141,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         })
     };
-    let io = HyperIo { stream, idle: None, head: None, phase };
+    let idle_after = Duration::from_millis(shard.config.http_idle_timeout_ms);
+    let io = HyperIo { stream, idle_after, idle: None, head: None, phase };
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(64 << 10)
@@ -152,6 +159,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 // itself (heartbeats).
                 let stream = parts.io.stream;
                 drop(parts.read_buf);
+                // A WebSocket from here on: out of the HTTP caps.
+                drop(slot);
                 // A task of its own, sized for the session alone: this task's
                 // future is sized for hyper's connection state, and ends here.
                 crate::tasks::spawn(session::run(shard, stream, early, upgraded, remote)).detach();

@@ -417,3 +417,122 @@ pub fn mesh_sent_total(server: &TestServer) -> u64 {
     let stats: Value = response.body_mut().read_json().unwrap();
     stats["shards"].as_array().unwrap().iter().map(|shard| shard["mesh_sent"].as_u64().unwrap()).sum()
 }
+
+/// A TCP connection to `addr` from `source`, a loopback address of the
+/// 127.0.0.0/8 block (each its own client IP to the server).
+pub fn connect_from(source: std::net::IpAddr, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::new(source, 0).into()).unwrap();
+    socket.connect_timeout(&addr.into(), FRAME_WAIT).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(FRAME_WAIT)).unwrap();
+    stream.set_write_timeout(Some(FRAME_WAIT)).unwrap();
+    stream
+}
+
+/// One HTTP/1.1 request written on `stream` (kept alive unless `close`).
+pub fn write_request(
+    stream: &mut TcpStream,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    close: bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let body = body.map(|body| body.to_string()).unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: chatgw\r\nContent-Length: {}\r\n", body.len());
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` off `stream`: its
+/// status and body (JSON, or the text as a JSON string; `Null` if empty).
+pub fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, Value)> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    let head_end = loop {
+        if let Some(at) = bytes.windows(4).position(|window| window == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let count = stream.read(&mut chunk)?;
+        if count == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response"));
+        }
+        bytes.extend_from_slice(&chunk[..count]);
+    };
+    let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|status| status.parse().ok()).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map(|value| value.trim().parse().unwrap())
+        .unwrap_or(0);
+    while bytes.len() < head_end + length {
+        let count = stream.read(&mut chunk)?;
+        if count == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed inside a response"));
+        }
+        bytes.extend_from_slice(&chunk[..count]);
+    }
+    let body = &bytes[head_end..head_end + length];
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    };
+    Ok((status, value))
+}
+
+/// One request on a fresh connection from `source`, closed after: the
+/// status and the body.
+pub fn http_from(
+    source: std::net::IpAddr,
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut stream = connect_from(source, server.addr());
+    write_request(&mut stream, method, path, token, body, true).unwrap();
+    read_response(&mut stream).unwrap()
+}
+
+/// `/metrics`, parsed, asked from `source`.
+pub fn scrape_from(source: std::net::IpAddr, server: &TestServer) -> prometheus_parse::Scrape {
+    let (status, text) = http_from(source, server, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap().to_string();
+    prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text parses")
+}
+
+/// The value of a metric's sample whose `label` is `value`.
+pub fn labelled(scrape: &prometheus_parse::Scrape, name: &str, label: &str, value: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name && sample.labels.get(label) == Some(value))
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Gauge(value) => value,
+            prometheus_parse::Value::Untyped(value) => value,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// The loopback address 127.a.b.c.
+pub fn loopback(a: u8, b: u8, c: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, b, c))
+}
