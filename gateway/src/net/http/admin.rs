@@ -9,8 +9,8 @@
 
 use std::rc::Rc;
 
+use bytes::Bytes;
 use chatgw_idgen::ShardId;
-use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -28,7 +28,7 @@ use crate::shard::{inbox, ops, stats};
 
 /// Checks the admin token: none or a wrong one is `unauthorized`; a valid
 /// user token is `forbidden` (it is not an operator's).
-fn authorize(shard: &Shard, request: &Request<Incoming>) -> Result<(), ApiError> {
+fn authorize(shard: &Shard, request: &Request<Bytes>) -> Result<(), ApiError> {
     let Some(token) = bearer(request) else {
         return Err(ApiError::new(ErrorCode::Unauthorized, "the admin token is required"));
     };
@@ -42,7 +42,7 @@ fn authorize(shard: &Shard, request: &Request<Incoming>) -> Result<(), ApiError>
 }
 
 /// Serves a request under `/admin/v1/`.
-pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) -> Result<Value, ApiError> {
+pub async fn route(shard: &Rc<Shard>, request: Request<Bytes>, path: &str) -> Result<Value, ApiError> {
     authorize(shard, &request)?;
     let method = request.method().clone();
     let rest = path.strip_prefix("/admin/v1/").unwrap_or_default();
@@ -55,7 +55,7 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
             connections(shard, cursor, limit).await
         }
         (Method::POST, ["kick"]) => {
-            let body = read_json(shard, request).await?;
+            let body = read_json(&request)?;
             let username = body
                 .get("username")
                 .and_then(Value::as_str)
@@ -77,12 +77,12 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
         }
         (Method::GET, ["banned-words"]) => Ok(shard.banned().to_json()),
         (Method::PUT, ["banned-words"]) => {
-            let body = read_json(shard, request).await?;
+            let body = read_json(&request)?;
             let words = string_list(&body, "words")?.ok_or_else(|| ApiError::bad_request("words must be given"))?;
             change_banned(shard, BannedChange::Replace(words)).await
         }
         (Method::PATCH, ["banned-words"]) => {
-            let body = read_json(shard, request).await?;
+            let body = read_json(&request)?;
             let add = string_list(&body, "add")?.unwrap_or_default();
             let remove = string_list(&body, "remove")?.unwrap_or_default();
             change_banned(shard, BannedChange::Patch { add, remove }).await
@@ -106,7 +106,7 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Incoming>, path: &str) ->
             Ok(json!({ "retried": retried }))
         }
         (Method::POST, ["faults", "panic"]) if shard.config.fault_hooks => {
-            let body = read_json(shard, request).await?;
+            let body = read_json(&request)?;
             let target = body
                 .get("shard")
                 .and_then(Value::as_u64)
@@ -207,7 +207,7 @@ async fn connections(shard: &Rc<Shard>, cursor: Option<(u16, ConnKey)>, limit: u
 
 /// A page's `?limit=`: 1 to `CONNECTIONS_PAGE_MAX`, by default
 /// `CONNECTIONS_PAGE_DEFAULT`.
-fn page_limit(request: &Request<Incoming>) -> Result<usize, ApiError> {
+fn page_limit(request: &Request<Bytes>) -> Result<usize, ApiError> {
     match query_param(request, "limit") {
         None => Ok(CONNECTIONS_PAGE_DEFAULT),
         Some(limit) => limit

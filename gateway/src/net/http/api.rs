@@ -4,8 +4,8 @@
 
 use std::rc::Rc;
 
+use bytes::Bytes;
 use hyper::Request;
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::cmd::dispatch::dispatch;
@@ -15,7 +15,7 @@ use crate::protocol::command::parse_command;
 use crate::shard::state::Shard;
 
 /// `GET /v1/users/{username}`.
-pub fn user(shard: &Shard, request: &Request<Incoming>, username: &str) -> Result<Value, ApiError> {
+pub fn user(shard: &Shard, request: &Request<Bytes>, username: &str) -> Result<Value, ApiError> {
     authenticate(shard, request)?;
     let not_found = || ApiError::new(ErrorCode::NotFound, format!("no user {username:?}"));
     let user_id = shard.user_id(username)?.ok_or_else(not_found)?;
@@ -30,14 +30,11 @@ pub fn user(shard: &Shard, request: &Request<Incoming>, username: &str) -> Resul
 
 /// `POST /v1/rpc/{method}`: the body is the method's `params` (an empty
 /// body is `{}`); the answer is `{result}`.
-pub async fn rpc(shard: &Rc<Shard>, request: Request<Incoming>, method: &str) -> Result<Value, ApiError> {
+pub async fn rpc(shard: &Rc<Shard>, request: Request<Bytes>, method: &str) -> Result<Value, ApiError> {
+    // The body was read before routing: the token is checked after it,
+    // so a revocation committed while the client sent it counts.
     let user = authenticate(shard, &request)?;
-    let params = read_json_or_empty(shard, request).await?;
-    // Reading the body awaits the client: a revocation may have come
-    // meanwhile, so the token is checked again before the command runs.
-    if !shard.may_connect(&user)? {
-        return Err(ApiError::new(ErrorCode::Unauthorized, "a valid token is required"));
-    }
+    let params = read_json_or_empty(&request)?;
     let command = parse_command(method, params)?;
     let result = dispatch(shard, &user, None, command).await?;
     Ok(json!({ "result": result }))

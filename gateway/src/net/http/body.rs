@@ -42,12 +42,17 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
     response
 }
 
-/// A request body of at most `HTTP_BODY_BYTES_MAX` bytes, whole within
-/// `--http-body-timeout-ms`.
-async fn read_body(shard: &Shard, request: Request<Incoming>) -> Result<Bytes, ApiError> {
+/// A request with its body read whole: at most `HTTP_BODY_BYTES_MAX`
+/// bytes, within `--http-body-timeout-ms`. Every request is read this way
+/// before it is routed, so an answer given without looking at the body (a
+/// 401 for a revoked token, say) never leaves it unread: a connection
+/// closed with bytes unread is reset, and the reset can destroy the answer
+/// before the client reads it.
+pub async fn read_whole(shard: &Shard, request: Request<Incoming>) -> Result<Request<Bytes>, ApiError> {
+    let (parts, body) = request.into_parts();
     let timeout_ms = shard.config.http_body_timeout_ms;
     let collect = async {
-        Limited::new(request.into_body(), limits::HTTP_BODY_BYTES_MAX).collect().await.map_err(|_| {
+        Limited::new(body, limits::HTTP_BODY_BYTES_MAX).collect().await.map_err(|_| {
             ApiError::new(ErrorCode::MessageTooLong, format!("body above {} bytes", limits::HTTP_BODY_BYTES_MAX))
         })
     };
@@ -55,7 +60,8 @@ async fn read_body(shard: &Shard, request: Request<Incoming>) -> Result<Bytes, A
         glommio::timer::sleep(Duration::from_millis(timeout_ms)).await;
         Err(ApiError::bad_request(format!("the request body did not arrive within {timeout_ms} ms")))
     };
-    Ok(futures_lite::future::or(collect, deadline).await?.to_bytes())
+    let body = futures_lite::future::or(collect, deadline).await?.to_bytes();
+    Ok(Request::from_parts(parts, body))
 }
 
 fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
@@ -68,14 +74,14 @@ fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// A request body that must be a JSON object.
-pub async fn read_json(shard: &Shard, request: Request<Incoming>) -> Result<Value, ApiError> {
-    parse_object(&read_body(shard, request).await?)
+pub fn read_json(request: &Request<Bytes>) -> Result<Value, ApiError> {
+    parse_object(request.body())
 }
 
 /// A request body that must be a JSON object, or empty (read as `{}`).
-pub async fn read_json_or_empty(shard: &Shard, request: Request<Incoming>) -> Result<Value, ApiError> {
-    let body = read_body(shard, request).await?;
-    if body.iter().all(u8::is_ascii_whitespace) { Ok(json!({})) } else { parse_object(&body) }
+pub fn read_json_or_empty(request: &Request<Bytes>) -> Result<Value, ApiError> {
+    let body = request.body();
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(json!({})) } else { parse_object(body) }
 }
 
 /// The user a token names: valid signature, not expired, and an account
@@ -87,6 +93,6 @@ pub fn user_of_token(shard: &Shard, token: Option<&str>) -> Result<AuthedUser, A
 }
 
 /// The user a request's bearer token names (see `user_of_token`).
-pub fn authenticate(shard: &Shard, request: &Request<Incoming>) -> Result<AuthedUser, ApiError> {
+pub fn authenticate<B>(shard: &Shard, request: &Request<B>) -> Result<AuthedUser, ApiError> {
     user_of_token(shard, bearer(request))
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use hyper::body::Incoming;
@@ -26,7 +27,7 @@ use crate::auth::generate_secret;
 use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
-use crate::net::http::body::{Body, authenticate, error_response, json_response, read_json, user_of_token};
+use crate::net::http::body::{Body, authenticate, error_response, json_response, read_json, read_whole, user_of_token};
 use crate::net::http::{accounts, admin, api, metrics};
 use crate::net::session;
 use crate::node::HttpSlot;
@@ -173,7 +174,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, remote: SocketAddr, slot
 async fn route(shard: &Rc<Shard>, request: Request<Incoming>, upgrade: &Upgrade, remote: SocketAddr) -> Response<Body> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
-    match handle(shard, request, &method, &path, upgrade, remote).await {
+    let answer = match read_whole(shard, request).await {
+        Ok(request) => handle(shard, request, &method, &path, upgrade, remote).await,
+        Err(error) => Err(error),
+    };
+    match answer {
         Ok(response) => response,
         Err(error) => {
             shard.counters.error(error.code);
@@ -184,7 +189,7 @@ async fn route(shard: &Rc<Shard>, request: Request<Incoming>, upgrade: &Upgrade,
 
 async fn handle(
     shard: &Rc<Shard>,
-    request: Request<Incoming>,
+    request: Request<Bytes>,
     method: &Method,
     path: &str,
     upgrade: &Upgrade,
@@ -207,11 +212,11 @@ async fn handle(
         (&Method::GET, "/v1/echo") if shard.config.conformance_echo => echo_upgrade(shard, request, upgrade, remote),
         (&Method::GET, "/v1/discovery") => Ok(json_response(200, &api::discovery(shard))),
         (&Method::POST, "/v1/signup") => {
-            let body = read_json(shard, request).await?;
+            let body = read_json(&request)?;
             Ok(json_response(201, &accounts::signup(shard, &body, remote.ip()).await?))
         }
         (&Method::POST, "/v1/login") => {
-            let body = read_json(shard, request).await?;
+            let body = read_json(&request)?;
             Ok(json_response(200, &accounts::login(shard, &body, remote.ip()).await?))
         }
         (&Method::POST, "/v1/logout") => {
@@ -220,7 +225,7 @@ async fn handle(
         }
         (&Method::POST, "/v1/password") => {
             let user = authenticate(shard, &request)?;
-            let body = read_json(shard, request).await?;
+            let body = read_json(&request)?;
             Ok(json_response(200, &accounts::change_password(shard, &user, &body, remote.ip()).await?))
         }
         (&Method::GET, _) if path.starts_with("/v1/users/") => {
@@ -236,7 +241,7 @@ async fn handle(
 
 fn websocket_upgrade(
     shard: &Rc<Shard>,
-    request: Request<Incoming>,
+    request: Request<Bytes>,
     upgrade: &Upgrade,
     remote: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
@@ -256,7 +261,7 @@ fn websocket_upgrade(
 /// other WebSocket.
 fn echo_upgrade(
     shard: &Rc<Shard>,
-    request: Request<Incoming>,
+    request: Request<Bytes>,
     upgrade: &Upgrade,
     remote: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
