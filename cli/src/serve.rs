@@ -161,6 +161,11 @@ pub struct ServeArgs {
     /// wait is closed as a slow consumer (1008) [default: 30000].
     #[arg(long, env = "CHATGW_WRITE_STALL_MS")]
     write_stall_ms: Option<u64>,
+    /// Run each WebSocket session on the core that owns its user, handing
+    /// the socket over from the core that accepted it (`false`: where it
+    /// was accepted) [default: true].
+    #[arg(long, env = "CHATGW_HAND_OFF")]
+    hand_off: Option<bool>,
     /// A test aid: serve `GET /v1/echo`, a WebSocket without a token that
     /// sends back each message it gets, through the same frame reader,
     /// limits and close handling as `/v1/ws` (for WebSocket conformance
@@ -220,6 +225,7 @@ struct FileConfig {
     max_idle_channels_per_shard: Option<usize>,
     max_outbox_per_shard: Option<usize>,
     write_stall_ms: Option<u64>,
+    hand_off: Option<bool>,
 }
 
 fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
@@ -279,6 +285,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(max_idle_channels_per_shard => max_idle_channels_per_shard);
     pick!(max_outbox_per_shard => max_outbox_per_shard);
     pick!(write_stall_ms => write_stall_ms);
+    pick!(hand_off => hand_off);
     config.fault_hooks = args.fault_hooks;
     config.conformance_echo = args.conformance_echo;
     config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;

@@ -154,6 +154,16 @@ pub struct Config {
     /// it, so a test can revoke its token in between. Never set in
     /// production.
     pub fault_attach_delay_ms: u64,
+    /// Whether a WebSocket session runs on the core that owns its user (the
+    /// accepting core hands the socket over; `net::hand_off`).
+    pub hand_off: bool,
+    /// Test aid: every hand-off finds its owner's queue full, so the
+    /// session stays where it was accepted. Never set in production.
+    pub fault_hand_off_queue_full: bool,
+    /// Test aid: how long a core waits before it starts a session handed
+    /// to it (0: not at all), as a busy owner would make it. Never set in
+    /// production.
+    pub fault_hand_off_delay_ms: u64,
     /// Test aid: milliseconds added to the clock the id generators read
     /// (negative: behind the system clock), as a host whose clock stepped
     /// would make it. Never set in production.
@@ -211,6 +221,9 @@ impl Default for Config {
             fault_push_record_failures: 0,
             fault_attach_delay_ms: 0,
             fault_id_clock_offset_ms: 0,
+            hand_off: true,
+            fault_hand_off_queue_full: false,
+            fault_hand_off_delay_ms: 0,
         }
     }
 }

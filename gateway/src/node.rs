@@ -73,6 +73,9 @@ pub struct Shared {
     open_files_max: u64,
     /// Descriptors kept below it for what is not a client connection.
     fd_reserve: u64,
+    /// WebSocket connections handed to another core and not yet started
+    /// (or dropped) there: a stopping core drains them too.
+    hand_offs_in_flight: AtomicUsize,
 }
 
 /// An HTTP connection [`Shared::open_http`] let in; dropping it (when the
@@ -112,6 +115,19 @@ pub struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.shared.admission().release(self.ip, self.user);
+    }
+}
+
+/// One connection counted in [`Shared::hand_offs_in_flight`] until this is
+/// dropped (its session started, or the hand-off lost).
+#[derive(Debug)]
+pub struct HandOffInFlight {
+    shared: Arc<Shared>,
+}
+
+impl Drop for HandOffInFlight {
+    fn drop(&mut self) {
+        self.shared.hand_offs_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -209,6 +225,7 @@ impl Shared {
             login_throttle: Mutex::new(LoginThrottle::default()),
             signup_throttle: Mutex::new(SignupThrottle::new(config.max_signups_per_ip_per_min)),
             admission: Mutex::new(Admission::new(caps)),
+            hand_offs_in_flight: AtomicUsize::new(0),
             http_connections: Mutex::new(HttpConnections::new(HttpCaps {
                 connections: config.max_http_connections,
                 per_ip: config.max_http_connections_per_ip,
@@ -426,5 +443,17 @@ impl Shared {
     /// All shards' connections now.
     pub fn connection_count(&self) -> u64 {
         self.connections.iter().map(|count| count.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counts a connection handed to another core until the returned guard
+    /// is dropped.
+    pub fn hand_off_started(self: &Arc<Self>) -> HandOffInFlight {
+        self.hand_offs_in_flight.fetch_add(1, Ordering::AcqRel);
+        HandOffInFlight { shared: self.clone() }
+    }
+
+    /// Connections handed to another core and not yet started there.
+    pub fn hand_offs_in_flight(&self) -> usize {
+        self.hand_offs_in_flight.load(Ordering::Acquire)
     }
 }

@@ -127,11 +127,13 @@ pub enum MeshKind {
     PushCheck,
     /// `Control::Ops`.
     Ops,
+    /// `Control::HandOff`: a connection moved to its user's owner.
+    HandOff,
 }
 
 impl MeshKind {
     /// Every kind, in the order of their counters.
-    pub const ALL: [MeshKind; 9] = [
+    pub const ALL: [MeshKind; 10] = [
         MeshKind::Send,
         MeshKind::OtherCall,
         MeshKind::Reply,
@@ -141,6 +143,7 @@ impl MeshKind {
         MeshKind::RateCheck,
         MeshKind::PushCheck,
         MeshKind::Ops,
+        MeshKind::HandOff,
     ];
 
     /// Its label.
@@ -155,6 +158,7 @@ impl MeshKind {
             MeshKind::RateCheck => "rate_check",
             MeshKind::PushCheck => "push_check",
             MeshKind::Ops => "ops",
+            MeshKind::HandOff => "hand_off",
         }
     }
 
@@ -184,6 +188,7 @@ impl Control {
             Control::Abuse(_) => MeshKind::RateCheck,
             Control::Push(_) => MeshKind::PushCheck,
             Control::Ops(_) => MeshKind::Ops,
+            Control::HandOff(_) => MeshKind::HandOff,
         }
     }
 }
@@ -254,6 +259,32 @@ pub enum Control {
     Push(push::Check),
     /// The operator's requests to every core.
     Ops(OpsMsg),
+    /// A WebSocket connection that passed its upgrade on another core, for
+    /// its user's owner to run (`net::hand_off`).
+    HandOff(Box<HandOff>),
+}
+
+/// A WebSocket connection on its way to the core that owns its user: the
+/// socket (a duplicate of the accepting core's descriptor, which that core
+/// closed once this was queued), the bytes read past the upgrade request,
+/// and what the upgrade passed. Dropped unstarted, it closes the socket
+/// and frees the connection's room.
+#[derive(Debug)]
+pub struct HandOff {
+    /// The socket.
+    pub fd: std::os::fd::OwnedFd,
+    /// Bytes the client sent after its upgrade request.
+    pub early: Vec<u8>,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The token's user.
+    pub user: crate::auth::AuthedUser,
+    /// The device id.
+    pub device: Box<str>,
+    /// Its room under the connection caps.
+    pub admitted: crate::node::Admitted,
+    /// Counted in `Shared`'s hand-offs in flight until started or dropped.
+    pub in_flight: crate::node::HandOffInFlight,
 }
 
 /// Channel traffic between an owner and the cores hosting its members.

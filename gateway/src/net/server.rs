@@ -18,8 +18,8 @@ use crate::auth::{TokenKeys, generate_secret};
 use crate::config::Config;
 use crate::error::ServeError;
 use crate::limits;
-use crate::net::accept;
 use crate::net::http::api::ws_url_from_public;
+use crate::net::{accept, hand_off};
 use crate::node::Shared;
 use crate::protocol::close::CloseReason;
 use crate::route::{Call, Control, Routed, Router};
@@ -305,6 +305,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     let store = parts.store.clone();
     let shard = Rc::new(Shard::open(id, shard_count, parts, router).map_err(|error| fail(error.to_string()))?);
     let committer = crate::tasks::spawn(shard.committer.clone().run(store));
+    shard.start_handed_off.set(Some(hand_off::start));
     inbox::serve_mesh(&shard, call_receivers, control_receivers);
     spawn_background(&shard);
 
@@ -324,8 +325,10 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     for conn in shard.registry.borrow().all() {
         conn.close(CloseReason::GoingAway);
     }
+    // Connections handed to a core and not yet started there are waited
+    // for too (node-wide): their sessions start, see the stop and close.
     let deadline = Instant::now() + limits::SHUTDOWN_DRAIN;
-    while !shard.registry.borrow().is_empty() && Instant::now() < deadline {
+    while (!shard.registry.borrow().is_empty() || shared.hand_offs_in_flight() > 0) && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     // Everything queued before this point becomes durable.

@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::cmd::dispatch::dispatch;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
-use crate::node::Admitted;
+use crate::node::{Admitted, HandOffInFlight};
 use crate::protocol::close::CloseReason;
 use crate::protocol::command::parse_frame;
 use crate::protocol::frame::{self, FrameReader, Incoming};
@@ -85,17 +85,29 @@ enum Mode {
 
 /// Runs a connection that passed the upgrade, until it ends: the start
 /// (attach, `hello`, the bytes sent with the upgrade) here, then the loop
-/// and the end as a task of its own.
+/// and the end as a task of its own. `in_flight` (a connection handed here
+/// from another core) is let go once the connection is registered here.
 ///
 /// The loop's task lives as long as the connection, so its future holds
 /// only what the loop needs (an async fn keeps its arguments for its whole
 /// life): the start is this task's, which ends once the loop is spawned,
 /// and the end (close handshake, detach) is a boxed future of its own.
-pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, early: Vec<u8>, upgraded: Upgraded, remote: SocketAddr) {
+pub async fn run(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    early: Vec<u8>,
+    upgraded: Upgraded,
+    remote: SocketAddr,
+    in_flight: Option<HandOffInFlight>,
+) {
     let (mode, conn, admitted) = match upgraded {
         Upgraded::Chat { user, device, admitted } => {
             let user = Rc::new(user);
-            let Some(conn) = start(&shard, &mut stream, &user, device, remote).await else { return };
+            let started = start(&shard, &mut stream, &user, device, remote).await;
+            // Registered (and closed with 1001 if the core is stopping), or
+            // refused: a stopping core no longer waits for it.
+            drop(in_flight);
+            let Some(conn) = started else { return };
             (Mode::Chat(user), conn, admitted)
         }
         Upgraded::Echo { admitted } => (Mode::Echo, Conn::unregistered(remote, now_ms()), admitted),

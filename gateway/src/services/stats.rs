@@ -134,6 +134,9 @@ pub struct Counters {
     /// Push checks asked again while running (an owner that failed to
     /// record, or a pending record's removal that failed).
     pub push_check_retries: Cell<u64>,
+    /// WebSocket connections whose session ran on the accepting core
+    /// though another core owns their user (the owner's queue was full).
+    pub hand_offs_kept: Cell<u64>,
     /// Owned channels' states dropped from memory, least recently used
     /// first, at `--max-idle-channels-per-shard`.
     pub channels_evicted: Cell<u64>,
@@ -156,6 +159,12 @@ impl Counters {
         if let Some(index) = ERROR_CODES.iter().position(|known| *known == code) {
             self.errors[index].set(self.errors[index].get() + 1);
         }
+    }
+
+    /// Counts a connection whose session runs where it was accepted, not
+    /// on its user's owner.
+    pub fn hand_off_kept(&self) {
+        self.hand_offs_kept.set(self.hand_offs_kept.get() + 1);
     }
 
     /// Counts an accepted connection closed at once, for `reason`.
@@ -194,6 +203,9 @@ pub struct ShardStats {
     pub dead_pushes_dropped: u64,
     /// Push checks asked again while running.
     pub push_check_retries: u64,
+    /// Connections kept on the accepting core rather than handed to their
+    /// user's owner.
+    pub hand_offs_kept: u64,
     /// Users this shard owns whose presence some core is subscribed to.
     pub presence_watched_users: u64,
     /// Cross-core messages this shard sent, by kind (`route::MeshKind::ALL`'s

@@ -107,6 +107,13 @@ fn apply_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Con
             None
         }
         Control::Ops(msg) => Some(Ok(on_ops(shard, msg))),
+        Control::HandOff(hand_off) => {
+            match shard.start_handed_off.get() {
+                Some(start) => start(shard, *hand_off),
+                None => tracing::warn!("a connection handed here before sessions can start: closed"),
+            }
+            None
+        }
     };
     if let Some(result) = reply
         && request_id != 0

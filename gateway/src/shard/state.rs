@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::node::Shared;
 use crate::placement;
-use crate::route::{ChannelMsg, ConnKey, Control, Router};
+use crate::route::{ChannelMsg, ConnKey, Control, HandOff, Router};
 use crate::services::abuse::Limiter;
 use crate::services::banned::{self, BannedWords};
 use crate::services::presence::Presence;
@@ -121,6 +121,9 @@ pub struct PresenceOutbox {
     pub sending: bool,
 }
 
+/// What starts a handed-off connection's session (see `Shard::start_handed_off`).
+pub type StartHandedOff = fn(&Rc<Shard>, HandOff);
+
 /// One shard, on its own core.
 pub struct Shard {
     /// This shard.
@@ -151,6 +154,10 @@ pub struct Shard {
     pub counters: Counters,
     /// Set when the server stops.
     pub stopping: Cell<bool>,
+    /// Starts the session of a connection another core handed here (set by
+    /// the network edge, which owns sessions; unset, a hand-off is dropped
+    /// and its socket closed).
+    pub start_handed_off: Cell<Option<StartHandedOff>>,
     /// This core's subscription epoch: bumped each time it tells an owner
     /// whether it hosts a channel, so that the owner can order what one
     /// core said even when the words arrive by different paths.
@@ -267,6 +274,7 @@ impl Shard {
             committer,
             counters: Counters::default(),
             stopping: Cell::new(false),
+            start_handed_off: Cell::new(None),
             subscription_epoch: Cell::new(0),
             outbox_index: RefCell::new(outbox_index),
             dead_pushes: Cell::new(dead_pushes),

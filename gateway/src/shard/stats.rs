@@ -34,6 +34,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         pushes_expired: counters.pushes_expired.get(),
         dead_pushes_dropped: counters.dead_pushes_dropped.get(),
         push_check_retries: counters.push_check_retries.get(),
+        hand_offs_kept: counters.hand_offs_kept.get(),
         presence_watched_users: shard.presence.borrow().watched_users() as u64,
         channels_in_memory: shard.channels_in_memory() as u64,
         channels_evicted: counters.channels_evicted.get(),

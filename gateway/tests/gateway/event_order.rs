@@ -103,9 +103,13 @@ fn a_send_whose_answer_waits_does_not_let_a_later_message_of_the_channel_deliver
     // core, ready meanwhile, must still be delivered after it.
     let shards = 2;
     let server = TestServer::start_with(shards, |config| config.fault_early_reply_delay_ms = 1_000);
-    let people = users(&server, "turn", 3);
-    let (remote, local, reader) = (&people[0], &people[1], &people[2]);
     let home = 1;
+    // Sessions run on their user's owner: the remote sender is owned by
+    // the other core, the local one by the channel's.
+    let people = crate::common::users_on_every_shard(&server, "turn", 3, shards);
+    let remote = people.iter().find(|user| crate::common::owner(user, shards) == 1 - home).unwrap();
+    let local = people.iter().find(|user| crate::common::owner(user, shards) == home).unwrap();
+    let reader = people.iter().find(|user| !std::ptr::eq(*user, remote) && !std::ptr::eq(*user, local)).unwrap();
     let channel =
         crate::common::create_channel_owned_by(&server, remote, &[&local.username, &reader.username], home, shards);
     // A device of each sender on the core it needs: the remote sender's on

@@ -13,6 +13,7 @@ mod connection_caps;
 mod direct_burst;
 mod disk_full;
 mod event_order;
+mod hand_off;
 mod heartbeat;
 mod hello_first;
 mod http_api;

@@ -368,7 +368,9 @@ fn cross_core_messages_are_counted_by_kind_per_stored_message() {
     eprintln!("{per_message:.2} cross-core messages per stored 1:1 message on 2 shards (these two users' cores)");
     assert!(per_message > 0.0, "a 1:1 across two owners crosses cores");
     let scrape = crate::common::scrape(&server);
-    for kind in ["send", "reply", "deliver"] {
+    for kind in
+        ["send", "other_call", "reply", "deliver", "subscription", "presence", "rate_check", "push_check", "hand_off"]
+    {
         let count: f64 = scrape
             .samples
             .iter()

@@ -30,16 +30,18 @@ fn a_second_device_on_a_core_gets_its_hello_only_once_the_owner_knows_the_core()
     let shards = 2;
     let server = TestServer::start_with(shards, |config| config.fault_owner_delay_ms = DELAY_MS);
     let people = users_on_every_shard(&server, "second", 8, shards);
-    // The member and the channel are owned by the same shard, so a device
-    // on the other core waits on that one owner for both words.
+    // The member's devices run on its owner (sessions are handed to their
+    // user's owner), and the channel is owned by the other shard: each
+    // device's subscribe word there takes the owner's delay.
     let member = &people[0];
     let sender = people.iter().find(|user| owner(user, shards) != owner(member, shards)).expect("both shards");
-    let home = owner(member, shards);
-    let channel = create_channel_owned_by(&server, sender, &[&member.username], home, shards);
+    let elsewhere = owner(sender, shards);
+    let channel = create_channel_owned_by(&server, sender, &[&member.username], elsewhere, shards);
 
     std::thread::scope(|scope| {
-        // A first device whose subscribe is still on its way: one that
-        // landed on the other core (its hello takes the owner's delay).
+        // A first device whose subscribe is still on its way (its hello
+        // takes the owner's delay; a device that found its core already
+        // subscribed is kept open, and another tried).
         let mut first = None;
         let mut on_the_owners_core = Vec::new();
         for attempt in 0..12 {
@@ -48,14 +50,14 @@ fn a_second_device_on_a_core_gets_its_hello_only_once_the_owner_knows_the_core()
             let connecting = scope.spawn(move || server.connect(member, &device));
             std::thread::sleep(Duration::from_millis(300));
             if connecting.is_finished() {
-                // On the owner's core: no wait. Keep it open and try again.
+                // No wait. Keep it open and try again.
                 on_the_owners_core.push(connecting.join().unwrap());
                 continue;
             }
             first = Some(connecting);
             break;
         }
-        let first = first.expect("a connection landed on the other core");
+        let first = first.expect("a connection waited on the channel's owner");
         // More devices while the first one's word is on its way: every one
         // on the same core must receive a message sent right after its
         // hello.

@@ -212,6 +212,13 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
             all,
             |s| s.push_check_retries,
         );
+        shard_counter(
+            registry,
+            "hand_offs_kept",
+            "WebSocket connections run on the accepting core, not their user's owner (its queue was full)",
+            all,
+            |s| s.hand_offs_kept,
+        );
         shard_gauge(registry, "channels_in_memory", "States of channels the shard owns held in memory", all, |s| {
             s.channels_in_memory
         });

@@ -29,7 +29,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::net::http::body::{Body, authenticate, error_response, json_response, read_json, read_whole, user_of_token};
 use crate::net::http::{accounts, admin, api, metrics};
-use crate::net::session;
+use crate::net::{hand_off, session};
 use crate::node::HttpSlot;
 use crate::protocol::upgrade::{upgrade_response, websocket_device, websocket_token};
 use crate::shard::state::Shard;
@@ -162,9 +162,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, remote: SocketAddr, slot
                 drop(parts.read_buf);
                 // A WebSocket from here on: out of the HTTP caps.
                 drop(slot);
-                // A task of its own, sized for the session alone: this task's
-                // future is sized for hyper's connection state, and ends here.
-                crate::tasks::spawn(session::run(shard, stream, early, upgraded, remote)).detach();
+                // On its user's owner, or here: a task of its own, sized for
+                // the session alone (this task's future is sized for hyper's
+                // connection state, and ends here).
+                hand_off::run_where_owned(&shard, stream, early, upgraded, remote);
             }
         }
         Err(error) => tracing::debug!(%error, "http connection ended"),

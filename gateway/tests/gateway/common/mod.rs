@@ -363,6 +363,11 @@ pub fn create_channel_owned_by(
     panic!("no connection landed on shard {owner}");
 }
 
+/// `chatgw_mesh_messages_total` of one kind, summed over the shards.
+pub fn mesh_kind_total(server: &TestServer, kind: &str) -> f64 {
+    labelled(&scrape(server), "chatgw_mesh_messages_total", "kind", kind)
+}
+
 /// `/metrics`, parsed (its content type checked).
 pub fn scrape(server: &TestServer) -> prometheus_parse::Scrape {
     let mut response = server.http.get(server.url("/metrics")).call().unwrap();
