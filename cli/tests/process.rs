@@ -855,3 +855,72 @@ fn a_cursor_from_before_a_restart_with_the_clock_behind_gets_the_messages_sent_a
     let reply = call(&mut ws, json!({ "id": 4, "method": "sync", "params": { "since": next } }));
     assert_eq!(ids_of(&reply), [third]);
 }
+
+#[test]
+fn a_pair_indexed_where_earlier_versions_put_it_keeps_its_channel() {
+    use chatgw_gateway::placement::{legacy_pair_owner, pair_owner};
+    use chatgw_idgen::{ChannelId, UserId};
+    use chatgw_storage::{Store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let shards = 4;
+    let mut node = serve_shards(dir.path(), "4", &["--rate-limit", "0"]);
+    // A pair whose index the earlier placement put elsewhere than the
+    // present one (about 3 pairs in 4 on 4 shards).
+    let first = signup(node.addr, "legacy_first");
+    let first_id = UserId(first["user_id"].as_str().unwrap().parse().unwrap());
+    let (second_name, second_id) = (0..64)
+        .find_map(|n| {
+            let name = format!("legacy_second{n}");
+            let id = UserId(signup(node.addr, &name)["user_id"].as_str().unwrap().parse().unwrap());
+            (legacy_pair_owner(first_id, id, shards) != pair_owner(first_id, id, shards)).then_some((name, id))
+        })
+        .expect("a pair placed apart");
+    // Their channel, with a message in it.
+    let mut ws = connect(node.addr, first["token"].as_str().unwrap());
+    let made = call(
+        &mut ws,
+        json!({ "id": 1, "method": "channel.create", "params": { "name": "theirs", "members": [second_name] } }),
+    );
+    let channel: u64 = made["result"]["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let sent = call(
+        &mut ws,
+        json!({ "id": 2, "method": "send", "params": { "channel_id": channel.to_string(), "text": "before" } }),
+    );
+    assert!(sent.get("result").is_some(), "{sent}");
+    drop(ws);
+    stop(&mut node);
+    // The data as an earlier version left it: the pair's index at the
+    // earlier place, naming that channel.
+    {
+        let store = Store::open(&StoreConfig::new(dir.path().join("db"), shards)).unwrap();
+        let legacy = legacy_pair_owner(first_id, second_id, shards);
+        let mut batch = store.batch();
+        batch.put_direct(legacy, first_id, second_id, ChannelId(channel)).unwrap();
+        store.write(batch).unwrap();
+    }
+    let node = serve_shards(dir.path(), "4", &["--rate-limit", "0"]);
+    let mut ws = connect(node.addr, &login(node.addr, "legacy_first"));
+    let sent =
+        call(&mut ws, json!({ "id": 3, "method": "send", "params": { "to_user": second_name, "text": "after" } }));
+    assert_eq!(sent["result"]["channel_id"], channel.to_string(), "{sent}");
+    // And again, from the other side (the index was copied to the pair's
+    // present owner on first use).
+    let mut other = connect(node.addr, &login(node.addr, &second_name));
+    let back =
+        call(&mut other, json!({ "id": 4, "method": "send", "params": { "to_user": "legacy_first", "text": "back" } }));
+    assert_eq!(back["result"]["channel_id"], channel.to_string(), "{back}");
+    let history = call(
+        &mut ws,
+        json!({ "id": 5, "method": "history", "params": { "channel_id": channel.to_string(), "limit": 10 } }),
+    );
+    let texts: Vec<&str> = history["result"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 3, "{history}");
+    for text in ["before", "after", "back"] {
+        assert!(texts.contains(&text), "{text} missing: {history}");
+    }
+}

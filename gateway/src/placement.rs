@@ -30,8 +30,17 @@ pub fn username_owner(username: &str, shards: u16) -> ShardId {
     owner(hash, shards)
 }
 
-/// The shard that owns the direct channel index of a pair of users.
+/// The shard that owns the direct channel index of a pair of users, and so
+/// the pair's direct channel (it makes the channel with an id it owns): the
+/// owner of the pair's lower user id. Sessions run on their user's owner,
+/// so a 1:1 message is stored where one of its two users is connected.
 pub fn pair_owner(first: UserId, second: UserId, shards: u16) -> ShardId {
+    owner(first.min(second).0, shards)
+}
+
+/// Where data written before pairs were owned by one of their users keeps
+/// a pair's index (a hash of both ids): read to find the pairs made then.
+pub fn legacy_pair_owner(first: UserId, second: UserId, shards: u16) -> ShardId {
     let (low, high) = if first <= second { (first, second) } else { (second, first) };
     owner(mix(low.0) ^ high.0.rotate_left(17), shards)
 }
@@ -54,6 +63,16 @@ mod tests {
     fn ownership_is_stable_and_symmetric() {
         assert_eq!(owner(12345, 7), owner(12345, 7));
         assert_eq!(pair_owner(UserId(3), UserId(9), 5), pair_owner(UserId(9), UserId(3), 5));
+        assert_eq!(legacy_pair_owner(UserId(3), UserId(9), 5), legacy_pair_owner(UserId(9), UserId(3), 5));
         assert_eq!(username_owner("alice", 1), ShardId(0));
+    }
+
+    #[test]
+    fn a_pair_is_owned_by_one_of_its_users_owners() {
+        for low in (1u64 << 40)..(1u64 << 40) + 200 {
+            let (first, second) = (UserId(low), UserId(low * 7 + 3));
+            assert_eq!(pair_owner(first, second, 4), owner(low, 4));
+            assert_eq!(pair_owner(second, first, 4), owner(low, 4));
+        }
     }
 }

@@ -190,6 +190,20 @@ async fn find_or_make_direct(
     if let Some(channel) = shard.store.direct_channel(shard.id, first, second)? {
         return Ok(channel);
     }
+    // A pair made before pairs were owned by one of their users is indexed
+    // where a hash of both ids put it: found there, the index is copied
+    // here, and the pair keeps its channel (and its history).
+    let legacy = placement::legacy_pair_owner(first, second, shard.shard_count);
+    if legacy != shard.id
+        && let Some(channel) = shard.store.direct_channel(legacy, first, second)?
+    {
+        shard
+            .committer
+            .commit(vec![WriteOp::Direct(shard.id, first, second, channel)])
+            .await
+            .map_err(storage_failed)?;
+        return Ok(channel);
+    }
     let (low, high) = if names.0 <= names.1 { (names.0, names.1) } else { (names.1, names.0) };
     let channel = Channel {
         // An id this shard owns: the pair's owner makes the channel itself,

@@ -74,7 +74,13 @@ impl Shard {
         if let Some(channel) = self.directs.borrow().get(&pair) {
             return Ok(Some(*channel));
         }
-        let found = self.store.direct_channel(placement::pair_owner(first, second, self.shard_count), first, second)?;
+        let now = placement::pair_owner(first, second, self.shard_count);
+        let mut found = self.store.direct_channel(now, first, second)?;
+        let legacy = placement::legacy_pair_owner(first, second, self.shard_count);
+        if found.is_none() && legacy != now {
+            // A pair made before pairs were owned by one of their users.
+            found = self.store.direct_channel(legacy, first, second)?;
+        }
         if let Some(channel) = found {
             cache_insert(&self.directs, pair, channel);
         }
