@@ -71,6 +71,10 @@ const _: () = assert!(ID_LEASE_RENEW_MARGIN_MS < ID_LEASE_AHEAD_MS, "a fresh lea
 pub const OUTBOX_PER_USER_MAX: usize = 100;
 /// Writes one group commit takes at most; the rest wait for the next.
 pub const GROUP_COMMIT_WRITES_MAX: usize = 4096;
+/// How long a riding write (`Committer::commit_riding`: a message's
+/// pending push check removed) waits for a group commit to ride in before
+/// it makes one of its own.
+pub const RIDER_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Members up to which a channel's messages are also written to each
 /// member's inbox (fan-out on write); above it, members read the channel

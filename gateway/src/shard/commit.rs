@@ -83,6 +83,9 @@ type Done = oneshot::Sender<Result<(), String>>;
 #[derive(Default)]
 struct Queue {
     writes: VecDeque<(Vec<WriteOp>, Done, Instant)>,
+    /// Writes that make no batch of their own: they go with the next one,
+    /// or alone once the oldest has waited `limits::RIDER_WAIT`.
+    riders: VecDeque<(Vec<WriteOp>, Done, Instant)>,
     waker: Option<Waker>,
     stopped: bool,
 }
@@ -218,9 +221,35 @@ impl Committer {
         finished.await.unwrap_or_else(|_| Err("the committer stopped".into()))
     }
 
-    /// Writes queued and not yet taken.
+    /// Writes `ops` in the next group commit that something else makes, or
+    /// in one of their own once they have waited `limits::RIDER_WAIT`;
+    /// resolves once they are durable. For writes that may wait and carry
+    /// no message id (a message's pending push check, removed): at low
+    /// rates they cost no WAL write of their own per message, only one per
+    /// batch they ride in.
+    pub async fn commit_riding(&self, ops: Vec<WriteOp>) -> Result<(), String> {
+        debug_assert!(message_ids(&ops, self.shard).is_empty(), "riders carry no message id");
+        let (done, finished) = oneshot::channel();
+        {
+            let mut queue = self.queue.borrow_mut();
+            if queue.stopped {
+                return Err("the shard is shutting down".into());
+            }
+            queue.riders.push_back((ops, done, Instant::now()));
+            // The first rider: the committer sets its timer.
+            if queue.riders.len() == 1
+                && let Some(waker) = queue.waker.take()
+            {
+                waker.wake();
+            }
+        }
+        finished.await.unwrap_or_else(|_| Err("the committer stopped".into()))
+    }
+
+    /// Writes queued and not yet taken (riders included).
     pub fn queued(&self) -> usize {
-        self.queue.borrow().writes.len()
+        let queue = self.queue.borrow();
+        queue.writes.len() + queue.riders.len()
     }
 
     /// Refuses new writes; `run` returns once the queue is empty.
@@ -229,6 +258,42 @@ impl Committer {
         queue.stopped = true;
         if let Some(waker) = queue.waker.take() {
             waker.wake();
+        }
+    }
+
+    /// Waits until there is a batch to write (true), or the committer is
+    /// stopped with nothing left (false). Riders alone make a batch once
+    /// the oldest has waited `limits::RIDER_WAIT`, or at the stop.
+    async fn work(&self) -> bool {
+        loop {
+            let rider_due = self.queue.borrow().riders.front().map(|(_, _, at)| *at + limits::RIDER_WAIT);
+            let ready = std::future::poll_fn(|cx| {
+                let mut queue = self.queue.borrow_mut();
+                if !queue.writes.is_empty() {
+                    Poll::Ready(Some(true))
+                } else if queue.stopped {
+                    Poll::Ready(Some(!queue.riders.is_empty()))
+                } else if rider_due.is_none() && !queue.riders.is_empty() {
+                    // A first rider came: wait again, with its timer.
+                    Poll::Ready(None)
+                } else {
+                    queue.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            });
+            let woke = match rider_due {
+                None => ready.await,
+                Some(due) => {
+                    let timer = async {
+                        glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                        Some(true)
+                    };
+                    futures_lite::future::or(ready, timer).await
+                }
+            };
+            if let Some(has_work) = woke {
+                return has_work;
+            }
         }
     }
 
@@ -244,19 +309,7 @@ impl Committer {
             }
         };
         loop {
-            let has_work = std::future::poll_fn(|cx| {
-                let mut queue = self.queue.borrow_mut();
-                if !queue.writes.is_empty() {
-                    Poll::Ready(true)
-                } else if queue.stopped {
-                    Poll::Ready(false)
-                } else {
-                    queue.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            })
-            .await;
-            if !has_work {
+            if !self.work().await {
                 return;
             }
             // Let the core's other ready tasks add their writes first: that
@@ -275,6 +328,14 @@ impl Committer {
                     }
                     ops += writes.len();
                     taken.push(queue.writes.pop_front().expect("front exists"));
+                }
+                // The riders go along, as many as the batch has room for.
+                while let Some((writes, _, _)) = queue.riders.front() {
+                    if !taken.is_empty() && ops + writes.len() > limits::GROUP_COMMIT_WRITES_MAX {
+                        break;
+                    }
+                    ops += writes.len();
+                    taken.push(queue.riders.pop_front().expect("front exists"));
                 }
                 taken
             };
@@ -335,5 +396,54 @@ impl Committer {
                 let _ = done.send(result.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chatgw_storage::{PushDue, StoreConfig};
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_rider_goes_with_the_next_batch_or_alone_after_its_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("db"), 1)).unwrap());
+        let shared = Arc::new(Shared::new(1, &Config::default(), 0, 1024, None).unwrap());
+        let shard = ShardId(0);
+        let due = |id: u64| PushDue { message_id: MessageId(id), channel_id: ChannelId(7), sender_id: UserId(1) };
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let committer = Committer::new(shared, shard, 0);
+                let running = glommio::spawn_local(committer.clone().run(store.clone()));
+                let writes = || committer.timings.storage_write.snapshot().count();
+                // Alone, it makes a batch of its own once it has waited.
+                committer.commit(vec![WriteOp::PushDue(shard, due(1))]).await.unwrap();
+                assert_eq!(writes(), 1);
+                committer.commit_riding(vec![WriteOp::PushChecked(shard, MessageId(1))]).await.unwrap();
+                assert_eq!(writes(), 2, "the rider's own batch");
+                assert!(store.pushes_due(shard, MessageId(0), 10).unwrap().is_empty(), "the rider was written");
+                // Beside a write, both go in one batch.
+                let rider = committer.commit_riding(vec![WriteOp::PushChecked(shard, MessageId(2))]);
+                let write = committer.commit(vec![WriteOp::PushDue(shard, due(3))]);
+                let (rode, wrote) = futures_lite::future::zip(rider, write).await;
+                rode.unwrap();
+                wrote.unwrap();
+                assert_eq!(writes(), 3, "one batch for the write and its rider");
+                // A rider still waiting at the stop is written, not lost.
+                let last = glommio::spawn_local({
+                    let committer = committer.clone();
+                    async move { committer.commit_riding(vec![WriteOp::PushChecked(shard, MessageId(3))]).await }
+                });
+                futures_lite::future::yield_now().await;
+                committer.stop();
+                last.await.unwrap();
+                running.await;
+                assert!(store.pushes_due(shard, MessageId(0), 10).unwrap().is_empty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

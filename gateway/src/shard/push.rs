@@ -84,7 +84,10 @@ async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId]) {
         if !by_owner.is_empty() {
             continue;
         }
-        match shard.committer.commit(vec![WriteOp::PushChecked(shard.id, due.message_id)]).await {
+        // The removal rides in the next group commit (a later message's,
+        // usually): no WAL write of its own per message. A kill before it
+        // is written leaves the check to the next start, at least once.
+        match shard.committer.commit_riding(vec![WriteOp::PushChecked(shard.id, due.message_id)]).await {
             Ok(()) => return,
             Err(error) => tracing::warn!(%error, attempt, "removing a pending push check; trying again"),
         }
