@@ -132,8 +132,12 @@ pub fn route_round_trips_spinning(trips: u64, spin: Option<Duration>) -> Duratio
                     let frame = Bytes::from_static(br#"{"event":"message","data":{}}"#);
                     let started = Instant::now();
                     for _ in 0..trips {
-                        let deliver =
-                            ChannelMsg::Deliver { channel_id: ChannelId(7), frame: frame.clone(), taken_at: started };
+                        let deliver = ChannelMsg::Deliver {
+                            channel_id: ChannelId(7),
+                            frame: frame.clone(),
+                            taken_at: started,
+                            with: None,
+                        };
                         router.ask(peer, Control::Channel(deliver)).await.expect("shard 1 answers");
                     }
                     let elapsed = started.elapsed();

@@ -287,6 +287,29 @@ pub struct HandOff {
     pub in_flight: crate::node::HandOffInFlight,
 }
 
+/// What a delivery carries besides its frame, so that one message does the
+/// work of two or three.
+#[derive(Debug, Default)]
+pub struct DeliverWith {
+    /// The sender's answer, when the sender's connection is on the core
+    /// the frame goes to: completes the request `Routed::request_id`.
+    pub reply: Option<Answer>,
+    /// Pushes to record for members the receiving core owns, answered
+    /// (`Done`, or the error) to the request with this id.
+    pub push: Option<(u64, push::Check)>,
+}
+
+/// The answer to a request registered with [`Router::expect_answer`].
+#[derive(Debug)]
+pub struct AnswerWait(oneshot::Receiver<Result<Answer, ApiError>>);
+
+impl AnswerWait {
+    /// The answer, or `overloaded` if none came in time.
+    pub async fn answer(self) -> Result<Answer, ApiError> {
+        self.0.await.unwrap_or_else(|_| Err(ApiError::new(ErrorCode::Overloaded, "shard unavailable")))
+    }
+}
+
 /// Channel traffic between an owner and the cores hosting its members.
 #[derive(Debug)]
 pub enum ChannelMsg {
@@ -298,6 +321,8 @@ pub enum ChannelMsg {
         frame: Bytes,
         /// When the owner took the message (for the fan-out latency).
         taken_at: Instant,
+        /// What goes along with the frame to this core, if anything.
+        with: Option<Box<DeliverWith>>,
     },
     /// The sender hosts connections of these channels now (to their owner),
     /// as of its subscription epoch `epoch`; answered with `Done`. One word
@@ -584,6 +609,15 @@ impl Router {
     /// Calls and asks that timed out so far.
     pub fn timed_out(&self) -> u64 {
         self.pending.borrow().timed_out()
+    }
+
+    /// Registers a wait for an answer from `from` to a request this core
+    /// sends itself (inside another message: a push check riding with a
+    /// delivery): its id, and the wait, which ends `overloaded` once
+    /// `MESH_ANSWER_TIMEOUT` passes.
+    pub fn expect_answer(&self, from: ShardId) -> (u64, AnswerWait) {
+        let (id, receiver) = self.pending.borrow_mut().register(from, Instant::now() + limits::MESH_ANSWER_TIMEOUT);
+        (id, AnswerWait(receiver))
     }
 
     /// Sends a control message (its reader never blocks, so this wait is short).

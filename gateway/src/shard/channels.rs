@@ -4,7 +4,7 @@
 //! safe.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -17,10 +17,11 @@ use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::placement;
 use crate::protocol::{frame, shapes};
-use crate::route::{Answer, ChannelMsg, Control};
+use crate::route::{Answer, ChannelMsg, Control, DeliverWith};
+use crate::services::push::Check;
 use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::connections::{on_membership, on_subscribe};
-use crate::shard::push::{owes_pushes, spawn_check};
+use crate::shard::push::{members_by_owner, owes_pushes, spawn_check};
 use crate::shard::state::Shard;
 use crate::single_flight::Turn;
 
@@ -135,14 +136,24 @@ async fn store_and_fan_out(
     }
     shard.committer.commit(ops).await.map_err(storage_failed)?;
     shard.counters.messages_stored.set(shard.counters.messages_stored.get() + 1);
+    let hosts = |cores: u128, core: ShardId| cores & (1u128 << core.0) != 0;
+    // A remote sender's answer rides with the message's frame to its core
+    // when that core hosts the channel (one message instead of two), else
+    // it goes now, before the turn.
+    let mut answer_rides = None;
     if let Some(early) = early {
         let delay = shard.config.fault_early_reply_delay_ms;
-        if delay > 0 {
-            glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
+        let cores = shard.with_channel(channel_id, |state| state.cores_mask)?.unwrap_or(0);
+        if delay == 0 && hosts(cores, early.to) {
+            answer_rides = Some(early);
+        } else {
+            if delay > 0 {
+                glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            let reply = Answer::Sent { message: Box::new(message.clone()), duplicate: false };
+            shard.router.send_control(early.to, early.request_id, Control::Reply(Ok(reply))).await;
+            early.sent.set(true);
         }
-        let reply = Answer::Sent { message: Box::new(message.clone()), duplicate: false };
-        shard.router.send_control(early.to, early.request_id, Control::Reply(Ok(reply))).await;
-        early.sent.set(true);
     }
 
     // Encode once; every shard hosting a member gets the same bytes. The
@@ -152,10 +163,38 @@ async fn store_and_fan_out(
     let event = frame::text(&shapes::event_json("message", &shapes::message_json(&message, sender)));
     ticket.turn().await;
     let cores = shard.with_channel(channel_id, |state| state.cores_mask)?.unwrap_or(0);
-    shard.fan_out(channel_id, cores, event, taken_at).await;
+    let mut with: HashMap<ShardId, (u64, DeliverWith)> = HashMap::new();
+    if let Some(early) = answer_rides {
+        let reply = Answer::Sent { message: Box::new(message.clone()), duplicate: false };
+        if hosts(cores, early.to) {
+            with.insert(early.to, (early.request_id, DeliverWith { reply: Some(reply), push: None }));
+        } else {
+            // The core stopped hosting the channel while the turn came.
+            shard.router.send_control(early.to, early.request_id, Control::Reply(Ok(reply))).await;
+        }
+        early.sent.set(true);
+    }
+    // The push check of members owned by a core the frame goes to rides
+    // with it too (unless a test slows the checks down); the others are
+    // asked by the check's task.
+    let mut riding = HashMap::new();
+    if let Some(due) = &due
+        && shard.config.fault_push_check_delay_ms == 0
+    {
+        for (owner, owned) in members_by_owner(shard, due, &members) {
+            if owner == shard.id || !hosts(cores, owner) {
+                continue;
+            }
+            let (request_id, wait) = shard.router.expect_answer(owner);
+            let check = Check { channel_id, message_id: id, members: owned };
+            with.entry(owner).or_insert_with(|| (0, DeliverWith::default())).1.push = Some((request_id, check));
+            riding.insert(owner, wait);
+        }
+    }
+    shard.fan_out(channel_id, cores, event, taken_at, with).await;
     drop(ticket);
     if let Some(due) = due {
-        spawn_check(shard, due, members);
+        spawn_check(shard, due, members, riding);
     }
     Ok(message)
 }

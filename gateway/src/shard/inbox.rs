@@ -13,7 +13,7 @@ use glommio::sync::Semaphore;
 
 use crate::error::ApiError;
 use crate::limits::{self, MESH_ANSWER_SWEEP};
-use crate::route::{Answer, Call, ChannelMsg, Control, OpsMsg, Routed};
+use crate::route::{Answer, Call, ChannelMsg, Control, DeliverWith, OpsMsg, Routed};
 use crate::services::presence::Msg as PresenceMsg;
 use crate::shard::channels::EarlyReply;
 use crate::shard::state::Shard;
@@ -99,7 +99,7 @@ fn apply_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Con
             shard.router.complete(request_id, result);
             None
         }
-        Control::Channel(msg) => on_channel(shard, from, msg),
+        Control::Channel(msg) => on_channel(shard, from, request_id, msg),
         Control::Presence(msg) => presence::on_msg(shard, from, msg).map(Ok),
         Control::Abuse(check) => Some(abuse::on_check(shard, check)),
         Control::Push(check) => {
@@ -124,10 +124,18 @@ fn apply_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Con
     }
 }
 
-fn on_channel(shard: &Rc<Shard>, from: ShardId, msg: ChannelMsg) -> Option<Result<Answer, ApiError>> {
+fn on_channel(shard: &Rc<Shard>, from: ShardId, request_id: u64, msg: ChannelMsg) -> Option<Result<Answer, ApiError>> {
     match msg {
-        ChannelMsg::Deliver { channel_id, frame, taken_at } => {
+        ChannelMsg::Deliver { channel_id, frame, taken_at, with } => {
+            let DeliverWith { reply, push } = with.map(|with| *with).unwrap_or_default();
+            if let Some(answer) = reply {
+                // The sender's answer first, then its message's frame.
+                shard.router.complete(request_id, Ok(answer));
+            }
             shard.deliver_local(channel_id, &frame, taken_at);
+            if let Some((push_request, check)) = push {
+                push::on_check(shard, from, push_request, check);
+            }
             if !shard.registry.borrow().hosts_channel(channel_id) {
                 // The owner thinks this core hosts the channel and it does
                 // not (a stale word met a state the owner had dropped, see

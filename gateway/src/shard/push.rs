@@ -16,7 +16,7 @@ use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::limits;
 use crate::protocol::shapes;
-use crate::route::{Answer, Control};
+use crate::route::{Answer, AnswerWait, Control};
 use crate::services::push::{Check, Push, backoff, coalesce, idempotency_key};
 use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::state::Shard;
@@ -27,12 +27,24 @@ pub fn owes_pushes(members: &[UserId], sender: UserId) -> bool {
     members.len() <= limits::PUSH_CHANNEL_MEMBERS_MAX && members.iter().any(|member| *member != sender)
 }
 
+/// The members of `due`'s message that may be owed a push (every one but
+/// the sender), by their owner.
+pub fn members_by_owner(shard: &Shard, due: &PushDue, members: &[UserId]) -> HashMap<ShardId, Vec<UserId>> {
+    let mut by_owner: HashMap<ShardId, Vec<UserId>> = HashMap::new();
+    for member in members.iter().filter(|member| **member != due.sender_id) {
+        by_owner.entry(shard.owner(member.0)).or_default().push(*member);
+    }
+    by_owner
+}
+
 /// Channel owner: once `due`'s message is stored (with its pending-check
 /// record) and fanned out, has each member's owner record pushes for the
-/// members with no connected device, as a task of its own.
-pub fn spawn_check(shard: &Rc<Shard>, due: PushDue, members: Vec<UserId>) {
+/// members with no connected device, as a task of its own. `riding`: the
+/// owners whose check went with the message's delivery, and the waits for
+/// their answers (they are not asked again unless they fail).
+pub fn spawn_check(shard: &Rc<Shard>, due: PushDue, members: Vec<UserId>, riding: HashMap<ShardId, AnswerWait>) {
     let shard = shard.clone();
-    crate::tasks::spawn(async move { check_members(&shard, due, &members).await }).detach();
+    crate::tasks::spawn(async move { check_members(&shard, due, &members, riding).await }).detach();
 }
 
 /// Asks each member's owner to record its pushes (all at once) and waits
@@ -43,15 +55,12 @@ pub fn spawn_check(shard: &Rc<Shard>, due: PushDue, members: Vec<UserId>) {
 /// record, and the next start checks again (a push is owed at least once;
 /// the webhook's `Idempotency-Key` names the user and message, so a repeat
 /// is recognisable). Owners that answered are not asked twice.
-async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId]) {
+async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId], mut riding: HashMap<ShardId, AnswerWait>) {
     let delay = shard.config.fault_push_check_delay_ms;
     if delay > 0 {
         glommio::timer::sleep(Duration::from_millis(delay)).await;
     }
-    let mut by_owner: HashMap<ShardId, Vec<UserId>> = HashMap::new();
-    for member in members.iter().filter(|member| **member != due.sender_id) {
-        by_owner.entry(shard.owner(member.0)).or_default().push(*member);
-    }
+    let mut by_owner = members_by_owner(shard, &due, members);
     let mut wait = limits::PUSH_BACKOFF_FIRST;
     for attempt in 1..=limits::PUSH_CHECK_TRIES {
         if attempt > 1 {
@@ -64,8 +73,11 @@ async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId]) {
         }
         let asks = by_owner.iter().map(|(&owner, members)| {
             let check = Check { channel_id: due.channel_id, message_id: due.message_id, members: members.clone() };
+            let rode = riding.remove(&owner);
             async move {
-                let recorded = if owner == shard.id {
+                let recorded = if let Some(wait) = rode {
+                    wait.answer().await.map(|_| ())
+                } else if owner == shard.id {
                     record(shard, check).await.map_err(storage_failed)
                 } else {
                     shard.router.ask(owner, Control::Push(check)).await.map(|_| ())
@@ -196,7 +208,7 @@ pub async fn replay_due(shard: &Rc<Shard>) {
         after = last.message_id;
         for due in due {
             match shard.with_channel(due.channel_id, |state| state.members.iter().copied().collect::<Vec<_>>()) {
-                Ok(Some(members)) => check_members(shard, due, &members).await,
+                Ok(Some(members)) => check_members(shard, due, &members, HashMap::new()).await,
                 Ok(None) => {
                     let _ = shard.committer.commit(vec![WriteOp::PushChecked(shard.id, due.message_id)]).await;
                 }

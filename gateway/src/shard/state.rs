@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::node::Shared;
 use crate::placement;
-use crate::route::{ChannelMsg, ConnKey, Control, HandOff, Router};
+use crate::route::{ChannelMsg, ConnKey, Control, DeliverWith, HandOff, Router};
 use crate::services::abuse::Limiter;
 use crate::services::banned::{self, BannedWords};
 use crate::services::presence::Presence;
@@ -446,7 +446,18 @@ impl Shard {
 
     /// Sends one shared frame to every core hosting a member of `channel`
     /// (`taken_at`: when this owner took the message).
-    pub async fn fan_out(&self, channel: ChannelId, cores: u128, frame: Bytes, taken_at: Instant) {
+    ///
+    /// `with` gives what goes along to some of those cores (a sender's
+    /// answer, a push check), with the request id each message carries;
+    /// what names a core outside `cores`, or this one, is not sent.
+    pub async fn fan_out(
+        &self,
+        channel: ChannelId,
+        cores: u128,
+        frame: Bytes,
+        taken_at: Instant,
+        mut with: HashMap<ShardId, (u64, DeliverWith)>,
+    ) {
         for core in 0..self.shard_count {
             if cores & (1u128 << core) == 0 {
                 continue;
@@ -454,8 +465,12 @@ impl Shard {
             if ShardId(core) == self.id {
                 self.deliver_local(channel, &frame, taken_at);
             } else {
-                let deliver = ChannelMsg::Deliver { channel_id: channel, frame: frame.clone(), taken_at };
-                self.router.send_control(ShardId(core), 0, Control::Channel(deliver)).await;
+                let (request_id, extra) = match with.remove(&ShardId(core)) {
+                    Some((request_id, extra)) => (request_id, Some(Box::new(extra))),
+                    None => (0, None),
+                };
+                let deliver = ChannelMsg::Deliver { channel_id: channel, frame: frame.clone(), taken_at, with: extra };
+                self.router.send_control(ShardId(core), request_id, Control::Channel(deliver)).await;
             }
         }
     }
