@@ -161,6 +161,11 @@ pub struct ServeArgs {
     /// wait is closed as a slow consumer (1008) [default: 30000].
     #[arg(long, env = "CHATGW_WRITE_STALL_MS")]
     write_stall_ms: Option<u64>,
+    /// Microseconds an idle shard spins before it parks, sparing the wake-up
+    /// of a message that comes soon for a busy core [default: 0, park at
+    /// once].
+    #[arg(long, env = "CHATGW_SPIN_BEFORE_PARK_US")]
+    spin_before_park_us: Option<u64>,
     /// Run each WebSocket session on the core that owns its user, handing
     /// the socket over from the core that accepted it (`false`: where it
     /// was accepted) [default: true].
@@ -226,6 +231,7 @@ struct FileConfig {
     max_outbox_per_shard: Option<usize>,
     write_stall_ms: Option<u64>,
     hand_off: Option<bool>,
+    spin_before_park_us: Option<u64>,
 }
 
 fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
@@ -286,6 +292,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(max_outbox_per_shard => max_outbox_per_shard);
     pick!(write_stall_ms => write_stall_ms);
     pick!(hand_off => hand_off);
+    pick!(spin_before_park_us => spin_before_park_us);
     config.fault_hooks = args.fault_hooks;
     config.conformance_echo = args.conformance_echo;
     config.fault_push_check_delay_ms = args.fault_push_check_delay_ms;

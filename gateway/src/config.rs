@@ -154,6 +154,9 @@ pub struct Config {
     /// it, so a test can revoke its token in between. Never set in
     /// production.
     pub fault_attach_delay_ms: u64,
+    /// Microseconds an idle shard's executor spins before it parks (0: it
+    /// parks at once): `--spin-before-park-us`.
+    pub spin_before_park_us: u64,
     /// Whether a WebSocket session runs on the core that owns its user (the
     /// accepting core hands the socket over; `net::hand_off`).
     pub hand_off: bool,
@@ -222,6 +225,7 @@ impl Default for Config {
             fault_attach_delay_ms: 0,
             fault_id_clock_offset_ms: 0,
             hand_off: true,
+            spin_before_park_us: 0,
             fault_hand_off_queue_full: false,
             fault_hand_off_delay_ms: 0,
         }

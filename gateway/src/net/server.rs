@@ -265,12 +265,19 @@ fn spawn_shards(shard_count: u16, addr: SocketAddr, parts: NodeParts) -> Result<
             ready: ready.clone(),
         };
         let placement = if pin { Placement::Fixed(usize::from(shard) % cpus) } else { Placement::Unbound };
-        let executor = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("{SHARD_THREAD_PREFIX}{shard}"))
             // Socket I/O does not use glommio's registered buffers: keep
             // locked memory small (8 MiB is the limit per process here).
             .io_memory(64 << 10)
-            .ring_depth(limits::IO_URING_DEPTH)
+            .ring_depth(limits::IO_URING_DEPTH);
+        if parts.config.spin_before_park_us > 0 {
+            // Spinning this long before parking spares a wake-up (the
+            // eventfd write and the futex or membarrier behind it) when the
+            // next message comes soon, at the price of a busy core.
+            builder = builder.spin_before_park(Duration::from_micros(parts.config.spin_before_park_us));
+        }
+        let executor = builder
             .spawn(move || shard_main(start))
             .map_err(|error| ServeError::Runtime(format!("starting shard {shard}: {error}")))?;
         executors.push(executor);

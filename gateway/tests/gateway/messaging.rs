@@ -400,3 +400,17 @@ fn cross_core_messages_are_counted_by_kind_per_stored_message() {
     let (by_kind, by_target) = mesh_sent(&server);
     assert!(by_kind >= by_target as f64 - 4.0 && by_kind <= by_target as f64 + 4.0, "{by_kind} by kind, {by_target}");
 }
+
+#[test]
+fn shards_that_spin_before_they_park_deliver_as_ever() {
+    let server = TestServer::start_with(2, |config| config.spin_before_park_us = 200);
+    let people = users_on_every_shard(&server, "spin", 2, 2);
+    let alice = &people[0];
+    let bob = people.iter().find(|user| owner(user, 2) != owner(alice, 2)).expect("users on both shards");
+    let mut alice_ws = server.connect(alice, "phone");
+    let mut bob_ws = server.connect(bob, "laptop");
+    for n in 0..20 {
+        alice_ws.result("send", json!({ "to_user": bob.username, "text": format!("s{n}") }));
+        assert_eq!(bob_ws.next_event("message")["text"], format!("s{n}"));
+    }
+}
