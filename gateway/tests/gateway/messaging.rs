@@ -361,12 +361,21 @@ fn cross_core_messages_are_counted_by_kind_per_stored_message() {
     for alice_sends in [true, false] {
         let (from, to) = if alice_sends { (alice, bob) } else { (bob, alice) };
         let (from_ws, to_ws) = if alice_sends { (&mut alice_ws, &mut bob_ws) } else { (&mut bob_ws, &mut alice_ws) };
+        let writes =
+            || crate::common::sample_sum(&crate::common::scrape(&server), "chatgw_storage_write_seconds_count");
+        let writes_before = writes();
         let before = mesh_sent(&server);
         for n in 0..MESSAGES {
             from_ws.result("send", json!({ "to_user": to.username, "text": format!("m{n}") }));
             to_ws.next_event("message");
         }
         let after = mesh_sent(&server);
+        // One WAL write a message: each pending push check's removal rides
+        // in the next message's batch (the last one's goes alone).
+        let writes_per_message = (writes() - writes_before) / MESSAGES as f64;
+        eprintln!("{writes_per_message:.2} group commits per stored message");
+        // (Two before; a slow machine may let a few riders go alone.)
+        assert!(writes_per_message <= 1.5, "{writes_per_message} group commits a message");
         let per_message = (after.0 - before.0) / MESSAGES as f64;
         eprintln!(
             "{per_message:.2} cross-core messages per stored 1:1 message on 2 shards, {} (shard {}) to {} (shard {})",
