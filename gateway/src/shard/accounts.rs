@@ -86,9 +86,14 @@ pub async fn revoke_tokens(
             ));
         }
         user.password_hash = password.hash;
+        let disabled = user.disabled;
         ops.push(WriteOp::User(shard.id, user));
+        shard.committer.commit(ops).await.map_err(storage_failed)?;
+        shard.remember_account(user_id, disabled, version);
+        return Ok(Answer::Count(version));
     }
     shard.committer.commit(ops).await.map_err(storage_failed)?;
+    shard.remember_account(user_id, user.disabled, version);
     Ok(Answer::Count(version))
 }
 
@@ -101,6 +106,8 @@ pub async fn set_disabled(shard: &Rc<Shard>, user_id: UserId, disabled: bool) ->
     if user.disabled != disabled {
         user.disabled = disabled;
         shard.committer.commit(vec![WriteOp::User(shard.id, user)]).await.map_err(storage_failed)?;
+        // The memory after the commit, and before the caller's kick.
+        shard.accounts.borrow_mut().remove(&user_id);
     }
     Ok(Answer::Done)
 }

@@ -89,14 +89,35 @@ impl Shard {
 
     /// Whether a token's user exists and is enabled, and the token is not
     /// revoked.
+    ///
+    /// On the user's owner (where its sessions run) this is read from
+    /// memory once known: the owner makes every change to it and updates
+    /// the memory after each commit, before its kick.
     pub fn may_connect(&self, user: &AuthedUser) -> Result<bool, ApiError> {
         let owner = self.owner(user.user_id.0);
-        if self.store.user(owner, user.user_id)?.is_none_or(|record| record.disabled) {
-            return Ok(false);
-        }
+        let known = if owner == self.id { self.accounts.borrow().get(&user.user_id).copied() } else { None };
+        let (disabled, version) = match known {
+            Some(state) => state,
+            None => {
+                let Some((record, version)) = self.store.user_and_token_version(owner, user.user_id)? else {
+                    return Ok(false);
+                };
+                if owner == self.id {
+                    cache_insert(&self.accounts, user.user_id, (record.disabled, version));
+                }
+                (record.disabled, version)
+            }
+        };
         // A token minted before the user's last logout or password change
         // is revoked.
-        Ok(user.token_version >= self.store.token_version(owner, user.user_id)?)
+        Ok(!disabled && user.token_version >= version)
+    }
+
+    /// What the owner remembers of a user it owns (after a commit that
+    /// changed it).
+    pub fn remember_account(&self, user: UserId, disabled: bool, token_version: u64) {
+        debug_assert_eq!(self.owner(user.0), self.id);
+        cache_insert(&self.accounts, user, (disabled, token_version));
     }
 
     /// A channel's `Channel` shape, read from storage.

@@ -193,6 +193,11 @@ pub struct Shard {
     /// Direct channels by pair, smaller id first (a pair's channel never
     /// changes once made).
     pub directs: RefCell<HashMap<(UserId, UserId), ChannelId>>,
+    /// Users this shard owns: whether each is disabled, and its token
+    /// version, as last read or written here (the owner makes every change
+    /// to them, and updates this after its commit, before it kicks).
+    /// Bounded like the other lookup caches.
+    pub accounts: RefCell<HashMap<UserId, (bool, u64)>>,
     /// Direct channels being made, by pair.
     pub directs_in_flight: SingleFlight<(UserId, UserId), Result<ChannelId, ApiError>>,
     /// Signups in progress, by username.
@@ -290,6 +295,7 @@ impl Shard {
             usernames: RefCell::new(HashMap::new()),
             user_ids: RefCell::new(HashMap::new()),
             directs: RefCell::new(HashMap::new()),
+            accounts: RefCell::new(HashMap::new()),
             directs_in_flight: SingleFlight::new(),
             signups_in_flight: SingleFlight::new(),
             sends_in_flight: SingleFlight::new(),
