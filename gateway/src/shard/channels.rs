@@ -178,23 +178,24 @@ async fn store_and_fan_out(
     // with it too (unless a test slows the checks down); the others are
     // asked by the check's task.
     let mut riding = HashMap::new();
-    if let Some(due) = &due
+    let by_owner = due.as_ref().map(|due| members_by_owner(shard, due, &members));
+    if let Some(by_owner) = &by_owner
         && shard.config.fault_push_check_delay_ms == 0
     {
-        for (owner, owned) in members_by_owner(shard, due, &members) {
+        for (&owner, owned) in by_owner {
             if owner == shard.id || !hosts(cores, owner) {
                 continue;
             }
             let (request_id, wait) = shard.router.expect_answer(owner);
-            let check = Check { channel_id, message_id: id, members: owned };
+            let check = Check { channel_id, message_id: id, members: owned.clone() };
             with.entry(owner).or_insert_with(|| (0, DeliverWith::default())).1.push = Some((request_id, check));
             riding.insert(owner, wait);
         }
     }
     shard.fan_out(channel_id, cores, event, taken_at, with).await;
     drop(ticket);
-    if let Some(due) = due {
-        spawn_check(shard, due, members, riding);
+    if let (Some(due), Some(by_owner)) = (due, by_owner) {
+        spawn_check(shard, due, by_owner, riding);
     }
     Ok(message)
 }

@@ -39,12 +39,18 @@ pub fn members_by_owner(shard: &Shard, due: &PushDue, members: &[UserId]) -> Has
 
 /// Channel owner: once `due`'s message is stored (with its pending-check
 /// record) and fanned out, has each member's owner record pushes for the
-/// members with no connected device, as a task of its own. `riding`: the
+/// members with no connected device (`by_owner`, from
+/// [`members_by_owner`]), as a task of its own. `riding`: the
 /// owners whose check went with the message's delivery, and the waits for
 /// their answers (they are not asked again unless they fail).
-pub fn spawn_check(shard: &Rc<Shard>, due: PushDue, members: Vec<UserId>, riding: HashMap<ShardId, AnswerWait>) {
+pub fn spawn_check(
+    shard: &Rc<Shard>,
+    due: PushDue,
+    by_owner: HashMap<ShardId, Vec<UserId>>,
+    riding: HashMap<ShardId, AnswerWait>,
+) {
     let shard = shard.clone();
-    crate::tasks::spawn(async move { check_members(&shard, due, &members, riding).await }).detach();
+    crate::tasks::spawn(async move { check_members(&shard, due, by_owner, riding).await }).detach();
 }
 
 /// Asks each member's owner to record its pushes (all at once) and waits
@@ -55,12 +61,16 @@ pub fn spawn_check(shard: &Rc<Shard>, due: PushDue, members: Vec<UserId>, riding
 /// record, and the next start checks again (a push is owed at least once;
 /// the webhook's `Idempotency-Key` names the user and message, so a repeat
 /// is recognisable). Owners that answered are not asked twice.
-async fn check_members(shard: &Rc<Shard>, due: PushDue, members: &[UserId], mut riding: HashMap<ShardId, AnswerWait>) {
+async fn check_members(
+    shard: &Rc<Shard>,
+    due: PushDue,
+    mut by_owner: HashMap<ShardId, Vec<UserId>>,
+    mut riding: HashMap<ShardId, AnswerWait>,
+) {
     let delay = shard.config.fault_push_check_delay_ms;
     if delay > 0 {
         glommio::timer::sleep(Duration::from_millis(delay)).await;
     }
-    let mut by_owner = members_by_owner(shard, &due, members);
     let mut wait = limits::PUSH_BACKOFF_FIRST;
     for attempt in 1..=limits::PUSH_CHECK_TRIES {
         if attempt > 1 {
@@ -208,7 +218,10 @@ pub async fn replay_due(shard: &Rc<Shard>) {
         after = last.message_id;
         for due in due {
             match shard.with_channel(due.channel_id, |state| state.members.iter().copied().collect::<Vec<_>>()) {
-                Ok(Some(members)) => check_members(shard, due, &members, HashMap::new()).await,
+                Ok(Some(members)) => {
+                    let by_owner = members_by_owner(shard, &due, &members);
+                    check_members(shard, due, by_owner, HashMap::new()).await
+                }
                 Ok(None) => {
                     let _ = shard.committer.commit(vec![WriteOp::PushChecked(shard.id, due.message_id)]).await;
                 }
