@@ -79,14 +79,7 @@ fn every_connection_gets_each_channels_messages_in_id_order() {
 
 /// The connections of `user`, by device, with the shard each is on.
 fn shards_of(server: &TestServer, user: &crate::common::User) -> HashMap<String, u16> {
-    let token = server.handle.as_ref().unwrap().admin_token.clone();
-    let mut response = server
-        .http
-        .get(server.url("/admin/v1/connections?limit=1000"))
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    let page: serde_json::Value = response.body_mut().read_json().unwrap();
+    let page = crate::common::admin_get(server, "/admin/v1/connections?limit=1000");
     page["connections"]
         .as_array()
         .unwrap()

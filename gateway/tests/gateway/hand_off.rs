@@ -4,20 +4,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::{TestServer, User, mesh_kind_total, owner, scrape, users_on_every_shard};
 
 /// Every connection on the server: (username, device) → the shard it is on.
 fn connection_shards(server: &TestServer) -> HashMap<(String, String), u16> {
-    let token = server.handle.as_ref().unwrap().admin_token.clone();
-    let mut response = server
-        .http
-        .get(server.url("/admin/v1/connections?limit=1000"))
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    let page: Value = response.body_mut().read_json().unwrap();
+    let page = crate::common::admin_get(server, "/admin/v1/connections?limit=1000");
     page["connections"]
         .as_array()
         .unwrap()

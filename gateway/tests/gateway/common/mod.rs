@@ -410,16 +410,17 @@ pub fn hanging_webhook() -> (String, Held) {
     (url, held)
 }
 
+/// `GET` of an admin API path with the server's admin token: the JSON answer.
+pub fn admin_get(server: &TestServer, path: &str) -> Value {
+    let token = server.handle.as_ref().unwrap().admin_token.clone();
+    let mut response =
+        server.http.get(server.url(path)).header("Authorization", format!("Bearer {token}")).call().unwrap();
+    response.body_mut().read_json().unwrap()
+}
+
 /// Cross-core messages every shard sent so far (admin stats).
 pub fn mesh_sent_total(server: &TestServer) -> u64 {
-    let token = server.handle.as_ref().unwrap().admin_token.clone();
-    let mut response = server
-        .http
-        .get(server.url("/admin/v1/stats"))
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    let stats: Value = response.body_mut().read_json().unwrap();
+    let stats = admin_get(server, "/admin/v1/stats");
     stats["shards"].as_array().unwrap().iter().map(|shard| shard["mesh_sent"].as_u64().unwrap()).sum()
 }
 
