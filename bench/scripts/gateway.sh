@@ -9,7 +9,7 @@
 #                                                # next to the same run without
 #
 # Environment: CHATGW_BENCH_DIR (work dir, default a new temp dir),
-# IDLE_CONNECTIONS (15000), DM_USERS (10000), DM_RATE (20000), DM_SECONDS
+# IDLE_CONNECTIONS (15000), IDLE_MAX_KIB (2: idle fails past it), DM_USERS (10000), DM_RATE (20000), DM_SECONDS
 # (30), DM_WORKERS (1), FANOUT_SECONDS (10), FANOUT_ROUNDS (3),
 # NEVER_READERS_SECONDS (20).
 #
@@ -73,8 +73,11 @@ for part in "${parts[@]}"; do
     idle)
         start_server
         echo "== idle: ${IDLE_CONNECTIONS:-15000} connections"
+        # Fails past IDLE_MAX_KIB (2) of server RSS per connection: the
+        # guard on an idle connection's cost (docs/performance.md).
         "$bin" loadgen idle --addr "$addr" --connections "${IDLE_CONNECTIONS:-15000}" --users 1000 \
-            --users-file "$users_file"
+            --connect-threads 8 --users-file "$users_file" --server-pid "$server_pid" \
+            --max-kib-per-connection "${IDLE_MAX_KIB:-2}"
         ;;
     dm)
         start_server

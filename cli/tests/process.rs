@@ -410,6 +410,25 @@ fn loadgen_idle_opens_connections_and_reports_server_memory() {
     assert_eq!(report["connections"], 60);
     assert!(report["server_rss_after_bytes"].as_u64().unwrap() > 0);
     assert!(report["server_rss_per_connection_bytes"].as_f64().is_some());
+    // Past its memory budget, the run reports and then fails (a budget
+    // below zero is past for any reading).
+    let over = Command::new(env!("CARGO_BIN_EXE_chatgw"))
+        .args(["loadgen", "idle", "--connections", "20", "--users", "4", "--hold-s", "0", "--json"])
+        .arg("--max-kib-per-connection=-1")
+        .arg("--addr")
+        .arg(node.addr.to_string())
+        .arg("--users-file")
+        .arg(&users_file)
+        .output()
+        .unwrap();
+    assert!(!over.status.success(), "a run past its budget failed");
+    let report: Value = serde_json::from_slice(&over.stdout).unwrap();
+    assert_eq!(report["connections"], 20, "the report came first");
+    assert!(
+        String::from_utf8_lossy(&over.stderr).contains("more than the -1 KiB allowed"),
+        "{}",
+        String::from_utf8_lossy(&over.stderr)
+    );
 }
 
 fn run_loadgen(args: &[&str], addr: SocketAddr, users_file: &Path) -> Value {

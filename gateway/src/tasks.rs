@@ -6,6 +6,8 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use glommio::Task;
 
@@ -30,13 +32,29 @@ impl Drop for Alive {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A future with its task's count. A struct, not an `async` block: a
+    /// block that takes a future and awaits it holds it twice (the captured
+    /// value and the awaited one, rust-lang/rust#62958), which doubled
+    /// every connection's task.
+    struct Counted<F> {
+        #[pin]
+        future: F,
+        alive: Alive,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().future.poll(cx)
+    }
+}
+
 /// `glommio::spawn_local`, counted until the task ends or is dropped.
 pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
-    let alive = Alive::new();
-    glommio::spawn_local(async move {
-        let _alive = alive;
-        future.await
-    })
+    glommio::spawn_local(Counted { future, alive: Alive::new() })
 }
 
 /// Runs `future` as a task of its own and waits for its output: unlike a
@@ -75,6 +93,19 @@ mod tests {
             futures_lite::future::yield_now().await;
             assert_eq!(alive(), before);
         });
+    }
+
+    #[test]
+    fn a_counted_task_is_no_larger_than_its_future() {
+        // A future the size of a connection's state, awaited inside.
+        let buffer = [7u8; 512];
+        let future = async move {
+            futures_lite::future::yield_now().await;
+            buffer.len()
+        };
+        let bare = std::mem::size_of_val(&future);
+        let counted = Counted { future, alive: Alive::new() };
+        assert_eq!(std::mem::size_of_val(&counted), bare, "the count costs a task no bytes");
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub struct IdleArgs {
     /// and its CPU over the ramp go in the report.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Fail (exit non-zero, after the report) when the server's RSS grew by
+    /// more than this many KiB per connection: the guard that keeps an
+    /// idle connection's cost from growing unseen
+    /// (`bench/scripts/gateway.sh idle` runs with 2).
+    #[arg(long)]
+    max_kib_per_connection: Option<f64>,
 }
 
 /// The server's resident memory, from its `/metrics`.
@@ -356,7 +362,8 @@ pub fn run(args: IdleArgs) -> anyhow::Result<()> {
     } else {
         report.print();
     }
-    held.release()
+    held.release()?;
+    report.within_budget(args.max_kib_per_connection)
 }
 
 /// What an `idle` run read, around its ramp and its hold.
@@ -430,6 +437,18 @@ impl Report {
             pings,
             server_cpu_s_per_1000_pings: hold_cpu.server_cpu_s_per_1000(pings),
             hold_cpu,
+        }
+    }
+
+    /// An error when the server's RSS per connection is past `max_kib`.
+    fn within_budget(&self, max_kib: Option<f64>) -> anyhow::Result<()> {
+        let kib = self.server_rss_per_connection_bytes / 1024.0;
+        match max_kib {
+            Some(max) if kib > max => anyhow::bail!(
+                "an idle connection costs the server {kib:.2} KiB of RSS, more than the {max} KiB allowed \
+                 (--max-kib-per-connection): find what grew (docs/performance.md says how)"
+            ),
+            _ => Ok(()),
         }
     }
 
