@@ -14,13 +14,13 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::limits;
-use crate::protocol::{frame, shapes};
+use crate::protocol::shapes;
 use crate::route::{Answer, ChannelMsg, Control, Router};
 use crate::shard::registry::{Conn, Registry};
 
 /// A message event's frame as an owner encodes it, once per message.
 pub fn message_frame(message: &Message, sender: &str) -> Bytes {
-    frame::text(&shapes::event_json("message", &shapes::message_json(message, sender)))
+    shapes::message_event_frame(message, sender)
 }
 
 /// One core's registry with `members` connections in one channel: a

@@ -161,7 +161,7 @@ async fn start(
             heartbeat_ms: shard.config.heartbeat_ms,
             max_message_chars: shard.config.max_message_chars,
         });
-        frame::text(&shapes::event_json("hello", &hello))
+        shapes::event_frame("hello", &hello)
     };
     if shard.config.fault_attach_delay_ms > 0 {
         glommio::timer::sleep(std::time::Duration::from_millis(shard.config.fault_attach_delay_ms)).await;
@@ -334,7 +334,7 @@ fn on_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, mode: &Mode, incoming: Incoming<
             Err(_) => {
                 let error = ApiError::bad_request("binary frames must hold UTF-8 JSON");
                 shard.counters.error(error.code);
-                conn.push(frame::text(&shapes::reply_json(&serde_json::Value::Null, &Err(error))));
+                conn.push(shapes::reply_frame(&serde_json::Value::Null, &Err(error)));
             }
         },
         (Incoming::Ping(payload), _) => {
@@ -352,7 +352,7 @@ fn on_command(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &
         Ok(command) => command,
         Err(error) => {
             shard.counters.error(error.code);
-            conn.push(frame::text(&shapes::reply_json(&envelope.id, &Err(error))));
+            conn.push(shapes::reply_frame(&envelope.id, &Err(error)));
             return;
         }
     };
@@ -375,7 +375,7 @@ fn on_command(shard: &Rc<Shard>, conn: &Rc<Conn>, user: &Rc<AuthedUser>, text: &
             if let Err(error) = &result {
                 shard.counters.error(error.code);
             }
-            conn.push(frame::text(&shapes::reply_json(&id, &result)));
+            conn.push(shapes::reply_frame(&id, &result));
         }
         if read_ticket.is_some() {
             drop(read_ticket);

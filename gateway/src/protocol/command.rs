@@ -3,7 +3,11 @@
 //! HTTP `/v1/rpc/{method}`.
 
 use chatgw_idgen::{ChannelId, MessageId, UserId};
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -156,13 +160,16 @@ struct UsersParams {
     users: Vec<String>,
 }
 
+/// A frame read in one pass: `params` stays text until its method's
+/// struct reads it, and `method` borrows the frame where it can.
 #[derive(Deserialize)]
-struct RawEnvelope {
+struct RawEnvelope<'a> {
     #[serde(default)]
     id: Value,
-    method: Option<Value>,
-    #[serde(default)]
-    params: Value,
+    #[serde(borrow)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -221,9 +228,36 @@ struct ListParams {
     limit: Option<i64>,
 }
 
-fn params<T: for<'de> Deserialize<'de>>(method: &str, params: Value) -> Result<T, ApiError> {
-    let params = if params.is_null() { json!({}) } else { params };
-    serde_json::from_value(params).map_err(|error| ApiError::bad_request(format!("{method}: invalid params: {error}")))
+/// Where a method's params are read from: a frame's text (WebSocket) or a
+/// parsed body (HTTP `/v1/rpc`). Missing or `null` params are `{}`.
+pub trait Params {
+    /// The params as the method's struct.
+    fn read<T: DeserializeOwned>(self, method: &str) -> Result<T, ApiError>;
+}
+
+fn invalid_params(method: &str, error: serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!("{method}: invalid params: {error}"))
+}
+
+impl Params for Value {
+    fn read<T: DeserializeOwned>(self, method: &str) -> Result<T, ApiError> {
+        let params = if self.is_null() { json!({}) } else { self };
+        serde_json::from_value(params).map_err(|error| invalid_params(method, error))
+    }
+}
+
+impl Params for Option<&RawValue> {
+    fn read<T: DeserializeOwned>(self, method: &str) -> Result<T, ApiError> {
+        let text = match self.map(RawValue::get) {
+            None | Some("null") => "{}",
+            Some(text) => text,
+        };
+        serde_json::from_str(text).map_err(|error| invalid_params(method, error))
+    }
+}
+
+fn params<T: DeserializeOwned>(method: &str, params: impl Params) -> Result<T, ApiError> {
+    params.read(method)
 }
 
 fn channel_id(text: &str) -> Result<ChannelId, ApiError> {
@@ -251,7 +285,7 @@ fn members(members: Vec<String>) -> Result<Vec<String>, ApiError> {
 
 /// Parses a method and its params: the one parser behind WebSocket commands
 /// and HTTP `/v1/rpc/{method}`.
-pub fn parse_command(method: &str, raw: Value) -> Result<Command, ApiError> {
+pub fn parse_command(method: &str, raw: impl Params) -> Result<Command, ApiError> {
     match method {
         "send" => parse_send(params(method, raw)?),
         "history" => parse_history(params(method, raw)?),
@@ -319,7 +353,7 @@ fn parse_history(raw: HistoryParams) -> Result<Command, ApiError> {
 }
 
 /// The `channel.*` methods.
-fn parse_channel(method: &str, raw: Value) -> Result<Command, ApiError> {
+fn parse_channel(method: &str, raw: impl Params) -> Result<Command, ApiError> {
     Ok(match method {
         "channel.create" => {
             let raw: CreateParams = params(method, raw)?;
@@ -372,42 +406,45 @@ fn parse_channel(method: &str, raw: Value) -> Result<Command, ApiError> {
     })
 }
 
-/// Parses one client frame. Never fails: a frame that cannot be read is an
-/// envelope whose command is the error to answer.
+/// Parses one client frame, in one pass over its text (no intermediate
+/// `Value`). Never fails: a frame that cannot be read is an envelope whose
+/// command is the error to answer.
 pub fn parse_frame(text: &str) -> Envelope {
-    let raw: RawEnvelope = match serde_json::from_str::<Value>(text) {
-        // An object only: serde would also read a struct from an array.
-        Ok(value @ Value::Object(_)) => match serde_json::from_value(value) {
-            Ok(raw) => raw,
-            Err(error) => {
-                return Envelope {
-                    id: Value::Null,
-                    command: Err(ApiError::bad_request(format!("not a command: {error}"))),
-                };
-            }
-        },
-        Ok(_) => {
-            return Envelope { id: Value::Null, command: Err(ApiError::bad_request("a command is a JSON object")) };
+    let failed = |message: String| Envelope { id: Value::Null, command: Err(ApiError::bad_request(message)) };
+    // An object only: serde would also read a struct from an array.
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => {}
+        Some(_) if serde_json::from_str::<&RawValue>(text).is_ok() => {
+            return failed("a command is a JSON object".into());
         }
-        Err(error) => {
-            return Envelope {
-                id: Value::Null,
-                command: Err(ApiError::bad_request(format!("not a JSON command: {error}"))),
-            };
-        }
+        _ => {}
+    }
+    let raw: RawEnvelope<'_> = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(error) if error.is_data() => return failed(format!("not a command: {error}")),
+        Err(error) => return failed(format!("not a JSON command: {error}")),
     };
     // The id is an integer chosen by the client; anything else is not echoed.
     let id = match raw.id {
         Value::Number(number) if number.is_i64() || number.is_u64() => Value::Number(number),
         Value::Null => Value::Null,
-        _ => return Envelope { id: Value::Null, command: Err(ApiError::bad_request("id must be an integer")) },
+        _ => return failed("id must be an integer".into()),
     };
-    let command = match raw.method {
-        Some(Value::String(method)) => parse_command(&method, raw.params),
-        Some(_) => Err(ApiError::bad_request("method must be a string")),
+    let command = match raw.method.map(method_name) {
+        Some(Some(method)) => parse_command(&method, raw.params),
+        Some(None) => Err(ApiError::bad_request("method must be a string")),
         None => Err(ApiError::bad_request("missing method")),
     };
     Envelope { id, command }
+}
+
+/// A method's name from its JSON: borrowed from the frame unless it has
+/// escapes. `None` if it is not a string.
+fn method_name(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(name) => Some(Cow::Borrowed(name)),
+        Err(_) => serde_json::from_str::<String>(raw.get()).ok().map(Cow::Owned),
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +465,10 @@ mod tests {
             history.command.unwrap(),
             Command::History { channel_id: ChannelId(5), anchor: HistoryAnchor::Before(MessageId(9)), limit: 10 }
         );
+        // A method name with escapes, whitespace around the object, and
+        // params given as null are read as they always were.
+        let escaped = parse_frame(" {\"id\":9,\"method\":\"he\\u0061rtbeat\",\"params\":null} ");
+        assert_eq!((escaped.id, escaped.command.unwrap()), (json!(9), Command::Heartbeat));
         let sync = parse_frame(r#"{"id":2,"method":"sync","params":{"since":"0"}}"#);
         assert_eq!(sync.command.unwrap(), Command::Sync { since: MessageId(0), limit: 500 });
         assert_eq!(
@@ -461,6 +502,9 @@ mod tests {
             (r#"{"id":8,"method":"sync","params":{"since":"-1"}}"#, json!(8)),
             (r#"{"id":9,"method":"channel.create","params":{"name":""}}"#, json!(9)),
             (r#"{"id":10,"method":5}"#, json!(10)),
+            (" [1]", Value::Null),
+            (r#"{"id":11,"method":"send","params":{"text":"#, Value::Null),
+            (r#"{"id":12,"method":"heartbeat","method":"sync"}"#, Value::Null),
         ];
         for (frame, id) in cases {
             let envelope = parse_frame(frame);

@@ -228,6 +228,31 @@ fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+/// The most a server frame's header takes: 2 bytes, and 8 more for a
+/// 64-bit length (server frames carry no mask).
+const HEADER_BYTES_MAX: usize = 10;
+
+/// A server text frame whose payload `write` puts straight into the
+/// frame's buffer, after room kept for the header: the payload is encoded
+/// once, where it is sent from, and never copied.
+pub fn text_with(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut frame = Vec::with_capacity(256);
+    frame.resize(HEADER_BYTES_MAX, 0);
+    write(&mut frame);
+    let len = (frame.len() - HEADER_BYTES_MAX) as u64;
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode: OpCode::Data(Data::Text),
+        mask: None,
+    };
+    let start = HEADER_BYTES_MAX - header.len(len);
+    header.format(len, &mut &mut frame[start..HEADER_BYTES_MAX]).expect("the header fits the room kept for it");
+    Bytes::from(frame).slice(start..)
+}
+
 /// A server text frame (unmasked), ready to write to any connection.
 pub fn text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), payload)
@@ -281,6 +306,16 @@ mod tests {
             true
         })?;
         Ok(seen)
+    }
+
+    #[test]
+    fn a_frame_written_in_place_is_the_frame_of_its_payload() {
+        // Each header size: 7-bit, 16-bit and 64-bit lengths.
+        for len in [0, 1, 125, 126, 65_535, 65_536, 200_000] {
+            let payload: Vec<u8> = (0..len).map(|index| b'a' + (index % 26) as u8).collect();
+            let in_place = text_with(|buffer| buffer.extend_from_slice(&payload));
+            assert_eq!(in_place, text(&payload), "payload of {len} bytes");
+        }
     }
 
     #[test]

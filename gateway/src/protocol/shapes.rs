@@ -2,40 +2,97 @@
 //! and what they carry, and the push webhook's body. Built here only, so
 //! the wire's field names live in one file.
 
+use bytes::Bytes;
 use chatgw_idgen::{MessageId, UserId};
 use chatgw_storage::{Channel, ChannelKind, Message};
+use serde::Serialize;
+use serde::ser::Serializer;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::protocol::frame;
 
-/// A reply frame's JSON: `{"id", "result"}` or `{"id", "error"}`.
-pub fn reply_json(id: &Value, result: &Result<Value, ApiError>) -> Vec<u8> {
-    let value = match result {
-        Ok(result) => json!({ "id": id, "result": result }),
-        Err(error) => json!({ "id": id, "error": error.to_json() }),
-    };
-    serde_json::to_vec(&value).expect("JSON values always serialize")
+/// A reply, borrowed: `{"id", "result"}` or `{"id", "error"}`.
+#[derive(Serialize)]
+struct Reply<'a> {
+    id: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
 }
 
-/// An event frame's JSON: `{"event", "data"}`.
-pub fn event_json(event: &str, data: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({ "event": event, "data": data })).expect("JSON values always serialize")
+/// An event, borrowed: `{"event", "data"}`.
+#[derive(Serialize)]
+struct Event<'a, D: Serialize> {
+    event: &'a str,
+    data: &'a D,
+}
+
+/// An id as the wire writes it: a decimal string.
+fn decimal<S: Serializer>(id: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(id)
+}
+
+/// A `Message` shape, borrowed from the stored message (what an event
+/// writes without building a `Value`).
+#[derive(Serialize)]
+struct MessageShape<'a> {
+    #[serde(serialize_with = "decimal")]
+    id: &'a u64,
+    #[serde(serialize_with = "decimal")]
+    channel_id: &'a u64,
+    #[serde(serialize_with = "decimal")]
+    sender_id: &'a u64,
+    sender: &'a str,
+    text: &'a str,
+    created_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_msg_id: Option<&'a str>,
+}
+
+impl<'a> MessageShape<'a> {
+    fn of(message: &'a Message, sender: &'a str) -> Self {
+        MessageShape {
+            id: &message.id.0,
+            channel_id: &message.channel_id.0,
+            sender_id: &message.sender_id.0,
+            sender,
+            text: &message.text,
+            created_at: message.created_at_ms,
+            client_msg_id: message.client_msg_id.as_deref(),
+        }
+    }
+}
+
+/// Writes `value`'s JSON into a frame's buffer.
+fn write_json(buffer: &mut Vec<u8>, value: &impl Serialize) {
+    serde_json::to_writer(buffer, value).expect("these shapes always serialize");
+}
+
+/// A reply frame, encoded once into its frame: `{"id", "result"}` or
+/// `{"id", "error"}`.
+pub fn reply_frame(id: &Value, result: &Result<Value, ApiError>) -> Bytes {
+    let reply = match result {
+        Ok(result) => Reply { id, result: Some(result), error: None },
+        Err(error) => Reply { id, result: None, error: Some(error.to_json()) },
+    };
+    frame::text_with(|buffer| write_json(buffer, &reply))
+}
+
+/// An event frame, encoded once into its frame: `{"event", "data"}`.
+pub fn event_frame(event: &str, data: &impl Serialize) -> Bytes {
+    frame::text_with(|buffer| write_json(buffer, &Event { event, data }))
+}
+
+/// The `message` event's frame, written from the stored message itself.
+pub fn message_event_frame(message: &Message, sender: &str) -> Bytes {
+    event_frame("message", &MessageShape::of(message, sender))
 }
 
 /// A `Message` shape.
 pub fn message_json(message: &Message, sender: &str) -> Value {
-    let mut value = json!({
-        "id": message.id.to_string(),
-        "channel_id": message.channel_id.to_string(),
-        "sender_id": message.sender_id.to_string(),
-        "sender": sender,
-        "text": message.text,
-        "created_at": message.created_at_ms,
-    });
-    if let Some(client_msg_id) = &message.client_msg_id {
-        value["client_msg_id"] = json!(client_msg_id);
-    }
-    value
+    serde_json::to_value(MessageShape::of(message, sender)).expect("a message always serializes")
 }
 
 /// The result of `send`: the stored message's id, channel and time, and

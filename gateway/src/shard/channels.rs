@@ -16,7 +16,7 @@ use crate::clock::now_ms;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::placement;
-use crate::protocol::{frame, shapes};
+use crate::protocol::shapes;
 use crate::route::{Answer, ChannelMsg, Control, DeliverWith};
 use crate::services::push::Check;
 use crate::shard::commit::{WriteOp, storage_failed};
@@ -160,7 +160,7 @@ async fn store_and_fan_out(
     // answer to a remote sender above may have waited for room on its
     // core while a later message of the channel was ready: the turn keeps
     // deliveries in id order.
-    let event = frame::text(&shapes::event_json("message", &shapes::message_json(&message, sender)));
+    let event = shapes::message_event_frame(&message, sender);
     ticket.turn().await;
     let cores = shard.with_channel(channel_id, |state| state.cores_mask)?.unwrap_or(0);
     let mut with: HashMap<ShardId, (u64, DeliverWith)> = HashMap::new();
@@ -285,7 +285,7 @@ pub async fn create(shard: &Rc<Shard>, channel: Channel, members: Vec<UserId>) -
 /// The `channel` event for one kind of change.
 fn channel_event(shard: &Shard, channel: ChannelId, kind: &str) -> Result<bytes::Bytes, ApiError> {
     let view = shard.channel_view(channel)?;
-    Ok(frame::text(&shapes::event_json("channel", &shapes::channel_event_json(kind, &view))))
+    Ok(shapes::event_frame("channel", &shapes::channel_event_json(kind, &view)))
 }
 
 /// Tells every shard about members who joined or left; each answers whether

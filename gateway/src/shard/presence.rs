@@ -12,7 +12,7 @@ use chatgw_idgen::{ShardId, UserId};
 
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::protocol::{frame, shapes};
+use crate::protocol::shapes;
 use crate::route::{Answer, Control};
 use crate::services::presence::{Msg, Status};
 use crate::shard::state::Shard;
@@ -188,7 +188,7 @@ fn publish(shard: &Rc<Shard>, user: UserId) {
         }
     };
     let data = shapes::presence_json(status.user_id, &username, status.online, status.last_active_ms);
-    let event = frame::text(&shapes::event_json("presence", &data));
+    let event = shapes::event_frame("presence", &data);
     let own = 1u128 << shard.id.0;
     if watchers & own != 0 {
         shard.registry.borrow().deliver_presence(user, &event);
