@@ -465,6 +465,12 @@ fn loadgen_dm_delivers_every_message_at_the_offered_rate() {
     // Every message's send lag, and its delivery filed under the second it
     // was due: two seconds of 400 a second (a late one may spill over).
     assert_eq!(report["send_lag"]["count"], 800);
+    // The server's counters over the measured phase: every message stored
+    // in it (the warm-up's are before it), and the cross-core messages
+    // they cost.
+    assert_eq!(report["server_counters"]["messages_stored"], 800.0, "{report}");
+    let per = report["server_mesh_messages_per_message"].as_f64().unwrap();
+    assert!((0.0..=4.0).contains(&per), "{per} cross-core messages per message");
     let timeline = report["timeline"].as_array().unwrap();
     let counts: u64 = timeline.iter().map(|second| second["count"].as_u64().unwrap()).sum();
     assert_eq!(counts, 800, "{report}");

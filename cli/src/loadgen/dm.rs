@@ -28,6 +28,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::accounts::{self, Account};
+use super::counters::{CounterFigures, SharedCounters};
 use super::cpu::{CpuFigures, SharedMeter};
 use super::latency::{self, Figures, SecondSummary, SecondsSpread, Summary};
 use super::nats;
@@ -122,6 +123,8 @@ struct Shared {
     live: Arc<Live>,
     /// CPU over the measured phase (from its start to the last delivery).
     meter: SharedMeter,
+    /// The server's counters over the measured phase.
+    counters: SharedCounters,
 }
 
 /// One worker's figures.
@@ -182,6 +185,10 @@ struct Report {
     cpu: Option<CpuFigures>,
     /// The server's CPU seconds per 1,000 deliveries in that phase.
     server_cpu_s_per_1000_delivered: Option<f64>,
+    /// The server's counters over that phase (chatgw, one process).
+    server_counters: Option<CounterFigures>,
+    /// Cross-core messages per stored message in that phase.
+    server_mesh_messages_per_message: Option<f64>,
 }
 
 /// A positive, finite number of milliseconds, for clap.
@@ -241,7 +248,8 @@ pub fn run(args: DmArgs) -> anyhow::Result<()> {
         connect_ns = connect_ns.max(connected_at.saturating_sub(connect_started));
     }
     let cpu = shared.meter.figures()?;
-    finish(&args, total, connect_ns as f64 / 1e9, cpu)
+    let counters = shared.counters.figures();
+    finish(&args, total, connect_ns as f64 / 1e9, cpu, counters)
 }
 
 /// Runs the pairs across `--procs` child processes and adds up their figures.
@@ -284,11 +292,17 @@ fn run_procs(args: &DmArgs) -> anyhow::Result<()> {
         total.merge(super::procs::figures_from(&report)?)?;
         connect_s = connect_s.max(report["connect_s"].as_f64().unwrap_or(0.0));
     }
-    finish(args, total, connect_s, None)
+    finish(args, total, connect_s, None, None)
 }
 
 /// Reports the run (and keeps its latencies with `--out`).
-fn finish(args: &DmArgs, total: Figures, connect_s: f64, cpu: Option<CpuFigures>) -> anyhow::Result<()> {
+fn finish(
+    args: &DmArgs,
+    total: Figures,
+    connect_s: f64,
+    cpu: Option<CpuFigures>,
+    counters: Option<CounterFigures>,
+) -> anyhow::Result<()> {
     let timeline = total.timeline.summaries();
     let report = Report {
         scenario: "dm",
@@ -313,6 +327,8 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64, cpu: Option<CpuFigures>
         errors: total.errors.clone(),
         server_cpu_s_per_1000_delivered: cpu.as_ref().and_then(|cpu| cpu.server_cpu_s_per_1000(total.delivered)),
         cpu,
+        server_mesh_messages_per_message: counters.and_then(|counters| counters.mesh_messages_per_stored),
+        server_counters: counters,
     };
     if args.child_offset.is_some() {
         return super::procs::print_json(&report, &total, true, args.procs);
@@ -348,6 +364,9 @@ fn finish(args: &DmArgs, total: Figures, connect_s: f64, cpu: Option<CpuFigures>
         }
         if let Some(cpu) = &report.cpu {
             println!("{}", super::cpu::line(cpu, report.server_cpu_s_per_1000_delivered, "deliveries"));
+        }
+        if let Some(per) = report.server_mesh_messages_per_message {
+            println!("cross-core messages: {per:.2} per stored message");
         }
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
@@ -558,6 +577,9 @@ async fn worker_main(
     let end = start + args.duration_s * 1_000_000_000;
     stats.borrow_mut().figures.timeline.start_at(start);
     shared.meter.start(args.server_pid);
+    if args.target == Target::Chatgw && args.child_offset.is_none() {
+        shared.counters.start(&args.addr.to_string());
+    }
     let sender = Sender { target: args.target, accounts, shared, stats: &stats, mine: &mine, conns: &conns, pad: &pad };
     match args.in_flight {
         Some(in_flight) => sender.closed_loop(in_flight, end).await,
@@ -572,6 +594,9 @@ async fn worker_main(
     })
     .await;
     shared.meter.stop();
+    if args.target == Target::Chatgw && args.child_offset.is_none() {
+        shared.counters.stop(&args.addr.to_string());
+    }
     shared.finished.fetch_add(1, Ordering::AcqRel);
     wait_for("every worker to finish", &shared.failed, Duration::from_secs(args.drain_s + 60), || {
         shared.finished.load(Ordering::Acquire) == args.workers

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod churn;
+mod counters;
 mod cpu;
 mod dm;
 mod fanout;
