@@ -75,6 +75,13 @@ pub const GROUP_COMMIT_WRITES_MAX: usize = 4096;
 /// pending push check removed) waits for a group commit to ride in before
 /// it makes one of its own.
 pub const RIDER_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a members' owner gathers its answers to another core's push
+/// checks before sending them in one message (`Control::Replies`): only
+/// the check's own task waits for them, never an ack or a delivery.
+pub const PUSH_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+/// The most push-check answers one message carries; a batch this full goes
+/// at once.
+pub const PUSH_ANSWERS_PER_MESSAGE_MAX: usize = 512;
 
 /// Members up to which a channel's messages are also written to each
 /// member's inbox (fan-out on write); above it, members read the channel

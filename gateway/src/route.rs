@@ -181,7 +181,7 @@ impl Control {
     /// What it is for, as counted.
     pub fn kind(&self) -> MeshKind {
         match self {
-            Control::Reply(_) => MeshKind::Reply,
+            Control::Reply(_) | Control::Replies(_) => MeshKind::Reply,
             Control::Channel(ChannelMsg::Deliver { .. }) => MeshKind::Deliver,
             Control::Channel(_) => MeshKind::Subscription,
             Control::Presence(_) => MeshKind::Presence,
@@ -248,6 +248,10 @@ pub enum Answer {
 pub enum Control {
     /// The answer to a request this core made.
     Reply(Result<Answer, ApiError>),
+    /// Answers to several requests this core made, by request id: the push
+    /// checks a members' owner answers in one message
+    /// (`limits::PUSH_ANSWER_WAIT`).
+    Replies(Vec<(u64, Result<Answer, ApiError>)>),
     /// Deliveries and the channel subscriptions of cores.
     Channel(ChannelMsg),
     /// Presence, between a connection's core and the user's owner.

@@ -99,6 +99,12 @@ fn apply_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Con
             shard.router.complete(request_id, result);
             None
         }
+        Control::Replies(answers) => {
+            for (request_id, result) in answers {
+                shard.router.complete(request_id, result);
+            }
+            None
+        }
         Control::Channel(msg) => on_channel(shard, from, request_id, msg),
         Control::Presence(msg) => presence::on_msg(shard, from, msg).map(Ok),
         Control::Abuse(check) => Some(abuse::on_check(shard, check)),

@@ -195,10 +195,52 @@ pub fn on_check(shard: &Rc<Shard>, from: ShardId, request_id: u64, check: Check)
     crate::tasks::spawn(async move {
         let result = record(&shard, check).await.map(|()| Answer::Done).map_err(storage_failed);
         if request_id != 0 {
-            shard.router.send_control(from, request_id, Control::Reply(result)).await;
+            answer_soon(&shard, from, request_id, result);
         }
     })
     .detach();
+}
+
+/// Answers a push check to the core that asked, with the other answers to
+/// that core of the next `limits::PUSH_ANSWER_WAIT`, in one message. Only
+/// the check's task waits for it (the ack and the deliveries went before),
+/// so the wait costs a client nothing, and the asking core is woken once
+/// for many checks instead of once a message. An answer lost with a
+/// stopping core leaves the check to its retries and to the next start:
+/// pushes stay at least once.
+fn answer_soon(shard: &Rc<Shard>, to: ShardId, request_id: u64, result: Result<Answer, ApiError>) {
+    let full = {
+        let mut batches = shard.push_answers.borrow_mut();
+        let batch = batches.entry(to).or_default();
+        batch.push((request_id, result));
+        if batch.len() == 1 {
+            let shard = shard.clone();
+            crate::tasks::spawn(async move {
+                glommio::timer::sleep(limits::PUSH_ANSWER_WAIT).await;
+                send_answers(&shard, to).await;
+            })
+            .detach();
+        }
+        batch.len() >= limits::PUSH_ANSWERS_PER_MESSAGE_MAX
+    };
+    if full {
+        let shard = shard.clone();
+        crate::tasks::spawn(async move { send_answers(&shard, to).await }).detach();
+    }
+}
+
+/// Sends the answers gathered for `to`, if any (a full batch may have gone
+/// before its wait ended).
+async fn send_answers(shard: &Rc<Shard>, to: ShardId) {
+    let answers = shard.push_answers.borrow_mut().remove(&to).unwrap_or_default();
+    match answers.len() {
+        0 => {}
+        1 => {
+            let (request_id, result) = answers.into_iter().next().expect("one answer");
+            shard.router.send_control(to, request_id, Control::Reply(result)).await;
+        }
+        _ => shard.router.send_control(to, 0, Control::Replies(answers)).await,
+    }
 }
 
 /// At start: checks again every message whose pushes were not all recorded

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::node::Shared;
 use crate::placement;
-use crate::route::{ChannelMsg, ConnKey, Control, DeliverWith, HandOff, Router};
+use crate::route::{Answer, ChannelMsg, ConnKey, Control, DeliverWith, HandOff, Router};
 use crate::services::abuse::Limiter;
 use crate::services::banned::{self, BannedWords};
 use crate::services::presence::Presence;
@@ -219,7 +219,13 @@ pub struct Shard {
     /// The line of `history` and `sync` reads of each connection that has
     /// one in flight: they run one at a time, in the order they came.
     pub read_lines: RefCell<HashMap<ConnKey, Rc<Turnstile>>>,
+    /// Answers to other cores' push checks, gathered per core until they go
+    /// in one message (`shard::push::on_check`).
+    pub push_answers: RefCell<HashMap<ShardId, Vec<PendingAnswer>>>,
 }
+
+/// An answer to another core's request, by the request's id.
+pub type PendingAnswer = (u64, Result<Answer, ApiError>);
 
 /// The outbox of shard `id`, indexed by user (read a page at a time).
 fn index_outbox(store: &Store, id: ShardId) -> Result<OutboxIndex, ApiError> {
@@ -303,6 +309,7 @@ impl Shard {
             account_writes: glommio::sync::Semaphore::new(1),
             member_changes: Lines::default(),
             read_lines: RefCell::new(HashMap::new()),
+            push_answers: RefCell::new(HashMap::new()),
         })
     }
 

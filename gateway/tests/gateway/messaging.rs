@@ -1,6 +1,8 @@
 //! Messaging against a real server: direct and group delivery across
 //! shards, devices, history, sync, dedupe.
 
+use std::time::Duration;
+
 use crate::common::{TestServer, owner, users, users_on_every_shard};
 use serde_json::{Value, json};
 
@@ -408,6 +410,60 @@ fn cross_core_messages_are_counted_by_kind_per_stored_message() {
     }
     let (by_kind, by_target) = mesh_sent(&server);
     assert!(by_kind >= by_target as f64 - 4.0 && by_kind <= by_target as f64 + 4.0, "{by_kind} by kind, {by_target}");
+}
+
+/// `chatgw_mesh_messages_total` of one kind.
+fn mesh_of_kind(server: &TestServer, kind: &str) -> f64 {
+    crate::common::scrape(server)
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == "chatgw_mesh_messages_total")
+        .filter(|sample| sample.labels.get("kind") == Some(kind))
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Untyped(value) => value,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_members_owner_answers_many_push_checks_in_one_message() {
+    let server = TestServer::start(2);
+    let people = users_on_every_shard(&server, "batch", 4, 2);
+    let alice = &people[0];
+    let bob = people.iter().find(|user| owner(user, 2) != owner(alice, 2)).expect("users on both shards");
+    // The sender is the one whose core stores the pair (the owner of the
+    // lower id): each frame to the other core carries its push check, and
+    // the checks' answers come back.
+    let id = |user: &crate::common::User| user.user_id.parse::<u64>().unwrap();
+    let (from, to) = if id(alice) < id(bob) { (alice, bob) } else { (bob, alice) };
+    let mut from_ws = server.connect(from, "phone");
+    let mut to_ws = server.connect(to, "laptop");
+    from_ws.result("send", json!({ "to_user": to.username, "text": "first" }));
+    to_ws.next_event("message");
+    const MESSAGES: usize = 60;
+    let replies_before = mesh_of_kind(&server, "reply");
+    let delivers_before = mesh_of_kind(&server, "deliver");
+    for n in 0..MESSAGES {
+        from_ws.send_command("send", json!({ "to_user": to.username, "text": format!("p{n}") }));
+    }
+    for _ in 0..MESSAGES {
+        let reply = from_ws.next_reply();
+        assert!(reply.get("error").is_none(), "{reply}");
+        to_ws.next_event("message");
+    }
+    // The answers' wait (5 ms) passes, and the last batch goes.
+    std::thread::sleep(Duration::from_millis(300));
+    let delivers = mesh_of_kind(&server, "deliver") - delivers_before;
+    // The scrapes' own stats asks answer with a reply each: 2 here.
+    let replies = mesh_of_kind(&server, "reply") - replies_before - 2.0;
+    eprintln!("{delivers} deliveries to the other core, {replies} answers to their push checks");
+    assert_eq!(delivers, MESSAGES as f64, "one frame a message to the recipient's core");
+    // One answer a message before they were gathered.
+    assert!(replies <= MESSAGES as f64 / 2.0, "{replies} messages answered {MESSAGES} push checks");
+    // And every check was answered: no pending check is left to retry.
+    let retries = crate::common::sample_sum(&crate::common::scrape(&server), "chatgw_push_check_retries_total");
+    assert_eq!(retries, 0.0, "push checks asked again");
 }
 
 #[test]
