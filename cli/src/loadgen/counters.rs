@@ -7,7 +7,6 @@
 
 use std::sync::Mutex;
 
-use anyhow::Context;
 use serde::Serialize;
 
 /// The totals at one moment.
@@ -20,12 +19,7 @@ pub struct Totals {
 impl Totals {
     /// Reads the server's `/metrics`.
     pub fn read(addr: &str) -> anyhow::Result<Self> {
-        let text = ureq::get(format!("http://{addr}/metrics"))
-            .call()
-            .with_context(|| format!("reading http://{addr}/metrics"))?
-            .body_mut()
-            .read_to_string()?;
-        Ok(Self::parse(&text))
+        Ok(Self::parse(&super::idle::metrics_text(addr)?))
     }
 
     /// Sums each metric's samples over their labels.

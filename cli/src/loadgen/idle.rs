@@ -88,12 +88,17 @@ pub struct IdleArgs {
 
 /// The server's resident memory, from its `/metrics`.
 pub fn server_rss_bytes(addr: &str) -> anyhow::Result<u64> {
-    let text = ureq::get(format!("http://{addr}/metrics"))
+    let text = metrics_text(addr)?;
+    rss_from_metrics(&text).context("no process_resident_memory_bytes in /metrics")
+}
+
+/// The server's `/metrics` exposition, as text.
+pub fn metrics_text(addr: &str) -> anyhow::Result<String> {
+    Ok(ureq::get(format!("http://{addr}/metrics"))
         .call()
         .with_context(|| format!("reading http://{addr}/metrics"))?
         .body_mut()
-        .read_to_string()?;
-    rss_from_metrics(&text).context("no process_resident_memory_bytes in /metrics")
+        .read_to_string()?)
 }
 
 fn rss_from_metrics(text: &str) -> Option<u64> {

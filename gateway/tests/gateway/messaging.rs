@@ -396,25 +396,20 @@ fn cross_core_messages_are_counted_by_kind_per_stored_message() {
     for kind in
         ["send", "other_call", "reply", "deliver", "subscription", "presence", "rate_check", "push_check", "hand_off"]
     {
-        let count: f64 = scrape
-            .samples
-            .iter()
-            .filter(|sample| sample.metric == "chatgw_mesh_messages_total")
-            .filter(|sample| sample.labels.get("kind") == Some(kind))
-            .map(|sample| match sample.value {
-                prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Untyped(value) => value,
-                _ => 0.0,
-            })
-            .sum();
-        eprintln!("  {kind}: {count}");
+        eprintln!("  {kind}: {}", mesh_kind_in(&scrape, kind));
     }
     let (by_kind, by_target) = mesh_sent(&server);
     assert!(by_kind >= by_target as f64 - 4.0 && by_kind <= by_target as f64 + 4.0, "{by_kind} by kind, {by_target}");
 }
 
-/// `chatgw_mesh_messages_total` of one kind.
+/// `chatgw_mesh_messages_total` of one kind, scraped now.
 fn mesh_of_kind(server: &TestServer, kind: &str) -> f64 {
-    crate::common::scrape(server)
+    mesh_kind_in(&crate::common::scrape(server), kind)
+}
+
+/// `chatgw_mesh_messages_total` of one kind in a scrape.
+fn mesh_kind_in(scrape: &prometheus_parse::Scrape, kind: &str) -> f64 {
+    scrape
         .samples
         .iter()
         .filter(|sample| sample.metric == "chatgw_mesh_messages_total")
