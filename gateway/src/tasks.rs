@@ -4,10 +4,10 @@
 //! not tasks alive; this count is what shows a leak (a task per closed
 //! connection left waiting), as `chatgw_tasks` in `/metrics`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use glommio::Task;
 
@@ -65,6 +65,77 @@ pub async fn to_completion<T: 'static>(future: impl Future<Output = T> + 'static
     spawn(future).detach().await
 }
 
+thread_local! {
+    static SOON: RefCell<Soon> = const { RefCell::new(Soon { wakers: Vec::new(), waker: None, executor: None }) };
+}
+
+/// The wakes [`wake_soon`] put off, and the task that makes them.
+struct Soon {
+    wakers: Vec<Waker>,
+    /// The waking task's own waker, while it waits for more.
+    waker: Option<Waker>,
+    /// The executor whose task that is (glommio's ids are never reused):
+    /// a later executor on this thread starts one of its own, whether or
+    /// not the earlier one dropped its tasks.
+    executor: Option<usize>,
+}
+
+/// Wakes a task after the tasks that are ready now have run, not before
+/// them: a connection's session woken for a frame then finds the frames the
+/// same turn queued after it (a sender's own copy of its message, then the
+/// reply, which its command's task writes once the owner's task has ended),
+/// and writes them in one system call instead of one each.
+///
+/// The wake is made by a task of this core's (started on first use), which
+/// runs after those ready before it. Call it on a glommio executor (all of
+/// a shard's code runs on one).
+pub fn wake_soon(waker: Waker) {
+    let start = SOON.with(|soon| {
+        let mut soon = soon.borrow_mut();
+        soon.wakers.push(waker);
+        if let Some(waker) = soon.waker.take() {
+            waker.wake();
+        }
+        let executor = glommio::executor().id();
+        if soon.executor == Some(executor) {
+            return false;
+        }
+        soon.executor = Some(executor);
+        soon.waker = None;
+        true
+    });
+    if start {
+        // Scheduled, not run at once (glommio runs a task spawned with
+        // `spawn_local` before returning), so that even this first wake
+        // waits. Not counted in `alive`: one per core, for the executor's
+        // life.
+        let queue = glommio::executor().current_task_queue();
+        match glommio::spawn_local_into(Waking, queue) {
+            Ok(task) => task.detach(),
+            Err(_) => glommio::spawn_local(Waking).detach(),
+        };
+    }
+}
+
+/// The task that makes the wakes [`wake_soon`] put off.
+struct Waking;
+
+impl Future for Waking {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let wakers = SOON.with(|soon| {
+            let mut soon = soon.borrow_mut();
+            soon.waker = Some(cx.waker().clone());
+            std::mem::take(&mut soon.wakers)
+        });
+        for waker in wakers {
+            waker.wake();
+        }
+        Poll::Pending
+    }
+}
+
 /// Tasks spawned through [`spawn`] on this thread and not yet ended.
 pub fn alive() -> u64 {
     ALIVE.with(Cell::get)
@@ -93,6 +164,61 @@ mod tests {
             futures_lite::future::yield_now().await;
             assert_eq!(alive(), before);
         });
+    }
+
+    #[test]
+    fn a_put_off_wake_comes_after_a_task_made_ready_after_it() {
+        for _ in 0..2 {
+            // Twice: a later executor on this thread starts its own waking
+            // task.
+            glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+                // Twice again: the first starts the waking task, the
+                // second finds it waiting.
+                for _ in 0..2 {
+                    let order = std::rc::Rc::new(RefCell::new(Vec::new()));
+                    let (wake_put_off, put_off_woken) = futures_channel::oneshot::channel::<()>();
+                    let (wake_later, later_woken) = futures_channel::oneshot::channel::<()>();
+                    // (A spawned task runs until it waits before `spawn`
+                    // returns.)
+                    let put_off = {
+                        let order = order.clone();
+                        spawn(async move {
+                            let _ = put_off_woken.await;
+                            order.borrow_mut().push("put off");
+                        })
+                    };
+                    let later = {
+                        let order = order.clone();
+                        spawn(async move {
+                            let _ = later_woken.await;
+                            order.borrow_mut().push("later");
+                        })
+                    };
+                    // As a session's wake for its first frame, then the
+                    // command's task woken by its owner's task: the
+                    // command's task runs first, so the session finds its
+                    // reply too.
+                    wake_soon(std::task::Waker::from(std::sync::Arc::new(Relay(std::sync::Mutex::new(Some(
+                        wake_put_off,
+                    ))))));
+                    wake_later.send(()).unwrap();
+                    put_off.await;
+                    later.await;
+                    assert_eq!(*order.borrow(), ["later", "put off"]);
+                }
+            });
+        }
+    }
+
+    /// A waker that completes a oneshot when woken.
+    struct Relay(std::sync::Mutex<Option<futures_channel::oneshot::Sender<()>>>);
+
+    impl std::task::Wake for Relay {
+        fn wake(self: std::sync::Arc<Self>) {
+            if let Some(sender) = self.0.lock().unwrap().take() {
+                let _ = sender.send(());
+            }
+        }
     }
 
     #[test]

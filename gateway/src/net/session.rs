@@ -249,6 +249,7 @@ fn poll_session(
             match written {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Step::End(End::Gone)),
                 Poll::Ready(Ok(written)) => {
+                    shard.counters.socket_writes.set(shard.counters.socket_writes.get() + 1);
                     conn.advance(written);
                     conn.note_write(true, written < offered, now_ms());
                 }

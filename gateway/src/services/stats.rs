@@ -120,6 +120,8 @@ pub struct Counters {
     pub messages_stored: Cell<u64>,
     /// Frames queued to local connections by deliveries.
     pub deliveries: Cell<u64>,
+    /// Writes to connections' sockets (one may carry several frames).
+    pub socket_writes: Cell<u64>,
     /// Connections closed as slow consumers.
     pub slow_consumers: Cell<u64>,
     /// Push records the webhook refused for good (moved to the dead pushes).
@@ -187,6 +189,8 @@ pub struct ShardStats {
     pub messages_stored: u64,
     /// Frames queued to this core's connections.
     pub deliveries: u64,
+    /// Writes to this core's connections' sockets.
+    pub socket_writes: u64,
     /// Messages stored per second, over the last second.
     pub messages_per_s: f64,
     /// Deliveries per second, over the last second.

@@ -348,6 +348,41 @@ fn mesh_sent(server: &TestServer) -> (f64, u64) {
 }
 
 #[test]
+fn a_senders_own_copy_and_its_reply_go_out_in_one_write() {
+    // One shard: the pair's messages are stored on the core that holds
+    // both connections. The sender's device gets its message's event and
+    // then the reply; the reply is written by the command's task, which the
+    // owner's task wakes as it ends, after it queued the event. The event's
+    // wake waits for that task (`tasks::wake_soon`), so both go in one
+    // write: two writes a message (the sender's, the recipient's), three
+    // before.
+    let server = TestServer::start(1);
+    let people = users(&server, "onewrite", 2);
+    let (alice, bob) = (&people[0], &people[1]);
+    let mut alice_ws = server.connect(alice, "phone");
+    let mut bob_ws = server.connect(bob, "laptop");
+    alice_ws.result("send", json!({ "to_user": bob.username, "text": "first" }));
+    bob_ws.next_event("message");
+    alice_ws.next_event("message");
+    let writes = || crate::common::sample_sum(&crate::common::scrape(&server), "chatgw_socket_writes_total");
+    const MESSAGES: usize = 40;
+    let before = writes();
+    for n in 0..MESSAGES {
+        alice_ws.result("send", json!({ "to_user": bob.username, "text": format!("m{n}") }));
+        bob_ws.next_event("message");
+    }
+    let per_message = (writes() - before) / MESSAGES as f64;
+    eprintln!("{per_message:.2} socket writes per 1:1 message");
+    assert!(per_message >= 2.0, "{per_message}: every message reaches both sides");
+    // (A slow machine may let a few go apart.)
+    assert!(per_message <= 2.3, "{per_message} socket writes per 1:1 message");
+    for n in 0..MESSAGES {
+        let event = alice_ws.next_event("message");
+        assert_eq!(event["text"], format!("m{n}"), "the sender's own copies, in order");
+    }
+}
+
+#[test]
 fn cross_core_messages_are_counted_by_kind_per_stored_message() {
     let server = TestServer::start(2);
     let people = users_on_every_shard(&server, "mesh", 4, 2);

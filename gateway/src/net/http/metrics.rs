@@ -179,6 +179,13 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
         shard_counter(registry, "messages_delivered", "Message frames queued to connections", all, |s| s.deliveries);
         shard_counter(
             registry,
+            "socket_writes",
+            "Writes to WebSocket connections' sockets (one may carry several frames)",
+            all,
+            |s| s.socket_writes,
+        );
+        shard_counter(
+            registry,
             "pushes_coalesced",
             "Push records dropped for a newer one of the same user",
             all,
