@@ -111,7 +111,7 @@ strace -c -f -p "$server_pid" -o "$work/strace-hs.txt" 2>/dev/null &
 tracer=$!
 sleep 1
 "$bin" loadgen idle --addr "$addr" --connections "$handshakes" --users "$users" --users-file "$work/users.json" \
-    --hold-s 0 >/dev/null
+    --hold-s 0 --server-pid "$server_pid" >/dev/null
 sleep 1
 kill -INT "$tracer"
 wait "$tracer" 2>/dev/null || true
