@@ -93,16 +93,18 @@ pub fn wake_soon(waker: Waker) {
     let start = SOON.with(|soon| {
         let mut soon = soon.borrow_mut();
         soon.wakers.push(waker);
+        let executor = glommio::executor().id();
+        if soon.executor != Some(executor) {
+            // The first wake on this executor: a waking task of an earlier
+            // one on this thread is gone with it, and is not woken.
+            soon.executor = Some(executor);
+            soon.waker = None;
+            return true;
+        }
         if let Some(waker) = soon.waker.take() {
             waker.wake();
         }
-        let executor = glommio::executor().id();
-        if soon.executor == Some(executor) {
-            return false;
-        }
-        soon.executor = Some(executor);
-        soon.waker = None;
-        true
+        false
     });
     if start {
         // Scheduled, not run at once (glommio runs a task spawned with
@@ -110,26 +112,32 @@ pub fn wake_soon(waker: Waker) {
         // waits. Not counted in `alive`: one per core, for the executor's
         // life.
         let queue = glommio::executor().current_task_queue();
-        match glommio::spawn_local_into(Waking, queue) {
+        match glommio::spawn_local_into(Waking::default(), queue) {
             Ok(task) => task.detach(),
-            Err(_) => glommio::spawn_local(Waking).detach(),
+            Err(_) => glommio::spawn_local(Waking::default()).detach(),
         };
     }
 }
 
 /// The task that makes the wakes [`wake_soon`] put off.
-struct Waking;
+#[derive(Default)]
+struct Waking {
+    /// The list taken last time, empty, swapped back in (so that a turn's
+    /// wakes are listed without allocating).
+    spare: Vec<Waker>,
+}
 
 impl Future for Waking {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let wakers = SOON.with(|soon| {
+        let this = self.get_mut();
+        SOON.with(|soon| {
             let mut soon = soon.borrow_mut();
             soon.waker = Some(cx.waker().clone());
-            std::mem::take(&mut soon.wakers)
+            std::mem::swap(&mut soon.wakers, &mut this.spare);
         });
-        for waker in wakers {
+        for waker in this.spare.drain(..) {
             waker.wake();
         }
         Poll::Pending

@@ -1753,10 +1753,9 @@ impl Reactor {
     /// Error and will just not sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
         let mut kept = self.link_rings_src.borrow_mut();
-        if let Some(link_rings) = kept.as_ref().filter(|src| src.is_pending()) {
+        if kept.as_ref().is_some_and(Source::is_pending) {
             // chatgw patch: the link from the last sleep is still armed in
             // the kernel: just wait.
-            let _ = link_rings;
             return ring.wait_armed().or_else(Self::busy_ok).map(|_| {});
         }
         let link_rings = Source::new(
@@ -1766,9 +1765,13 @@ impl Reactor {
             None,
             None,
         );
-        let slept = ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {});
-        *kept = Some(link_rings);
-        slept
+        let slept = ring.sleep(&link_rings);
+        // chatgw patch: kept for the next sleep, unless it could not be
+        // submitted (then it is dropped, as before).
+        if slept.is_ok() {
+            *kept = Some(link_rings);
+        }
+        slept.or_else(Self::busy_ok).map(|_| {})
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
