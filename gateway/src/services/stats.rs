@@ -122,6 +122,9 @@ pub struct Counters {
     pub deliveries: Cell<u64>,
     /// Writes to connections' sockets (one may carry several frames).
     pub socket_writes: Cell<u64>,
+    /// Messages stored with no pending push check: every member but the
+    /// sender was this core's and had a device on it.
+    pub push_checks_skipped: Cell<u64>,
     /// Connections closed as slow consumers.
     pub slow_consumers: Cell<u64>,
     /// Push records the webhook refused for good (moved to the dead pushes).
@@ -191,6 +194,9 @@ pub struct ShardStats {
     pub deliveries: u64,
     /// Writes to this core's connections' sockets.
     pub socket_writes: u64,
+    /// Messages stored with no pending push check (every member but the
+    /// sender connected to this core).
+    pub push_checks_skipped: u64,
     /// Messages stored per second, over the last second.
     pub messages_per_s: f64,
     /// Deliveries per second, over the last second.

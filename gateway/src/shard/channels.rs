@@ -21,7 +21,7 @@ use crate::route::{Answer, ChannelMsg, Control, DeliverWith};
 use crate::services::push::Check;
 use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::connections::{on_membership, on_subscribe};
-use crate::shard::push::{members_by_owner, owes_pushes, spawn_check};
+use crate::shard::push::{all_here_and_connected, members_by_owner, owes_pushes, recheck_here, spawn_check};
 use crate::shard::state::Shard;
 use crate::single_flight::Turn;
 
@@ -130,7 +130,11 @@ async fn store_and_fan_out(
     // after this commit; the pending check goes in the same batch as the
     // message, so a kill in between loses no push (the next start checks
     // again).
-    let due = owes_pushes(&members, sender_id).then_some(PushDue { message_id: id, channel_id, sender_id });
+    // Unless every member but the sender is this core's and connected to
+    // it: then no push is owed (the frame goes to them below).
+    let owes = owes_pushes(&members, sender_id);
+    let all_here = owes && all_here_and_connected(shard, &members, sender_id);
+    let due = (owes && !all_here).then_some(PushDue { message_id: id, channel_id, sender_id });
     if let Some(due) = due {
         ops.push(WriteOp::PushDue(shard.id, due));
     }
@@ -196,6 +200,10 @@ async fn store_and_fan_out(
     drop(ticket);
     if let (Some(due), Some(by_owner)) = (due, by_owner) {
         spawn_check(shard, due, by_owner, riding);
+    }
+    if all_here {
+        shard.counters.push_checks_skipped.set(shard.counters.push_checks_skipped.get() + 1);
+        recheck_here(shard, channel_id, id, &members, sender_id);
     }
     Ok(message)
 }

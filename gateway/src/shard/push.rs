@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use chatgw_idgen::{MessageId, ShardId, UserId};
+use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{DeadPush, OutboxEntry, PushDue};
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -25,6 +25,62 @@ use crate::shard::state::Shard;
 /// checks, and so a pending-check record written with it.
 pub fn owes_pushes(members: &[UserId], sender: UserId) -> bool {
     members.len() <= limits::PUSH_CHANNEL_MEMBERS_MAX && members.iter().any(|member| *member != sender)
+}
+
+/// Channel owner: whether every member but `sender` is this core's and
+/// has a device connected to it now. Such a message owes no push and needs
+/// no pending-check record: this core's own fan-out takes the frame to
+/// those devices, and a member whose last device leaves before the fan-out
+/// is asked about after it ([`recheck_here`]). Saves the record, its
+/// removal and the check's task for half the 1:1 messages on 2 shards.
+pub fn all_here_and_connected(shard: &Shard, members: &[UserId], sender: UserId) -> bool {
+    let presence = shard.presence.borrow();
+    members
+        .iter()
+        .filter(|member| **member != sender)
+        .all(|member| shard.owner(member.0) == shard.id && presence.has_device(*member))
+}
+
+/// Channel owner, after the fan-out of a message stored without its
+/// pending check ([`all_here_and_connected`]): records the pushes of the
+/// members whose last device left meanwhile, as a task of its own, asking
+/// again after a failure like [`spawn_check`] does. (With no pending-check
+/// record, a kill -9 in the moment between such a leave and this record
+/// loses that push: the member was connected when the message came.)
+pub fn recheck_here(
+    shard: &Rc<Shard>,
+    channel_id: ChannelId,
+    message_id: MessageId,
+    members: &[UserId],
+    sender: UserId,
+) {
+    let gone: Vec<UserId> = {
+        let presence = shard.presence.borrow();
+        members.iter().copied().filter(|member| *member != sender && !presence.has_device(*member)).collect()
+    };
+    if gone.is_empty() {
+        return;
+    }
+    let shard = shard.clone();
+    crate::tasks::spawn(async move {
+        let mut wait = limits::PUSH_BACKOFF_FIRST;
+        for attempt in 1..=limits::PUSH_CHECK_TRIES {
+            if attempt > 1 {
+                if shard.stopping.get() {
+                    break;
+                }
+                glommio::timer::sleep(wait).await;
+                wait = (wait * 2).min(limits::PUSH_BACKOFF_MAX);
+                shard.counters.push_check_retries.set(shard.counters.push_check_retries.get() + 1);
+            }
+            match record(&shard, Check { channel_id, message_id, members: gone.clone() }).await {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(%error, attempt, "pushes not recorded; trying again"),
+            }
+        }
+        tracing::error!(message = message_id.0, "pushes of members who left during the send not recorded");
+    })
+    .detach();
 }
 
 /// The members of `due`'s message that may be owed a push (every one but

@@ -27,6 +27,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         messages_stored: counters.messages_stored.get(),
         deliveries: counters.deliveries.get(),
         socket_writes: counters.socket_writes.get(),
+        push_checks_skipped: counters.push_checks_skipped.get(),
         messages_per_s: counters.messages_per_s.get(),
         deliveries_per_s: counters.deliveries_per_s.get(),
         slow_consumers: counters.slow_consumers.get(),

@@ -424,3 +424,72 @@ fn a_push_check_that_fails_is_asked_again_while_the_server_runs() {
     let retries = sample_sum(&scrape(&server), "chatgw_push_check_retries_total");
     assert!(retries >= 3.0, "{retries} retries counted");
 }
+
+/// The metric of messages stored with no pending push check.
+const SKIPPED: &str = "chatgw_push_checks_skipped_total";
+
+#[test]
+fn a_message_to_members_connected_to_its_channels_core_owes_no_pending_check() {
+    let (url, received) = receiver(0);
+    let server = TestServer::start_with(2, |config| config.push_webhook = Some(url));
+    // Five users on two shards: two share a core (and one is on the other).
+    let people = crate::common::users_on_every_shard(&server, "skip", 5, 2);
+    let on = |shard: u16| people.iter().filter(|user| crate::common::owner(user, 2) == shard).collect::<Vec<_>>();
+    let (home, away) = if on(0).len() >= 2 { (on(0), on(1)) } else { (on(1), on(0)) };
+    let pairs = [(home[0], home[1]), (home[0], away[0])];
+    // Two users of one core, both connected: the direct channel is theirs
+    // (one core), so each send owes nothing and skips the check.
+    let mut expected = 0.0;
+    for (a, b) in pairs {
+        let mut a_ws = server.connect(a, "phone");
+        let mut b_ws = server.connect(b, "phone");
+        for n in 0..3 {
+            a_ws.result("send", json!({ "to_user": b.username, "text": format!("a{n}") }));
+            b_ws.next_event("message");
+            b_ws.result("send", json!({ "to_user": a.username, "text": format!("b{n}") }));
+            a_ws.next_event("message");
+        }
+        // Same core: all 6 sends skip. Two cores: the channel's owner is
+        // one of the pair's, so exactly the 3 sends to its own user skip.
+        let same_core = crate::common::owner(a, 2) == crate::common::owner(b, 2);
+        expected += if same_core { 6.0 } else { 3.0 };
+        wait_for("the skipped checks counted", || metric(&server, SKIPPED) == expected);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(received.lock().unwrap().is_empty(), "nobody was offline: {:?}", received.lock().unwrap());
+    assert_eq!(outbox_depth(&server), 0);
+    assert_eq!(metric(&server, SKIPPED), expected);
+}
+
+#[test]
+fn a_member_who_leaves_while_a_skipped_checks_message_is_written_still_gets_the_push() {
+    // One shard: every member is the channel's core's. The commit is slow,
+    // so bob's only device leaves after the send chose to skip the check
+    // and before the message is fanned out: the check after the fan-out
+    // finds him gone and records his push.
+    let (url, received) = receiver(0);
+    let server = TestServer::start_with(1, |config| {
+        config.push_webhook = Some(url);
+        config.fault_commit_delay_ms = 600;
+    });
+    let alice = server.signup("alice");
+    let bob = server.signup("bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let mut bob_ws = server.connect(&bob, "phone");
+    alice_ws.result("send", json!({ "to_user": bob.username, "text": "channel" }));
+    bob_ws.next_event("message");
+    assert_eq!(metric(&server, SKIPPED), 1.0);
+    let request = alice_ws.send_command("send", json!({ "to_user": bob.username, "text": "are you still there?" }));
+    std::thread::sleep(Duration::from_millis(150));
+    bob_ws.close();
+    drop(bob_ws);
+    let reply = alice_ws.next_reply();
+    assert_eq!(reply["id"], request);
+    assert!(reply.get("error").is_none(), "{reply}");
+    assert_eq!(metric(&server, SKIPPED), 2.0, "the send skipped its check: bob was connected when it came");
+    wait_for("bob's push", || !received.lock().unwrap().is_empty());
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].1["user_id"], bob.user_id.as_str());
+    assert_eq!(received[0].1["message"]["id"], reply["result"]["message_id"]);
+}

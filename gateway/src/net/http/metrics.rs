@@ -186,6 +186,13 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
         );
         shard_counter(
             registry,
+            "push_checks_skipped",
+            "Messages stored with no pending push check: every member but the sender had a device on the channel's core",
+            all,
+            |s| s.push_checks_skipped,
+        );
+        shard_counter(
+            registry,
             "pushes_coalesced",
             "Push records dropped for a newer one of the same user",
             all,
