@@ -175,6 +175,22 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_executor_wakes_for_its_next_timer_and_not_before() {
+        // The patched reactor sleeps with the next timer as the timeout of
+        // its io_uring_enter: the time running out must wake it, and
+        // nothing earlier may pass for the timer's end.
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            for wait_ms in [1u64, 30, 120] {
+                let started = std::time::Instant::now();
+                glommio::timer::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                let slept = started.elapsed();
+                assert!(slept >= std::time::Duration::from_millis(wait_ms), "woke early: {slept:?}");
+                assert!(slept < std::time::Duration::from_secs(5), "the timer did not wake the executor: {slept:?}");
+            }
+        });
+    }
+
+    #[test]
     fn a_put_off_wake_comes_after_a_task_made_ready_after_it() {
         for _ in 0..2 {
             // Twice: a later executor on this thread starts its own waking

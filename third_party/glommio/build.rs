@@ -37,6 +37,12 @@ fn main() {
         .extra_warnings(false)
         .compile("uring");
 
+    // chatgw patch: rebuilt when the C bindings change (cc's own
+    // rerun-if-env-changed lines would otherwise stop cargo from noticing).
+    println!("cargo:rerun-if-changed=rusturing.c");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=liburing/src");
+
     // (our additional, linkable C bindings)
     Build::new()
         .file(project.join("rusturing.c"))

@@ -312,3 +312,37 @@ extern inline int rust_io_uring_wait_cqe(struct io_uring *ring, struct io_uring_
 {
     return io_uring_wait_cqe(ring, cqe_ptr);
 }
+
+// chatgw patch: submit what is queued and wait for `wait_nr` completions or
+// until `ts` has passed, in one io_uring_enter, with the kernel's own wait
+// timeout (IORING_ENTER_EXT_ARG, Linux 5.11+) instead of a timeout request
+// that must be queued and then cancelled. Returns what io_uring_enter does
+// (the count submitted, or -ETIME when nothing was submitted and the time
+// ran out), or -errno; 0 at once when nothing is to be submitted and the
+// completions are already there.
+#include <errno.h>
+#include <signal.h>
+int __io_uring_flush_sq(struct io_uring *ring);
+int __sys_io_uring_enter2(int fd, unsigned to_submit, unsigned min_complete, unsigned flags, sigset_t *sig, int sz);
+
+int rust_io_uring_submit_and_wait_timeout(struct io_uring *ring, unsigned wait_nr, struct __kernel_timespec *ts)
+{
+    struct io_uring_getevents_arg arg = {
+        .sigmask = 0,
+        .sigmask_sz = _NSIG / 8,
+        .pad = 0,
+        .ts = (unsigned long) ts,
+    };
+    unsigned submit = __io_uring_flush_sq(ring);
+    if (submit == 0 && io_uring_cq_ready(ring) >= wait_nr)
+        return 0;
+    int ret = __sys_io_uring_enter2(ring->ring_fd, submit, wait_nr, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                                    (sigset_t *) &arg, sizeof(arg));
+    return ret < 0 ? -errno : ret;
+}
+
+// chatgw patch: whether the kernel takes a wait timeout in io_uring_enter.
+int rust_io_uring_has_ext_arg(struct io_uring *ring)
+{
+    return (ring->features & IORING_FEAT_EXT_ARG) != 0;
+}

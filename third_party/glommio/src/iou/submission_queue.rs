@@ -68,6 +68,30 @@ impl<'ring> SubmissionQueue<'ring> {
         resultify(unsafe { uring_sys::io_uring_submit_and_wait(self.ring.as_ptr(), wait_for as _) })
     }
 
+    /// chatgw patch: submits the queued SQEs and waits until `wait_for`
+    /// CQEs are ready or `duration` has passed, in one system call, with
+    /// the kernel's wait timeout (no timeout request queued). Needs
+    /// `IORING_FEAT_EXT_ARG` ([`Self::has_ext_arg`]). Time running out is
+    /// not an error: `Ok` of the count submitted (0).
+    pub fn submit_and_wait_until(&mut self, wait_for: u32, duration: Duration) -> io::Result<u32> {
+        let ts = uring_sys::__kernel_timespec {
+            tv_sec: duration.as_secs() as _,
+            tv_nsec: duration.subsec_nanos() as _,
+        };
+        match resultify(unsafe {
+            uring_sys::rust_io_uring_submit_and_wait_timeout(self.ring.as_ptr(), wait_for as _, &ts)
+        }) {
+            Err(error) if error.raw_os_error() == Some(libc::ETIME) => Ok(0),
+            other => other,
+        }
+    }
+
+    /// chatgw patch: whether the kernel takes a wait timeout in
+    /// `io_uring_enter` (Linux 5.11+).
+    pub fn has_ext_arg(&self) -> bool {
+        unsafe { uring_sys::rust_io_uring_has_ext_arg(self.ring.as_ptr()) != 0 }
+    }
+
     pub fn submit_and_wait_with_timeout(
         &mut self,
         wait_for: u32,

@@ -1047,22 +1047,25 @@ impl SleepableRing {
 
     /// chatgw patch: sleeps on a link that is still armed from an earlier
     /// sleep.
-    fn wait_armed(&mut self) -> io::Result<usize> {
+    fn wait_armed(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
             "sleeping with pending SQEs"
         );
-        self.ring
-            .cq()
-            .wait(1)
+        let waited = match timeout {
+            // chatgw patch: the next timer's wait, in the same call.
+            Some(timeout) => self.ring.sq().submit_and_wait_until(1, timeout).map(|_| ()),
+            None => self.ring.cq().wait(1),
+        };
+        waited
             .map(|_| 1)
             .or_else(Reactor::busy_ok)
             .or_else(Reactor::again_ok)
             .or_else(Reactor::intr_ok)
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
+    fn sleep(&mut self, link: &Source, timeout: Option<Duration>) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
@@ -1090,8 +1093,13 @@ impl SleepableRing {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
-            // chatgw patch: submit the link and wait in one system call.
-            let submitted = self.ring.submit_sqes_and_wait(1).map(|x| x as usize);
+            // chatgw patch: submit the link and wait in one system call,
+            // with the next timer's wait as its timeout.
+            let submitted = match timeout {
+                Some(timeout) => self.ring.sq().submit_and_wait_until(1, timeout),
+                None => self.ring.submit_sqes_and_wait(1),
+            }
+            .map(|x| x as usize);
             if let Ok(x) = submitted {
                 self.in_kernel += x;
             }
@@ -1247,6 +1255,9 @@ pub(crate) struct Reactor {
     // stays armed across sleeps until it fires, instead of being armed before
     // and cancelled after every sleep.
     link_rings_src: RefCell<Option<Source>>,
+    // chatgw patch: whether the main ring's sleep takes the next timer's
+    // wait as the timeout of its io_uring_enter (IORING_FEAT_EXT_ARG).
+    wait_timeout_in_enter: bool,
 
     link_fd: RawFd,
 
@@ -1372,7 +1383,9 @@ impl Reactor {
             latency_ring.install_eventfd(&eventfd_src);
         }
 
+        let wait_timeout_in_enter = main_ring.ring.sq().has_ext_arg();
         Ok(Reactor {
+            wait_timeout_in_enter,
             main_ring: RefCell::new(main_ring),
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
@@ -1751,12 +1764,12 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
-    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+    fn link_rings_and_sleep(&self, ring: &mut SleepableRing, timeout: Option<Duration>) -> io::Result<()> {
         let mut kept = self.link_rings_src.borrow_mut();
         if kept.as_ref().is_some_and(Source::is_pending) {
             // chatgw patch: the link from the last sleep is still armed in
             // the kernel: just wait.
-            return ring.wait_armed().or_else(Self::busy_ok).map(|_| {});
+            return ring.wait_armed(timeout).or_else(Self::busy_ok).map(|_| {});
         }
         let link_rings = Source::new(
             IoRequirements::default(),
@@ -1765,7 +1778,7 @@ impl Reactor {
             None,
             None,
         );
-        let slept = ring.sleep(&link_rings);
+        let slept = ring.sleep(&link_rings, timeout);
         // chatgw patch: kept for the next sleep, unless it could not be
         // submitted (then it is dropped, as before).
         if slept.is_ok() {
@@ -1896,10 +1909,19 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
+            // chatgw patch: where the kernel takes a wait timeout, the
+            // next timer is the sleep's own timeout (no timer request to
+            // submit on the latency ring now and cancel after the wake:
+            // two system calls a sleep).
+            let mut sleep_timeout = None;
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                if self.wait_timeout_in_enter {
+                    sleep_timeout = Some(dur);
+                } else {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1917,7 +1939,7 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
+                    self.link_rings_and_sleep(&mut main_ring, sleep_timeout)
                         .expect("some error");
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);

@@ -686,4 +686,15 @@ extern "C" {
 
     #[link_name = "rust_io_uring_wait_cqe"]
     pub fn io_uring_wait_cqe(ring: *mut io_uring, cqe_ptr: *mut *mut io_uring_cqe) -> libc::c_int;
+
+    // chatgw patch: submit and wait with the kernel's wait timeout
+    // (rusturing.c).
+    pub fn rust_io_uring_submit_and_wait_timeout(
+        ring: *mut io_uring,
+        wait_nr: libc::c_uint,
+        ts: *const __kernel_timespec,
+    ) -> libc::c_int;
+
+    // chatgw patch: whether io_uring_enter takes a wait timeout.
+    pub fn rust_io_uring_has_ext_arg(ring: *mut io_uring) -> libc::c_int;
 }
