@@ -400,3 +400,24 @@ fn release_read_line(shard: &Shard, key: ConnKey) {
         lines.remove(&key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn of six arguments returns.
+    fn future_size<A, B, C, D, E, G, F: std::future::Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's memory is mostly its loop's task, its `Conn`
+    /// and its socket's waiting read (glommio's source, bounded in
+    /// `third_party/glommio`): a change that makes one bigger shows here
+    /// before it shows in `loadgen idle`'s KiB per connection.
+    #[test]
+    fn an_idle_connections_loop_and_conn_stay_within_their_bytes() {
+        let (drive, conn) = (future_size(drive), std::mem::size_of::<Conn>());
+        assert!(drive <= 544, "the session loop's future is {drive} bytes");
+        assert!(conn <= 304, "a Conn is {conn} bytes");
+    }
+}

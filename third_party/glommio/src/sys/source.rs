@@ -35,18 +35,11 @@ pub(crate) enum SourceType {
     PollAdd,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
-    SockRecvMsg(
-        Option<DmaBuffer>,
-        libc::iovec,
-        libc::msghdr,
-        MaybeUninit<nix::sys::socket::sockaddr_storage>,
-    ),
-    SockSendMsg(
-        DmaBuffer,
-        libc::iovec,
-        libc::msghdr,
-        nix::sys::socket::SockaddrStorage,
-    ),
+    // The message variants and the socket addresses are boxed: they are
+    // rare, and unboxed they made every source (one per socket waiting to
+    // read, on a server with many idle connections) 256 bytes of type.
+    SockRecvMsg(Box<RecvMsgParts>),
+    SockSendMsg(Box<SendMsgParts>),
     Open(CString),
     FdataSync,
     Fallocate,
@@ -56,8 +49,8 @@ pub(crate) enum SourceType {
     ForeignNotifier(u64, bool),
     Statx(CString, Box<RefCell<Statx>>),
     Timeout(TimeSpec64, u32),
-    Connect(nix::sys::socket::SockaddrStorage),
-    Accept(SockAddrStorage),
+    Connect(Box<nix::sys::socket::SockaddrStorage>),
+    Accept(Box<SockAddrStorage>),
     Rename(PathBuf, PathBuf),
     CreateDir(PathBuf),
     Remove(PathBuf),
@@ -67,6 +60,19 @@ pub(crate) enum SourceType {
     #[cfg(feature = "bench")]
     Noop,
 }
+
+/// What a `recvmsg` source holds: the buffer, its iovec, the header and
+/// the sender's address (the header points at the other two).
+pub(crate) type RecvMsgParts = (
+    Option<DmaBuffer>,
+    libc::iovec,
+    libc::msghdr,
+    MaybeUninit<nix::sys::socket::sockaddr_storage>,
+);
+
+/// What a `sendmsg` source holds: the buffer, its iovec, the header and
+/// the destination (the header points at the other two).
+pub(crate) type SendMsgParts = (DmaBuffer, libc::iovec, libc::msghdr, nix::sys::socket::SockaddrStorage);
 
 impl TryFrom<SourceType> for Statx {
     type Error = GlommioError<()>;
@@ -349,3 +355,8 @@ impl Drop for Source {
         }
     }
 }
+
+// A source is held by every socket waiting to read: on a server with many
+// idle connections its size is a part of each connection's memory.
+const _: () = assert!(std::mem::size_of::<SourceType>() <= 64);
+const _: () = assert!(std::mem::size_of::<InnerSource>() <= 280);
