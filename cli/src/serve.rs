@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Offline grace after the last device goes, ms [default: 5000].
     #[arg(long, env = "CHATGW_PRESENCE_GRACE_MS")]
     presence_grace_ms: Option<u64>,
+    /// How long after a user's last `typing` start the server ends it by
+    /// itself, ms [default: 6000].
+    #[arg(long, env = "CHATGW_TYPING_TTL_MS")]
+    typing_ttl_ms: Option<u64>,
     /// Whose presence a user may query or subscribe to: `all` users, or
     /// only those who share a channel with them [default: all].
     #[arg(long, env = "CHATGW_PRESENCE_SCOPE", value_enum)]
@@ -209,6 +213,7 @@ struct FileConfig {
     push_webhook_ca: Option<PathBuf>,
     heartbeat_ms: Option<u64>,
     presence_grace_ms: Option<u64>,
+    typing_ttl_ms: Option<u64>,
     presence_scope: Option<PresenceScopeArg>,
     http_body_timeout_ms: Option<u64>,
     http_idle_timeout_ms: Option<u64>,
@@ -271,6 +276,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(push_webhook_ca => some push_webhook_ca);
     pick!(heartbeat_ms => heartbeat_ms);
     pick!(presence_grace_ms => presence_grace_ms);
+    pick!(typing_ttl_ms => typing_ttl_ms);
     pick!(http_body_timeout_ms => http_body_timeout_ms);
     pick!(http_idle_timeout_ms => http_idle_timeout_ms);
     pick!(max_http_connections => max_http_connections);
@@ -316,6 +322,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(config.max_outbox_per_shard >= 1, "max-outbox-per-shard must be at least 1");
     anyhow::ensure!(config.write_stall_ms >= 100, "write-stall-ms must be at least 100");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
+    anyhow::ensure!(
+        config.typing_ttl_ms >= chatgw_gateway::limits::TYPING_TTL_MS_MIN,
+        "typing-ttl-ms must be at least {}",
+        chatgw_gateway::limits::TYPING_TTL_MS_MIN
+    );
     anyhow::ensure!(config.http_body_timeout_ms >= 100, "http-body-timeout-ms must be at least 100");
     anyhow::ensure!(config.http_idle_timeout_ms >= 100, "http-idle-timeout-ms must be at least 100");
     anyhow::ensure!((1..=64).contains(&config.hash_threads), "hash-threads must be 1 to 64");

@@ -87,6 +87,9 @@ pub struct Config {
     pub presence_grace_ms: u64,
     /// Whose presence a user may query or subscribe to.
     pub presence_scope: PresenceScope,
+    /// How long after a user's last `typing` start the server ends it by
+    /// itself (the other members hear `stop`), ms.
+    pub typing_ttl_ms: u64,
     /// A test aid: serve `GET /v1/echo`, a WebSocket with no token that
     /// echoes messages through the real session (for Autobahn's cases).
     pub conformance_echo: bool,
@@ -201,6 +204,7 @@ impl Default for Config {
             hash_threads: (std::thread::available_parallelism().map_or(1, |cores| cores.get()) / 4).max(1),
             presence_grace_ms: 5_000,
             presence_scope: PresenceScope::All,
+            typing_ttl_ms: 6_000,
             conformance_echo: false,
             max_channel_members: 100,
             max_message_chars: 100_000,

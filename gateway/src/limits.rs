@@ -267,3 +267,12 @@ pub const DEAD_PUSH_RETRY_MAX: usize = 10_000;
 /// (`chatgw_dead_pushes_dropped_total`), so a webhook that refuses
 /// everything for weeks cannot fill the disk with them.
 pub const DEAD_PUSHES_PER_SHARD_MAX: usize = 100_000;
+
+/// People typing (a channel and a user each) one shard tracks for the
+/// channels it owns, at most (about 100 bytes each); past it a new
+/// `typing` start is answered `overloaded`. Each user's `typing` takes a
+/// token of its rate limit, so a user fills at most its bucket's worth.
+pub const TYPING_TRACKED_PER_SHARD_MAX: usize = 100_000;
+/// The shortest `--typing-ttl-ms`: the expiry's timer wakes at most this
+/// often.
+pub const TYPING_TTL_MS_MIN: u64 = 100;

@@ -129,11 +129,14 @@ pub enum MeshKind {
     Ops,
     /// `Control::HandOff`: a connection moved to its user's owner.
     HandOff,
+    /// `Control::Typing` and `ChannelMsg::Typing`: a typing change to its
+    /// channel's owner, and its event to the cores of the other members.
+    Typing,
 }
 
 impl MeshKind {
     /// Every kind, in the order of their counters.
-    pub const ALL: [MeshKind; 10] = [
+    pub const ALL: [MeshKind; 11] = [
         MeshKind::Send,
         MeshKind::OtherCall,
         MeshKind::Reply,
@@ -144,6 +147,7 @@ impl MeshKind {
         MeshKind::PushCheck,
         MeshKind::Ops,
         MeshKind::HandOff,
+        MeshKind::Typing,
     ];
 
     /// Its label.
@@ -159,6 +163,7 @@ impl MeshKind {
             MeshKind::PushCheck => "push_check",
             MeshKind::Ops => "ops",
             MeshKind::HandOff => "hand_off",
+            MeshKind::Typing => "typing",
         }
     }
 
@@ -183,6 +188,7 @@ impl Control {
         match self {
             Control::Reply(_) | Control::Replies(_) => MeshKind::Reply,
             Control::Channel(ChannelMsg::Deliver { .. }) => MeshKind::Deliver,
+            Control::Channel(ChannelMsg::Typing { .. }) | Control::Typing(_) => MeshKind::Typing,
             Control::Channel(_) => MeshKind::Subscription,
             Control::Presence(_) => MeshKind::Presence,
             Control::Abuse(_) => MeshKind::RateCheck,
@@ -266,6 +272,23 @@ pub enum Control {
     /// A WebSocket connection that passed its upgrade on another core, for
     /// its user's owner to run (`net::hand_off`).
     HandOff(Box<HandOff>),
+    /// A user starts or stops typing in a channel (to the channel's
+    /// owner); answered with `Done`, or why not.
+    Typing(TypingChange),
+}
+
+/// A `typing` command for the channel's owner, which checks the member,
+/// keeps the expiry and tells the other members' cores.
+#[derive(Debug)]
+pub struct TypingChange {
+    /// The channel (owned by the receiver).
+    pub channel_id: ChannelId,
+    /// Who types.
+    pub user_id: UserId,
+    /// Its username, for the event.
+    pub username: Box<str>,
+    /// Started (or still typing), or stopped.
+    pub start: bool,
 }
 
 /// A WebSocket connection on its way to the core that owns its user: the
@@ -345,6 +368,16 @@ pub enum ChannelMsg {
         channel_id: ChannelId,
         /// The sender's subscription epoch when it decided.
         epoch: u64,
+    },
+    /// A `typing` event for this core's connections of a channel, except
+    /// the typist's own devices.
+    Typing {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The event's frame, shared by every receiver.
+        frame: Bytes,
+        /// The typist, whose devices get nothing.
+        except: UserId,
     },
     /// Members joined or left (to every core); answered with `Subscribed`.
     Membership {

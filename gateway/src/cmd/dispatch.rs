@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde_json::{Value, json};
 
 use crate::auth::AuthedUser;
-use crate::cmd::{channel, history, presence, send};
+use crate::cmd::{channel, history, presence, send, typing};
 use crate::error::ApiError;
 use crate::protocol::command::Command;
 use crate::shard::registry::Conn;
@@ -41,6 +41,7 @@ pub async fn dispatch(
             channel::members(shard, user, channel_id, after, limit).await
         }
         Command::Heartbeat => Ok(json!({})),
+        Command::Typing { channel_id, start } => typing::typing(shard, user, channel_id, start).await,
         Command::PresenceQuery { users } => presence::query(shard, user, &users).await,
         Command::PresenceSubscribe { users } => presence::subscribe(shard, user, conn, &users).await,
         Command::PresenceUnsubscribe { users } => presence::unsubscribe(shard, conn, &users).await,

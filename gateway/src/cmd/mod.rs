@@ -8,3 +8,4 @@ pub mod dispatch;
 pub mod history;
 pub mod presence;
 pub mod send;
+pub mod typing;

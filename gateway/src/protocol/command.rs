@@ -121,6 +121,13 @@ pub enum Command {
     },
     /// `heartbeat`.
     Heartbeat,
+    /// `typing`: the caller starts (or goes on) typing in a channel, or stops.
+    Typing {
+        /// The channel.
+        channel_id: ChannelId,
+        /// `start` (true) or `stop`.
+        start: bool,
+    },
     /// `presence.subscribe`.
     PresenceSubscribe {
         /// Usernames.
@@ -215,6 +222,13 @@ struct ChannelParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TypingParams {
+    channel_id: String,
+    state: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MembersPageParams {
     channel_id: String,
     after: Option<String>,
@@ -304,6 +318,15 @@ pub fn parse_command(method: &str, raw: impl Params) -> Result<Command, ApiError
         | "channel.members"
         | "channel.list" => parse_channel(method, raw),
         "heartbeat" => Ok(Command::Heartbeat),
+        "typing" => {
+            let raw: TypingParams = params(method, raw)?;
+            let start = match raw.state.as_str() {
+                "start" => true,
+                "stop" => false,
+                _ => return Err(ApiError::bad_request("typing: state must be \"start\" or \"stop\"")),
+            };
+            Ok(Command::Typing { channel_id: channel_id(&raw.channel_id)?, start })
+        }
         "presence.subscribe" | "presence.unsubscribe" | "presence.query" => {
             let raw: UsersParams = params(method, raw)?;
             let users = members(raw.users)?;
@@ -483,6 +506,10 @@ mod tests {
         );
         let page = parse_frame(r#"{"id":5,"method":"channel.members","params":{"channel_id":"8","limit":1001}}"#);
         assert_eq!(page.command.unwrap_err().code, crate::error::ErrorCode::BadRequest);
+        let typing = parse_frame(r#"{"id":6,"method":"typing","params":{"channel_id":"8","state":"start"}}"#);
+        assert_eq!(typing.command.unwrap(), Command::Typing { channel_id: ChannelId(8), start: true });
+        let stop = parse_frame(r#"{"id":7,"method":"typing","params":{"channel_id":"8","state":"stop"}}"#);
+        assert_eq!(stop.command.unwrap(), Command::Typing { channel_id: ChannelId(8), start: false });
     }
 
     #[test]
@@ -505,6 +532,9 @@ mod tests {
             (" [1]", Value::Null),
             (r#"{"id":11,"method":"send","params":{"text":"#, Value::Null),
             (r#"{"id":12,"method":"heartbeat","method":"sync"}"#, Value::Null),
+            (r#"{"id":13,"method":"typing","params":{"channel_id":"1","state":"typing"}}"#, json!(13)),
+            (r#"{"id":14,"method":"typing","params":{"channel_id":"1"}}"#, json!(14)),
+            (r#"{"id":15,"method":"typing","params":{"channel_id":"x","state":"stop"}}"#, json!(15)),
         ];
         for (frame, id) in cases {
             let envelope = parse_frame(frame);

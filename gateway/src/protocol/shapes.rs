@@ -3,7 +3,7 @@
 //! the wire's field names live in one file.
 
 use bytes::Bytes;
-use chatgw_idgen::{MessageId, UserId};
+use chatgw_idgen::{ChannelId, MessageId, UserId};
 use chatgw_storage::{Channel, ChannelKind, Message};
 use serde::Serialize;
 use serde::ser::Serializer;
@@ -88,6 +88,25 @@ pub fn event_frame(event: &str, data: &impl Serialize) -> Bytes {
 /// The `message` event's frame, written from the stored message itself.
 pub fn message_event_frame(message: &Message, sender: &str) -> Bytes {
     event_frame("message", &MessageShape::of(message, sender))
+}
+
+/// The `typing` event's data: `{channel_id, user_id, username, state}`.
+#[derive(Serialize)]
+struct TypingShape<'a> {
+    #[serde(serialize_with = "decimal")]
+    channel_id: &'a u64,
+    #[serde(serialize_with = "decimal")]
+    user_id: &'a u64,
+    username: &'a str,
+    state: &'a str,
+}
+
+/// The `typing` event's frame: `user` (named `username`) started typing
+/// in `channel`, or stopped (`start` false: by a `stop`, or the server's
+/// expiry).
+pub fn typing_event_frame(channel: ChannelId, user: UserId, username: &str, start: bool) -> Bytes {
+    let state = if start { "start" } else { "stop" };
+    event_frame("typing", &TypingShape { channel_id: &channel.0, user_id: &user.0, username, state })
 }
 
 /// A `Message` shape.

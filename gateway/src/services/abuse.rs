@@ -11,7 +11,8 @@
 //!   `retry_after_ms`.
 //!
 //! - A token bucket per user: `--rate-limit` tokens a second up to
-//!   `--rate-burst`; a send takes one, and with none left is refused with
+//!   `--rate-burst`; a send takes one (and so does `typing`,
+//!   `check_command`), and with none left is refused with
 //!   `rate_limited` and `retry_after_ms` (when the next token comes).
 //! - Flooding: a user's same text more than `FLOOD_REPEATS_MAX` times within
 //!   `FLOOD_WINDOW` is refused with `rate_limited` until the oldest of them
@@ -48,6 +49,12 @@ pub enum Check {
     },
     /// Create a channel or add members to one.
     ChannelChange {
+        /// Who asks.
+        user_id: UserId,
+    },
+    /// Any other command that counts toward the user's rate limit
+    /// (`typing`): a token of the send bucket, no flood check.
+    Command {
         /// Who asks.
         user_id: UserId,
     },
@@ -159,6 +166,24 @@ impl Limiter {
         Ok(())
     }
 
+    /// Takes a token of `user`'s send bucket for a command that is not a
+    /// send (`typing`) at `now`, or says why not. No flood check: there is
+    /// no text.
+    pub fn check_command(&self, user: UserId, now: Instant) -> Result<(), ApiError> {
+        let mut senders = self.senders.borrow_mut();
+        let rate = self.sends;
+        let sender =
+            senders.entry(user).or_insert_with(|| Sender { bucket: Bucket::full(rate, now), recent: VecDeque::new() });
+        if let Err(wait_ms) = sender.bucket.ready(rate, now) {
+            return Err(ApiError::rate_limited(
+                format!("at most {} messages and commands a second (bursts of {})", rate.per_s, rate.burst),
+                wait_ms,
+            ));
+        }
+        sender.bucket.take(rate);
+        Ok(())
+    }
+
     /// Forgets users whose bucket is full again and who have no text in a
     /// flood window (so the map holds recent senders only).
     pub fn prune(&self, now: Instant) {
@@ -237,6 +262,21 @@ mod tests {
         };
         assert_eq!(refused.code, ErrorCode::RateLimited);
         assert_eq!(sent, 5 * u64::from(FLOOD_REPEATS_MAX), "each text of the rotation counts");
+    }
+
+    #[test]
+    fn other_commands_take_tokens_of_the_send_bucket() {
+        let limiter = Limiter::new(10, 3);
+        let start = Instant::now();
+        let user = UserId(1);
+        limiter.check_command(user, start).unwrap();
+        limiter.check_command(user, start).unwrap();
+        limiter.check(user, text_hash("one send left"), None, start).unwrap();
+        let refused = limiter.check_command(user, start).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited);
+        assert_eq!(refused.retry_after_ms, Some(100));
+        assert!(limiter.check(user, text_hash("nor a send"), None, start).is_err(), "one bucket for both");
+        limiter.check_command(user, start + Duration::from_millis(100)).unwrap();
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod bucket;
 pub mod presence;
 pub mod push;
 pub mod stats;
+pub mod typing;

@@ -120,6 +120,8 @@ pub struct Counters {
     pub messages_stored: Cell<u64>,
     /// Frames queued to local connections by deliveries.
     pub deliveries: Cell<u64>,
+    /// `typing` events queued to local connections.
+    pub typing_deliveries: Cell<u64>,
     /// Writes to connections' sockets (one may carry several frames).
     pub socket_writes: Cell<u64>,
     /// Messages stored with no pending push check: every member but the
@@ -192,6 +194,10 @@ pub struct ShardStats {
     pub messages_stored: u64,
     /// Frames queued to this core's connections.
     pub deliveries: u64,
+    /// `typing` events queued to this core's connections.
+    pub typing_deliveries: u64,
+    /// People typing in the channels this shard owns.
+    pub typists: u64,
     /// Writes to this core's connections' sockets.
     pub socket_writes: u64,
     /// Messages stored with no pending push check (every member but the

@@ -29,6 +29,12 @@ pub async fn check_channel_change(shard: &Rc<Shard>, user: UserId) -> Result<(),
     ask_owner(shard, user, Check::ChannelChange { user_id: user }).await
 }
 
+/// Takes a token of `user`'s rate limit for a command that is not a send
+/// (`typing`), at the user's owner.
+pub async fn check_command(shard: &Rc<Shard>, user: UserId) -> Result<(), ApiError> {
+    ask_owner(shard, user, Check::Command { user_id: user }).await
+}
+
 async fn ask_owner(shard: &Rc<Shard>, user: UserId, check: Check) -> Result<(), ApiError> {
     let owner = shard.owner(user.0);
     if owner == shard.id {
@@ -48,6 +54,7 @@ pub fn on_check(shard: &Shard, check: Check) -> Result<Answer, ApiError> {
             shard.limiter.check(user_id, text_hash, client_msg_id_hash, now)
         }
         Check::ChannelChange { user_id } => shard.limiter.check_channel_change(user_id, now),
+        Check::Command { user_id } => shard.limiter.check_command(user_id, now),
     }
     .map(|()| Answer::Done)
 }

@@ -23,6 +23,7 @@ use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::connections::{on_membership, on_subscribe};
 use crate::shard::push::{all_here_and_connected, members_by_owner, owes_pushes, recheck_here, spawn_check};
 use crate::shard::state::Shard;
+use crate::shard::typing;
 use crate::single_flight::Turn;
 
 /// Where to answer a remote send as soon as it is stored, and whether that
@@ -140,6 +141,7 @@ async fn store_and_fan_out(
     }
     shard.committer.commit(ops).await.map_err(storage_failed)?;
     shard.counters.messages_stored.set(shard.counters.messages_stored.get() + 1);
+    typing::on_message(shard, channel_id, sender_id);
     let hosts = |cores: u128, core: ShardId| cores & (1u128 << core.0) != 0;
     // A remote sender's answer rides with the message's frame to its core
     // when that core hosts the channel (one message instead of two), else

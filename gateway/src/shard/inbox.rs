@@ -17,7 +17,7 @@ use crate::route::{Answer, Call, ChannelMsg, Control, DeliverWith, OpsMsg, Route
 use crate::services::presence::Msg as PresenceMsg;
 use crate::shard::channels::EarlyReply;
 use crate::shard::state::Shard;
-use crate::shard::{abuse, accounts, channels, connections, ops, presence, push, stats};
+use crate::shard::{abuse, accounts, channels, connections, ops, presence, push, stats, typing};
 
 /// Makes a call on the shard `to` that owns its subject: a local call on
 /// this core, or one over the mesh. What the layers above use to write.
@@ -113,6 +113,7 @@ fn apply_control(shard: &Rc<Shard>, from: ShardId, request_id: u64, control: Con
             None
         }
         Control::Ops(msg) => Some(Ok(on_ops(shard, msg))),
+        Control::Typing(change) => Some(typing::on_change(shard, change)),
         Control::HandOff(hand_off) => {
             match shard.start_handed_off.get() {
                 Some(start) => start(shard, *hand_off),
@@ -151,6 +152,10 @@ fn on_channel(shard: &Rc<Shard>, from: ShardId, request_id: u64, msg: ChannelMsg
                 let unsubscribe = ChannelMsg::Unsubscribe { channel_id, epoch: shard.next_subscription_epoch() };
                 shard.send_control_soon(from, 0, Control::Channel(unsubscribe));
             }
+            None
+        }
+        ChannelMsg::Typing { channel_id, frame, except } => {
+            typing::deliver_here(shard, channel_id, &frame, except);
             None
         }
         ChannelMsg::Subscribe { channel_ids, epoch } => {

@@ -15,3 +15,4 @@ pub mod push;
 pub mod registry;
 pub mod state;
 pub mod stats;
+pub mod typing;

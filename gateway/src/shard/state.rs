@@ -26,6 +26,7 @@ use crate::services::banned::{self, BannedWords};
 use crate::services::presence::Presence;
 use crate::services::push::OutboxIndex;
 use crate::services::stats::Counters;
+use crate::services::typing::TypingTable;
 use crate::shard::commit::Committer;
 use crate::shard::registry::Registry;
 use crate::single_flight::SingleFlight;
@@ -177,6 +178,10 @@ pub struct Shard {
     pub presence_outbox: RefCell<PresenceOutbox>,
     /// Send rate limits and flood control for the users this shard owns.
     pub limiter: Limiter,
+    /// Who types in the channels this shard owns (`shard::typing`).
+    pub typing: RefCell<TypingTable>,
+    /// Whether the typing expiry's task runs.
+    pub typing_expiry: Cell<bool>,
     banned: RefCell<Arc<BannedWords>>,
     owned: RefCell<HashMap<ChannelId, ChannelState>>,
     /// Bumped at each visit of an owned channel's state.
@@ -270,6 +275,7 @@ impl Shard {
         let limiter = Limiter::new(config.rate_limit_per_s, config.rate_burst)
             .with_channel_changes(config.channel_changes_per_min);
         let presence = Presence::new(config.presence_grace_ms);
+        let typing_ttl_ms = config.typing_ttl_ms;
         Ok(Shard {
             id,
             shard_count,
@@ -293,6 +299,11 @@ impl Shard {
             presence: RefCell::new(presence),
             presence_outbox: RefCell::new(PresenceOutbox::default()),
             limiter,
+            typing: RefCell::new(TypingTable::new(
+                std::time::Duration::from_millis(typing_ttl_ms),
+                crate::limits::TYPING_TRACKED_PER_SHARD_MAX,
+            )),
+            typing_expiry: Cell::new(false),
             banned: RefCell::new(Arc::new(banned)),
             owned: RefCell::new(HashMap::new()),
             channel_tick: Cell::new(0),

@@ -26,6 +26,8 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         users_connected: registry.users() as u64,
         messages_stored: counters.messages_stored.get(),
         deliveries: counters.deliveries.get(),
+        typing_deliveries: counters.typing_deliveries.get(),
+        typists: shard.typing.borrow().len() as u64,
         socket_writes: counters.socket_writes.get(),
         push_checks_skipped: counters.push_checks_skipped.get(),
         messages_per_s: counters.messages_per_s.get(),

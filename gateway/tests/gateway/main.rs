@@ -32,3 +32,4 @@ mod subscriptions;
 mod sync_gap;
 mod task_count;
 mod transcripts;
+mod typing;

@@ -1,5 +1,5 @@
 //! Command tests as transcripts: frames in, frames out, one file per method
-//! group of `cmd/` (send; history and sync; channel; presence), all through
+//! group of `cmd/` (send; history and sync; channel; presence; typing), all through
 //! one check helper over real WebSocket connections to a real server.
 //!
 //! A transcript is a list of lines:
@@ -331,6 +331,42 @@ fn presence_is_asked_subscribed_and_published() {
         alice< {"id":3,"result":{}}
         alice> {"id":4,"method":"presence.query","params":{"users":["nobody"]}}
         alice< {"id":4,"error":{"code":"not_found","message":"no user \"nobody\""}}
+        "#,
+    );
+}
+
+#[test]
+fn typing_reaches_the_other_members_and_ends_by_itself() {
+    let server = TestServer::start_with(2, |config| config.typing_ttl_ms = 300);
+    check(
+        &server,
+        &["alice", "bob", "eve"],
+        r#"
+        alice> {"id":1,"method":"channel.create","params":{"name":"crew","members":["bob"]}}
+        alice< {"event":"channel","data":{"kind":"added","channel":{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob"],"created_at":"$at"}}}
+        alice< {"id":1,"result":{"channel":{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob"],"created_at":"$at"}}}
+        bob< {"event":"channel","data":{"kind":"added","channel":{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob"],"created_at":"$at"}}}
+
+        # The others hear a start, then the server's own stop once the
+        # typist goes quiet; the typist hears only its reply.
+        alice> {"id":2,"method":"typing","params":{"channel_id":"$c","state":"start"}}
+        alice< {"id":2,"result":{}}
+        bob< {"event":"typing","data":{"channel_id":"$c","user_id":"$alice","username":"alice","state":"start"}}
+        bob< {"event":"typing","data":{"channel_id":"$c","user_id":"$alice","username":"alice","state":"stop"}}
+
+        # A stop of one's own.
+        bob> {"id":1,"method":"typing","params":{"channel_id":"$c","state":"start"}}
+        bob< {"id":1,"result":{}}
+        alice< {"event":"typing","data":{"channel_id":"$c","user_id":"$bob","username":"bob","state":"start"}}
+        bob> {"id":2,"method":"typing","params":{"channel_id":"$c","state":"stop"}}
+        bob< {"id":2,"result":{}}
+        alice< {"event":"typing","data":{"channel_id":"$c","user_id":"$bob","username":"bob","state":"stop"}}
+
+        # What is refused.
+        eve> {"id":1,"method":"typing","params":{"channel_id":"$c","state":"start"}}
+        eve< {"id":1,"error":{"code":"forbidden","message":"not a member of this channel"}}
+        alice> {"id":3,"method":"typing","params":{"channel_id":"$c","state":"later"}}
+        alice< {"id":3,"error":{"code":"bad_request","message":"typing: state must be \"start\" or \"stop\""}}
         "#,
     );
 }

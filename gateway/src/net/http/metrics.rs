@@ -177,6 +177,10 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
             s.messages_stored
         });
         shard_counter(registry, "messages_delivered", "Message frames queued to connections", all, |s| s.deliveries);
+        shard_counter(registry, "typing_delivered", "Typing events queued to connections", all, |s| {
+            s.typing_deliveries
+        });
+        shard_gauge(registry, "typists", "People typing in the channels the shard owns", all, |s| s.typists);
         shard_counter(
             registry,
             "socket_writes",
