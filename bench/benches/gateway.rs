@@ -109,6 +109,8 @@ fn fanout(c: &mut Criterion) {
         created_at_ms: 1_764_633_600_000,
         client_msg_id: None,
         text: Rng::new(9).text(100),
+        edited_at_ms: None,
+        deleted_at_ms: None,
     };
     let mut local = LocalFanout::new(100);
     let mut group = c.benchmark_group("fanout");

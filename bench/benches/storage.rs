@@ -50,6 +50,8 @@ impl Filler {
             created_at_ms: id >> 22,
             client_msg_id: None,
             text: self.texts[(id % 1024) as usize].clone(),
+            edited_at_ms: None,
+            deleted_at_ms: None,
         }
     }
 

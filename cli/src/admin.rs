@@ -68,6 +68,10 @@ enum AdminCommand {
         #[command(subcommand)]
         action: Option<OutboxAction>,
     },
+    /// Flush and compact the whole store, and wait until it is done: what
+    /// was overwritten or deleted (a deleted message's text) is then gone
+    /// from the files.
+    Compact,
     /// Live figures, redrawn every second until interrupted.
     Top {
         /// Stop after this many redraws.
@@ -265,6 +269,20 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
                 format!("{table}\ntotal: {}", answer["depth"])
             });
+        }
+        AdminCommand::Compact => {
+            client.call("POST", "compact", None)?;
+            let status = loop {
+                let status = client.call("GET", "compact", None)?;
+                if status["running"] == false {
+                    break status;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            if status["last"]["ok"] != true {
+                bail!("the compaction failed: {}", status["last"]["error"]);
+            }
+            print(json, &status, || format!("compacted in {} ms", status["last"]["took_ms"]));
         }
         AdminCommand::Top { iterations, interval_ms } => top(&client, json, iterations, interval_ms)?,
     }

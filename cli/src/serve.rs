@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// itself, ms [default: 6000].
     #[arg(long, env = "CHATGW_TYPING_TTL_MS")]
     typing_ttl_ms: Option<u64>,
+    /// How long after sending a message its sender may edit it, seconds
+    /// [default: 86400].
+    #[arg(long, env = "CHATGW_EDIT_WINDOW_S")]
+    edit_window_s: Option<u64>,
     /// Whose presence a user may query or subscribe to: `all` users, or
     /// only those who share a channel with them [default: all].
     #[arg(long, env = "CHATGW_PRESENCE_SCOPE", value_enum)]
@@ -214,6 +218,7 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     presence_grace_ms: Option<u64>,
     typing_ttl_ms: Option<u64>,
+    edit_window_s: Option<u64>,
     presence_scope: Option<PresenceScopeArg>,
     http_body_timeout_ms: Option<u64>,
     http_idle_timeout_ms: Option<u64>,
@@ -277,6 +282,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(heartbeat_ms => heartbeat_ms);
     pick!(presence_grace_ms => presence_grace_ms);
     pick!(typing_ttl_ms => typing_ttl_ms);
+    pick!(edit_window_s => edit_window_s);
     pick!(http_body_timeout_ms => http_body_timeout_ms);
     pick!(http_idle_timeout_ms => http_idle_timeout_ms);
     pick!(max_http_connections => max_http_connections);

@@ -168,6 +168,8 @@ mod tests {
             created_at_ms: 1,
             client_msg_id: None,
             text: "hello".into(),
+            edited_at_ms: None,
+            deleted_at_ms: None,
         };
         for _ in 0..3 {
             assert_eq!(fanout.deliver(&message, "member_0"), 100);

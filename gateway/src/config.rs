@@ -97,6 +97,9 @@ pub struct Config {
     pub max_channel_members: usize,
     /// Chars a message's text may hold.
     pub max_message_chars: usize,
+    /// How long after sending a message its sender may edit it, seconds
+    /// (`message.edit`; deletes have no window).
+    pub edit_window_s: u64,
     /// Messages per second per user (0: no limit; flood control stays).
     pub rate_limit_per_s: u32,
     /// Burst of messages per user.
@@ -119,6 +122,9 @@ pub struct Config {
     /// Memtable size per shard, in bytes (RocksDB preallocates about this
     /// much of its log). Tests make it small.
     pub write_buffer_bytes: usize,
+    /// Whether RocksDB compresses its table files (off only where a test
+    /// searches the files' bytes for a deleted text).
+    pub storage_compression: bool,
     /// Pin each shard's executor to a core (off in tests that run several
     /// servers in one process).
     pub pin_cores: bool,
@@ -208,6 +214,7 @@ impl Default for Config {
             conformance_echo: false,
             max_channel_members: 100,
             max_message_chars: 100_000,
+            edit_window_s: 86_400,
             rate_limit_per_s: 20,
             rate_burst: 100,
             channel_changes_per_min: 60,
@@ -217,6 +224,7 @@ impl Default for Config {
             write_stall_ms: 30_000,
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
+            storage_compression: true,
             pin_cores: true,
             token_ttl_s: 7 * 24 * 3600,
             calls_in_flight_per_shard_max: crate::limits::CALLS_IN_FLIGHT_PER_SHARD_MAX,

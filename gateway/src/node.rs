@@ -46,6 +46,8 @@ pub struct Shared {
     lease_writes: Mutex<()>,
     /// A lease renewal runs in the background.
     lease_renewing: AtomicBool,
+    /// The operator's compactions (`/admin/v1/compact`).
+    pub compaction: Compaction,
     /// Set to stop the server (signal handlers set it directly).
     pub stop: Arc<AtomicBool>,
     /// Connections per shard (for discovery).
@@ -175,6 +177,54 @@ impl Drop for LoginAttempt {
     }
 }
 
+/// The operator's compaction of the whole store: whether one runs, and how
+/// the last one ended.
+#[derive(Debug, Default)]
+pub struct Compaction {
+    state: Mutex<CompactionState>,
+}
+
+#[derive(Debug, Default)]
+struct CompactionState {
+    running: bool,
+    /// The last one's outcome, how long it took, and when it ended (ms
+    /// since the Unix epoch).
+    last: Option<(Result<(), String>, std::time::Duration, u64)>,
+}
+
+impl Compaction {
+    /// Marks one running; false if one runs already.
+    pub fn start(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !std::mem::replace(&mut state.running, true)
+    }
+
+    /// Records how the running one ended.
+    pub fn finish(&self, result: Result<(), String>, took: std::time::Duration) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.running = false;
+        state.last = Some((result, took, crate::clock::now_ms()));
+    }
+
+    /// `{running, last?: {ok, took_ms, finished_at, error?}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut value = serde_json::json!({ "running": state.running });
+        if let Some((result, took, finished_at)) = &state.last {
+            let mut last = serde_json::json!({
+                "ok": result.is_ok(),
+                "took_ms": took.as_millis() as u64,
+                "finished_at": finished_at,
+            });
+            if let Err(error) = result {
+                last["error"] = serde_json::Value::from(error.as_str());
+            }
+            value["last"] = last;
+        }
+        value
+    }
+}
+
 impl Shared {
     /// State for a server of `shard_count` shards as `config` says, taking
     /// at most `connections_max` WebSocket connections (0: no cap), in a
@@ -214,6 +264,7 @@ impl Shared {
             id_lease: AtomicU64::new(id_lease.map_or(0, |lease| lease.0)),
             lease_writes: Mutex::new(()),
             lease_renewing: AtomicBool::new(false),
+            compaction: Compaction::default(),
             stop: Arc::new(AtomicBool::new(false)),
             connections: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             load_bits: AtomicU64::new(0f64.to_bits()),

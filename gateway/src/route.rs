@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use chatgw_idgen::{ChannelId, ShardId, UserId};
+use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{Channel, Message};
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
@@ -44,6 +44,18 @@ pub enum Call {
         text: String,
         /// For dedupe.
         client_msg_id: Option<String>,
+    },
+    /// Edit (`edit` holds the new text) or delete a stored message (to its
+    /// channel's owner); answers the message as it is now (`Sent`).
+    ChangeMessage {
+        /// The channel (owned by the receiver).
+        channel_id: ChannelId,
+        /// The message.
+        message_id: MessageId,
+        /// Who asks.
+        by: UserId,
+        /// The new text (checked by the caller's core); `None` deletes.
+        edit: Option<String>,
     },
     /// Find or make the direct channel of a pair (to the pair's owner).
     Direct {

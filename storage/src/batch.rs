@@ -6,8 +6,16 @@ use rocksdb::{DB, WriteBatch};
 use crate::cf;
 use crate::error::Result;
 use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part};
-use crate::model::{Channel, ChannelKind, DeadPush, DedupeEntry, Message, OutboxEntry, PushDue, User};
-use crate::record::{self, ChannelRecord, DeadPushRecord, DedupeRecord, MessageRecord, OutboxRecord, UserRecord};
+use crate::model::{
+    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, Message, OutboxEntry, PushDue, User,
+};
+use crate::record::{
+    self, ChangedMessageRecord, ChannelRecord, DeadPushRecord, DedupeRecord, MessageRecord, OutboxRecord, UserRecord,
+};
+
+/// The ninth byte of an inbox entry for a change (an entry for a message
+/// holds the channel id alone, 8 bytes).
+pub(crate) const INBOX_CHANGE: u8 = b'e';
 
 /// Writes to any shards of one store, applied all together by
 /// `Store::write`. Each method names the shard whose column family gets
@@ -60,13 +68,55 @@ impl<'s> Batch<'s> {
         if let Some(client_msg_id) = &message.client_msg_id {
             check_key_part("client_msg_id", client_msg_id, CLIENT_MSG_ID_BYTES_MAX)?;
         }
-        let value = record::encode(&MessageRecord {
-            sender_id: message.sender_id.0,
-            created_at_ms: message.created_at_ms,
-            client_msg_id: message.client_msg_id.clone(),
-            text: message.text.clone(),
-        })?;
+        let value = if message.edited_at_ms.is_none() && message.deleted_at_ms.is_none() {
+            record::encode(&MessageRecord {
+                sender_id: message.sender_id.0,
+                created_at_ms: message.created_at_ms,
+                client_msg_id: message.client_msg_id.clone(),
+                text: message.text.clone(),
+            })?
+        } else {
+            record::encode_as(
+                record::CHANGED_MESSAGE_VERSION,
+                &ChangedMessageRecord {
+                    sender_id: message.sender_id.0,
+                    created_at_ms: message.created_at_ms,
+                    client_msg_id: message.client_msg_id.clone(),
+                    // A deleted message's text is not written at all.
+                    text: if message.deleted_at_ms.is_some() { String::new() } else { message.text.clone() },
+                    edited_at_ms: message.edited_at_ms.unwrap_or(0),
+                    deleted_at_ms: message.deleted_at_ms.unwrap_or(0),
+                },
+            )?
+        };
         self.put(shard, &keys::message(message.channel_id, message.id), &value)
+    }
+
+    /// Writes a change of a channel's message (its message is rewritten
+    /// with [`Batch::put_message`] in the same batch).
+    pub fn put_change(&mut self, shard: ShardId, change: &Change) -> Result<()> {
+        let mut value = [0u8; 9];
+        value[..8].copy_from_slice(&change.message_id.to_be_bytes());
+        value[8] = match change.kind {
+            ChangeKind::Edited => 1,
+            ChangeKind::Deleted => 2,
+        };
+        self.put(shard, &keys::change(change.channel_id, change.id), &value)
+    }
+
+    /// Adds a change of a message to a user's inbox (fan-out on write): the
+    /// channel id and one byte that says it is a change.
+    pub fn put_inbox_change(
+        &mut self,
+        shard: ShardId,
+        user: UserId,
+        change: MessageId,
+        channel: ChannelId,
+    ) -> Result<()> {
+        let mut value = [0u8; 9];
+        value[..8].copy_from_slice(&channel.to_be_bytes());
+        value[8] = INBOX_CHANGE;
+        self.put(shard, &keys::inbox(user, change), &value)
     }
 
     /// Adds a message to a user's inbox (fan-out on write).

@@ -54,6 +54,10 @@ pub mod tag {
     pub const TOKEN_VERSION: u8 = b'v';
     /// `x | push id` → dead push record: one the webhook refused for good.
     pub const DEAD_PUSH: u8 = b'x';
+    /// `e | channel | change` → the changed message's id (8 bytes BE) and
+    /// the change's kind (1 byte: 1 edited, 2 deleted): a channel's edits
+    /// and deletes, in the id order of messages.
+    pub const CHANGE: u8 = b'e';
     /// `h` → the largest message id the shard has stored.
     pub const HIGH_WATER: u8 = b'h';
 }
@@ -76,6 +80,11 @@ fn key3(tag: u8, first: u64, second: u64) -> [u8; 17] {
 /// A message of a channel.
 pub fn message(channel: ChannelId, message: MessageId) -> [u8; 17] {
     key3(tag::MESSAGE, channel.0, message.0)
+}
+
+/// A change of a channel's message.
+pub fn change(channel: ChannelId, change: MessageId) -> [u8; 17] {
+    key3(tag::CHANGE, channel.0, change.0)
 }
 
 /// The inbox entry of a user for a message.

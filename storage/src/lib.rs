@@ -25,7 +25,8 @@ pub use batch::Batch;
 pub use error::{Result, StorageError};
 pub use keys::{CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX};
 pub use model::{
-    Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel,
+    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User,
+    UserChannel,
 };
 #[doc(hidden)]
 pub use record::bench as record_bench;

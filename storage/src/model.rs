@@ -16,8 +16,13 @@ pub struct Message {
     pub created_at_ms: u64,
     /// The sender's own id for it, if given (for dedupe).
     pub client_msg_id: Option<String>,
-    /// The text.
+    /// The text (empty once deleted: the text is gone from storage).
     pub text: String,
+    /// When its sender last edited it, ms since the Unix epoch.
+    pub edited_at_ms: Option<u64>,
+    /// When it was deleted, ms since the Unix epoch: a tombstone, whose
+    /// text is gone.
+    pub deleted_at_ms: Option<u64>,
 }
 
 /// Direct (1:1) or group.
@@ -74,13 +79,40 @@ pub struct UserChannel {
     pub fan_out_on_read: bool,
 }
 
-/// An inbox entry: a message of a small channel, written for each member.
+/// An inbox entry: a message of a small channel, written for each member,
+/// or a change of one (an edit, a delete).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxEntry {
-    /// The message.
+    /// The message, or the change's own id.
     pub message_id: MessageId,
     /// Its channel.
     pub channel_id: ChannelId,
+    /// Whether the id is a change's (see [`Change`]) rather than a message's.
+    pub change: bool,
+}
+
+/// What a change did to its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Its text was replaced.
+    Edited,
+    /// It was deleted (its text is gone).
+    Deleted,
+}
+
+/// A change of a stored message: an id of its own, taken from the same
+/// generator as messages, so that a change sorts among messages and a sync
+/// cursor covers both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The change's own id.
+    pub id: MessageId,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The message it changed.
+    pub message_id: MessageId,
+    /// What it did.
+    pub kind: ChangeKind,
 }
 
 /// What a `client_msg_id` was first answered with.

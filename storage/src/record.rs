@@ -19,6 +19,10 @@ use crate::keys;
 /// The version byte in front of every record. A new layout gets a new
 /// number and a reader for the old one.
 pub const FORMAT_VERSION: u8 = 1;
+/// The version byte of a message that was edited or deleted
+/// ([`ChangedMessageRecord`]); a message never changed keeps the first
+/// layout, so the common write is as small as it was.
+pub const CHANGED_MESSAGE_VERSION: u8 = 2;
 
 /// A message's value; its channel and id are in the key.
 #[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
@@ -27,6 +31,20 @@ pub struct MessageRecord {
     pub created_at_ms: u64,
     pub client_msg_id: Option<String>,
     pub text: String,
+}
+
+/// A message's value once edited or deleted (version
+/// [`CHANGED_MESSAGE_VERSION`]): a deleted one keeps an empty text.
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+pub struct ChangedMessageRecord {
+    pub sender_id: u64,
+    pub created_at_ms: u64,
+    pub client_msg_id: Option<String>,
+    pub text: String,
+    /// 0: never edited.
+    pub edited_at_ms: u64,
+    /// 0: not deleted.
+    pub deleted_at_ms: u64,
 }
 
 /// A channel's value; its members are keys of their own.
@@ -83,12 +101,41 @@ pub fn encode<T>(value: &T) -> Result<Vec<u8>>
 where
     T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
+    encode_as(FORMAT_VERSION, value)
+}
+
+/// Serializes `value` behind the version byte `version`.
+pub fn encode_as<T>(version: u8, value: &T) -> Result<Vec<u8>>
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
     let archive = rkyv::to_bytes::<rancor::Error>(value)
         .map_err(|error| StorageError::Engine(format!("encoding a record: {error}")))?;
     let mut bytes = Vec::with_capacity(1 + archive.len());
-    bytes.push(FORMAT_VERSION);
+    bytes.push(version);
     bytes.extend_from_slice(&archive);
     Ok(bytes)
+}
+
+/// A message's value read in place, whichever layout it was written in.
+pub enum MessageValue<'b> {
+    /// Never changed.
+    First(&'b ArchivedMessageRecord),
+    /// Edited or deleted.
+    Changed(&'b ArchivedChangedMessageRecord),
+}
+
+/// Validates a message's value (read from `key`) and returns it in place.
+pub fn access_message<'b>(key: &[u8], bytes: &'b [u8]) -> Result<MessageValue<'b>> {
+    match bytes.first() {
+        Some(&CHANGED_MESSAGE_VERSION) => {
+            let corrupt = |reason: String| StorageError::Corrupt { what: "message", key_hex: keys::hex(key), reason };
+            rkyv::access::<ArchivedChangedMessageRecord, rancor::Error>(&bytes[1..])
+                .map(MessageValue::Changed)
+                .map_err(|error| corrupt(error.to_string()))
+        }
+        _ => access::<ArchivedMessageRecord>("message", key, bytes).map(MessageValue::First),
+    }
 }
 
 /// Validates `bytes` (read from `key`) as an archived `T` and returns it in
@@ -139,6 +186,7 @@ pub mod bench {
 /// The records kept on disk, by the name their errors give: what
 /// [`check_value`] checks bytes as.
 pub const RECORD_KINDS: [&str; 6] = ["message", "channel", "user", "dedupe", "outbox", "dead push"];
+// A message's value in either layout is checked as "message".
 
 /// Validates `bytes` as the record `RECORD_KINDS[kind]` (`kind` taken
 /// modulo their number), as the store does with each value it reads: an
@@ -148,8 +196,13 @@ pub fn check_value(kind: usize, bytes: &[u8]) -> Result<()> {
     let what = RECORD_KINDS[kind % RECORD_KINDS.len()];
     let key = b"fuzz";
     match kind % RECORD_KINDS.len() {
-        0 => access::<ArchivedMessageRecord>(what, key, bytes).map(|record| {
-            let _ = (record.text.as_str().len(), record.client_msg_id.as_ref().map(|id| id.as_str().len()));
+        0 => access_message(key, bytes).map(|record| match record {
+            MessageValue::First(record) => {
+                let _ = (record.text.as_str().len(), record.client_msg_id.as_ref().map(|id| id.as_str().len()));
+            }
+            MessageValue::Changed(record) => {
+                let _ = (record.text.as_str().len(), record.client_msg_id.as_ref().map(|id| id.as_str().len()));
+            }
         }),
         1 => access::<ArchivedChannelRecord>(what, key, bytes).map(|record| {
             let _ = (record.name.as_str().len(), record.kind);
@@ -213,6 +266,30 @@ mod tests {
         let len = long.len();
         long[len - 4..].copy_from_slice(&0x7fff_ffffi32.to_le_bytes());
         assert!(access::<ArchivedMessageRecord>("message", b"k", &long).is_err());
+    }
+
+    #[test]
+    fn a_changed_message_reads_in_its_own_layout_and_the_first_still_reads() {
+        let changed = ChangedMessageRecord {
+            sender_id: 42,
+            created_at_ms: 1,
+            client_msg_id: None,
+            text: "edited".into(),
+            edited_at_ms: 5,
+            deleted_at_ms: 0,
+        };
+        let bytes = encode_as(CHANGED_MESSAGE_VERSION, &changed).unwrap();
+        match access_message(b"k", &bytes).unwrap() {
+            MessageValue::Changed(record) => {
+                assert_eq!((record.text.as_str(), record.edited_at_ms.to_native()), ("edited", 5));
+            }
+            MessageValue::First(_) => panic!("read as the first layout"),
+        }
+        let first = encode(&sample()).unwrap();
+        assert!(matches!(access_message(b"k", &first).unwrap(), MessageValue::First(_)));
+        check_value(0, &bytes).unwrap();
+        assert!(check_value(0, &bytes[..bytes.len() / 2]).is_err());
+        assert!(access_message(b"k", &[3, 0, 0]).is_err(), "unknown version");
     }
 
     #[test]

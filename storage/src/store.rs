@@ -10,16 +10,17 @@ use rocksdb::{
     DBRawIterator, Options, ReadOptions, SliceTransform, WriteOptions, compaction_filter::Decision,
 };
 
-use crate::batch::Batch;
+use crate::batch::{Batch, INBOX_CHANGE};
 use crate::cf;
 use crate::error::{Result, StorageError};
 use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part, tag};
 use crate::model::{
-    Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User, UserChannel,
+    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User,
+    UserChannel,
 };
 use crate::record::{
-    self, ArchivedChannelRecord, ArchivedDeadPushRecord, ArchivedDedupeRecord, ArchivedMessageRecord,
-    ArchivedOutboxRecord, ArchivedUserRecord,
+    self, ArchivedChannelRecord, ArchivedDeadPushRecord, ArchivedDedupeRecord, ArchivedOutboxRecord,
+    ArchivedUserRecord, MessageValue,
 };
 
 /// The most items one read returns; larger limits are refused.
@@ -55,6 +56,9 @@ pub struct StoreConfig {
     pub block_cache_bytes: usize,
     /// Memtable size per column family, in bytes.
     pub write_buffer_bytes: usize,
+    /// Whether table files are compressed (LZ4, Zstd at the bottom). Off
+    /// only where a test reads the files' bytes itself.
+    pub compression: bool,
 }
 
 impl StoreConfig {
@@ -67,6 +71,7 @@ impl StoreConfig {
             durability: Durability::Wal,
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
+            compression: true,
         }
     }
 }
@@ -155,8 +160,13 @@ fn shard_options(config: &StoreConfig, cache: &Cache) -> Options {
     options.set_block_based_table_factory(&table);
     options.set_prefix_extractor(SliceTransform::create_fixed_prefix(keys::PREFIX_BYTES));
     options.set_memtable_prefix_bloom_ratio(0.1);
-    options.set_compression_type(DBCompressionType::Lz4);
-    options.set_bottommost_compression_type(DBCompressionType::Zstd);
+    if config.compression {
+        options.set_compression_type(DBCompressionType::Lz4);
+        options.set_bottommost_compression_type(DBCompressionType::Zstd);
+    } else {
+        options.set_compression_type(DBCompressionType::None);
+        options.set_bottommost_compression_type(DBCompressionType::None);
+    }
     options.set_level_compaction_dynamic_level_bytes(true);
     options.set_write_buffer_size(opening_write_buffer(config));
     // The arena's block size is derived from the memtable size at open:
@@ -361,14 +371,28 @@ impl Store {
             key_hex: keys::hex(key),
             reason: "not 17 bytes".into(),
         })?;
-        let archived = record::access::<ArchivedMessageRecord>("message", key, value)?;
-        Ok(Message {
-            id: MessageId(id),
-            channel_id: channel,
-            sender_id: UserId(archived.sender_id.to_native()),
-            created_at_ms: archived.created_at_ms.to_native(),
-            client_msg_id: archived.client_msg_id.as_ref().map(|id| id.as_str().to_owned()),
-            text: archived.text.as_str().to_owned(),
+        let when = |ms: u64| (ms != 0).then_some(ms);
+        Ok(match record::access_message(key, value)? {
+            MessageValue::First(archived) => Message {
+                id: MessageId(id),
+                channel_id: channel,
+                sender_id: UserId(archived.sender_id.to_native()),
+                created_at_ms: archived.created_at_ms.to_native(),
+                client_msg_id: archived.client_msg_id.as_ref().map(|id| id.as_str().to_owned()),
+                text: archived.text.as_str().to_owned(),
+                edited_at_ms: None,
+                deleted_at_ms: None,
+            },
+            MessageValue::Changed(archived) => Message {
+                id: MessageId(id),
+                channel_id: channel,
+                sender_id: UserId(archived.sender_id.to_native()),
+                created_at_ms: archived.created_at_ms.to_native(),
+                client_msg_id: archived.client_msg_id.as_ref().map(|id| id.as_str().to_owned()),
+                text: archived.text.as_str().to_owned(),
+                edited_at_ms: when(archived.edited_at_ms.to_native()),
+                deleted_at_ms: when(archived.deleted_at_ms.to_native()),
+            },
         })
     }
 
@@ -516,6 +540,53 @@ impl Store {
         }
     }
 
+    /// One change of a channel's message, if stored.
+    pub fn change(&self, shard: ShardId, channel: ChannelId, id: MessageId) -> Result<Option<Change>> {
+        let key = keys::change(channel, id);
+        let Some(value) = self.db.get_pinned_cf(self.shard_cf(shard)?, key)? else { return Ok(None) };
+        let corrupt =
+            |reason: &str| StorageError::Corrupt { what: "change", key_hex: keys::hex(&key), reason: reason.into() };
+        let value = <[u8; 9]>::try_from(&value[..]).map_err(|_| corrupt("value not 9 bytes"))?;
+        let kind = match value[8] {
+            1 => ChangeKind::Edited,
+            2 => ChangeKind::Deleted,
+            _ => return Err(corrupt("unknown kind")),
+        };
+        let message = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
+        Ok(Some(Change { id, channel_id: channel, message_id: MessageId(message), kind }))
+    }
+
+    /// Ids of up to `limit` changes of `channel` from `start` to `end`
+    /// (both inclusive, `start <= end`), ascending, from the keys alone.
+    pub fn change_ids(
+        &self,
+        shard: ShardId,
+        channel: ChannelId,
+        start: MessageId,
+        end: MessageId,
+        limit: usize,
+    ) -> Result<Vec<MessageId>> {
+        Self::check_limit(limit)?;
+        let mut iterator = self.range_iterator(shard, tag::CHANGE, channel.0)?;
+        iterator.seek(keys::change(channel, start));
+        let mut ids = Vec::with_capacity(limit.min(256));
+        while ids.len() < limit && iterator.valid() {
+            let Some(key) = iterator.key() else { break };
+            let id = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
+                what: "change key",
+                key_hex: keys::hex(key),
+                reason: "not 17 bytes".into(),
+            })?;
+            if id > end.0 {
+                break;
+            }
+            ids.push(MessageId(id));
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(ids)
+    }
+
     /// The newest message id of `channel`, if it has any.
     pub fn last_message_id(&self, shard: ShardId, channel: ChannelId) -> Result<Option<MessageId>> {
         let mut iterator = self.range_iterator(shard, tag::MESSAGE, channel.0)?;
@@ -559,10 +630,17 @@ impl Store {
                 reason: reason.into(),
             };
             let message_id = keys::suffix_id(key).ok_or_else(|| corrupt("key not 17 bytes"))?;
-            let channel = <[u8; 8]>::try_from(value).map_err(|_| corrupt("value not 8 bytes"))?;
+            let change = match value.get(8) {
+                None => false,
+                Some(&INBOX_CHANGE) if value.len() == 9 => true,
+                Some(_) => return Err(corrupt("value not 8 bytes, nor 9 for a change")),
+            };
+            let channel = value.get(..8).and_then(|bytes| <[u8; 8]>::try_from(bytes).ok());
+            let channel = channel.ok_or_else(|| corrupt("value shorter than 8 bytes"))?;
             entries.push(InboxEntry {
                 message_id: MessageId(message_id),
                 channel_id: ChannelId(u64::from_be_bytes(channel)),
+                change,
             });
             iterator.next();
         }
@@ -930,6 +1008,21 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         for shard in 0..self.shards {
             self.db.flush_cf(self.shard_cf(ShardId(shard))?)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes every column family, `meta` included, then compacts every
+    /// shard fully: what was overwritten or deleted is then gone from the
+    /// table files, and the write-ahead logs that held it are obsolete.
+    pub fn flush_and_compact_all(&self) -> Result<()> {
+        self.db.flush_cf(self.meta_cf()?)?;
+        self.flush()?;
+        for shard in 0..self.shards {
+            let cf = self.shard_cf(ShardId(shard))?;
+            let mut options = rocksdb::CompactOptions::default();
+            options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            self.db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &options);
         }
         Ok(())
     }

@@ -31,6 +31,8 @@ fn crash_writer_child() {
                     created_at_ms: id,
                     client_msg_id: None,
                     text: format!("acknowledged {id}"),
+                    edited_at_ms: None,
+                    deleted_at_ms: None,
                 },
             )
             .unwrap();

@@ -2,8 +2,8 @@
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{
-    Channel, ChannelKind, DEDUPE_TTL_MS, DedupeEntry, Durability, Message, OutboxEntry, PushDue, StorageError, Store,
-    StoreConfig, User,
+    Change, ChangeKind, Channel, ChannelKind, DEDUPE_TTL_MS, DedupeEntry, Durability, InboxEntry, Message, OutboxEntry,
+    PushDue, StorageError, Store, StoreConfig, User,
 };
 
 const SHARD: ShardId = ShardId(1);
@@ -20,6 +20,8 @@ fn message(channel: u64, id: u64) -> Message {
         created_at_ms: 1_800_000_000_000 + id,
         client_msg_id: id.is_multiple_of(2).then(|| format!("c-{id}")),
         text: format!("message {id} ✓"),
+        edited_at_ms: None,
+        deleted_at_ms: None,
     }
 }
 
@@ -52,6 +54,49 @@ fn messages_round_trip_in_id_order_per_channel() {
     assert_eq!(store.last_message_id(SHARD, ChannelId(99)).unwrap(), None);
     // Other shard: nothing.
     assert!(store.latest(ShardId(0), ChannelId(20), 50).unwrap().is_empty());
+}
+
+#[test]
+fn edits_and_deletes_rewrite_the_message_and_are_read_by_their_own_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    append(&store, 20, [10, 11]);
+    let mut edited = message(20, 10);
+    edited.text = "edited ✓".into();
+    edited.edited_at_ms = Some(1_800_000_000_500);
+    let mut deleted = message(20, 11);
+    deleted.deleted_at_ms = Some(1_800_000_000_600);
+    let edit =
+        Change { id: MessageId(12), channel_id: ChannelId(20), message_id: MessageId(10), kind: ChangeKind::Edited };
+    let delete =
+        Change { id: MessageId(13), channel_id: ChannelId(20), message_id: MessageId(11), kind: ChangeKind::Deleted };
+    let mut batch = store.batch();
+    batch.put_message(SHARD, &edited).unwrap();
+    batch.put_message(SHARD, &deleted).unwrap();
+    batch.put_change(SHARD, &edit).unwrap();
+    batch.put_change(SHARD, &delete).unwrap();
+    batch.put_inbox(SHARD, UserId(7), MessageId(10), ChannelId(20)).unwrap();
+    batch.put_inbox_change(SHARD, UserId(7), MessageId(12), ChannelId(20)).unwrap();
+    store.write(batch).unwrap();
+
+    assert_eq!(store.message(SHARD, ChannelId(20), MessageId(10)).unwrap(), Some(edited));
+    let tombstone = store.message(SHARD, ChannelId(20), MessageId(11)).unwrap().unwrap();
+    assert_eq!((tombstone.text.as_str(), tombstone.deleted_at_ms), ("", Some(1_800_000_000_600)), "no text kept");
+    assert_eq!(ids(&store.latest(SHARD, ChannelId(20), 50).unwrap()), [10, 11], "changes are not messages");
+    assert_eq!(store.change(SHARD, ChannelId(20), MessageId(12)).unwrap(), Some(edit));
+    assert_eq!(store.change(SHARD, ChannelId(20), MessageId(10)).unwrap(), None);
+    let all = store.change_ids(SHARD, ChannelId(20), MessageId(0), MessageId(u64::MAX), 10).unwrap();
+    assert_eq!(all, [MessageId(12), MessageId(13)]);
+    assert_eq!(store.change_ids(SHARD, ChannelId(20), MessageId(13), MessageId(20), 10).unwrap(), [MessageId(13)]);
+    assert_eq!(store.change_ids(SHARD, ChannelId(20), MessageId(0), MessageId(12), 1).unwrap(), [MessageId(12)]);
+    let inbox = store.inbox_after(SHARD, UserId(7), MessageId(0), 10).unwrap();
+    assert_eq!(
+        inbox,
+        [
+            InboxEntry { message_id: MessageId(10), channel_id: ChannelId(20), change: false },
+            InboxEntry { message_id: MessageId(12), channel_id: ChannelId(20), change: true },
+        ]
+    );
 }
 
 #[test]

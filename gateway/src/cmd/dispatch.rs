@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde_json::{Value, json};
 
 use crate::auth::AuthedUser;
-use crate::cmd::{channel, history, presence, send, typing};
+use crate::cmd::{channel, history, messages, presence, send, typing};
 use crate::error::ApiError;
 use crate::protocol::command::Command;
 use crate::shard::registry::Conn;
@@ -39,6 +39,12 @@ pub async fn dispatch(
         Command::ChannelList { after, limit } => channel::list(shard, user, after, limit).await,
         Command::ChannelMembers { channel_id, after, limit } => {
             channel::members(shard, user, channel_id, after, limit).await
+        }
+        Command::MessageEdit { channel_id, message_id, text } => {
+            messages::edit(shard, user, channel_id, message_id, text).await
+        }
+        Command::MessageDelete { channel_id, message_id } => {
+            messages::delete(shard, user, channel_id, message_id).await
         }
         Command::Heartbeat => Ok(json!({})),
         Command::Typing { channel_id, start } => typing::typing(shard, user, channel_id, start).await,

@@ -50,6 +50,23 @@ async fn load(
     Ok(Some(taken))
 }
 
+/// Loads change `id` into `budget` as sync's `changes` carry it (the
+/// change, and its message as it is now), like [`load`].
+async fn load_change(
+    budget: &mut ReplyBudget,
+    shard: &Shard,
+    owner: ShardId,
+    channel: ChannelId,
+    id: MessageId,
+) -> Result<Option<bool>, ApiError> {
+    let Some(change) = shard.store.change(owner, channel, id)? else { return Ok(None) };
+    let Some(message) = shard.store.message(owner, channel, change.message_id)? else { return Ok(None) };
+    let now = shapes::message_json(&message, &shard.username(message.sender_id)?);
+    let taken = budget.take(shapes::change_json(&change, now));
+    budget.worked(1, message.text.len()).await;
+    Ok(Some(taken))
+}
+
 /// `history`.
 pub async fn history(
     shard: &Shard,
@@ -90,7 +107,15 @@ pub async fn history(
 }
 
 /// `sync`: the messages of the user's channels above `since` and at or below
-/// the node's commit frontier, with the cursor to sync from next.
+/// the node's commit frontier, and the changes (edits, deletes) of their
+/// messages in the same range, whatever the changed message's own id, with
+/// the cursor to sync from next.
+///
+/// A change has an id of its own from the messages' generator, written with
+/// an inbox entry per member like a message (or read per channel for a
+/// large one), so one cursor covers both and the frontier's rule holds for
+/// changes as for messages. Each change carries its message as it is now,
+/// so applying them in order gives what `history` shows.
 ///
 /// The frontier is taken before anything is read: every message at or below
 /// it that will ever be stored is stored by then, so the read sees all of
@@ -108,11 +133,12 @@ pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usi
     let mut budget = ReplyBudget::default();
     // The `wanted` smallest ids above `since` and at or below the frontier,
     // from keys alone.
-    let mut found: BTreeMap<MessageId, ChannelId> = BTreeMap::new();
+    // Each id with its channel, and whether it is a change's.
+    let mut found: BTreeMap<MessageId, (ChannelId, bool)> = BTreeMap::new();
     if since < frontier {
         for entry in shard.store.inbox_after(user_shard, user.user_id, since, wanted)? {
             if entry.message_id <= frontier {
-                found.insert(entry.message_id, entry.channel_id);
+                found.insert(entry.message_id, (entry.channel_id, entry.change));
             }
         }
         for joined in shard.store.user_channels(user_shard, user.user_id)? {
@@ -130,8 +156,10 @@ pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usi
             }
             let owner = shard.owner(joined.channel_id.0);
             let ids = shard.store.message_ids(owner, joined.channel_id, start, bound, wanted)?;
-            budget.worked(1 + ids.len() / 256, 0).await;
-            found.extend(ids.into_iter().map(|id| (id, joined.channel_id)));
+            let changes = shard.store.change_ids(owner, joined.channel_id, start, bound, wanted)?;
+            budget.worked(1 + (ids.len() + changes.len()) / 256, 0).await;
+            found.extend(ids.into_iter().map(|id| (id, (joined.channel_id, false))));
+            found.extend(changes.into_iter().map(|id| (id, (joined.channel_id, true))));
             while found.len() > wanted {
                 found.pop_last();
             }
@@ -139,18 +167,40 @@ pub async fn sync(shard: &Shard, user: &AuthedUser, since: MessageId, limit: usi
     }
     let mut has_more = found.len() > limit;
     let mut last = since;
-    for (id, channel) in found.into_iter().take(limit) {
-        if load(&mut budget, shard, shard.owner(channel.0), channel, id).await? == Some(false) {
-            has_more = true;
-            break;
+    // Which of the budget's items are changes, in the order taken.
+    let mut is_change = Vec::new();
+    for (id, (channel, change)) in found.into_iter().take(limit) {
+        let owner = shard.owner(channel.0);
+        let loaded = if change {
+            load_change(&mut budget, shard, owner, channel, id).await?
+        } else {
+            load(&mut budget, shard, owner, channel, id).await?
+        };
+        match loaded {
+            Some(false) => {
+                has_more = true;
+                break;
+            }
+            Some(true) => is_change.push(change),
+            // An inbox entry whose message is gone is passed too.
+            None => {}
         }
-        // An inbox entry whose message is gone is passed too.
         last = id;
     }
     let next_since = if has_more { last } else { frontier.max(since) };
-    Ok(json!({
-        "messages": budget.items,
+    let (mut messages, mut changes) = (Vec::new(), Vec::new());
+    for (item, change) in budget.items.into_iter().zip(is_change) {
+        if change { changes.push(item) } else { messages.push(item) }
+    }
+    let mut reply = json!({
+        "messages": messages,
         "has_more": has_more,
         "next_since": next_since.to_string(),
-    }))
+    });
+    // Only when there are any: a reply without changes keeps the shape it
+    // always had.
+    if !changes.is_empty() {
+        reply["changes"] = Value::Array(changes);
+    }
+    Ok(reply)
 }

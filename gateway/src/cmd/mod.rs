@@ -6,6 +6,7 @@ pub mod budget;
 pub mod channel;
 pub mod dispatch;
 pub mod history;
+pub mod messages;
 pub mod presence;
 pub mod send;
 pub mod typing;

@@ -152,6 +152,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServeError> {
     store_config.durability = config.durability;
     store_config.block_cache_bytes = config.block_cache_bytes;
     store_config.write_buffer_bytes = config.write_buffer_bytes;
+    store_config.compression = config.storage_compression;
     let store = Arc::new(Store::open(&store_config)?);
     let (jwt_secret, _) = secret(&store, &config.jwt_secret, "jwt-secret")?;
     let (admin_token, admin_token_generated) = secret(&store, &config.admin_token, "admin-token")?;

@@ -119,6 +119,22 @@ pub enum Command {
         /// At most this many.
         limit: usize,
     },
+    /// `message.edit`: a new text for one of the caller's messages.
+    MessageEdit {
+        /// Its channel.
+        channel_id: ChannelId,
+        /// The message.
+        message_id: MessageId,
+        /// The new text, checked against `max_message_chars`.
+        text: String,
+    },
+    /// `message.delete`: the caller's message, or one of a group it owns.
+    MessageDelete {
+        /// Its channel.
+        channel_id: ChannelId,
+        /// The message.
+        message_id: MessageId,
+    },
     /// `heartbeat`.
     Heartbeat,
     /// `typing`: the caller starts (or goes on) typing in a channel, or stops.
@@ -222,6 +238,21 @@ struct ChannelParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct EditParams {
+    channel_id: String,
+    message_id: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteParams {
+    channel_id: String,
+    message_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TypingParams {
     channel_id: String,
     state: String,
@@ -318,6 +349,21 @@ pub fn parse_command(method: &str, raw: impl Params) -> Result<Command, ApiError
         | "channel.members"
         | "channel.list" => parse_channel(method, raw),
         "heartbeat" => Ok(Command::Heartbeat),
+        "message.edit" => {
+            let raw: EditParams = params(method, raw)?;
+            Ok(Command::MessageEdit {
+                channel_id: channel_id(&raw.channel_id)?,
+                message_id: message_id("message_id", &raw.message_id)?,
+                text: raw.text,
+            })
+        }
+        "message.delete" => {
+            let raw: DeleteParams = params(method, raw)?;
+            Ok(Command::MessageDelete {
+                channel_id: channel_id(&raw.channel_id)?,
+                message_id: message_id("message_id", &raw.message_id)?,
+            })
+        }
         "typing" => {
             let raw: TypingParams = params(method, raw)?;
             let start = match raw.state.as_str() {
@@ -510,6 +556,17 @@ mod tests {
         assert_eq!(typing.command.unwrap(), Command::Typing { channel_id: ChannelId(8), start: true });
         let stop = parse_frame(r#"{"id":7,"method":"typing","params":{"channel_id":"8","state":"stop"}}"#);
         assert_eq!(stop.command.unwrap(), Command::Typing { channel_id: ChannelId(8), start: false });
+        let edit =
+            parse_frame(r#"{"id":8,"method":"message.edit","params":{"channel_id":"8","message_id":"9","text":"t"}}"#);
+        assert_eq!(
+            edit.command.unwrap(),
+            Command::MessageEdit { channel_id: ChannelId(8), message_id: MessageId(9), text: "t".into() }
+        );
+        let delete = parse_frame(r#"{"id":9,"method":"message.delete","params":{"channel_id":"8","message_id":"9"}}"#);
+        assert_eq!(
+            delete.command.unwrap(),
+            Command::MessageDelete { channel_id: ChannelId(8), message_id: MessageId(9) }
+        );
     }
 
     #[test]
@@ -535,6 +592,8 @@ mod tests {
             (r#"{"id":13,"method":"typing","params":{"channel_id":"1","state":"typing"}}"#, json!(13)),
             (r#"{"id":14,"method":"typing","params":{"channel_id":"1"}}"#, json!(14)),
             (r#"{"id":15,"method":"typing","params":{"channel_id":"x","state":"stop"}}"#, json!(15)),
+            (r#"{"id":16,"method":"message.edit","params":{"channel_id":"1","message_id":"2"}}"#, json!(16)),
+            (r#"{"id":17,"method":"message.delete","params":{"message_id":"2"}}"#, json!(17)),
         ];
         for (frame, id) in cases {
             let envelope = parse_frame(frame);

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use chatgw_idgen::{ChannelId, MessageId, UserId};
-use chatgw_storage::{Channel, ChannelKind, Message};
+use chatgw_storage::{Change, ChangeKind, Channel, ChannelKind, Message};
 use serde::Serialize;
 use serde::ser::Serializer;
 use serde_json::{Value, json};
@@ -49,6 +49,24 @@ struct MessageShape<'a> {
     created_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_msg_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited_at: Option<u64>,
+}
+
+/// A deleted message's place: `{id, channel_id, deleted: true}`.
+#[derive(Serialize)]
+struct TombstoneShape<'a> {
+    #[serde(serialize_with = "decimal")]
+    id: &'a u64,
+    #[serde(serialize_with = "decimal")]
+    channel_id: &'a u64,
+    deleted: bool,
+}
+
+impl<'a> TombstoneShape<'a> {
+    fn of(message: &'a Message) -> Self {
+        TombstoneShape { id: &message.id.0, channel_id: &message.channel_id.0, deleted: true }
+    }
 }
 
 impl<'a> MessageShape<'a> {
@@ -61,6 +79,7 @@ impl<'a> MessageShape<'a> {
             text: &message.text,
             created_at: message.created_at_ms,
             client_msg_id: message.client_msg_id.as_deref(),
+            edited_at: message.edited_at_ms,
         }
     }
 }
@@ -109,9 +128,39 @@ pub fn typing_event_frame(channel: ChannelId, user: UserId, username: &str, star
     event_frame("typing", &TypingShape { channel_id: &channel.0, user_id: &user.0, username, state })
 }
 
-/// A `Message` shape.
+/// A `Message` shape (with `edited_at` once edited), or a deleted
+/// message's tombstone `{id, channel_id, deleted: true}`.
 pub fn message_json(message: &Message, sender: &str) -> Value {
-    serde_json::to_value(MessageShape::of(message, sender)).expect("a message always serializes")
+    let value = if message.deleted_at_ms.is_some() {
+        serde_json::to_value(TombstoneShape::of(message))
+    } else {
+        serde_json::to_value(MessageShape::of(message, sender))
+    };
+    value.expect("a message always serializes")
+}
+
+/// The `message_edited` event's frame: the message as it is now.
+pub fn message_edited_frame(message: &Message, sender: &str) -> Bytes {
+    event_frame("message_edited", &MessageShape::of(message, sender))
+}
+
+/// The `message_deleted` event's frame: the message's tombstone.
+pub fn message_deleted_frame(message: &Message) -> Bytes {
+    event_frame("message_deleted", &TombstoneShape::of(message))
+}
+
+/// One entry of `sync`'s `changes`: the change's own id (ordered with
+/// messages' ids), what it did, and the message as it is now (its
+/// `Message` shape, or its tombstone), so that a device that applies the
+/// changes it gets converges to what `history` shows.
+pub fn change_json(change: &Change, message_now: Value) -> Value {
+    json!({
+        "id": change.id.to_string(),
+        "kind": match change.kind { ChangeKind::Edited => "edited", ChangeKind::Deleted => "deleted" },
+        "channel_id": change.channel_id.to_string(),
+        "message_id": change.message_id.to_string(),
+        "message": message_now,
+    })
 }
 
 /// The result of `send`: the stored message's id, channel and time, and

@@ -115,7 +115,16 @@ async fn store_and_fan_out(
     // channel's fan-outs go in id order.
     let ticket = fan_outs.ticket();
     let id = MessageId(shard.next_message_id());
-    let message = Message { id, channel_id, sender_id, created_at_ms: now, client_msg_id: client_msg_id.clone(), text };
+    let message = Message {
+        id,
+        channel_id,
+        sender_id,
+        created_at_ms: now,
+        client_msg_id: client_msg_id.clone(),
+        text,
+        edited_at_ms: None,
+        deleted_at_ms: None,
+    };
     let mut ops = Vec::with_capacity(2 + if fan_out_on_read { 0 } else { members.len() });
     ops.push(WriteOp::Message(shard.id, message.clone()));
     if let Some(client_msg_id) = client_msg_id {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{
-    Channel, DeadPush, DedupeEntry, Durability, Message, OutboxEntry, PushDue, StorageError, Store, User,
+    Change, Channel, DeadPush, DedupeEntry, Durability, Message, OutboxEntry, PushDue, StorageError, Store, User,
 };
 use futures_channel::oneshot;
 
@@ -28,6 +28,11 @@ pub enum WriteOp {
     Message(ShardId, Message),
     /// A user's inbox entry.
     Inbox(ShardId, UserId, MessageId, ChannelId),
+    /// A change of a message (its id is issued like a message's, and
+    /// settled by the commit like one).
+    Change(ShardId, Change),
+    /// A user's inbox entry for a change.
+    InboxChange(ShardId, UserId, MessageId, ChannelId),
     /// A `client_msg_id` dedupe record.
     Dedupe(ShardId, UserId, String, DedupeEntry),
     /// A channel record.
@@ -117,6 +122,7 @@ pub struct Committer {
 fn issued_id(op: &WriteOp, shard: ShardId) -> Option<u64> {
     match op {
         WriteOp::Message(to, message) if *to == shard => Some(message.id.0),
+        WriteOp::Change(to, change) if *to == shard => Some(change.id.0),
         WriteOp::Channel(_, channel) => Some(channel.id.0),
         WriteOp::User(_, user) => Some(user.id.0),
         WriteOp::Outbox(to, entry) if *to == shard => Some(entry.push_id),
@@ -130,6 +136,7 @@ fn message_ids<'a>(ops: impl IntoIterator<Item = &'a WriteOp>, shard: ShardId) -
     ops.into_iter()
         .filter_map(|op| match op {
             WriteOp::Message(to, message) if *to == shard => Some(message.id.0),
+            WriteOp::Change(to, change) if *to == shard => Some(change.id.0),
             _ => None,
         })
         .collect()
@@ -162,6 +169,8 @@ fn build<'a>(
         match op {
             WriteOp::Message(to, message) => batch.put_message(*to, message)?,
             WriteOp::Inbox(to, user, message, channel) => batch.put_inbox(*to, *user, *message, *channel)?,
+            WriteOp::Change(to, change) => batch.put_change(*to, change)?,
+            WriteOp::InboxChange(to, user, change, channel) => batch.put_inbox_change(*to, *user, *change, *channel)?,
             WriteOp::Dedupe(to, sender, client_msg_id, entry) => {
                 batch.put_dedupe(*to, *sender, client_msg_id, entry)?
             }

@@ -17,7 +17,7 @@ use crate::route::{Answer, Call, ChannelMsg, Control, DeliverWith, OpsMsg, Route
 use crate::services::presence::Msg as PresenceMsg;
 use crate::shard::channels::EarlyReply;
 use crate::shard::state::Shard;
-use crate::shard::{abuse, accounts, channels, connections, ops, presence, push, stats, typing};
+use crate::shard::{abuse, accounts, changes, channels, connections, ops, presence, push, stats, typing};
 
 /// Makes a call on the shard `to` that owns its subject: a local call on
 /// this core, or one over the mesh. What the layers above use to write.
@@ -43,6 +43,9 @@ async fn handle_call(shard: &Rc<Shard>, call: Call, early: Option<&EarlyReply>) 
     match call {
         Call::Send { channel_id, sender_id, sender, text, client_msg_id } => {
             channels::send(shard, channel_id, sender_id, &sender, text, client_msg_id, early).await
+        }
+        Call::ChangeMessage { channel_id, message_id, by, edit } => {
+            changes::change_message(shard, channel_id, message_id, by, edit).await
         }
         Call::Direct { first, second, names } => channels::direct(shard, first, second, names).await,
         Call::Create { channel, members } => channels::create(shard, channel, members).await,

@@ -4,6 +4,7 @@
 
 pub mod abuse;
 pub mod accounts;
+pub mod changes;
 pub mod channels;
 pub mod commit;
 pub mod connections;

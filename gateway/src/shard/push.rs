@@ -340,6 +340,10 @@ fn body(shard: &Shard, push: &Push) -> Result<Option<Value>, ApiError> {
     let Some(message) = shard.store.message(shard.owner(channel.0), channel, push.newest.message_id)? else {
         return Ok(None);
     };
+    if message.deleted_at_ms.is_some() {
+        // Deleted before its push went: nothing to tell.
+        return Ok(None);
+    }
     let sender = shard.username(message.sender_id)?;
     let message = shapes::message_json(&message, &sender);
     Ok(Some(shapes::push_json(push.user_id, &shard.username(push.user_id)?, &message, push.push_ids.len())))

@@ -221,6 +221,9 @@ pub struct Shard {
     /// before a commit's await and applied after it would otherwise pass
     /// the member cap, or leave a member reading the channel the wrong way).
     pub member_changes: Lines<ChannelId>,
+    /// The line of each owned channel's message edits and deletes: one at a
+    /// time, each reading the message its predecessor wrote.
+    pub message_changes: Lines<ChannelId>,
     /// The line of `history` and `sync` reads of each connection that has
     /// one in flight: they run one at a time, in the order they came.
     pub read_lines: RefCell<HashMap<ConnKey, Rc<Turnstile>>>,
@@ -319,6 +322,7 @@ impl Shard {
             subscribes_in_flight: SingleFlight::new(),
             account_writes: glommio::sync::Semaphore::new(1),
             member_changes: Lines::default(),
+            message_changes: Lines::default(),
             read_lines: RefCell::new(HashMap::new()),
             push_answers: RefCell::new(HashMap::new()),
         })

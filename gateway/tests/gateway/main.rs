@@ -12,6 +12,7 @@ mod conformance_echo;
 mod connection_caps;
 mod direct_burst;
 mod disk_full;
+mod edits;
 mod event_order;
 mod hand_off;
 mod heartbeat;

@@ -1,9 +1,11 @@
 //! Sync from a cursor has no gap while shards commit concurrently
 //! (protocol §4): one reader in 24 small channels and 2 large ones, owned by
-//! different shards, 24 senders posting over `/v1/rpc/send` at once, and
-//! the reader syncing from its cursor in a loop, as a device does. With
-//! more shards than cores and fsync durability, one shard's group commit
-//! often lags another's, so a larger id is stored before a smaller one.
+//! different shards, 24 senders posting over `/v1/rpc/send` at once (and
+//! editing and deleting some of what they sent), and the reader syncing
+//! from its cursor in a loop, as a device does: it gets every message and
+//! every change. With more shards than cores and fsync durability, one
+//! shard's group commit often lags another's, so a larger id is stored
+//! before a smaller one.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,32 +45,48 @@ enum Cursor {
     LastId,
 }
 
-/// Syncs from `cursor` once; returns the ids, whether there is more, and
-/// the next cursor.
-fn sync_once(server: &TestServer, reader: &User, cursor: &str, style: Cursor) -> (Vec<u64>, bool, String) {
+/// A change as a sync gives it: its own id, its message's id, and its kind.
+type Seen = (u64, u64, String);
+
+/// What a device got: every message id, in order, and every change.
+type Received = (Vec<u64>, Vec<Seen>);
+
+/// Syncs from `cursor` once; returns the message ids, the changes, whether
+/// there is more, and the next cursor.
+fn sync_once(server: &TestServer, reader: &User, cursor: &str, style: Cursor) -> (Vec<u64>, Vec<Seen>, bool, String) {
     let body = rpc(server, reader, "sync", json!({ "since": cursor, "limit": 200 }));
-    let ids: Vec<u64> =
-        body["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
+    let id = |value: &Value| value.as_str().unwrap().parse::<u64>().unwrap();
+    let ids: Vec<u64> = body["messages"].as_array().unwrap().iter().map(|m| id(&m["id"])).collect();
+    let changes: Vec<Seen> = body
+        .get("changes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|change| (id(&change["id"]), id(&change["message_id"]), change["kind"].as_str().unwrap().to_string()))
+        .collect();
     let has_more = body["has_more"].as_bool().unwrap();
     let next = match style {
         Cursor::NextSince => body["next_since"].as_str().expect("next_since").to_string(),
         Cursor::LastId => ids.last().map_or(cursor.to_string(), u64::to_string),
     };
-    (ids, has_more, next)
+    (ids, changes, has_more, next)
 }
 
 /// A device syncing from its cursor until `done`, then until it has caught
-/// up; returns every id it was given, in order.
-fn read_from_cursor(server: &TestServer, reader: &User, style: Cursor, done: &AtomicBool) -> Vec<u64> {
+/// up; returns every message id it was given, in order, and every change.
+fn read_from_cursor(server: &TestServer, reader: &User, style: Cursor, done: &AtomicBool) -> Received {
     let mut cursor = "0".to_string();
     let mut received = Vec::new();
+    let mut changes = Vec::new();
     let mut quiet_rounds = 0;
     let deadline = Instant::now() + send_for().0 + Duration::from_secs(60);
     while Instant::now() < deadline {
         let finished = done.load(Ordering::Acquire);
-        let (ids, has_more, next) = sync_once(server, reader, &cursor, style);
-        let empty = ids.is_empty();
+        let (ids, changed, has_more, next) = sync_once(server, reader, &cursor, style);
+        // A client from before `next_since` knows nothing of changes either.
+        let empty = ids.is_empty() && (changed.is_empty() || matches!(style, Cursor::LastId));
         received.extend(ids);
+        changes.extend(changed);
         cursor = next;
         if finished && empty && !has_more {
             // Nothing more after the senders stopped: twice, a few
@@ -83,7 +101,7 @@ fn read_from_cursor(server: &TestServer, reader: &User, style: Cursor, done: &At
             quiet_rounds = 0;
         }
     }
-    received
+    (received, changes)
 }
 
 fn run(shards: u16, durability: Durability) {
@@ -124,6 +142,7 @@ fn run(shards: u16, durability: Durability) {
                 scope.spawn(move || {
                     let started = Instant::now();
                     let mut acked = Vec::new();
+                    let mut changed = Vec::new();
                     let (send_for, sends_max) = send_for();
                     for round in 0..sends_max {
                         if started.elapsed() > send_for {
@@ -139,19 +158,45 @@ fn run(shards: u16, durability: Durability) {
                             "send",
                             json!({ "channel_id": channel, "text": format!("{n}:{round}") }),
                         );
-                        acked.push(body["message_id"].as_str().unwrap().parse::<u64>().unwrap());
+                        let id = body["message_id"].as_str().unwrap().parse::<u64>().unwrap();
+                        acked.push(id);
+                        // Every third message is edited, the one after it
+                        // deleted, each just after it is acknowledged.
+                        let change = match round % 6 {
+                            2 => Some(("message.edit", json!({ "text": format!("{n}:{round} edited") }), "edited")),
+                            4 => Some(("message.delete", json!({}), "deleted")),
+                            _ => None,
+                        };
+                        if let Some((method, mut params, kind)) = change {
+                            params["channel_id"] = json!(channel);
+                            params["message_id"] = json!(id.to_string());
+                            rpc(server, sender, method, params);
+                            changed.push((id, kind.to_string()));
+                        }
                     }
-                    acked
+                    (acked, changed)
                 })
             })
             .collect();
-        let acknowledged: BTreeSet<u64> = sending.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
+        let mut acknowledged = BTreeSet::new();
+        let mut changed = BTreeSet::new();
+        for thread in sending {
+            let (acked, changes) = thread.join().unwrap();
+            acknowledged.extend(acked);
+            changed.extend(changes);
+        }
         done.store(true, Ordering::Release);
-        let by_style: Vec<(Cursor, Vec<u64>)> = readers.into_iter().map(|thread| thread.join().unwrap()).collect();
-        (acknowledged, by_style)
+        let by_style: Vec<(Cursor, Received)> = readers.into_iter().map(|thread| thread.join().unwrap()).collect();
+        ((acknowledged, changed), by_style)
     });
+    let (acknowledged, changed) = acknowledged;
     assert!(acknowledged.len() > 100, "the senders made progress: {}", acknowledged.len());
-    for (style, received) in by_style {
+    assert!(changed.len() > 30, "the senders edited and deleted: {}", changed.len());
+    for (style, (received, changes)) in by_style {
+        if let Cursor::NextSince = style {
+            assert!(changes.windows(2).all(|pair| pair[0].0 < pair[1].0), "{style:?}: a change went back or repeated");
+            check_changes(&changed, changes, style, shards, durability);
+        }
         assert!(received.windows(2).all(|pair| pair[0] < pair[1]), "{style:?}: sync went back or repeated");
         let returned: BTreeSet<u64> = received.iter().copied().collect();
         let skipped = acknowledged.difference(&returned).count();
@@ -163,6 +208,24 @@ fn run(shards: u16, durability: Durability) {
         assert_eq!(skipped, 0, "{style:?}: acknowledged messages the cursor skipped");
         assert_eq!(returned.len(), acknowledged.len(), "{style:?}: nothing but what was sent");
     }
+}
+
+/// Every acknowledged edit and delete reached the device, once each.
+fn check_changes(
+    changed: &BTreeSet<(u64, String)>,
+    changes: Vec<Seen>,
+    style: Cursor,
+    shards: u16,
+    durability: Durability,
+) {
+    let seen: BTreeSet<(u64, String)> = changes.into_iter().map(|(_, message, kind)| (message, kind)).collect();
+    let missed = changed.difference(&seen).count();
+    eprintln!(
+        "sync from the cursor ({style:?}), {shards} shards, {durability:?}: {} changes made, {missed} missed",
+        changed.len()
+    );
+    assert_eq!(missed, 0, "{style:?}: acknowledged edits and deletes the cursor skipped");
+    assert_eq!(seen.len(), changed.len(), "{style:?}: no change but those made");
 }
 
 #[test]

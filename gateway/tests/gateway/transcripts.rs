@@ -1,6 +1,7 @@
 //! Command tests as transcripts: frames in, frames out, one file per method
-//! group of `cmd/` (send; history and sync; channel; presence; typing), all through
-//! one check helper over real WebSocket connections to a real server.
+//! group of `cmd/` (send; history and sync; channel; presence; typing;
+//! edits and deletes), all through one check helper over real WebSocket
+//! connections to a real server.
 //!
 //! A transcript is a list of lines:
 //! - `who> {json}`: `who` sends this text frame (`"$name"` is replaced by
@@ -367,6 +368,50 @@ fn typing_reaches_the_other_members_and_ends_by_itself() {
         eve< {"id":1,"error":{"code":"forbidden","message":"not a member of this channel"}}
         alice> {"id":3,"method":"typing","params":{"channel_id":"$c","state":"later"}}
         alice< {"id":3,"error":{"code":"bad_request","message":"typing: state must be \"start\" or \"stop\""}}
+        "#,
+    );
+}
+
+#[test]
+fn messages_are_edited_and_deleted() {
+    let server = TestServer::start(2);
+    check(
+        &server,
+        &["alice", "bob"],
+        r#"
+        alice> {"id":1,"method":"channel.create","params":{"name":"crew","members":["bob"]}}
+        alice< {"event":"channel","data":{"kind":"added","channel":{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob"],"created_at":"$at"}}}
+        alice< {"id":1,"result":{"channel":{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob"],"created_at":"$at"}}}
+        bob< {"event":"channel","data":{"kind":"added","channel":{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob"],"created_at":"$at"}}}
+        alice> {"id":2,"method":"send","params":{"channel_id":"$c","text":"helo"}}
+        alice< {"id":2,"result":{"message_id":"$m","channel_id":"$c","created_at":"$sent","duplicate":false}}
+        alice< {"event":"message","data":{"id":"$m","channel_id":"$c","sender_id":"$alice","sender":"alice","text":"helo","created_at":"$sent"}}
+        bob< {"event":"message","data":{"id":"$m","channel_id":"$c","sender_id":"$alice","sender":"alice","text":"helo","created_at":"$sent"}}
+
+        # An edit: the message as it is now, to every device.
+        alice> {"id":3,"method":"message.edit","params":{"channel_id":"$c","message_id":"$m","text":"hello"}}
+        alice< {"id":3,"result":{"message":{"id":"$m","channel_id":"$c","sender_id":"$alice","sender":"alice","text":"hello","created_at":"$sent","edited_at":"$edited"}}}
+        alice< {"event":"message_edited","data":{"id":"$m","channel_id":"$c","sender_id":"$alice","sender":"alice","text":"hello","created_at":"$sent","edited_at":"$edited"}}
+        bob< {"event":"message_edited","data":{"id":"$m","channel_id":"$c","sender_id":"$alice","sender":"alice","text":"hello","created_at":"$sent","edited_at":"$edited"}}
+
+        # Only the sender edits; the sender or the group's owner deletes.
+        bob> {"id":1,"method":"message.edit","params":{"channel_id":"$c","message_id":"$m","text":"bob was here"}}
+        bob< {"id":1,"error":{"code":"forbidden","message":"only its sender edits a message"}}
+        bob> {"id":2,"method":"message.delete","params":{"channel_id":"$c","message_id":"$m"}}
+        bob< {"id":2,"error":{"code":"forbidden","message":"only its sender or the channel's owner deletes a message"}}
+        alice> {"id":4,"method":"message.delete","params":{"channel_id":"$c","message_id":"$m"}}
+        alice< {"id":4,"result":{}}
+        alice< {"event":"message_deleted","data":{"id":"$m","channel_id":"$c","deleted":true}}
+        bob< {"event":"message_deleted","data":{"id":"$m","channel_id":"$c","deleted":true}}
+
+        # History shows the tombstone; sync carries the changes by their
+        # own ids, each with its message as it is now.
+        bob> {"id":3,"method":"history","params":{"channel_id":"$c"}}
+        bob< {"id":3,"result":{"messages":[{"id":"$m","channel_id":"$c","deleted":true}]}}
+        bob> {"id":4,"method":"sync","params":{"since":"0"}}
+        bob< {"id":4,"result":{"messages":[{"id":"$m","channel_id":"$c","deleted":true}],"changes":[{"id":"$e1","kind":"edited","channel_id":"$c","message_id":"$m","message":{"id":"$m","channel_id":"$c","deleted":true}},{"id":"$e2","kind":"deleted","channel_id":"$c","message_id":"$m","message":{"id":"$m","channel_id":"$c","deleted":true}}],"has_more":false,"next_since":"*"}}
+        alice> {"id":5,"method":"message.edit","params":{"channel_id":"$c","message_id":"$m","text":"again"}}
+        alice< {"id":5,"error":{"code":"not_found","message":"no such message"}}
         "#,
     );
 }

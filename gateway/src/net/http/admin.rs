@@ -105,6 +105,8 @@ pub async fn route(shard: &Rc<Shard>, request: Request<Bytes>, path: &str) -> Re
             }
             Ok(json!({ "retried": retried }))
         }
+        (Method::POST, ["compact"]) => start_compaction(shard),
+        (Method::GET, ["compact"]) => Ok(shard.shared.compaction.to_json()),
         (Method::POST, ["faults", "panic"]) if shard.config.fault_hooks => {
             let body = read_json(&request)?;
             let target = body
@@ -135,6 +137,29 @@ fn string_list(body: &Value, name: &str) -> Result<Option<Vec<String>>, ApiError
 
 /// Changes the banned words at shard 0, to the end (every core told) even
 /// if the request is dropped meanwhile.
+/// Starts flushing and compacting the whole store, on a thread of its own
+/// (neither a shard's core nor the blocking thread its fsync commits use),
+/// one at a time per node, and answers at once: afterwards what was
+/// overwritten or deleted (a deleted message's text) is gone from the
+/// files. `GET /admin/v1/compact` says whether it still runs and how the
+/// last one ended.
+fn start_compaction(shard: &Rc<Shard>) -> Result<Value, ApiError> {
+    if !shard.shared.compaction.start() {
+        return Err(ApiError::new(ErrorCode::Overloaded, "a compaction is running already"));
+    }
+    let (store, shared) = (shard.store.clone(), shard.shared.clone());
+    let spawned = std::thread::Builder::new().name("chatgw-compact".into()).spawn(move || {
+        let started = std::time::Instant::now();
+        let result = store.flush_and_compact_all().map_err(|error| error.to_string());
+        shared.compaction.finish(result, started.elapsed());
+    });
+    if let Err(error) = spawned {
+        shard.shared.compaction.finish(Err(error.to_string()), std::time::Duration::ZERO);
+        return Err(ApiError::internal(format!("starting the compaction: {error}")));
+    }
+    Ok(json!({ "started": true }))
+}
+
 async fn change_banned(shard: &Rc<Shard>, change: BannedChange) -> Result<Value, ApiError> {
     let at_zero = shard.clone();
     let changing = async move { inbox::call(&at_zero, ShardId(0), Call::BannedWords(change)).await };
