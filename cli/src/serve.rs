@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// [default: 86400].
     #[arg(long, env = "CHATGW_EDIT_WINDOW_S")]
     edit_window_s: Option<u64>,
+    /// Members a group may have for reads to reach the other members as
+    /// `receipt` events [default: 20].
+    #[arg(long, env = "CHATGW_RECEIPT_MEMBERS_MAX")]
+    receipt_members_max: Option<usize>,
     /// Whose presence a user may query or subscribe to: `all` users, or
     /// only those who share a channel with them [default: all].
     #[arg(long, env = "CHATGW_PRESENCE_SCOPE", value_enum)]
@@ -219,6 +223,7 @@ struct FileConfig {
     presence_grace_ms: Option<u64>,
     typing_ttl_ms: Option<u64>,
     edit_window_s: Option<u64>,
+    receipt_members_max: Option<usize>,
     presence_scope: Option<PresenceScopeArg>,
     http_body_timeout_ms: Option<u64>,
     http_idle_timeout_ms: Option<u64>,
@@ -283,6 +288,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     pick!(presence_grace_ms => presence_grace_ms);
     pick!(typing_ttl_ms => typing_ttl_ms);
     pick!(edit_window_s => edit_window_s);
+    pick!(receipt_members_max => receipt_members_max);
     pick!(http_body_timeout_ms => http_body_timeout_ms);
     pick!(http_idle_timeout_ms => http_idle_timeout_ms);
     pick!(max_http_connections => max_http_connections);

@@ -949,3 +949,56 @@ fn a_pair_indexed_where_earlier_versions_put_it_keeps_its_channel() {
         assert!(texts.contains(&text), "{text} missing: {history}");
     }
 }
+
+#[test]
+fn read_pointers_edits_and_deletes_survive_a_sigkill_and_counts_stay_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = serve_shards(dir.path(), "4", &["--rate-limit", "0"]);
+    let ann = signup(node.addr, "count_ann");
+    let bob = signup(node.addr, "count_bob");
+    let mut ann_ws = connect(node.addr, ann["token"].as_str().unwrap());
+    assert_eq!(read_json(&mut ann_ws).unwrap()["event"], "hello");
+    let mut bob_ws = connect(node.addr, bob["token"].as_str().unwrap());
+    assert_eq!(read_json(&mut bob_ws).unwrap()["event"], "hello");
+    let mut sent = Vec::new();
+    for (n, text) in ["one @count_bob", "two", "three @count_bob", "four", "five"].iter().enumerate() {
+        let params = json!({ "to_user": "count_bob", "text": text });
+        let reply = call(&mut ann_ws, json!({ "id": n, "method": "send", "params": params }));
+        sent.push(reply["result"]["message_id"].as_str().expect("sent").to_string());
+    }
+    let channel =
+        call(&mut ann_ws, json!({ "id": 9, "method": "channel.list" }))["result"]["channels"][0]["id"].clone();
+    let read = json!({ "channel_id": channel, "message_id": sent[1] });
+    assert_eq!(
+        call(&mut bob_ws, json!({ "id": 1, "method": "channel.read", "params": read }))["result"]["read"],
+        sent[1]
+    );
+    let deleted = json!({ "channel_id": channel, "message_id": sent[3] });
+    assert!(
+        call(&mut ann_ws, json!({ "id": 10, "method": "message.delete", "params": deleted })).get("result").is_some()
+    );
+    let edited = json!({ "channel_id": channel, "message_id": sent[4], "text": "five @count_bob" });
+    assert!(call(&mut ann_ws, json!({ "id": 11, "method": "message.edit", "params": edited })).get("result").is_some());
+    let counts =
+        |ws: &mut tungstenite::WebSocket<TcpStream>| call(ws, json!({ "id": 2, "method": "counts" }))["result"].clone();
+    let before = counts(&mut bob_ws);
+    // Unread after the read: three and five (four is deleted); both mention bob.
+    assert_eq!(before, json!({ "unread": 2, "unread_mentions": 2, "channels_unread": 1 }));
+    node.child.kill().unwrap(); // SIGKILL: nothing gets written on the way out
+    node.child.wait().unwrap();
+
+    let node = serve_shards(dir.path(), "4", &["--rate-limit", "0"]);
+    let mut bob_ws = connect(node.addr, &login(node.addr, "count_bob"));
+    assert_eq!(read_json(&mut bob_ws).unwrap()["event"], "hello");
+    assert_eq!(counts(&mut bob_ws), before, "the same counts after a restart");
+    let history = call(&mut bob_ws, json!({ "id": 3, "method": "history", "params": { "channel_id": channel } }));
+    let messages = history["result"]["messages"].as_array().unwrap().clone();
+    assert_eq!(messages[3], json!({ "id": sent[3], "channel_id": channel, "deleted": true }));
+    assert_eq!(messages[4]["text"], "five @count_bob");
+    // The pointer still only moves forward.
+    let older = json!({ "channel_id": channel, "message_id": sent[0] });
+    assert_eq!(
+        call(&mut bob_ws, json!({ "id": 4, "method": "channel.read", "params": older }))["result"]["read"],
+        sent[1]
+    );
+}

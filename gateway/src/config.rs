@@ -97,6 +97,10 @@ pub struct Config {
     pub max_channel_members: usize,
     /// Chars a message's text may hold.
     pub max_message_chars: usize,
+    /// Members a group may have for a member's reads to reach the others as
+    /// `receipt` events (direct channels always; a user's own devices
+    /// always).
+    pub receipt_members_max: usize,
     /// How long after sending a message its sender may edit it, seconds
     /// (`message.edit`; deletes have no window).
     pub edit_window_s: u64,
@@ -215,6 +219,7 @@ impl Default for Config {
             max_channel_members: 100,
             max_message_chars: 100_000,
             edit_window_s: 86_400,
+            receipt_members_max: 20,
             rate_limit_per_s: 20,
             rate_burst: 100,
             channel_changes_per_min: 60,

@@ -276,3 +276,11 @@ pub const TYPING_TRACKED_PER_SHARD_MAX: usize = 100_000;
 /// The shortest `--typing-ttl-ms`: the expiry's timer wakes at most this
 /// often.
 pub const TYPING_TTL_MS_MIN: u64 = 100;
+
+/// Messages after a member's read pointer counted per channel at most
+/// (`unread` and `unread_mentions` stop there: "1000+").
+pub const UNREAD_COUNT_MAX: usize = 1_000;
+/// Read pointers being written at once per shard, at most (each a write
+/// riding the next group commit); past it a `channel.read` is answered
+/// `overloaded`.
+pub const READS_IN_FLIGHT_PER_SHARD_MAX: usize = 100_000;

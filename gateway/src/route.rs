@@ -57,6 +57,16 @@ pub enum Call {
         /// The new text (checked by the caller's core); `None` deletes.
         edit: Option<String>,
     },
+    /// Move a member's read pointer forward (to the channel's owner);
+    /// answers the pointer now (`Read`).
+    Read(Box<ReadMove>),
+    /// Set a user's settings (to the user's owner); answers `Done`.
+    SetSettings {
+        /// The user.
+        user_id: UserId,
+        /// The settings.
+        settings: chatgw_storage::Settings,
+    },
     /// Find or make the direct channel of a pair (to the pair's owner).
     Direct {
         /// One user.
@@ -144,11 +154,14 @@ pub enum MeshKind {
     /// `Control::Typing` and `ChannelMsg::Typing`: a typing change to its
     /// channel's owner, and its event to the cores of the other members.
     Typing,
+    /// `Call::Read` and `ChannelMsg::Receipt`: a read pointer moved at the
+    /// channel's owner, and its event to the cores that host the channel.
+    Receipt,
 }
 
 impl MeshKind {
     /// Every kind, in the order of their counters.
-    pub const ALL: [MeshKind; 11] = [
+    pub const ALL: [MeshKind; 12] = [
         MeshKind::Send,
         MeshKind::OtherCall,
         MeshKind::Reply,
@@ -160,6 +173,7 @@ impl MeshKind {
         MeshKind::Ops,
         MeshKind::HandOff,
         MeshKind::Typing,
+        MeshKind::Receipt,
     ];
 
     /// Its label.
@@ -176,6 +190,7 @@ impl MeshKind {
             MeshKind::Ops => "ops",
             MeshKind::HandOff => "hand_off",
             MeshKind::Typing => "typing",
+            MeshKind::Receipt => "receipt",
         }
     }
 
@@ -189,6 +204,7 @@ impl Call {
     pub fn kind(&self) -> MeshKind {
         match self {
             Call::Send { .. } => MeshKind::Send,
+            Call::Read(_) => MeshKind::Receipt,
             _ => MeshKind::OtherCall,
         }
     }
@@ -201,6 +217,7 @@ impl Control {
             Control::Reply(_) | Control::Replies(_) => MeshKind::Reply,
             Control::Channel(ChannelMsg::Deliver { .. }) => MeshKind::Deliver,
             Control::Channel(ChannelMsg::Typing { .. }) | Control::Typing(_) => MeshKind::Typing,
+            Control::Channel(ChannelMsg::Receipt { .. }) => MeshKind::Receipt,
             Control::Channel(_) => MeshKind::Subscription,
             Control::Presence(_) => MeshKind::Presence,
             Control::Abuse(_) => MeshKind::RateCheck,
@@ -222,6 +239,24 @@ pub struct NewPassword {
     pub hash: String,
     /// The token version when the old password was checked.
     pub checked_at_version: u64,
+}
+
+/// A `channel.read` for the channel's owner.
+#[derive(Debug)]
+pub struct ReadMove {
+    /// The channel (owned by the receiver).
+    pub channel_id: ChannelId,
+    /// The reader.
+    pub user_id: UserId,
+    /// Its username, for the event.
+    pub username: String,
+    /// The last message read.
+    pub message_id: MessageId,
+    /// The reader keeps its reads from the other members.
+    pub private: bool,
+    /// The reading connection (its core and key), which gets the reply and
+    /// not the event.
+    pub from: Option<(ShardId, ConnKey)>,
 }
 
 /// What a call, or a control message that asks, answers.
@@ -256,6 +291,8 @@ pub enum Answer {
     Banned(Arc<BannedWords>),
     /// Users' presence.
     Presence(Vec<presence::Status>),
+    /// A member's read pointer.
+    Read(MessageId),
     /// Done.
     Done,
 }
@@ -390,6 +427,19 @@ pub enum ChannelMsg {
         frame: Bytes,
         /// The typist, whose devices get nothing.
         except: UserId,
+    },
+    /// A `receipt` event for this core's connections of a channel: of
+    /// `only` (the reader's other devices) when given, else every one;
+    /// never the reading connection.
+    Receipt {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The event's frame.
+        frame: Bytes,
+        /// Only this user's connections.
+        only: Option<UserId>,
+        /// The reading connection, skipped.
+        skip: Option<(ShardId, ConnKey)>,
     },
     /// Members joined or left (to every core); answered with `Subscribed`.
     Membership {

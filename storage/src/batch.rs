@@ -7,7 +7,7 @@ use crate::cf;
 use crate::error::Result;
 use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part};
 use crate::model::{
-    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, Message, OutboxEntry, PushDue, User,
+    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, Message, OutboxEntry, PushDue, Settings, User,
 };
 use crate::record::{
     self, ChangedMessageRecord, ChannelRecord, DeadPushRecord, DedupeRecord, MessageRecord, OutboxRecord, UserRecord,
@@ -102,6 +102,23 @@ impl<'s> Batch<'s> {
             ChangeKind::Deleted => 2,
         };
         self.put(shard, &keys::change(change.channel_id, change.id), &value)
+    }
+
+    /// Sets a member's read pointer in a channel (the caller keeps it
+    /// moving forward only).
+    pub fn put_read_pointer(
+        &mut self,
+        shard: ShardId,
+        channel: ChannelId,
+        user: UserId,
+        read: MessageId,
+    ) -> Result<()> {
+        self.put(shard, &keys::read_pointer(channel, user), &read.to_be_bytes())
+    }
+
+    /// Sets a user's settings.
+    pub fn put_settings(&mut self, shard: ShardId, user: UserId, settings: Settings) -> Result<()> {
+        self.put(shard, &keys::settings(user), &[u8::from(settings.private_reads)])
     }
 
     /// Adds a change of a message to a user's inbox (fan-out on write): the

@@ -58,6 +58,12 @@ pub mod tag {
     /// the change's kind (1 byte: 1 edited, 2 deleted): a channel's edits
     /// and deletes, in the id order of messages.
     pub const CHANGE: u8 = b'e';
+    /// `r | channel | user` → the last message id the member has read (8
+    /// bytes BE): its read pointer, which only moves forward.
+    pub const READ: u8 = b'r';
+    /// `S | user` → the user's settings (one flags byte; bit 0: reads are
+    /// private).
+    pub const SETTINGS: u8 = b'S';
     /// `h` → the largest message id the shard has stored.
     pub const HIGH_WATER: u8 = b'h';
 }
@@ -85,6 +91,16 @@ pub fn message(channel: ChannelId, message: MessageId) -> [u8; 17] {
 /// A change of a channel's message.
 pub fn change(channel: ChannelId, change: MessageId) -> [u8; 17] {
     key3(tag::CHANGE, channel.0, change.0)
+}
+
+/// A member's read pointer in a channel.
+pub fn read_pointer(channel: ChannelId, user: UserId) -> [u8; 17] {
+    key3(tag::READ, channel.0, user.0)
+}
+
+/// A user's settings.
+pub fn settings(user: UserId) -> [u8; 9] {
+    key2(tag::SETTINGS, user.0)
 }
 
 /// The inbox entry of a user for a message.

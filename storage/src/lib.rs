@@ -25,10 +25,10 @@ pub use batch::Batch;
 pub use error::{Result, StorageError};
 pub use keys::{CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX};
 pub use model::{
-    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User,
-    UserChannel,
+    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue,
+    Settings, Unread, User, UserChannel,
 };
 #[doc(hidden)]
 pub use record::bench as record_bench;
 pub use record::{RECORD_KINDS, check_value};
-pub use store::{DEDUPE_TTL_MS, Durability, READ_LIMIT_MAX, Store, StoreConfig};
+pub use store::{DEDUPE_TTL_MS, Durability, READ_LIMIT_MAX, Store, StoreConfig, mentions};

@@ -91,6 +91,26 @@ pub struct InboxEntry {
     pub change: bool,
 }
 
+/// A user's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// The user's reads are told to its own devices only, never to the
+    /// other members.
+    pub private_reads: bool,
+}
+
+/// What the messages of a channel after a member's read pointer hold for
+/// that member: the unread ones (not the member's own, not deleted), and
+/// those of them that mention the member (`@username`), each counted up
+/// to a bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Unread {
+    /// Messages after the pointer, not the member's, not deleted.
+    pub messages: u64,
+    /// Those of them whose text mentions the member.
+    pub mentions: u64,
+}
+
 /// What a change did to its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {

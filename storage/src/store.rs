@@ -15,8 +15,8 @@ use crate::cf;
 use crate::error::{Result, StorageError};
 use crate::keys::{self, CLIENT_MSG_ID_BYTES_MAX, USERNAME_BYTES_MAX, check_key_part, tag};
 use crate::model::{
-    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue, User,
-    UserChannel,
+    Change, ChangeKind, Channel, ChannelKind, DeadPush, DedupeEntry, InboxEntry, Message, OutboxEntry, PushDue,
+    Settings, Unread, User, UserChannel,
 };
 use crate::record::{
     self, ArchivedChannelRecord, ArchivedDeadPushRecord, ArchivedDedupeRecord, ArchivedOutboxRecord,
@@ -587,6 +587,69 @@ impl Store {
         Ok(ids)
     }
 
+    /// A member's read pointer in a channel, if it has one.
+    pub fn read_pointer(&self, shard: ShardId, channel: ChannelId, user: UserId) -> Result<Option<MessageId>> {
+        let key = keys::read_pointer(channel, user);
+        match self.db.get_pinned_cf(self.shard_cf(shard)?, key)? {
+            Some(value) => id_from(&value, &key, "read pointer").map(|id| Some(MessageId(id))),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's settings (the defaults if never set).
+    pub fn settings(&self, shard: ShardId, user: UserId) -> Result<Settings> {
+        let key = keys::settings(user);
+        match self.db.get_pinned_cf(self.shard_cf(shard)?, key)?.as_deref() {
+            None => Ok(Settings::default()),
+            Some([flags]) => Ok(Settings { private_reads: flags & 1 != 0 }),
+            Some(other) => Err(StorageError::Corrupt {
+                what: "settings",
+                key_hex: keys::hex(&key),
+                reason: format!("{} bytes, expected 1", other.len()),
+            }),
+        }
+    }
+
+    /// What `channel`'s messages after `after` hold for `user` (named
+    /// `username`): those not its own and not deleted, and those of them
+    /// whose text mentions `@username`, reading at most `max` messages (so
+    /// each count stops at `max`). Values are read in place, never copied.
+    pub fn unread(
+        &self,
+        shard: ShardId,
+        channel: ChannelId,
+        user: UserId,
+        username: &str,
+        after: MessageId,
+        max: usize,
+    ) -> Result<Unread> {
+        Self::check_limit(max)?;
+        let mut unread = Unread::default();
+        let Some(start) = after.0.checked_add(1) else { return Ok(unread) };
+        let mut iterator = self.range_iterator(shard, tag::MESSAGE, channel.0)?;
+        iterator.seek(keys::message(channel, MessageId(start)));
+        let mut read = 0;
+        while read < max && iterator.valid() {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else { break };
+            read += 1;
+            let (sender, text, deleted) = match record::access_message(key, value)? {
+                MessageValue::First(archived) => (archived.sender_id.to_native(), archived.text.as_str(), false),
+                MessageValue::Changed(archived) => {
+                    (archived.sender_id.to_native(), archived.text.as_str(), archived.deleted_at_ms.to_native() != 0)
+                }
+            };
+            if sender != user.0 && !deleted {
+                unread.messages += 1;
+                if mentions(text, username) {
+                    unread.mentions += 1;
+                }
+            }
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(unread)
+    }
+
     /// The newest message id of `channel`, if it has any.
     pub fn last_message_id(&self, shard: ShardId, channel: ChannelId) -> Result<Option<MessageId>> {
         let mut iterator = self.range_iterator(shard, tag::MESSAGE, channel.0)?;
@@ -1035,6 +1098,32 @@ impl Store {
     }
 }
 
+/// Whether `text` mentions `@username`: the name after an `@` that starts
+/// the text or follows a character that is not part of a name, and ends
+/// it or is followed by one that is not (usernames are ASCII letters,
+/// digits and `_`), compared without case.
+pub fn mentions(text: &str, username: &str) -> bool {
+    let name_char = |byte: u8| byte.is_ascii_alphanumeric() || byte == b'_';
+    let (bytes, name) = (text.as_bytes(), username.as_bytes());
+    if name.is_empty() {
+        return false;
+    }
+    let mut from = 0;
+    while let Some(found) = text[from..].find('@') {
+        let at = from + found;
+        let start = at + 1;
+        let end = start + name.len();
+        let before_ok = at == 0 || !name_char(bytes[at - 1]);
+        let name_ok = bytes.get(start..end).is_some_and(|candidate| candidate.eq_ignore_ascii_case(name));
+        let after_ok = end == bytes.len() || !name_char(bytes[end]);
+        if before_ok && name_ok && after_ok {
+            return true;
+        }
+        from = start;
+    }
+    false
+}
+
 /// A big-endian `u64` value (an id or a version) stored under `key`.
 fn id_from(value: &[u8], key: &[u8], what: &'static str) -> Result<u64> {
     <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| StorageError::Corrupt {
@@ -1055,4 +1144,23 @@ fn user_from(id: UserId, key: &[u8], value: &[u8]) -> Result<User> {
         created_at_ms: archived.created_at_ms.to_native(),
         disabled: archived.disabled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn a_mention_is_the_whole_name_after_an_at() {
+        assert!(mentions("@ann hi", "ann"));
+        assert!(mentions("hi @ann.", "ann"));
+        assert!(mentions("hi @Ann, and @bob", "bob"));
+        assert!(mentions("안녕 @ann님", "ann"), "a name ends where its characters do");
+        assert!(mentions("cc: @ann", "ann"));
+        assert!(!mentions("@anna hi", "ann"), "a longer name is someone else");
+        assert!(!mentions("mail ann@ann", "ann"), "an address is no mention");
+        assert!(!mentions("ann", "ann"));
+        assert!(!mentions("@", "ann"));
+        assert!(mentions("@@ann", "ann"));
+    }
 }

@@ -126,7 +126,10 @@ pub async fn list(shard: &Shard, user: &AuthedUser, after: Option<ChannelId>, li
     let mut budget = ReplyBudget::default();
     let mut last = None;
     for entry in joined.iter().take(limit) {
-        let view = shard.channel_view(entry.channel_id)?;
+        let mut view = shard.channel_view(entry.channel_id)?;
+        let unread = shard.unread(entry.channel_id, user.user_id, &user.username)?;
+        view["unread"] = json!(unread.messages);
+        view["unread_mentions"] = json!(unread.mentions);
         let members = view["members"].as_array().map_or(0, Vec::len);
         if !budget.take(view) {
             has_more = true;

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde_json::{Value, json};
 
 use crate::auth::AuthedUser;
-use crate::cmd::{channel, history, messages, presence, send, typing};
+use crate::cmd::{channel, history, messages, presence, reads, send, typing};
 use crate::error::ApiError;
 use crate::protocol::command::Command;
 use crate::shard::registry::Conn;
@@ -46,6 +46,10 @@ pub async fn dispatch(
         Command::MessageDelete { channel_id, message_id } => {
             messages::delete(shard, user, channel_id, message_id).await
         }
+        Command::ChannelRead { channel_id, message_id } => reads::read(shard, user, conn, channel_id, message_id).await,
+        Command::Counts => reads::counts(shard, user).await,
+        Command::SettingsGet => reads::settings(shard, user),
+        Command::SettingsSet { private_reads } => reads::set_settings(shard, user, private_reads).await,
         Command::Heartbeat => Ok(json!({})),
         Command::Typing { channel_id, start } => typing::typing(shard, user, channel_id, start).await,
         Command::PresenceQuery { users } => presence::query(shard, user, &users).await,

@@ -8,5 +8,6 @@ pub mod dispatch;
 pub mod history;
 pub mod messages;
 pub mod presence;
+pub mod reads;
 pub mod send;
 pub mod typing;

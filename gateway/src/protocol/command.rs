@@ -135,6 +135,22 @@ pub enum Command {
         /// The message.
         message_id: MessageId,
     },
+    /// `channel.read`: the caller has read the channel up to a message.
+    ChannelRead {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The last message read.
+        message_id: MessageId,
+    },
+    /// `counts`: the caller's unread totals.
+    Counts,
+    /// `settings.get`.
+    SettingsGet,
+    /// `settings.set`: the fields given change.
+    SettingsSet {
+        /// Tell reads to the caller's own devices only.
+        private_reads: Option<bool>,
+    },
     /// `heartbeat`.
     Heartbeat,
     /// `typing`: the caller starts (or goes on) typing in a channel, or stops.
@@ -171,6 +187,7 @@ impl Command {
             self,
             Command::History { .. }
                 | Command::Sync { .. }
+                | Command::Counts
                 | Command::ChannelList { .. }
                 | Command::ChannelInfo { .. }
                 | Command::ChannelMembers { .. }
@@ -235,6 +252,23 @@ struct MembersParams {
 struct ChannelParams {
     channel_id: String,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    channel_id: String,
+    message_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsParams {
+    private_reads: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -349,6 +383,19 @@ pub fn parse_command(method: &str, raw: impl Params) -> Result<Command, ApiError
         | "channel.members"
         | "channel.list" => parse_channel(method, raw),
         "heartbeat" => Ok(Command::Heartbeat),
+        "channel.read" => {
+            let raw: ReadParams = params(method, raw)?;
+            Ok(Command::ChannelRead {
+                channel_id: channel_id(&raw.channel_id)?,
+                message_id: message_id("message_id", &raw.message_id)?,
+            })
+        }
+        "counts" => params::<NoParams>(method, raw).map(|_| Command::Counts),
+        "settings.get" => params::<NoParams>(method, raw).map(|_| Command::SettingsGet),
+        "settings.set" => {
+            let raw: SettingsParams = params(method, raw)?;
+            Ok(Command::SettingsSet { private_reads: raw.private_reads })
+        }
         "message.edit" => {
             let raw: EditParams = params(method, raw)?;
             Ok(Command::MessageEdit {

@@ -128,6 +128,20 @@ pub fn typing_event_frame(channel: ChannelId, user: UserId, username: &str, star
     event_frame("typing", &TypingShape { channel_id: &channel.0, user_id: &user.0, username, state })
 }
 
+/// The `receipt` event's frame: `user` (named `username`) has read
+/// `channel` up to `message`.
+pub fn receipt_event_frame(channel: ChannelId, user: UserId, username: &str, message: MessageId) -> Bytes {
+    event_frame(
+        "receipt",
+        &json!({
+            "channel_id": channel.to_string(),
+            "user_id": user.to_string(),
+            "username": username,
+            "message_id": message.to_string(),
+        }),
+    )
+}
+
 /// A `Message` shape (with `edited_at` once edited), or a deleted
 /// message's tombstone `{id, channel_id, deleted: true}`.
 pub fn message_json(message: &Message, sender: &str) -> Value {
@@ -236,12 +250,14 @@ pub fn hello_json(hello: &Hello<'_>) -> Value {
 }
 
 /// The push webhook's body: the contract's `{user_id, username, message}`,
-/// and how many messages the push stands for.
-pub fn push_json(user_id: UserId, username: &str, message: &Value, count: usize) -> Value {
+/// how many messages the push stands for, and the user's unread messages
+/// over all its channels (`badge`).
+pub fn push_json(user_id: UserId, username: &str, message: &Value, count: usize, badge: u64) -> Value {
     json!({
         "user_id": user_id.to_string(),
         "username": username,
         "message": message,
         "count": count,
+        "badge": badge,
     })
 }

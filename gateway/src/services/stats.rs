@@ -122,6 +122,8 @@ pub struct Counters {
     pub deliveries: Cell<u64>,
     /// `typing` events queued to local connections.
     pub typing_deliveries: Cell<u64>,
+    /// `receipt` events queued to local connections.
+    pub receipt_deliveries: Cell<u64>,
     /// Writes to connections' sockets (one may carry several frames).
     pub socket_writes: Cell<u64>,
     /// Messages stored with no pending push check: every member but the
@@ -196,6 +198,8 @@ pub struct ShardStats {
     pub deliveries: u64,
     /// `typing` events queued to this core's connections.
     pub typing_deliveries: u64,
+    /// `receipt` events queued to this core's connections.
+    pub receipt_deliveries: u64,
     /// People typing in the channels this shard owns.
     pub typists: u64,
     /// Writes to this core's connections' sockets.

@@ -413,7 +413,13 @@ pub async fn members(
             ops.push(WriteOp::UserChannel(shard.owner(member.0), *member, channel_id, true));
         }
     }
+    // A member added to a channel with history has read it: its unread
+    // messages are those after it joined.
+    let last = shard.store.last_message_id(shard.id, channel_id)?;
     for user in &to_add {
+        if let Some(last) = last {
+            ops.push(WriteOp::ReadPointer(shard.id, channel_id, *user, last));
+        }
         ops.push(WriteOp::AddMember(shard.id, channel_id, *user));
         ops.push(WriteOp::UserChannel(shard.owner(user.0), *user, channel_id, channel.fan_out_on_read));
     }

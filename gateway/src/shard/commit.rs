@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use chatgw_idgen::{ChannelId, MessageId, ShardId, UserId};
 use chatgw_storage::{
-    Change, Channel, DeadPush, DedupeEntry, Durability, Message, OutboxEntry, PushDue, StorageError, Store, User,
+    Change, Channel, DeadPush, DedupeEntry, Durability, Message, OutboxEntry, PushDue, Settings, StorageError, Store,
+    User,
 };
 use futures_channel::oneshot;
 
@@ -33,6 +34,10 @@ pub enum WriteOp {
     Change(ShardId, Change),
     /// A user's inbox entry for a change.
     InboxChange(ShardId, UserId, MessageId, ChannelId),
+    /// A member's read pointer in a channel.
+    ReadPointer(ShardId, ChannelId, UserId, MessageId),
+    /// A user's settings.
+    Settings(ShardId, UserId, Settings),
     /// A `client_msg_id` dedupe record.
     Dedupe(ShardId, UserId, String, DedupeEntry),
     /// A channel record.
@@ -171,6 +176,8 @@ fn build<'a>(
             WriteOp::Inbox(to, user, message, channel) => batch.put_inbox(*to, *user, *message, *channel)?,
             WriteOp::Change(to, change) => batch.put_change(*to, change)?,
             WriteOp::InboxChange(to, user, change, channel) => batch.put_inbox_change(*to, *user, *change, *channel)?,
+            WriteOp::ReadPointer(to, channel, user, read) => batch.put_read_pointer(*to, *channel, *user, *read)?,
+            WriteOp::Settings(to, user, settings) => batch.put_settings(*to, *user, *settings)?,
             WriteOp::Dedupe(to, sender, client_msg_id, entry) => {
                 batch.put_dedupe(*to, *sender, client_msg_id, entry)?
             }

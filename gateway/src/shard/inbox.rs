@@ -17,7 +17,7 @@ use crate::route::{Answer, Call, ChannelMsg, Control, DeliverWith, OpsMsg, Route
 use crate::services::presence::Msg as PresenceMsg;
 use crate::shard::channels::EarlyReply;
 use crate::shard::state::Shard;
-use crate::shard::{abuse, accounts, changes, channels, connections, ops, presence, push, stats, typing};
+use crate::shard::{abuse, accounts, changes, channels, connections, ops, presence, push, reads, stats, typing};
 
 /// Makes a call on the shard `to` that owns its subject: a local call on
 /// this core, or one over the mesh. What the layers above use to write.
@@ -47,6 +47,8 @@ async fn handle_call(shard: &Rc<Shard>, call: Call, early: Option<&EarlyReply>) 
         Call::ChangeMessage { channel_id, message_id, by, edit } => {
             changes::change_message(shard, channel_id, message_id, by, edit).await
         }
+        Call::Read(read) => reads::read(shard, *read).await,
+        Call::SetSettings { user_id, settings } => reads::set_settings(shard, user_id, settings).await,
         Call::Direct { first, second, names } => channels::direct(shard, first, second, names).await,
         Call::Create { channel, members } => channels::create(shard, channel, members).await,
         Call::Members { channel_id, by, add, remove } => channels::members(shard, channel_id, by, add, remove).await,
@@ -159,6 +161,10 @@ fn on_channel(shard: &Rc<Shard>, from: ShardId, request_id: u64, msg: ChannelMsg
         }
         ChannelMsg::Typing { channel_id, frame, except } => {
             typing::deliver_here(shard, channel_id, &frame, except);
+            None
+        }
+        ChannelMsg::Receipt { channel_id, frame, only, skip } => {
+            reads::deliver_here(shard, channel_id, &frame, only, skip);
             None
         }
         ChannelMsg::Subscribe { channel_ids, epoch } => {

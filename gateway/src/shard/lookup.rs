@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::rc::Rc;
 
-use chatgw_idgen::{ChannelId, UserId};
+use chatgw_idgen::{ChannelId, MessageId, UserId};
+use chatgw_storage::Unread;
 use serde_json::Value;
 
 use crate::auth::AuthedUser;
@@ -40,6 +41,27 @@ impl Shard {
         };
         cache_insert(&self.usernames, user, name.clone());
         Ok(name)
+    }
+
+    /// What `channel` holds unread for `user` (named `username`): the
+    /// messages after its read pointer that are not its own nor deleted,
+    /// and those of them that mention it, each up to
+    /// `limits::UNREAD_COUNT_MAX`.
+    pub fn unread(&self, channel: ChannelId, user: UserId, username: &str) -> Result<Unread, ApiError> {
+        let owner = self.owner(channel.0);
+        let read = self.store.read_pointer(owner, channel, user)?.unwrap_or(MessageId(0));
+        Ok(self.store.unread(owner, channel, user, username, read, limits::UNREAD_COUNT_MAX)?)
+    }
+
+    /// The user's unread messages and mentions over all its channels.
+    pub fn unread_total(&self, user: UserId, username: &str) -> Result<Unread, ApiError> {
+        let mut total = Unread::default();
+        for joined in self.store.user_channels(self.owner(user.0), user)? {
+            let unread = self.unread(joined.channel_id, user, username)?;
+            total.messages += unread.messages;
+            total.mentions += unread.mentions;
+        }
+        Ok(total)
     }
 
     /// A user id by username (read from the username's shard).

@@ -13,6 +13,7 @@ pub mod lookup;
 pub mod ops;
 pub mod presence;
 pub mod push;
+pub mod reads;
 pub mod registry;
 pub mod state;
 pub mod stats;

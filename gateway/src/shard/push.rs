@@ -346,7 +346,9 @@ fn body(shard: &Shard, push: &Push) -> Result<Option<Value>, ApiError> {
     }
     let sender = shard.username(message.sender_id)?;
     let message = shapes::message_json(&message, &sender);
-    Ok(Some(shapes::push_json(push.user_id, &shard.username(push.user_id)?, &message, push.push_ids.len())))
+    let username = shard.username(push.user_id)?;
+    let badge = shard.unread_total(push.user_id, &username)?.messages;
+    Ok(Some(shapes::push_json(push.user_id, &username, &message, push.push_ids.len(), badge)))
 }
 
 /// What the webhook made of one push.

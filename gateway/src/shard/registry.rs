@@ -485,6 +485,16 @@ impl Registry {
             .count()
     }
 
+    /// Hands one shared frame to the local connections in `channel` that
+    /// `wanted` picks. Returns how many connections it was queued to.
+    pub fn deliver_to(&self, channel: ChannelId, frame: &Bytes, wanted: impl Fn(&Conn) -> bool) -> usize {
+        let Some(keys) = self.by_channel.get(&channel) else { return 0 };
+        keys.iter()
+            .filter_map(|key| self.conns.get(*key))
+            .filter(|conn| wanted(conn) && conn.push(frame.clone()))
+            .count()
+    }
+
     /// Every connection (for shutdown and sweeps).
     pub fn all(&self) -> Vec<Rc<Conn>> {
         self.conns.iter().map(|(_, conn)| conn.clone()).collect()

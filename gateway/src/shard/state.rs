@@ -224,6 +224,9 @@ pub struct Shard {
     /// The line of each owned channel's message edits and deletes: one at a
     /// time, each reading the message its predecessor wrote.
     pub message_changes: Lines<ChannelId>,
+    /// Read pointers being written now, by channel and member: the largest
+    /// pending one, so that a later, smaller `channel.read` changes nothing.
+    pub reads_in_flight: RefCell<HashMap<(ChannelId, UserId), chatgw_idgen::MessageId>>,
     /// The line of `history` and `sync` reads of each connection that has
     /// one in flight: they run one at a time, in the order they came.
     pub read_lines: RefCell<HashMap<ConnKey, Rc<Turnstile>>>,
@@ -323,6 +326,7 @@ impl Shard {
             account_writes: glommio::sync::Semaphore::new(1),
             member_changes: Lines::default(),
             message_changes: Lines::default(),
+            reads_in_flight: RefCell::new(HashMap::new()),
             read_lines: RefCell::new(HashMap::new()),
             push_answers: RefCell::new(HashMap::new()),
         })

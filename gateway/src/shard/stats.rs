@@ -27,6 +27,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         messages_stored: counters.messages_stored.get(),
         deliveries: counters.deliveries.get(),
         typing_deliveries: counters.typing_deliveries.get(),
+        receipt_deliveries: counters.receipt_deliveries.get(),
         typists: shard.typing.borrow().len() as u64,
         socket_writes: counters.socket_writes.get(),
         push_checks_skipped: counters.push_checks_skipped.get(),

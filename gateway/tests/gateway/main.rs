@@ -27,6 +27,7 @@ mod messaging;
 mod presence;
 mod push;
 mod read_budget;
+mod reads;
 mod revocation;
 mod slow_owner;
 mod subscriptions;

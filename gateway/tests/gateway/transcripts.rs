@@ -286,7 +286,8 @@ fn channels_are_created_changed_and_left() {
         carol> {"id":1,"method":"channel.info","params":{"channel_id":"$c"}}
         carol< {"id":1,"result":{"channel":{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob","carol"],"created_at":"$at"}}}
         carol> {"id":2,"method":"channel.list"}
-        carol< {"id":2,"result":{"has_more":false,"channels":[{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob","carol"],"created_at":"$at"}]}}
+        # channel.list carries each channel's unread counts too.
+        carol< {"id":2,"result":{"has_more":false,"channels":[{"id":"$c","name":"crew","kind":"group","owner_id":"$alice","members":["alice","bob","carol"],"created_at":"$at","unread":0,"unread_mentions":0}]}}
 
         # Only the owner changes members; a member may leave.
         bob> {"id":1,"method":"channel.remove_members","params":{"channel_id":"$c","members":["carol"]}}
@@ -412,6 +413,40 @@ fn messages_are_edited_and_deleted() {
         bob< {"id":4,"result":{"messages":[{"id":"$m","channel_id":"$c","deleted":true}],"changes":[{"id":"$e1","kind":"edited","channel_id":"$c","message_id":"$m","message":{"id":"$m","channel_id":"$c","deleted":true}},{"id":"$e2","kind":"deleted","channel_id":"$c","message_id":"$m","message":{"id":"$m","channel_id":"$c","deleted":true}}],"has_more":false,"next_since":"*"}}
         alice> {"id":5,"method":"message.edit","params":{"channel_id":"$c","message_id":"$m","text":"again"}}
         alice< {"id":5,"error":{"code":"not_found","message":"no such message"}}
+        "#,
+    );
+}
+
+#[test]
+fn reads_are_told_and_counted() {
+    let server = TestServer::start(2);
+    check(
+        &server,
+        &["alice", "bob"],
+        r#"
+        alice> {"id":1,"method":"send","params":{"to_user":"bob","text":"hi @bob"}}
+        alice< {"event":"channel","data":{"kind":"added","channel":{"id":"$dm","name":"alice,bob","kind":"direct","owner_id":"$alice","members":"*","created_at":"*"}}}
+        alice< {"event":"message","data":{"id":"$m1","channel_id":"$dm","sender_id":"$alice","sender":"alice","text":"hi @bob","created_at":"*"}}
+        alice< {"id":1,"result":{"message_id":"$m1","channel_id":"$dm","created_at":"*","duplicate":false}}
+        bob< {"event":"channel","data":{"kind":"added","channel":{"id":"$dm","name":"alice,bob","kind":"direct","owner_id":"$alice","members":"*","created_at":"*"}}}
+        bob< {"event":"message","data":{"id":"$m1","channel_id":"$dm","sender_id":"$alice","sender":"alice","text":"hi @bob","created_at":"*"}}
+        bob> {"id":1,"method":"counts"}
+        bob< {"id":1,"result":{"unread":1,"unread_mentions":1,"channels_unread":1}}
+
+        # A read: the reply, and the receipt to the other side of the pair.
+        bob> {"id":2,"method":"channel.read","params":{"channel_id":"$dm","message_id":"$m1"}}
+        bob< {"id":2,"result":{"channel_id":"$dm","read":"$m1"}}
+        alice< {"event":"receipt","data":{"channel_id":"$dm","user_id":"$bob","username":"bob","message_id":"$m1"}}
+        bob> {"id":3,"method":"counts"}
+        bob< {"id":3,"result":{"unread":0,"unread_mentions":0,"channels_unread":0}}
+
+        # Settings: reads kept private.
+        bob> {"id":4,"method":"settings.set","params":{"private_reads":true}}
+        bob< {"id":4,"result":{"private_reads":true}}
+        bob> {"id":5,"method":"settings.get"}
+        bob< {"id":5,"result":{"private_reads":true}}
+        bob> {"id":6,"method":"channel.read","params":{"channel_id":"$dm","message_id":"12345"}}
+        bob< {"id":6,"error":{"code":"not_found","message":"no such message in this channel"}}
         "#,
     );
 }

@@ -180,6 +180,9 @@ pub fn encode(all: &[ShardStats], process: ProcessFigures) -> Result<String, std
         shard_counter(registry, "typing_delivered", "Typing events queued to connections", all, |s| {
             s.typing_deliveries
         });
+        shard_counter(registry, "receipts_delivered", "Receipt events queued to connections", all, |s| {
+            s.receipt_deliveries
+        });
         shard_gauge(registry, "typists", "People typing in the channels the shard owns", all, |s| s.typists);
         shard_counter(
             registry,
