@@ -631,6 +631,7 @@ fn loadgen_mix_runs_idle_pairs_and_groups_at_once() {
         .args(["loadgen", "mix", "--json", "--idle-connections", "30", "--dm-users", "20", "--dm-rate", "200"])
         .args(["--groups", "2", "--members", "5", "--duration-s", "2", "--workers", "1", "--addr"])
         .arg(node.addr.to_string())
+        .args(["--typing-every", "2", "--read-every", "3"])
         .arg("--users-prefix")
         .arg(dir.path().join("users"))
         .output()
@@ -641,6 +642,13 @@ fn loadgen_mix_runs_idle_pairs_and_groups_at_once() {
     assert_eq!(report["dm"]["delivered"], 400, "{report}");
     let sent = report["fanout"]["sent"].as_u64().unwrap();
     assert!(sent > 0 && report["fanout"]["delivered"].as_u64().unwrap() == sent * 5, "{report}");
+    // Typing and reads alongside the sends: each made its events, and none
+    // was refused.
+    let events = &report["fanout"]["events"];
+    for kind in ["typing_sent", "typing_received", "reads_sent", "receipt_received"] {
+        assert!(events[kind].as_u64().is_some_and(|count| count > 0), "{kind}: {report}");
+    }
+    assert_eq!(report["fanout"]["errors"], serde_json::json!({}), "{report}");
 }
 
 /// Runs `chatgw admin` against `addr`; its exit code, stdout and stderr.

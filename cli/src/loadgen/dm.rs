@@ -572,14 +572,25 @@ async fn worker_main(
     let pad = "x".repeat(args.text_bytes.saturating_sub(30));
     warm_up(args, accounts, shared, &stats, &mine, &conns, &pad).await?;
 
-    // One start time for all: the first worker here sets it.
-    let start = runtime::agreed_start(&shared.start_ns);
+    // One start time for all, set by worker 0 once it has read the
+    // server's counters: a worker that started sending while they were
+    // being read would have its first messages counted before the
+    // measured phase (the counters once said 799 of 800 stored).
+    let start = if worker == 0 {
+        if args.target == Target::Chatgw && args.child_offset.is_none() {
+            shared.counters.start(&args.addr.to_string());
+        }
+        runtime::agreed_start(&shared.start_ns)
+    } else {
+        wait_for("the start", &shared.failed, Duration::from_secs(120), || {
+            shared.start_ns.load(Ordering::Acquire) != 0
+        })
+        .await?;
+        shared.start_ns.load(Ordering::Acquire)
+    };
     let end = start + args.duration_s * 1_000_000_000;
     stats.borrow_mut().figures.timeline.start_at(start);
     shared.meter.start(args.server_pid);
-    if args.target == Target::Chatgw && args.child_offset.is_none() {
-        shared.counters.start(&args.addr.to_string());
-    }
     let sender = Sender { target: args.target, accounts, shared, stats: &stats, mine: &mine, conns: &conns, pad: &pad };
     match args.in_flight {
         Some(in_flight) => sender.closed_loop(in_flight, end).await,

@@ -61,6 +61,14 @@ pub struct FanoutArgs {
     /// consumers). Their deliveries are not expected.
     #[arg(long, default_value_t = 0)]
     never_readers: usize,
+    /// Each sender also says it is typing (`typing` start) before every
+    /// Nth message (0: never), as a person typing would.
+    #[arg(long, default_value_t = 0)]
+    typing_every: u64,
+    /// Each member also marks its channel read (`channel.read`) at every
+    /// Nth message it receives (0: never).
+    #[arg(long, default_value_t = 0)]
+    read_every: u64,
     /// Seconds of measured load.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
@@ -129,6 +137,8 @@ struct Stats {
     channels: BTreeMap<usize, String>,
     /// Half chatgw's heartbeat period, from its hello (NATS pings us).
     heartbeat_every: Option<Duration>,
+    /// Messages a member's connections received (for `--read-every`).
+    received_messages: u64,
 }
 
 impl Stats {
@@ -139,6 +149,7 @@ impl Stats {
             joined: 0,
             channels: BTreeMap::new(),
             heartbeat_every: None,
+            received_messages: 0,
         }
     }
 }
@@ -161,6 +172,8 @@ struct Report {
     ack_latency: Summary,
     connect_latency: Summary,
     errors: BTreeMap<String, u64>,
+    /// Typing and reads sent, and the events they made received.
+    events: BTreeMap<String, u64>,
     /// CPU over the measured phase (with `--server-pid`).
     cpu: Option<CpuFigures>,
     /// The server's CPU seconds per 1,000 deliveries in that phase.
@@ -169,6 +182,11 @@ struct Report {
 
 /// The id of the setup command (`channel.create`); sends count from 2.
 const SETUP_ID: u64 = 1;
+/// The id of the `typing` commands senders make (2 is the heartbeat's;
+/// their replies are counted only when they fail).
+const TYPING_ID: u64 = 4;
+/// The id of the `channel.read` commands members make.
+const READ_ID: u64 = 5;
 
 /// Runs the scenario.
 pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
@@ -244,6 +262,8 @@ fn run_procs(args: &FanoutArgs) -> anyhow::Result<()> {
                 ("--window", Some(args.window.to_string())),
                 ("--sends-per-s", args.sends_per_s.map(|per_s| per_s.to_string())),
                 ("--never-readers", Some(args.never_readers.to_string())),
+                ("--typing-every", Some(args.typing_every.to_string())),
+                ("--read-every", Some(args.read_every.to_string())),
                 ("--duration-s", Some(args.duration_s.to_string())),
                 ("--text-bytes", Some(args.text_bytes.to_string())),
                 ("--workers", Some(args.workers.to_string())),
@@ -287,6 +307,7 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64, cpu: Option<
         ack_latency: Summary::of(&total.ack),
         connect_latency: Summary::of(&total.connect),
         errors: total.errors.clone(),
+        events: total.events.clone(),
         server_cpu_s_per_1000_delivered: cpu.as_ref().and_then(|cpu| cpu.server_cpu_s_per_1000(total.delivered)),
         cpu,
     };
@@ -315,6 +336,9 @@ fn finish(args: &FanoutArgs, total: Figures, deliveries_per_s: f64, cpu: Option<
         println!("connect  (TCP → ready):   {}", report.connect_latency.line());
         if let Some(cpu) = &report.cpu {
             println!("{}", super::cpu::line(cpu, report.server_cpu_s_per_1000_delivered, "deliveries"));
+        }
+        if !report.events.is_empty() {
+            println!("typing and reads: {:?}", report.events);
         }
         if !report.errors.is_empty() {
             println!("errors: {:?}", report.errors);
@@ -358,6 +382,7 @@ async fn open(
         outbox.try_send(Message::text(nats::connect_and_subscribe(&subject))).ok();
     }
     let (stats, shared, target, replies) = (stats.clone(), shared.clone(), args.target, outbox.clone());
+    let read_every = args.read_every;
     glommio::spawn_local(async move {
         let mut parser = nats::Parser::default();
         let mut subscribed = false;
@@ -382,7 +407,12 @@ async fn open(
                 }
             };
             match target {
-                Target::Chatgw => on_chatgw(&mut stats, &shared, group, bytes, acks.as_ref()),
+                Target::Chatgw => {
+                    on_chatgw(&mut stats, &shared, group, bytes, acks.as_ref());
+                    if read_every > 0 && acks.is_none() {
+                        mark_read(&mut stats, &replies, bytes, read_every);
+                    }
+                }
                 Target::Nats => {
                     let fed = parser.feed(bytes, &mut |op| match op {
                         nats::Op::Msg(payload) => on_delivery(&mut stats, &shared, payload),
@@ -473,12 +503,39 @@ fn on_chatgw(
                 None => stats.figures.error("channel_create_answer"),
             }
         }
+        Ok(Inbound::Reply(TYPING_ID | READ_ID)) => {}
         // Sends carry their send time as their id.
         Ok(Inbound::Reply(sent_at)) => on_ack(stats, shared, acks, Some(sent_at)),
         Ok(Inbound::Error(_, code)) => stats.figures.error(&code),
         Ok(Inbound::Event("channel")) => stats.joined += 1,
+        Ok(Inbound::Event("typing")) => stats.figures.event("typing_received"),
+        Ok(Inbound::Event("receipt")) => stats.figures.event("receipt_received"),
         Ok(Inbound::Event(_)) => {}
         Err(_) => stats.figures.error("unreadable_frame"),
+    }
+}
+
+/// A member's `channel.read` at every `every`th message it receives: of
+/// that message, whose id and channel are read from the frame's text.
+fn mark_read(stats: &mut Stats, replies: &Outbox, bytes: &[u8], every: u64) {
+    let Ok(text) = std::str::from_utf8(bytes) else { return };
+    if !text.starts_with(r#"{"event":"message""#) {
+        return;
+    }
+    stats.received_messages += 1;
+    if !stats.received_messages.is_multiple_of(every) {
+        return;
+    }
+    let field = |name: &str| {
+        let start = text.find(&format!(r#""{name}":""#))? + name.len() + 4;
+        text[start..].split('"').next().map(str::to_string)
+    };
+    let (Some(id), Some(channel)) = (field("id"), field("channel_id")) else { return };
+    let read = format!(
+        r#"{{"id":{READ_ID},"method":"channel.read","params":{{"channel_id":"{channel}","message_id":"{id}"}}}}"#
+    );
+    if replies.try_send(Message::text(read)).is_ok() {
+        stats.figures.event("reads_sent");
     }
 }
 
@@ -526,7 +583,13 @@ async fn worker_main(
                 Message::text(nats::publish(&subject, &format!("fo {sent_at} {group} {pad}")))
             }
         };
-        let sender = GroupSender { args, user, outbox: outboxes[&user].clone(), acks, end };
+        let typing = (args.target == Target::Chatgw && args.typing_every > 0).then(|| {
+            Message::text(format!(
+                r#"{{"id":{TYPING_ID},"method":"typing","params":{{"channel_id":"{}","state":"start"}}}}"#,
+                channels.get(&group).cloned().unwrap_or_default()
+            ))
+        });
+        let sender = GroupSender { args, user, outbox: outboxes[&user].clone(), acks, end, typing };
         sender.run(make, stats.clone(), shared.clone())
     });
     for result in futures_util::future::join_all(loops).await {
@@ -637,6 +700,8 @@ struct GroupSender<'a> {
     outbox: Outbox,
     acks: local_channel::LocalReceiver<()>,
     end: u64,
+    /// The `typing` start sent before every `--typing-every`th message.
+    typing: Option<Message>,
 }
 
 impl GroupSender<'_> {
@@ -646,7 +711,8 @@ impl GroupSender<'_> {
         stats: Rc<RefCell<Stats>>,
         shared: Arc<Shared>,
     ) -> anyhow::Result<()> {
-        let GroupSender { args, user, outbox, acks, end } = self;
+        let GroupSender { args, user, outbox, acks, end, typing } = self;
+        let mut sent = 0u64;
         let mut in_flight = 0;
         // NATS acks (PONGs) come in order: their send times queue here.
         let mut sent_times = std::collections::VecDeque::new();
@@ -668,6 +734,15 @@ impl GroupSender<'_> {
                     }
                     next_due = next_due.max(now) + every_ns;
                 }
+                if let Some(typing) = &typing
+                    && sent.is_multiple_of(args.typing_every)
+                {
+                    if outbox.send(typing.clone()).await.is_err() {
+                        bail!("sender {user} lost its connection");
+                    }
+                    stats.borrow_mut().figures.event("typing_sent");
+                }
+                sent += 1;
                 let sent_at = latency::now_ns();
                 if outbox.send(make(sent_at)).await.is_err() {
                     bail!("sender {user} lost its connection");

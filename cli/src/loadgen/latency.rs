@@ -202,6 +202,9 @@ pub struct Figures {
     pub delivered: u64,
     /// Errors by kind (server error codes, lost connections, ...).
     pub errors: BTreeMap<String, u64>,
+    /// Other commands sent and events received, by kind (`typing_sent`,
+    /// `reads_sent`, `typing_received`, `receipt_received`).
+    pub events: BTreeMap<String, u64>,
 }
 
 impl Figures {
@@ -217,6 +220,17 @@ impl Figures {
             acked: 0,
             delivered: 0,
             errors: BTreeMap::new(),
+            events: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one command sent or event received of `kind`.
+    pub fn event(&mut self, kind: &str) {
+        match self.events.get_mut(kind) {
+            Some(count) => *count += 1,
+            None => {
+                self.events.insert(kind.to_string(), 1);
+            }
         }
     }
 
@@ -237,6 +251,9 @@ impl Figures {
         self.delivered += other.delivered;
         for (kind, count) in other.errors {
             *self.errors.entry(kind).or_default() += count;
+        }
+        for (kind, count) in other.events {
+            *self.events.entry(kind).or_default() += count;
         }
         Ok(())
     }

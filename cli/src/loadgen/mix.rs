@@ -43,6 +43,14 @@ pub struct MixArgs {
     /// fast as its window lets].
     #[arg(long)]
     fanout_sends_per_s: Option<f64>,
+    /// Each group's sender says it is typing before every Nth message (0:
+    /// never).
+    #[arg(long, default_value_t = 0)]
+    typing_every: u64,
+    /// Each group's member marks the channel read at every Nth message it
+    /// receives (0: never).
+    #[arg(long, default_value_t = 0)]
+    read_every: u64,
     /// Churning devices (`loadgen churn`: connect, sync, send, leave, and
     /// a check that none missed anything); 0 for none.
     #[arg(long, default_value_t = 0)]
@@ -113,6 +121,8 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
             ("--members", some(args.members.to_string())),
             ("--window", some(args.window.to_string())),
             ("--sends-per-s", args.fanout_sends_per_s.map(|per_s| per_s.to_string())),
+            ("--typing-every", some(args.typing_every.to_string())),
+            ("--read-every", some(args.read_every.to_string())),
             ("--duration-s", duration.clone()),
             ("--workers", workers),
             ("--users-file", some(users_file(&args, "fanout"))),
@@ -164,12 +174,13 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
             dm["delivery_latency"]["p99_ms"]
         );
         println!(
-            "  fanout: {} groups of {}: {:.0} deliveries/s, p50 {} ms, p99 {} ms",
+            "  fanout: {} groups of {}: {:.0} deliveries/s, p50 {} ms, p99 {} ms; typing and reads {}",
             fanout["groups"],
             fanout["members"],
             fanout["deliveries_per_s"].as_f64().unwrap_or(0.0),
             fanout["delivery_latency"]["p50_ms"],
-            fanout["delivery_latency"]["p99_ms"]
+            fanout["delivery_latency"]["p99_ms"],
+            fanout["events"]
         );
         if !churn.is_null() {
             println!(

@@ -62,6 +62,9 @@ pub fn figures_from(report: &Value) -> anyhow::Result<Figures> {
     for (kind, count) in report["errors"].as_object().into_iter().flatten() {
         *figures.errors.entry(kind.clone()).or_default() += count.as_u64().unwrap_or(0);
     }
+    for (kind, count) in report["events"].as_object().into_iter().flatten() {
+        *figures.events.entry(kind.clone()).or_default() += count.as_u64().unwrap_or(0);
+    }
     Ok(figures)
 }
 
