@@ -8,6 +8,9 @@
 //!   50 us before they park;
 //! - fan-out of one message to 100 members on one core: the event encoded
 //!   once, queued to each connection, and gathered into its write buffer;
+//! - a `typing` start and a `receipt` to the same members (the typing
+//!   table's entry, the event to all but the typist), and a typing start
+//!   that only renews its entry;
 //! - a stored message read: rkyv's validated in-place access against
 //!   serde_json decoding the same record written as JSON.
 //!
@@ -19,6 +22,7 @@ use chatgw_bench::Rng;
 use chatgw_gateway::bench::{LocalFanout, route_round_trips, route_round_trips_spinning};
 use chatgw_gateway::protocol::command::parse_frame;
 use chatgw_gateway::protocol::frame::{self, FrameReader, Incoming};
+use chatgw_gateway::services::typing::TypingTable;
 use chatgw_idgen::{ChannelId, MessageId, UserId};
 use chatgw_storage::Message;
 use chatgw_storage::record_bench::{message_value, read_message_value};
@@ -121,6 +125,35 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
+/// What typing and receipts cost a channel's owner against a message's
+/// fan-out (`fanout` above): the same 100 local members, no storage (a
+/// typing event writes nothing; a receipt's one small write rides the next
+/// group commit, in the storage bench's batches).
+fn conversation(c: &mut Criterion) {
+    let mut local = LocalFanout::new(100);
+    let mut group = c.benchmark_group("conversation");
+    group.throughput(Throughput::Elements(99));
+    let ttl = std::time::Duration::from_secs(6);
+    group.bench_function("typing_start_to_99_local_members", |b| {
+        b.iter_batched(
+            || TypingTable::new(ttl, 1_000),
+            |mut table| black_box(local.typing(&mut table, UserId(1), std::time::Instant::now())),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut table = TypingTable::new(ttl, 1_000);
+    local.typing(&mut table, UserId(1), std::time::Instant::now());
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("typing_start_renewed", |b| {
+        b.iter(|| black_box(local.typing(&mut table, UserId(1), std::time::Instant::now())))
+    });
+    group.throughput(Throughput::Elements(99));
+    group.bench_function("receipt_to_99_local_members", |b| {
+        b.iter(|| black_box(local.receipt(UserId(1), MessageId(7_265_991_023_114_240_123))))
+    });
+    group.finish();
+}
+
 /// The same record as JSON would store it.
 #[derive(Serialize, Deserialize)]
 struct JsonMessage<'a> {
@@ -173,5 +206,5 @@ fn records(c: &mut Criterion) {
     group.finish();
 }
 
-criterion::criterion_group!(benches, frames, routing, fanout, records);
+criterion::criterion_group!(benches, frames, routing, fanout, conversation, records);
 criterion::criterion_main!(benches);

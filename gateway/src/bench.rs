@@ -16,6 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::limits;
 use crate::protocol::shapes;
 use crate::route::{Answer, ChannelMsg, Control, Router};
+use crate::services::typing::{Started, TypingTable};
 use crate::shard::registry::{Conn, Registry};
 
 /// A message event's frame as an owner encodes it, once per message.
@@ -68,6 +69,44 @@ impl LocalFanout {
                 conn.advance(gathered);
             }
         }
+        queued
+    }
+
+    /// Writes every connection's queue into the write buffer, as their
+    /// sessions would.
+    fn write_all(&mut self) {
+        for conn in &self.conns {
+            loop {
+                let gathered = conn.gather(&mut self.buf);
+                if gathered == 0 {
+                    break;
+                }
+                conn.advance(gathered);
+            }
+        }
+    }
+
+    /// A `typing` start of `typist` (one of the members) as its channel's
+    /// owner handles it: the table's entry, and, when the user was not
+    /// typing already, the event encoded once and queued to every other
+    /// member, then written. Returns the deliveries (0 for a renewal).
+    pub fn typing(&mut self, table: &mut TypingTable, typist: UserId, now: Instant) -> usize {
+        let started = table.start(self.channel, typist, "member_0", now).expect("room in the table");
+        if started != Started::New {
+            return 0;
+        }
+        let frame = shapes::typing_event_frame(self.channel, typist, "member_0", true);
+        let queued = self.registry.deliver_except(self.channel, &frame, typist);
+        self.write_all();
+        queued
+    }
+
+    /// A `receipt` of `reader` to every member's connection but its own,
+    /// encoded once, queued and written. Returns the deliveries.
+    pub fn receipt(&mut self, reader: UserId, message: chatgw_idgen::MessageId) -> usize {
+        let frame = shapes::receipt_event_frame(self.channel, reader, "member_0", message);
+        let queued = self.registry.deliver_to(self.channel, &frame, |conn| conn.user_id != reader);
+        self.write_all();
         queued
     }
 }

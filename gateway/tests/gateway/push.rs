@@ -93,6 +93,35 @@ fn an_offline_member_gets_a_push_and_connected_ones_do_not() {
 }
 
 #[test]
+fn a_push_carries_the_users_unread_total_as_badge() {
+    let (url, received) = receiver(0);
+    let server = TestServer::start_with(2, |config| config.push_webhook = Some(url));
+    let alice = server.signup("alice");
+    let bob = server.signup("bob");
+    let mut alice_ws = server.connect(&alice, "phone");
+    let group = alice_ws.result("channel.create", json!({ "name": "two", "members": ["bob"] }))["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Bob read one of two earlier messages of the group while connected.
+    let first = alice_ws.result("send", json!({ "channel_id": group, "text": "one" }));
+    alice_ws.result("send", json!({ "channel_id": group, "text": "two" }));
+    let mut bob_ws = server.connect(&bob, "phone");
+    bob_ws.result("channel.read", json!({ "channel_id": group, "message_id": first["message_id"] }));
+    bob_ws.close();
+    wait_for("the pushes of the first two", || !received.lock().unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    received.lock().unwrap().clear();
+    // Offline now: a direct message, whose push counts every unread one.
+    alice_ws.result("send", json!({ "to_user": "bob", "text": "three, in private" }));
+    wait_for("bob's push", || !received.lock().unwrap().is_empty());
+    let received = received.lock().unwrap().clone();
+    let (_, body) = received.last().unwrap();
+    assert_eq!(body["message"]["text"], "three, in private");
+    assert_eq!(body["badge"], 2, "the group's second message and the direct one: {body}");
+}
+
+#[test]
 fn a_webhook_that_answers_503_gets_the_push_once_it_answers_200() {
     let (url, received) = receiver(3);
     let server = TestServer::start_with(2, |config| config.push_webhook = Some(url));
