@@ -280,6 +280,10 @@ pub const TYPING_TTL_MS_MIN: u64 = 100;
 /// Messages after a member's read pointer counted per channel at most
 /// (`unread` and `unread_mentions` stop there: "1000+").
 pub const UNREAD_COUNT_MAX: usize = 1_000;
+/// A push's `badge` (the user's unread messages over all its channels)
+/// counts up to this many, reading no more.
+pub const BADGE_MAX: usize = 10_000;
+const _: () = assert!(UNREAD_COUNT_MAX <= chatgw_storage::READ_LIMIT_MAX && BADGE_MAX >= UNREAD_COUNT_MAX);
 /// Read pointers being written at once per shard, at most (each a write
 /// riding the next group commit); past it a `channel.read` is answered
 /// `overloaded`.

@@ -1115,7 +1115,7 @@ pub fn mentions(text: &str, username: &str) -> bool {
         let end = start + name.len();
         let before_ok = at == 0 || !name_char(bytes[at - 1]);
         let name_ok = bytes.get(start..end).is_some_and(|candidate| candidate.eq_ignore_ascii_case(name));
-        let after_ok = end == bytes.len() || !name_char(bytes[end]);
+        let after_ok = bytes.get(end).is_none_or(|next| !name_char(*next));
         if before_ok && name_ok && after_ok {
             return true;
         }
@@ -1162,5 +1162,7 @@ mod tests {
         assert!(!mentions("ann", "ann"));
         assert!(!mentions("@", "ann"));
         assert!(mentions("@@ann", "ann"));
+        assert!(!mentions("text that ends in @", "ann"), "an @ near the end reads no further than the text");
+        assert!(!mentions("@an", "ann"));
     }
 }

@@ -136,7 +136,8 @@ pub async fn list(shard: &Shard, user: &AuthedUser, after: Option<ChannelId>, li
             break;
         }
         last = Some(entry.channel_id);
-        budget.worked(1 + members / 64, 0).await;
+        // The unread messages counted were read too.
+        budget.worked(1 + members / 64 + unread.messages as usize, 0).await;
     }
     let mut reply = json!({ "channels": budget.items, "has_more": has_more });
     if has_more && let Some(last) = last {

@@ -45,21 +45,31 @@ impl Shard {
 
     /// What `channel` holds unread for `user` (named `username`): the
     /// messages after its read pointer that are not its own nor deleted,
-    /// and those of them that mention it, each up to
-    /// `limits::UNREAD_COUNT_MAX`.
+    /// and those of them that mention it, reading at most
+    /// `limits::UNREAD_COUNT_MAX` messages.
     pub fn unread(&self, channel: ChannelId, user: UserId, username: &str) -> Result<Unread, ApiError> {
-        let owner = self.owner(channel.0);
-        let read = self.store.read_pointer(owner, channel, user)?.unwrap_or(MessageId(0));
-        Ok(self.store.unread(owner, channel, user, username, read, limits::UNREAD_COUNT_MAX)?)
+        self.unread_within(channel, user, username, limits::UNREAD_COUNT_MAX)
     }
 
-    /// The user's unread messages and mentions over all its channels.
-    pub fn unread_total(&self, user: UserId, username: &str) -> Result<Unread, ApiError> {
-        let mut total = Unread::default();
+    fn unread_within(&self, channel: ChannelId, user: UserId, username: &str, max: usize) -> Result<Unread, ApiError> {
+        let owner = self.owner(channel.0);
+        let read = self.store.read_pointer(owner, channel, user)?.unwrap_or(MessageId(0));
+        Ok(self.store.unread(owner, channel, user, username, read, max)?)
+    }
+
+    /// The user's unread messages over all its channels, up to
+    /// `limits::BADGE_MAX` (a push's `badge`): the count stops reading once
+    /// it gets there, so a user in thousands of busy channels costs the
+    /// push worker a bounded read.
+    pub fn unread_total(&self, user: UserId, username: &str) -> Result<u64, ApiError> {
+        let mut total = 0u64;
         for joined in self.store.user_channels(self.owner(user.0), user)? {
-            let unread = self.unread(joined.channel_id, user, username)?;
-            total.messages += unread.messages;
-            total.mentions += unread.mentions;
+            let left = limits::BADGE_MAX.saturating_sub(total as usize);
+            if left == 0 {
+                break;
+            }
+            total +=
+                self.unread_within(joined.channel_id, user, username, left.min(limits::UNREAD_COUNT_MAX))?.messages;
         }
         Ok(total)
     }

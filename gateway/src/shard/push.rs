@@ -347,7 +347,7 @@ fn body(shard: &Shard, push: &Push) -> Result<Option<Value>, ApiError> {
     let sender = shard.username(message.sender_id)?;
     let message = shapes::message_json(&message, &sender);
     let username = shard.username(push.user_id)?;
-    let badge = shard.unread_total(push.user_id, &username)?.messages;
+    let badge = shard.unread_total(push.user_id, &username)?;
     Ok(Some(shapes::push_json(push.user_id, &username, &message, push.push_ids.len(), badge)))
 }
 
