@@ -67,6 +67,8 @@ pub async fn set_settings(
     user: &AuthedUser,
     private_reads: Option<bool>,
 ) -> Result<Value, ApiError> {
+    // A write at the user's owner: it takes a token of the rate limit too.
+    abuse::check_command(shard, user.user_id).await?;
     let owner = shard.owner(user.user_id.0);
     let mut settings = shard.store.settings(owner, user.user_id)?;
     if let Some(private_reads) = private_reads {
