@@ -335,9 +335,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(config.write_stall_ms >= 100, "write-stall-ms must be at least 100");
     anyhow::ensure!(config.heartbeat_ms >= 100, "heartbeat-ms must be at least 100");
     anyhow::ensure!(
-        config.typing_ttl_ms >= chatgw_gateway::limits::TYPING_TTL_MS_MIN,
-        "typing-ttl-ms must be at least {}",
-        chatgw_gateway::limits::TYPING_TTL_MS_MIN
+        (chatgw_gateway::limits::TYPING_TTL_MS_MIN..=chatgw_gateway::limits::TYPING_TTL_MS_MAX)
+            .contains(&config.typing_ttl_ms),
+        "typing-ttl-ms must be {} to {}",
+        chatgw_gateway::limits::TYPING_TTL_MS_MIN,
+        chatgw_gateway::limits::TYPING_TTL_MS_MAX
     );
     anyhow::ensure!(config.http_body_timeout_ms >= 100, "http-body-timeout-ms must be at least 100");
     anyhow::ensure!(config.http_idle_timeout_ms >= 100, "http-idle-timeout-ms must be at least 100");

@@ -276,6 +276,11 @@ pub const TYPING_TRACKED_PER_SHARD_MAX: usize = 100_000;
 /// The shortest `--typing-ttl-ms`: the expiry's timer wakes at most this
 /// often.
 pub const TYPING_TTL_MS_MIN: u64 = 100;
+/// The longest `--typing-ttl-ms`: an hour (typing is seconds; the bound
+/// keeps an expiry's instant from overflowing).
+pub const TYPING_TTL_MS_MAX: u64 = 3_600_000;
+/// Channels a push's `badge` reads at most (with `BADGE_MAX` messages).
+pub const BADGE_CHANNELS_MAX: usize = 1_000;
 
 /// Messages after a member's read pointer counted per channel at most
 /// (`unread` and `unread_mentions` stop there: "1000+").

@@ -42,7 +42,10 @@ pub async fn read(
 
 /// `counts`: the caller's unread messages and mentions over all its
 /// channels, and how many channels have any.
-pub async fn counts(shard: &Shard, user: &AuthedUser) -> Result<Value, ApiError> {
+pub async fn counts(shard: &Rc<Shard>, user: &AuthedUser) -> Result<Value, ApiError> {
+    // It reads up to a thousand records a channel: a token of the rate
+    // limit each, so a loop of them is bounded like sends.
+    abuse::check_command(shard, user.user_id).await?;
     let (mut unread, mut mentions, mut channels) = (0u64, 0u64, 0u64);
     let mut budget = ReplyBudget::default();
     for joined in shard.store.user_channels(shard.owner(user.user_id.0), user.user_id)? {
@@ -71,9 +74,12 @@ pub async fn set_settings(
     abuse::check_command(shard, user.user_id).await?;
     let owner = shard.owner(user.user_id.0);
     let mut settings = shard.store.settings(owner, user.user_id)?;
-    if let Some(private_reads) = private_reads {
-        settings.private_reads = private_reads;
-    }
+    let Some(private_reads) = private_reads else {
+        // Nothing to change: nothing written, so no older read of the
+        // settings is written back over a change made meanwhile.
+        return Ok(json!({ "private_reads": settings.private_reads }));
+    };
+    settings.private_reads = private_reads;
     inbox::call(shard, owner, Call::SetSettings { user_id: user.user_id, settings }).await?;
     Ok(json!({ "private_reads": settings.private_reads }))
 }

@@ -55,7 +55,8 @@ impl TypingTable {
         username: &str,
         now: Instant,
     ) -> Result<Started, ApiError> {
-        let ends = now + self.ttl;
+        // An instant past the clock's range (a huge ttl) ends at the end.
+        let ends = now.checked_add(self.ttl).unwrap_or(now + std::time::Duration::from_secs(86_400));
         if let Some(typist) = self.typists.get_mut(&(channel, user)) {
             self.by_end.remove(&(typist.ends, channel, user));
             typist.ends = ends;

@@ -57,13 +57,14 @@ impl Shard {
         Ok(self.store.unread(owner, channel, user, username, read, max)?)
     }
 
-    /// The user's unread messages over all its channels, up to
-    /// `limits::BADGE_MAX` (a push's `badge`): the count stops reading once
-    /// it gets there, so a user in thousands of busy channels costs the
-    /// push worker a bounded read.
+    /// The user's unread messages over its channels, up to
+    /// `limits::BADGE_MAX` and over its first `limits::BADGE_CHANNELS_MAX`
+    /// channels (a push's `badge`): the count stops reading there, so a
+    /// user in thousands of busy channels costs the push worker a bounded
+    /// read.
     pub fn unread_total(&self, user: UserId, username: &str) -> Result<u64, ApiError> {
         let mut total = 0u64;
-        for joined in self.store.user_channels(self.owner(user.0), user)? {
+        for joined in self.store.user_channels(self.owner(user.0), user)?.into_iter().take(limits::BADGE_CHANNELS_MAX) {
             let left = limits::BADGE_MAX.saturating_sub(total as usize);
             if left == 0 {
                 break;

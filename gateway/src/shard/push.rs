@@ -340,10 +340,8 @@ fn body(shard: &Shard, push: &Push) -> Result<Option<Value>, ApiError> {
     let Some(message) = shard.store.message(shard.owner(channel.0), channel, push.newest.message_id)? else {
         return Ok(None);
     };
-    if message.deleted_at_ms.is_some() {
-        // Deleted before its push went: nothing to tell.
-        return Ok(None);
-    }
+    // Deleted before its push went: the push still goes (it stands for
+    // the others too), with the message's tombstone and no text.
     let sender = shard.username(message.sender_id)?;
     let message = shapes::message_json(&message, &sender);
     let username = shard.username(push.user_id)?;

@@ -135,8 +135,6 @@ fn string_list(body: &Value, name: &str) -> Result<Option<Vec<String>>, ApiError
     }
 }
 
-/// Changes the banned words at shard 0, to the end (every core told) even
-/// if the request is dropped meanwhile.
 /// Starts flushing and compacting the whole store, on a thread of its own
 /// (neither a shard's core nor the blocking thread its fsync commits use),
 /// one at a time per node, and answers at once: afterwards what was
@@ -160,6 +158,8 @@ fn start_compaction(shard: &Rc<Shard>) -> Result<Value, ApiError> {
     Ok(json!({ "started": true }))
 }
 
+/// Changes the banned words at shard 0, to the end (every core told) even
+/// if the request is dropped meanwhile.
 async fn change_banned(shard: &Rc<Shard>, change: BannedChange) -> Result<Value, ApiError> {
     let at_zero = shard.clone();
     let changing = async move { inbox::call(&at_zero, ShardId(0), Call::BannedWords(change)).await };
