@@ -60,15 +60,7 @@ impl LocalFanout {
     pub fn deliver(&mut self, message: &Message, sender: &str) -> usize {
         let event = message_frame(message, sender);
         let queued = self.registry.deliver(self.channel, &event);
-        for conn in &self.conns {
-            loop {
-                let gathered = conn.gather(&mut self.buf);
-                if gathered == 0 {
-                    break;
-                }
-                conn.advance(gathered);
-            }
-        }
+        self.write_all();
         queued
     }
 
@@ -96,7 +88,7 @@ impl LocalFanout {
             return 0;
         }
         let frame = shapes::typing_event_frame(self.channel, typist, "member_0", true);
-        let queued = self.registry.deliver_except(self.channel, &frame, typist);
+        let queued = self.registry.deliver_to(self.channel, &frame, |conn| conn.user_id != typist);
         self.write_all();
         queued
     }

@@ -83,6 +83,12 @@ fn key3(tag: u8, first: u64, second: u64) -> [u8; 17] {
     key
 }
 
+/// The key `tag | channel | id` of a channel's range (`message`,
+/// `change`), for a range read of either.
+pub fn channel_id_key(tag: u8, channel: ChannelId, id: MessageId) -> [u8; 17] {
+    key3(tag, channel.0, id.0)
+}
+
 /// A message of a channel.
 pub fn message(channel: ChannelId, message: MessageId) -> [u8; 17] {
     key3(tag::MESSAGE, channel.0, message.0)

@@ -500,10 +500,27 @@ impl Store {
         end: MessageId,
         limit: usize,
     ) -> Result<Vec<MessageId>> {
+        self.ids_in_range(shard, tag::MESSAGE, "message key", channel, start, end, limit)
+    }
+
+    /// Ids of up to `limit` keys `tag | channel | id` from `start` to `end`
+    /// (both inclusive), from the keys alone; ascending when `start <=
+    /// end`, else descending. What `message_ids` and `change_ids` read.
+    #[allow(clippy::too_many_arguments)]
+    fn ids_in_range(
+        &self,
+        shard: ShardId,
+        tag: u8,
+        what: &'static str,
+        channel: ChannelId,
+        start: MessageId,
+        end: MessageId,
+        limit: usize,
+    ) -> Result<Vec<MessageId>> {
         Self::check_limit(limit)?;
         let forward = start <= end;
-        let mut iterator = self.range_iterator(shard, tag::MESSAGE, channel.0)?;
-        let start_key = keys::message(channel, start);
+        let mut iterator = self.range_iterator(shard, tag, channel.0)?;
+        let start_key = keys::channel_id_key(tag, channel, start);
         if forward {
             iterator.seek(start_key);
         } else {
@@ -513,7 +530,7 @@ impl Store {
         while ids.len() < limit && iterator.valid() {
             let Some(key) = iterator.key() else { break };
             let id = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
-                what: "message key",
+                what,
                 key_hex: keys::hex(key),
                 reason: "not 17 bytes".into(),
             })?;
@@ -567,24 +584,11 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<MessageId>> {
         Self::check_limit(limit)?;
-        let mut iterator = self.range_iterator(shard, tag::CHANGE, channel.0)?;
-        iterator.seek(keys::change(channel, start));
-        let mut ids = Vec::with_capacity(limit.min(256));
-        while ids.len() < limit && iterator.valid() {
-            let Some(key) = iterator.key() else { break };
-            let id = keys::suffix_id(key).ok_or_else(|| StorageError::Corrupt {
-                what: "change key",
-                key_hex: keys::hex(key),
-                reason: "not 17 bytes".into(),
-            })?;
-            if id > end.0 {
-                break;
-            }
-            ids.push(MessageId(id));
-            iterator.next();
+        if start > end {
+            // Changes are read ascending only.
+            return Ok(Vec::new());
         }
-        iterator.status()?;
-        Ok(ids)
+        self.ids_in_range(shard, tag::CHANGE, "change key", channel, start, end, limit)
     }
 
     /// A member's read pointer in a channel, if it has one.

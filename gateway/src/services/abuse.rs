@@ -87,6 +87,27 @@ pub struct Limiter {
     changers: RefCell<HashMap<UserId, Bucket>>,
 }
 
+/// `user`'s entry in the send bucket's table (made full if new), once its
+/// bucket holds a token at `now`; else `rate_limited`, saying "at most N
+/// `what` a second". The token is not taken yet.
+fn ready_sender<'a>(
+    senders: &'a mut HashMap<UserId, Sender>,
+    rate: Rate,
+    user: UserId,
+    now: Instant,
+    what: &str,
+) -> Result<&'a mut Sender, ApiError> {
+    let sender =
+        senders.entry(user).or_insert_with(|| Sender { bucket: Bucket::full(rate, now), recent: VecDeque::new() });
+    if let Err(wait_ms) = sender.bucket.ready(rate, now) {
+        return Err(ApiError::rate_limited(
+            format!("at most {} {what} a second (bursts of {})", rate.per_s, rate.burst),
+            wait_ms,
+        ));
+    }
+    Ok(sender)
+}
+
 /// The hash the flood check compares texts by.
 pub fn text_hash(text: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -134,14 +155,7 @@ impl Limiter {
     pub fn check(&self, user: UserId, hash: u64, id: Option<u64>, now: Instant) -> Result<(), ApiError> {
         let mut senders = self.senders.borrow_mut();
         let rate = self.sends;
-        let sender =
-            senders.entry(user).or_insert_with(|| Sender { bucket: Bucket::full(rate, now), recent: VecDeque::new() });
-        if let Err(wait_ms) = sender.bucket.ready(rate, now) {
-            return Err(ApiError::rate_limited(
-                format!("at most {} messages a second (bursts of {})", rate.per_s, rate.burst),
-                wait_ms,
-            ));
-        }
+        let sender = ready_sender(&mut senders, rate, user, now, "messages")?;
         while sender.recent.front().is_some_and(|sent| now.saturating_duration_since(sent.at) >= FLOOD_WINDOW) {
             sender.recent.pop_front();
         }
@@ -172,15 +186,7 @@ impl Limiter {
     pub fn check_command(&self, user: UserId, now: Instant) -> Result<(), ApiError> {
         let mut senders = self.senders.borrow_mut();
         let rate = self.sends;
-        let sender =
-            senders.entry(user).or_insert_with(|| Sender { bucket: Bucket::full(rate, now), recent: VecDeque::new() });
-        if let Err(wait_ms) = sender.bucket.ready(rate, now) {
-            return Err(ApiError::rate_limited(
-                format!("at most {} messages and commands a second (bursts of {})", rate.per_s, rate.burst),
-                wait_ms,
-            ));
-        }
-        sender.bucket.take(rate);
+        ready_sender(&mut senders, rate, user, now, "messages and commands")?.bucket.take(rate);
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use chatgw_storage::{ChannelKind, Settings};
 use crate::error::{ApiError, ErrorCode};
 use crate::limits;
 use crate::protocol::shapes;
-use crate::route::{Answer, ChannelMsg, ConnKey, Control, ReadMove};
+use crate::route::{Answer, ChannelMsg, ConnKey, ReadMove};
 use crate::shard::commit::{WriteOp, storage_failed};
 use crate::shard::state::Shard;
 
@@ -58,17 +58,11 @@ pub async fn read(shard: &Rc<Shard>, read: ReadMove) -> Result<Answer, ApiError>
     let frame = shapes::receipt_event_frame(channel_id, user_id, &username, message_id);
     let cores = shard.with_channel(channel_id, |state| state.cores_mask)?.unwrap_or(0);
     let only = (!to_all).then_some(user_id);
-    for core in 0..shard.shard_count {
-        if cores & (1u128 << core) == 0 {
-            continue;
-        }
-        if ShardId(core) == shard.id {
-            deliver_here(shard, channel_id, &frame, only, from);
-        } else {
-            let receipt = ChannelMsg::Receipt { channel_id, frame: frame.clone(), only, skip: from };
-            shard.send_control_soon(ShardId(core), 0, Control::Channel(receipt));
-        }
-    }
+    shard.to_cores_soon(
+        cores,
+        || deliver_here(shard, channel_id, &frame, only, from),
+        || ChannelMsg::Receipt { channel_id, frame: frame.clone(), only, skip: from },
+    );
     Ok(Answer::Read(message_id))
 }
 

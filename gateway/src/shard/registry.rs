@@ -475,16 +475,6 @@ impl Registry {
         keys.iter().filter_map(|key| self.conns.get(*key)).filter(|conn| conn.push(frame.clone())).count()
     }
 
-    /// Hands one shared frame to every local connection in `channel` but
-    /// those of `except`. Returns how many connections it was queued to.
-    pub fn deliver_except(&self, channel: ChannelId, frame: &Bytes, except: UserId) -> usize {
-        let Some(keys) = self.by_channel.get(&channel) else { return 0 };
-        keys.iter()
-            .filter_map(|key| self.conns.get(*key))
-            .filter(|conn| conn.user_id != except && conn.push(frame.clone()))
-            .count()
-    }
-
     /// Hands one shared frame to the local connections in `channel` that
     /// `wanted` picks. Returns how many connections it was queued to.
     pub fn deliver_to(&self, channel: ChannelId, frame: &Bytes, wanted: impl Fn(&Conn) -> bool) -> usize {

@@ -507,6 +507,26 @@ impl Shard {
         }
     }
 
+    /// A channel word for every core in `cores` at once, none awaited (one
+    /// waits in a task of its own only when its queue is full): `here` runs
+    /// for this core's bit, and each other core gets `word()`. How events
+    /// that are not messages (typing, receipts) fan out.
+    pub fn to_cores_soon(self: &Rc<Self>, cores: u128, here: impl FnOnce(), word: impl Fn() -> ChannelMsg) {
+        let mut here = Some(here);
+        for core in 0..self.shard_count {
+            if cores & (1u128 << core) == 0 {
+                continue;
+            }
+            if ShardId(core) == self.id {
+                if let Some(here) = here.take() {
+                    here();
+                }
+            } else {
+                self.send_control_soon(ShardId(core), 0, Control::Channel(word()));
+            }
+        }
+    }
+
     /// Queues a frame to this core's connections in `channel`.
     pub fn deliver_local(&self, channel: ChannelId, frame: &Bytes, taken_at: Instant) {
         let queued = self.registry.borrow().deliver(channel, frame);

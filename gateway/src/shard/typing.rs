@@ -7,11 +7,11 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use chatgw_idgen::{ChannelId, ShardId, UserId};
+use chatgw_idgen::{ChannelId, UserId};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::protocol::shapes;
-use crate::route::{Answer, ChannelMsg, Control, TypingChange};
+use crate::route::{Answer, ChannelMsg, TypingChange};
 use crate::services::typing::Started;
 use crate::shard::state::Shard;
 
@@ -51,23 +51,17 @@ pub fn on_message(shard: &Shard, channel: ChannelId, sender: UserId) {
 /// there but the typist's own.
 fn fan_out(shard: &Rc<Shard>, channel: ChannelId, cores: u128, typist: UserId, username: &str, start: bool) {
     let frame = shapes::typing_event_frame(channel, typist, username, start);
-    for core in 0..shard.shard_count {
-        if cores & (1u128 << core) == 0 {
-            continue;
-        }
-        if ShardId(core) == shard.id {
-            deliver_here(shard, channel, &frame, typist);
-        } else {
-            let typing = ChannelMsg::Typing { channel_id: channel, frame: frame.clone(), except: typist };
-            shard.send_control_soon(ShardId(core), 0, Control::Channel(typing));
-        }
-    }
+    shard.to_cores_soon(
+        cores,
+        || deliver_here(shard, channel, &frame, typist),
+        || ChannelMsg::Typing { channel_id: channel, frame: frame.clone(), except: typist },
+    );
 }
 
 /// Queues a `typing` frame to this core's connections of `channel` but
 /// the typist's.
 pub fn deliver_here(shard: &Shard, channel: ChannelId, frame: &bytes::Bytes, typist: UserId) {
-    let queued = shard.registry.borrow().deliver_except(channel, frame, typist);
+    let queued = shard.registry.borrow().deliver_to(channel, frame, |conn| conn.user_id != typist);
     shard.counters.typing_deliveries.set(shard.counters.typing_deliveries.get() + queued as u64);
 }
 
